@@ -1,0 +1,88 @@
+#include "jit.h"
+
+namespace vashista {
+
+using Halide::Buffer;
+using Halide::Float;
+using Halide::ImageParam;
+using Halide::Int;
+
+DecodeJit::DecodeJit(const DecodeConfig &c)
+    : cfg(c),
+      q(Float(32), 4, "q"),
+      k_cache(c.kv_type, 4, "k_cache"),
+      v_cache(c.kv_type, 4, "v_cache"),
+      page_table(Int(32), 2, "page_table"),
+      seq_lens(Int(32), 1, "seq_lens"),
+      summary(c.summary_type, 6, "summary"),
+      value_norm(Float(32), 3, "value_norm") {
+    DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm,
+                    scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+    stages = define_decode(cfg, in);
+    pipeline = Halide::Pipeline(stages.outputs());
+}
+
+void DecodeJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
+
+void DecodeBuffers::allocate_outputs(const DecodeConfig &cfg) {
+    const int G = q.dim(1).extent(), H = q.dim(2).extent(), B = q.dim(3).extent();
+    out = Buffer<float>(cfg.head_dim, G, H, B);
+    lse = Buffer<float>(G, H, B);
+    diag = Buffer<float>(kDiagFields, G, H, B);
+    candidates = Buffer<int32_t>(cfg.top_tokens, G, H, B);
+    pages = Buffer<int32_t>(cfg.top_pages, G, H, B);
+}
+
+void run(DecodeJit &jit, DecodeBuffers &buf) {
+    jit.q.set(buf.q);
+    jit.k_cache.set(buf.k_cache);
+    jit.v_cache.set(buf.v_cache);
+    jit.page_table.set(buf.page_table);
+    jit.seq_lens.set(buf.seq_lens);
+    jit.summary.set(buf.summary);
+    jit.value_norm.set(buf.value_norm);
+    jit.scale.set(buf.scale);
+    jit.pipeline.realize(Halide::Realization({buf.out, buf.lse, buf.diag, buf.candidates, buf.pages}));
+}
+
+DenseJit::DenseJit(const DenseConfig &c)
+    : cfg(c),
+      q(Float(32), 4, "q"),
+      k_cache(c.kv_type, 4, "k_cache"),
+      v_cache(c.kv_type, 4, "v_cache"),
+      page_table(Int(32), 2, "page_table"),
+      seq_lens(Int(32), 1, "seq_lens") {
+    DenseInputs in{q, k_cache, v_cache, page_table, seq_lens, scale,
+                   page_table.dim(0).extent(), k_cache.dim(3).extent()};
+    stages = define_dense(cfg, in);
+    pipeline = Halide::Pipeline({stages.out, stages.lse});
+}
+
+void DenseJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
+
+void DenseJit::run(const DecodeBuffers &in, Buffer<float> &out, Buffer<float> &lse) {
+    q.set(in.q);
+    k_cache.set(in.k_cache);
+    v_cache.set(in.v_cache);
+    page_table.set(in.page_table);
+    seq_lens.set(in.seq_lens);
+    scale.set(in.scale);
+    pipeline.realize(Halide::Realization({out, lse}));
+}
+
+SummaryJit::SummaryJit(const SummaryConfig &c)
+    : cfg(c),
+      k_cache(c.kv_type, 4, "k_cache"),
+      v_cache(c.kv_type, 4, "v_cache"),
+      page_table(Int(32), 2, "page_table"),
+      seq_lens(Int(32), 1, "seq_lens"),
+      touched(Int(32), 2, "touched") {
+    SummaryInputs in{k_cache, v_cache, page_table, seq_lens, touched,
+                     page_table.dim(0).extent(), k_cache.dim(3).extent()};
+    stages = define_summary(cfg, in);
+    pipeline = Halide::Pipeline({stages.summary, stages.value_norm});
+}
+
+void SummaryJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
+
+}  // namespace vashista

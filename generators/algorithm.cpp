@@ -1,0 +1,496 @@
+#include "algorithm.h"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+
+namespace vashista {
+
+using Halide::cast;
+using Halide::clamp;
+using Halide::select;
+using Halide::Tuple;
+
+namespace {
+
+Expr u32(uint64_t v) { return Halide::Internal::make_const(Halide::UInt(32), v); }
+Expr neg_inf() { return Expr(-std::numeric_limits<float>::infinity()); }
+Expr as_f32(Expr e) { return cast<float>(e); }
+
+}  // namespace
+
+Expr order_key(Expr score) {
+    // +0 for -0, so equal scores give equal keys.
+    Expr canonical = select(score == 0.0f, 0.0f, score);
+    Expr bits = Halide::reinterpret(Halide::UInt(32), canonical);
+    return select((bits >> 31) != u32(0), ~bits, bits | u32(0x80000000u));
+}
+
+Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr page) {
+    return layout == KvLayout::HND ? cache(d, s, h, page) : cache(d, h, s, page);
+}
+
+TopKStages top_k(const Func &key, Expr n, int k, const std::string &name,
+                 Var i, Var g, Var h, Var b) {
+    TopKStages st;
+    // Largest threshold tau with #(key >= tau) >= k, one bit per pass, MSB first.
+    Expr tau = u32(0);
+    for (int bit = 31; bit >= 0; --bit) {
+        Func count(name + "_count_at_least_" + std::to_string(bit));
+        Func threshold(name + "_threshold_" + std::to_string(bit));
+        Expr candidate = tau | u32(uint64_t(1) << bit);
+        RDom r(0, n, name + "_r" + std::to_string(bit));
+        count(g, h, b) = 0;
+        count(g, h, b) += select(key(r, g, h, b) >= candidate, 1, 0);
+        threshold(g, h, b) = select(count(g, h, b) >= k, candidate, tau);
+        tau = threshold(g, h, b);
+        st.count_at_least.push_back(count);
+        st.threshold.push_back(threshold);
+    }
+
+    st.count_above = Func(name + "_count_above");
+    RDom ra(0, n, name + "_ra");
+    st.count_above(g, h, b) = 0;
+    st.count_above(g, h, b) += select(key(ra, g, h, b) > tau, 1, 0);
+    // ties at tau still to keep, lowest index first
+    Expr need = k - st.count_above(g, h, b);
+
+    auto is_tie = [&](Expr key_value) { return key_value == tau && tau > u32(0); };
+
+    // scan(i) = {ties at tau before i, kept before i}: an order-preserving compaction.
+    st.scan = Func(name + "_scan");
+    st.scan(i, g, h, b) = Tuple(0, 0);
+    RDom rs(1, n - 1, name + "_rs");
+    {
+        Expr prev_key = key(rs - 1, g, h, b);
+        Expr ties_before = st.scan(rs - 1, g, h, b)[0];
+        Expr kept_before = st.scan(rs - 1, g, h, b)[1];
+        Expr prev_tie = is_tie(prev_key);
+        Expr prev_kept = prev_key > tau || (prev_tie && ties_before < need);
+        st.scan(rs, g, h, b) = Tuple(ties_before + select(prev_tie, 1, 0),
+                                     kept_before + select(prev_kept, 1, 0));
+    }
+
+    st.kept = Func(name + "_kept");
+    {
+        Expr key_i = key(i, g, h, b);
+        st.kept(i, g, h, b) = key_i > tau || (is_tie(key_i) && st.scan(i, g, h, b)[0] < need);
+    }
+
+    st.index = Func(name + "_index");
+    st.index(i, g, h, b) = -1;
+    RDom rk(0, n, name + "_rk");
+    rk.where(st.kept(rk, g, h, b));
+    st.index(clamp(st.scan(rk, g, h, b)[1], 0, k - 1), g, h, b) = cast<int>(rk);
+
+    st.count = Func(name + "_count");
+    st.count(g, h, b) = st.scan(n - 1, g, h, b)[1] + select(st.kept(n - 1, g, h, b), 1, 0);
+    return st;
+}
+
+DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
+    DecodeStages st;
+    Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c, k = st.k;
+    const int D = cfg.head_dim, S = cfg.page_size, P = cfg.top_pages, KC = cfg.top_tokens,
+              G = cfg.group_size;
+    const bool per_head = cfg.group_routing == GroupRouting::PerHead;
+    Expr seq_len = in.seq_lens(b);
+    Expr n_pages = (seq_len + (S - 1)) / S;
+    Expr scale = in.scale;
+
+    // 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
+    // (bound); both are multiplied by scale > 0 where used.
+    st.head_page_score = Func("head_page_score");
+    RDom rd(0, D, "rd");
+    {
+        Expr blk = i / kSummaryBlock, lane = i % kSummaryBlock;
+        Expr qd = in.q(rd, g, h, b);
+        st.head_page_score(i, g, h, b) = 0.0f;
+        if (cfg.routing == RoutingMode::Mean) {
+            Expr mean = as_f32(in.summary(lane, rd, kSummaryMean, blk, h, b));
+            st.head_page_score(i, g, h, b) += qd * mean;
+        } else {
+            Expr lo = as_f32(in.summary(lane, rd, kSummaryMin, blk, h, b));
+            Expr hi = as_f32(in.summary(lane, rd, kSummaryMax, blk, h, b));
+            st.head_page_score(i, g, h, b) += Halide::max(qd * lo, qd * hi);
+        }
+    }
+    st.route_score = Func("route_score");
+    if (per_head) {
+        st.route_score(i, g, h, b) = scale * st.head_page_score(i, g, h, b);
+    } else {
+        RDom rg(0, G, "rg");
+        st.route_score(i, g, h, b) = neg_inf();
+        st.route_score(i, g, h, b) =
+            Halide::max(st.route_score(i, g, h, b), scale * st.head_page_score(i, rg, h, b));
+    }
+    st.route_key = Func("route_key");
+    st.route_key(i, g, h, b) = select(i < n_pages, order_key(st.route_score(i, g, h, b)), u32(0));
+    st.route = top_k(st.route_key, in.max_pages, P, "route", i, g, h, b);
+
+    Expr gr = per_head ? Expr(g) : Expr(0);
+    st.pages = Func("pages");
+    st.pages(i, g, h, b) = st.route.index(i, gr, h, b);
+
+    // 2. Candidates: every token of the selected pages, slot i = page rank * S + offset.
+    auto slot_page = [&](Expr slot) { return st.route.index(slot / S, gr, h, b); };
+    auto slot_valid = [&](Expr slot) {
+        Expr page = slot_page(slot);
+        return page >= 0 && page * S + slot % S < seq_len;
+    };
+    auto physical_page = [&](Expr logical) {
+        return clamp(in.page_table(clamp(logical, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
+    };
+    st.token_score = Func("token_score");  // q.k_t; s_t = scale * token_score
+    {
+        Expr slot = i;
+        Expr kd = as_f32(kv_element(in.k_cache, cfg.layout, rd, slot % S, h, physical_page(slot_page(slot))));
+        st.token_score(i, g, h, b) = 0.0f;
+        st.token_score(i, g, h, b) += in.q(rd, g, h, b) * kd;
+    }
+    auto score_at = [&](Expr slot) { return scale * st.token_score(slot, g, h, b); };
+    st.token_key = Func("token_key");
+    st.token_key(i, g, h, b) = select(slot_valid(i), order_key(score_at(i)), u32(0));
+    st.select = top_k(st.token_key, P * S, KC, "select", i, g, h, b);
+
+    Expr cand_slot = st.select.index(c, g, h, b);
+    Expr cand_valid = cand_slot >= 0;
+    Expr safe_slot = clamp(cand_slot, 0, P * S - 1);
+    st.cand_score = Func("cand_score");
+    st.cand_score(c, g, h, b) = select(cand_valid, score_at(safe_slot), neg_inf());
+    st.cand_location = Func("cand_location");
+    st.cand_location(c, g, h, b) = Tuple(physical_page(slot_page(safe_slot)), safe_slot % S);
+    st.candidates = Func("candidates");
+    st.candidates(c, g, h, b) = select(cand_valid, slot_page(safe_slot) * S + safe_slot % S, -1);
+
+    // 3. Solver.
+    RDom rc(0, KC, "rc");
+    st.max_score = Func("max_score");
+    st.max_score(g, h, b) = neg_inf();
+    st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), st.cand_score(rc, g, h, b));
+    Expr m = st.max_score(g, h, b);
+    Expr s_c = st.cand_score(c, g, h, b);
+    Expr valid_c = s_c > neg_inf();
+
+    // eg from uniform after N steps of size eta is softmax(N * eta * s).
+    const float beta = cfg.solver == Solver::EG ? cfg.solver_steps * cfg.solver_eta : 1.0f;
+    st.weight = Func("weight");
+    st.weight(c, g, h, b) = select(valid_c, Halide::exp(beta * (s_c - m)), 0.0f);
+    st.weight_sum = Func("weight_sum");
+    st.weight_sum(g, h, b) = 0.0f;
+    st.weight_sum(g, h, b) += st.weight(rc, g, h, b);
+
+    st.alpha = Func("alpha");
+    Expr fw_gap = Expr(0.0f);
+    if (cfg.solver == Solver::Softmax || cfg.solver == Solver::EG) {
+        st.alpha(c, g, h, b) = st.weight(c, g, h, b) / st.weight_sum(g, h, b);
+    } else if (cfg.solver == Solver::FW) {
+        // max <alpha, s> - tau/2 ||alpha||^2 over the simplex, from the argmax vertex.
+        const float tau = cfg.solver_tau;
+        auto first_argmax = [&](const Func &value, const std::string &name) {
+            Func arg(name);
+            arg(g, h, b) = Tuple(0, neg_inf());
+            Expr v = value(rc, g, h, b);
+            arg(g, h, b) = Tuple(select(v > arg(g, h, b)[1], cast<int>(rc), arg(g, h, b)[0]),
+                                 Halide::max(v, arg(g, h, b)[1]));
+            st.solver_steps.push_back(arg);
+            return arg;
+        };
+        Func start = first_argmax(st.cand_score, "fw_start");
+        Func iterate("fw_alpha_0");
+        iterate(c, g, h, b) = select(c == start(g, h, b)[0], 1.0f, 0.0f);
+        st.solver_steps.push_back(iterate);
+        auto gradient_of = [&](const Func &a, int t) {
+            Func grad("fw_gradient_" + std::to_string(t));
+            grad(c, g, h, b) = select(valid_c, s_c - tau * a(c, g, h, b), neg_inf());
+            st.solver_steps.push_back(grad);
+            return grad;
+        };
+        for (int t = 0; t < cfg.solver_steps; ++t) {
+            Func grad = gradient_of(iterate, t);
+            Func vertex = first_argmax(grad, "fw_vertex_" + std::to_string(t));
+            const float gamma = 2.0f / (t + 2.0f);
+            Func next("fw_alpha_" + std::to_string(t + 1));
+            next(c, g, h, b) = (1.0f - gamma) * iterate(c, g, h, b) +
+                               select(c == vertex(g, h, b)[0], gamma, 0.0f);
+            st.solver_steps.push_back(next);
+            iterate = next;
+        }
+        Func grad = gradient_of(iterate, cfg.solver_steps);
+        Func vertex = first_argmax(grad, "fw_vertex_final");
+        Func inner("fw_inner");  // <grad, alpha> over candidates
+        inner(g, h, b) = 0.0f;
+        inner(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(),
+                                 grad(rc, g, h, b) * iterate(rc, g, h, b), 0.0f);
+        st.solver_steps.push_back(inner);
+        fw_gap = vertex(g, h, b)[1] - inner(g, h, b);
+        st.alpha(c, g, h, b) = iterate(c, g, h, b);
+    } else {
+        // sparsemax: alpha = max(z - theta, 0), z = s / tau, sum alpha = 1. theta is
+        // bracketed by bisection on f(theta) = sum max(z - theta, 0) - 1, then solved
+        // exactly on the support it brackets.
+        const float tau = cfg.solver_tau;
+        Expr z_c = select(valid_c, s_c / tau, neg_inf());
+        Func z("sparsemax_z");
+        z(c, g, h, b) = z_c;
+        Func bracket("sparsemax_bracket_0");
+        bracket(g, h, b) = Tuple(m / tau - 1.0f, m / tau);
+        st.solver_steps.push_back(z);
+        st.solver_steps.push_back(bracket);
+        for (int t = 1; t <= 30; ++t) {
+            Expr mid = (bracket(g, h, b)[0] + bracket(g, h, b)[1]) * 0.5f;
+            Func excess("sparsemax_excess_" + std::to_string(t));
+            excess(g, h, b) = -1.0f;
+            excess(g, h, b) += Halide::max(z(rc, g, h, b) - mid, 0.0f);
+            Func next("sparsemax_bracket_" + std::to_string(t));
+            Expr inside = excess(g, h, b) >= 0.0f;
+            next(g, h, b) = Tuple(select(inside, mid, bracket(g, h, b)[0]),
+                                  select(inside, bracket(g, h, b)[1], mid));
+            st.solver_steps.push_back(excess);
+            st.solver_steps.push_back(next);
+            bracket = next;
+        }
+        Func support("sparsemax_support");
+        support(g, h, b) = Tuple(0, 0.0f);
+        Expr zr = z(rc, g, h, b);
+        Expr in_support = zr > bracket(g, h, b)[0];
+        support(g, h, b) = Tuple(support(g, h, b)[0] + select(in_support, 1, 0),
+                                 support(g, h, b)[1] + select(in_support, zr, 0.0f));
+        Func theta("sparsemax_theta");
+        theta(g, h, b) = (support(g, h, b)[1] - 1.0f) / as_f32(support(g, h, b)[0]);
+        st.solver_steps.push_back(support);
+        st.solver_steps.push_back(theta);
+        st.alpha(c, g, h, b) = select(valid_c, Halide::max(z(c, g, h, b) - theta(g, h, b), 0.0f), 0.0f);
+    }
+
+    // 4. Output and LSE of the candidate scores.
+    st.out = Func("out");
+    {
+        Expr page = st.cand_location(rc, g, h, b)[0];
+        Expr offset = st.cand_location(rc, g, h, b)[1];
+        st.out(d, g, h, b) = 0.0f;
+        st.out(d, g, h, b) += st.alpha(rc, g, h, b) * as_f32(kv_element(in.v_cache, cfg.layout, d, offset, h, page));
+    }
+    st.lse = Func("lse");
+    if (beta == 1.0f) {
+        st.lse(g, h, b) = m + Halide::log(st.weight_sum(g, h, b));
+    } else {
+        Func unscaled("lse_sum");
+        unscaled(g, h, b) = 0.0f;
+        unscaled(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(),
+                                    Halide::exp(st.cand_score(rc, g, h, b) - m), 0.0f);
+        st.solver_steps.push_back(unscaled);
+        st.lse(g, h, b) = m + Halide::log(unscaled(g, h, b));
+    }
+
+    // Diagnostics. Mass outside the candidates, relative to Z_C, from the exact scores
+    // of selected pages' other tokens and n_p * exp(u_p - m) for unselected pages.
+    // Written as masked sums and maxima (no predicated RDom) so they vectorize.
+    st.inside_stats = Func("inside_stats");
+    {
+        RDom rt(0, P * S, "rt");
+        Expr outside = slot_valid(rt) && !st.select.kept(rt, g, h, b);
+        Expr s = score_at(rt);
+        Expr vnorm = in.value_norm(clamp(slot_page(rt), 0, in.max_pages - 1), h, b);
+        st.inside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f);
+        st.inside_stats(g, h, b) =
+            Tuple(st.inside_stats(g, h, b)[0] + select(outside, Halide::exp(beta * (s - m)), 0.0f),
+                  Halide::max(st.inside_stats(g, h, b)[1], select(outside, s, neg_inf())),
+                  Halide::max(st.inside_stats(g, h, b)[2], select(outside, vnorm, 0.0f)));
+    }
+    st.outside_stats = Func("outside_stats");
+    {
+        RDom rp(0, in.max_pages, "rp");
+        Expr outside = rp < n_pages && !st.route.kept(rp, gr, h, b);
+        Expr u = scale * st.head_page_score(rp, g, h, b);
+        Expr tokens = as_f32(Halide::min(S, seq_len - rp * S));
+        st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f);
+        st.outside_stats(g, h, b) =
+            Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * Halide::exp(beta * (u - m)), 0.0f),
+                  Halide::max(st.outside_stats(g, h, b)[1], select(outside, u, neg_inf())),
+                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, in.value_norm(rp, h, b), 0.0f)));
+    }
+    st.out_norm = Func("out_norm");
+    {
+        RDom ro(0, D, "ro");
+        st.out_norm(g, h, b) = 0.0f;
+        st.out_norm(g, h, b) += st.out(ro, g, h, b) * st.out(ro, g, h, b);
+    }
+    Func min_score("min_score");
+    min_score(g, h, b) = std::numeric_limits<float>::infinity();
+    min_score(g, h, b) = Halide::min(min_score(g, h, b),
+                                     select(st.cand_score(rc, g, h, b) > neg_inf(),
+                                            st.cand_score(rc, g, h, b),
+                                            std::numeric_limits<float>::infinity()));
+    st.solver_steps.push_back(min_score);
+
+    Expr leakage = (st.inside_stats(g, h, b)[0] + st.outside_stats(g, h, b)[0]) / st.weight_sum(g, h, b);
+    Expr delta = 1.0f - 1.0f / (1.0f + leakage);  // L / (1 + L), 1 when L = inf
+    Expr value_out = Halide::max(st.inside_stats(g, h, b)[2], st.outside_stats(g, h, b)[2]);
+    Expr bound = delta * (value_out + Halide::sqrt(st.out_norm(g, h, b)));
+    Expr outside_max = Halide::max(st.inside_stats(g, h, b)[1], st.outside_stats(g, h, b)[1]);
+    Expr gap = min_score(g, h, b) - outside_max;
+    st.diag = Func("diag");
+    st.diag(k, g, h, b) = Halide::mux(k, {gap, leakage, bound, delta, value_out,
+                                          as_f32(st.select.count(g, h, b)), fw_gap, m});
+
+    Var x("x");
+    Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b),
+                           x == D, st.lse(g, h, b),
+                           st.diag(clamp(x - D - 1, 0, kDiagFields - 1), g, h, b));
+    Expr int_part = select(x < KC, st.candidates(clamp(x, 0, KC - 1), g, h, b),
+                           st.pages(clamp(x - KC, 0, P - 1), g, h, b));
+    st.record = Func("record");
+    st.record(x, g, h, b) = Tuple(f32_part, int_part);
+
+    st.result_out = Func("out_view");
+    st.result_out(d, g, h, b) = st.record(d, g, h, b)[0];
+    st.result_lse = Func("lse_view");
+    st.result_lse(g, h, b) = st.record(D, g, h, b)[0];
+    st.result_diag = Func("diag_view");
+    st.result_diag(k, g, h, b) = st.record(D + 1 + k, g, h, b)[0];
+    st.result_candidates = Func("candidates_view");
+    st.result_candidates(c, g, h, b) = st.record(c, g, h, b)[1];
+    st.result_pages = Func("pages_view");
+    st.result_pages(i, g, h, b) = st.record(KC + i, g, h, b)[1];
+    // Shape facts: each output holds exactly one group of G heads and full rows.
+    st.result_out.bound(d, 0, D).bound(g, 0, G);
+    st.result_lse.bound(g, 0, G);
+    st.result_diag.bound(k, 0, kDiagFields).bound(g, 0, G);
+    st.result_candidates.bound(c, 0, KC).bound(g, 0, G);
+    st.result_pages.bound(i, 0, P).bound(g, 0, G);
+    return st;
+}
+
+int record_length(const DecodeConfig &cfg) {
+    return std::max(cfg.head_dim + 1 + kDiagFields, cfg.top_tokens + cfg.top_pages);
+}
+
+DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in) {
+    DenseStages st;
+    Var d = st.d, t = st.t, g = st.g, h = st.h, b = st.b, ch = st.ch;
+    const int D = cfg.head_dim, S = cfg.page_size;
+    const int chunk = cfg.split_pages * S;
+    Expr seq_len = in.seq_lens(b);
+    auto token = [&](Expr tok, auto &&element) {
+        Expr logical = clamp(tok / S, 0, in.max_pages - 1);
+        Expr page = clamp(in.page_table(logical, b), 0, in.num_pages - 1);
+        return element(page, tok % S);
+    };
+
+    RDom rd(0, D, "rd");
+    st.score = Func("dense_score");  // q.k_t
+    st.score(t, g, h, b) = 0.0f;
+    st.score(t, g, h, b) += in.q(rd, g, h, b) *
+        token(t, [&](Expr page, Expr off) { return as_f32(kv_element(in.k_cache, cfg.layout, rd, off, h, page)); });
+    auto s = [&](Expr tok) { return in.scale * st.score(tok, g, h, b); };
+
+    RDom rt(0, chunk, "rt");
+    Expr tok = ch * chunk + rt;
+    rt.where(tok < seq_len);
+    st.chunk_max = Func("chunk_max");
+    st.chunk_max(g, ch, h, b) = neg_inf();
+    st.chunk_max(g, ch, h, b) = Halide::max(st.chunk_max(g, ch, h, b), s(tok));
+    Expr w = Halide::exp(s(tok) - st.chunk_max(g, ch, h, b));
+    st.chunk_sum = Func("chunk_sum");
+    st.chunk_sum(g, ch, h, b) = 0.0f;
+    st.chunk_sum(g, ch, h, b) += w;
+    st.chunk_acc = Func("chunk_acc");
+    st.chunk_acc(d, g, ch, h, b) = 0.0f;
+    st.chunk_acc(d, g, ch, h, b) +=
+        w * token(tok, [&](Expr page, Expr off) { return as_f32(kv_element(in.v_cache, cfg.layout, d, off, h, page)); });
+
+    // Merge the chunks that hold tokens.
+    Expr chunks = (in.max_pages + (cfg.split_pages - 1)) / cfg.split_pages;
+    RDom rch(0, chunks, "rch");
+    rch.where(rch * chunk < seq_len);
+    st.max_score = Func("dense_max");
+    st.max_score(g, h, b) = neg_inf();
+    st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), st.chunk_max(g, rch, h, b));
+    Expr rescale = Halide::exp(st.chunk_max(g, rch, h, b) - st.max_score(g, h, b));
+    st.sum = Func("dense_sum");
+    st.sum(g, h, b) = 0.0f;
+    st.sum(g, h, b) += st.chunk_sum(g, rch, h, b) * rescale;
+    Func acc("dense_acc");
+    acc(d, g, h, b) = 0.0f;
+    acc(d, g, h, b) += st.chunk_acc(d, g, rch, h, b) * rescale;
+    st.out = Func("dense_out");
+    st.out(d, g, h, b) = acc(d, g, h, b) / st.sum(g, h, b);
+    st.lse = Func("dense_lse");
+    st.lse(g, h, b) = st.max_score(g, h, b) + Halide::log(st.sum(g, h, b));
+    st.out.bound(d, 0, D).bound(g, 0, cfg.group_size);
+    st.lse.bound(g, 0, cfg.group_size);
+    return st;
+}
+
+SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) {
+    SummaryStages st;
+    Var d = st.d, c = st.c, h = st.h, n = st.n;
+    const int S = cfg.page_size;
+    Expr seq = clamp(in.touched(0, n), 0, Halide::Int(32).max());
+    Expr logical = clamp(in.touched(1, n), 0, in.max_pages - 1);
+    Expr page = clamp(in.page_table(logical, seq), 0, in.num_pages - 1);
+    Expr tokens = clamp(in.seq_lens(seq) - logical * S, 0, S);
+
+    RDom rs(0, S, "rs");
+    rs.where(rs < tokens);
+    Expr key = as_f32(kv_element(in.k_cache, cfg.layout, d, rs, h, page));
+    st.key_sum = Func("key_sum");
+    st.key_sum(d, h, n) = 0.0f;
+    st.key_sum(d, h, n) += key;
+    st.key_min = Func("key_min");
+    st.key_min(d, h, n) = std::numeric_limits<float>::infinity();
+    st.key_min(d, h, n) = Halide::min(st.key_min(d, h, n), key);
+    st.key_max = Func("key_max");
+    st.key_max(d, h, n) = neg_inf();
+    st.key_max(d, h, n) = Halide::max(st.key_max(d, h, n), key);
+
+    Var s("s");
+    RDom rd(0, cfg.head_dim, "rd");
+    Func token_norm_sq("value_norm_sq_token");
+    Expr v = as_f32(kv_element(in.v_cache, cfg.layout, rd, s, h, page));
+    token_norm_sq(s, h, n) = 0.0f;
+    token_norm_sq(s, h, n) += v * v;
+    st.value_norm_sq = Func("value_norm_sq");
+    st.value_norm_sq(h, n) = 0.0f;
+    st.value_norm_sq(h, n) = Halide::max(st.value_norm_sq(h, n), token_norm_sq(rs, h, n));
+
+    Expr mean = select(tokens > 0, st.key_sum(d, h, n) / as_f32(tokens), 0.0f);
+    st.summary = Func("summary");
+    st.summary(d, c, h, n) = cast(cfg.summary_type,
+                                  Halide::mux(c, {mean, st.key_min(d, h, n), st.key_max(d, h, n)}));
+    // Rounded up by 2^-20 relative so f32 rounding cannot put it below the true norm.
+    st.value_norm = Func("value_norm");
+    st.value_norm(h, n) = Halide::sqrt(st.value_norm_sq(h, n)) * (1.0f + 1.0f / (1 << 20));
+    st.summary.bound(d, 0, cfg.head_dim).bound(c, 0, kSummaryChannels);
+    return st;
+}
+
+const char *to_string(KvLayout v) { return v == KvLayout::HND ? "HND" : "NHD"; }
+const char *to_string(Solver v) {
+    switch (v) {
+    case Solver::Softmax: return "softmax";
+    case Solver::EG: return "eg";
+    case Solver::FW: return "fw";
+    case Solver::Sparsemax: return "sparsemax";
+    }
+    return "?";
+}
+const char *to_string(RoutingMode v) { return v == RoutingMode::Mean ? "mean" : "bound"; }
+const char *to_string(GroupRouting v) { return v == GroupRouting::PerHead ? "per_head" : "shared"; }
+
+Type parse_type(const std::string &name) {
+    if (name == "float32") return Halide::Float(32);
+    if (name == "float16") return Halide::Float(16);
+    if (name == "bfloat16") return Halide::BFloat(16);
+    throw std::invalid_argument("dtype '" + name + "' is not one of float32, float16, bfloat16");
+}
+
+std::string type_name(const Type &t) {
+    if (t == Halide::Float(32)) return "float32";
+    if (t == Halide::Float(16)) return "float16";
+    if (t == Halide::BFloat(16)) return "bfloat16";
+    return "unsupported";
+}
+
+}  // namespace vashista

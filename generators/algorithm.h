@@ -1,0 +1,178 @@
+// Algorithm definitions of the Vashista sparse decode step (../shared/method.md).
+//
+// Each function builds Halide Funcs for one named quantity of the method. Nothing
+// here chooses how they are computed: no tile sizes, no vectorize, no target checks.
+// The same definitions serve the AOT generators, the JIT path of the tuner and tests.
+//
+// Dimension conventions (Halide lists the innermost dimension first):
+//   q, out            (d, g, h, b)      query head h*G + g uses KV head h
+//   k_cache, v_cache  HND (d, s, h, page) or NHD (d, h, s, page)
+//   page_table        (j, b)            logical page j of sequence b -> physical page
+//   seq_lens          (b)
+//   summary           (lane, d, c, blk, h, b)  logical page j = blk*16 + lane;
+//                     c = 0 mean, 1 per-channel min, 2 per-channel max
+//   value_norm        (j, h, b)         max ||v|| over the valid tokens of page j
+#pragma once
+
+#include "Halide.h"
+#include "method_types.h"
+
+#include <string>
+#include <vector>
+
+namespace vashista {
+
+using Halide::Expr;
+using Halide::Func;
+using Halide::RDom;
+using Halide::Type;
+using Halide::Var;
+
+// What a decode kernel is compiled for (the GeneratorParams).
+struct DecodeConfig {
+    int head_dim = 128;
+    int page_size = 16;
+    int top_pages = 64;    // P
+    int top_tokens = 128;  // K_c
+    int group_size = 4;    // G = H_q / H_kv
+    Type kv_type = Halide::BFloat(16);
+    Type summary_type = Halide::BFloat(16);
+    KvLayout layout = KvLayout::HND;
+    Solver solver = Solver::Softmax;
+    RoutingMode routing = RoutingMode::Mean;
+    GroupRouting group_routing = GroupRouting::PerHead;
+    int solver_steps = 6;      // eg: N, fw: N
+    float solver_eta = 0.2f;   // eg step size
+    float solver_tau = 1.0f;   // fw and sparsemax regularization
+    // heads that route together: G for per_head, 1 for shared
+    int routing_groups() const { return group_routing == GroupRouting::PerHead ? group_size : 1; }
+};
+
+// Inputs of a decode step as Funcs, with the extents the definitions need.
+struct DecodeInputs {
+    Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm;
+    Expr scale;      // score scale, > 0
+    Expr max_pages;  // page_table extent along j
+    Expr num_pages;  // physical pages in the cache
+};
+
+// The stages of a linear-time top-k over keys (i, g, h, b) -> uint32, i in [0, n).
+// Keys order like the scores they encode; key 0 marks an element that does not exist.
+// The k-th largest key is found bit by bit (32 counting passes); ties at that key go to
+// the lower index; the kept indices are compacted in index order.
+struct TopKStages {
+    std::vector<Func> count_at_least;  // per pass: #keys >= candidate threshold
+    std::vector<Func> threshold;       // per pass: threshold so far; the last is the k-th key
+    Func count_above;                  // #keys > k-th key
+    Func scan;                         // (i) -> {ties before i, kept before i}
+    Func kept;                         // (i) -> bool
+    Func index;                        // (slot) -> kept index in increasing order, or -1
+    Func count;                        // number kept = min(k, #existing)
+};
+
+// Every named stage of the fused decode step, so schedules can place each one.
+struct DecodeStages {
+    Var d{"d"}, i{"i"}, g{"g"}, h{"h"}, b{"b"}, c{"c"}, k{"k"};
+    Func head_page_score;  // (i=page, g, h, b): scale * q.m_p (mean) or u_p (bound)
+    Func route_score;      // (i, gr, h, b): per head, or max over the group (shared)
+    Func route_key;
+    TopKStages route;      // top-P pages
+    Func token_score;      // (i=slot, g, h, b): s_t over the selected pages' tokens
+    Func token_key;
+    TopKStages select;     // top-K_c tokens
+    Func cand_score;       // (c, g, h, b), -inf where no candidate
+    Func cand_location;    // (c, g, h, b) -> {physical page, offset}
+    Func max_score;        // m
+    Func weight;           // (c): solver weight before normalization
+    Func weight_sum;
+    std::vector<Func> solver_steps;  // fw iterates / sparsemax bisection steps
+    Func alpha;            // (c): solver weights, sum 1
+    Func out;              // (d, g, h, b) = sum_c alpha_c v_c
+    Func lse;              // (g, h, b) = m + log sum exp(s_c - m)
+    Func inside_stats;     // (g, h, b) non-candidate tokens of selected pages: {leak, max score, max ||v||}
+    Func outside_stats;    // (g, h, b) unselected pages: {leak, max score, max ||v||}
+    Func out_norm;
+    Func diag;             // (k, g, h, b), see DiagField
+    Func candidates;       // (c, g, h, b): token position or -1
+    Func pages;            // (i, g, h, b): logical page or -1
+    // One head's results in one record, so that one loop nest computes a head's step
+    // and the five outputs are views of it. (x, g, h, b) -> {f32, int32}:
+    //   f32: [0, D) out, D lse, D+1.. diag;  int32: [0, K_c) candidates, then pages.
+    Func record;
+    // The pipeline's outputs, views of `record`: out (d,g,h,b), lse (g,h,b),
+    // diag (k,g,h,b), candidates (c,g,h,b), pages (i,g,h,b).
+    Func result_out, result_lse, result_diag, result_candidates, result_pages;
+    std::vector<Func> outputs() const {
+        return {result_out, result_lse, result_diag, result_candidates, result_pages};
+    }
+};
+int record_length(const DecodeConfig &cfg);
+
+// Dense decode attention over all tokens, split into chunks of `split_pages` pages whose
+// partial softmax states are merged (flash-decoding); the split changes only f32
+// reassociation.
+struct DenseConfig {
+    int head_dim = 128;
+    int page_size = 16;
+    int group_size = 4;
+    int split_pages = 64;
+    Type kv_type = Halide::BFloat(16);
+    KvLayout layout = KvLayout::HND;
+};
+
+struct DenseStages {
+    Var d{"d"}, t{"t"}, g{"g"}, h{"h"}, b{"b"}, ch{"ch"};
+    Func score;       // (t, g, h, b), t a token of the sequence
+    Func chunk_max;   // (g, ch, h, b)
+    Func chunk_sum;   // (g, ch, h, b)
+    Func chunk_acc;   // (d, g, ch, h, b)
+    Func max_score, sum, out, lse;
+};
+
+struct DenseInputs {
+    Func q, k_cache, v_cache, page_table, seq_lens;
+    Expr scale, max_pages, num_pages;
+};
+
+// Summaries of touched pages. `touched` (0..1, n): {sequence, logical page}.
+struct SummaryConfig {
+    int head_dim = 128;
+    int page_size = 16;
+    Type kv_type = Halide::BFloat(16);
+    Type summary_type = Halide::BFloat(16);
+    KvLayout layout = KvLayout::HND;
+};
+
+struct SummaryInputs {
+    Func k_cache, v_cache, page_table, seq_lens, touched;
+    Expr max_pages, num_pages;
+};
+
+struct SummaryStages {
+    Var d{"d"}, c{"c"}, h{"h"}, n{"n"};
+    Func key_sum, key_min, key_max, value_norm_sq;
+    Func summary;     // (d, c, h, n) in the summary type
+    Func value_norm;  // (h, n) f32
+};
+
+// Maps a float to a uint32 that orders like it; -0 and +0 map alike. Never 0 for
+// a finite input, so 0 can mark "no element".
+Expr order_key(Expr score);
+Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr page);
+
+TopKStages top_k(const Func &key, Expr n, int k, const std::string &name,
+                 Var i, Var g, Var h, Var b);
+
+DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in);
+DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in);
+SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in);
+
+// Names used by GeneratorParams, the runtime and the tuner.
+const char *to_string(KvLayout v);
+const char *to_string(Solver v);
+const char *to_string(RoutingMode v);
+const char *to_string(GroupRouting v);
+Type parse_type(const std::string &name);  // "float32", "float16", "bfloat16"
+std::string type_name(const Type &t);
+
+}  // namespace vashista

@@ -1,0 +1,292 @@
+#include "schedule.h"
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+namespace vashista {
+
+using Halide::RVar;
+using Halide::TailStrategy;
+
+std::string knob_domain_error(const char *knob, int value, const std::vector<int> &domain) {
+    if (std::find(domain.begin(), domain.end(), value) != domain.end()) return "";
+    std::ostringstream os;
+    os << "schedule knob '" << knob << "' = " << value << " is not one of {";
+    for (size_t i = 0; i < domain.size(); ++i) os << (i ? ", " : "") << domain[i];
+    os << "}";
+    return os.str();
+}
+
+namespace {
+
+std::string divides(const char *what, int lanes, const char *of, int extent) {
+    if (extent % lanes == 0) return "";
+    std::ostringstream os;
+    os << what << " = " << lanes << " does not divide " << of << " = " << extent;
+    return os.str();
+}
+
+template <typename Schedule, typename Shape>
+void check(const Schedule &s, const Shape &shape) {
+    for (const auto &knob : Schedule::space().knobs) {
+        std::string err = knob_domain_error(knob.name, s.*(knob.field), knob.domain);
+        if (!err.empty()) throw std::invalid_argument(err);
+    }
+    std::string err = Schedule::space().violation(s, shape);
+    if (!err.empty()) throw std::invalid_argument("invalid schedule: " + err);
+}
+
+// Splits a sum reduction into `lanes` vector lanes (rfactor) computed inside `f`'s
+// loop at `at`, then sums the lanes.
+void vectorize_sum(Func f, int lanes, Var at_var, bool at_root_of_f) {
+    RVar r = f.rvars(0)[0];
+    RVar ro("ro"), ri("ri");
+    Var u("u");
+    Func lanes_f = f.update().split(r, ro, ri, lanes, TailStrategy::GuardWithIf).rfactor(ri, u);
+    if (at_root_of_f) {
+        lanes_f.compute_at(f, at_var);
+    } else {
+        lanes_f.compute_at(f, at_var);
+    }
+    lanes_f.vectorize(u);
+    lanes_f.update(0).vectorize(u);
+}
+
+}  // namespace
+
+const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
+    static const Space<DecodeCpuSchedule, DecodeConfig> s{
+        {
+            {"vector_width", {8, 16}, &DecodeCpuSchedule::vector_width},
+            {"page_lanes", {4, 8, 16}, &DecodeCpuSchedule::page_lanes},
+            {"group_inner", {0, 1}, &DecodeCpuSchedule::group_inner},
+            {"count_lanes", {8, 16, 32, 64}, &DecodeCpuSchedule::count_lanes},
+            {"dot_lanes", {8, 16, 32}, &DecodeCpuSchedule::dot_lanes},
+            {"out_unroll", {1, 2, 4, 8}, &DecodeCpuSchedule::out_unroll},
+            {"parallel", {0, 1}, &DecodeCpuSchedule::parallel},
+        },
+        [](const DecodeCpuSchedule &s, const DecodeConfig &cfg) -> std::string {
+            std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
+            if (e.empty()) e = divides("out_unroll * vector_width", s.out_unroll * s.vector_width, "head_dim", cfg.head_dim);
+            return e;
+        }};
+    return s;
+}
+
+const Space<DenseCpuSchedule, DenseConfig> &DenseCpuSchedule::space() {
+    static const Space<DenseCpuSchedule, DenseConfig> s{
+        {
+            {"split_pages", {8, 16, 32, 64, 128, 256}, &DenseCpuSchedule::split_pages},
+            {"vector_width", {8, 16}, &DenseCpuSchedule::vector_width},
+            {"dot_lanes", {8, 16, 32}, &DenseCpuSchedule::dot_lanes},
+            {"group_inner", {0, 1}, &DenseCpuSchedule::group_inner},
+            {"acc_unroll", {1, 2, 4, 8}, &DenseCpuSchedule::acc_unroll},
+            {"parallel", {0, 1}, &DenseCpuSchedule::parallel},
+        },
+        [](const DenseCpuSchedule &s, const DenseConfig &cfg) -> std::string {
+            std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
+            if (e.empty()) e = divides("acc_unroll * vector_width", s.acc_unroll * s.vector_width, "head_dim", cfg.head_dim);
+            return e;
+        }};
+    return s;
+}
+
+const Space<SummaryCpuSchedule, SummaryConfig> &SummaryCpuSchedule::space() {
+    static const Space<SummaryCpuSchedule, SummaryConfig> s{
+        {
+            {"vector_width", {8, 16}, &SummaryCpuSchedule::vector_width},
+            {"parallel", {0, 1}, &SummaryCpuSchedule::parallel},
+        },
+        [](const SummaryCpuSchedule &s, const SummaryConfig &cfg) -> std::string {
+            return divides("vector_width", s.vector_width, "head_dim", cfg.head_dim);
+        }};
+    return s;
+}
+
+DecodeCpuSchedule hand_schedule(const DecodeConfig &cfg) {
+    DecodeCpuSchedule s;
+    while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0 && s.out_unroll > 1) s.out_unroll /= 2;
+    while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0) s.vector_width = 8, s.out_unroll = 1;
+    if (cfg.head_dim % s.dot_lanes != 0) s.dot_lanes = 8;
+    return s;
+}
+
+DenseCpuSchedule hand_schedule(const DenseConfig &cfg) {
+    DenseCpuSchedule s;
+    while (cfg.head_dim % (s.acc_unroll * s.vector_width) != 0 && s.acc_unroll > 1) s.acc_unroll /= 2;
+    while (cfg.head_dim % (s.acc_unroll * s.vector_width) != 0) s.vector_width = 8, s.acc_unroll = 1;
+    if (cfg.head_dim % s.dot_lanes != 0) s.dot_lanes = 8;
+    return s;
+}
+
+SummaryCpuSchedule hand_schedule(const SummaryConfig &cfg) {
+    SummaryCpuSchedule s;
+    if (cfg.head_dim % s.vector_width != 0) s.vector_width = 8;
+    return s;
+}
+
+void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st) {
+    check(s, cfg);
+    Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c;
+    const int vw = s.vector_width;
+
+    // One task per (KV head, sequence) computes all of its query heads' steps.
+    Func rec = st.record;
+    Var x = rec.args()[0];
+    Var hb("hb");
+    rec.compute_root().fuse(h, b, hb);
+    if (s.parallel) rec.parallel(hb);
+    auto at_head = [&](Func f) { f.compute_at(rec, hb); };
+
+    // Routing: 16 pages of one summary block per vector, every head of the group
+    // accumulating from the same load.
+    at_head(st.head_page_score);
+    {
+        Var io("io"), ii("ii");
+        RVar rd = st.head_page_score.rvars(0)[0];
+        st.head_page_score.vectorize(i, s.page_lanes, TailStrategy::RoundUp);
+        auto u = st.head_page_score.update().split(i, io, ii, s.page_lanes, TailStrategy::RoundUp);
+        if (s.group_inner) {
+            u.reorder(ii, g, rd, io).vectorize(ii).unroll(g);
+        } else {
+            u.reorder(ii, rd, io, g).vectorize(ii);
+        }
+    }
+    if (cfg.group_routing == GroupRouting::Shared) {
+        at_head(st.route_score);
+        st.route_score.vectorize(i, vw, TailStrategy::RoundUp);
+        st.route_score.update().vectorize(i, vw, TailStrategy::RoundUp);
+    }
+
+    auto schedule_top_k = [&](TopKStages &tk, Func key) {
+        at_head(key);
+        key.vectorize(i, vw, TailStrategy::RoundUp);
+        for (Func count : tk.count_at_least) {
+            at_head(count);
+            vectorize_sum(count, s.count_lanes, g, true);
+        }
+        for (Func t : tk.threshold) at_head(t);
+        at_head(tk.count_above);
+        vectorize_sum(tk.count_above, s.count_lanes, g, true);
+        at_head(tk.scan);
+        at_head(tk.index);
+    };
+    schedule_top_k(st.route, st.route_key);
+
+    // Token scores: D split into vector lanes; with shared routing every head of the
+    // group uses each key load.
+    at_head(st.token_score);
+    {
+        RVar rd = st.token_score.rvars(0)[0];
+        RVar ro("rdo"), ri("rdi");
+        Var u("u");
+        st.token_score.update().reorder(g, i);
+        Func lanes = st.token_score.update().split(rd, ro, ri, s.dot_lanes).rfactor(ri, u);
+        lanes.compute_at(st.token_score, i).vectorize(u);
+        if (s.group_inner) {
+            lanes.update().reorder(u, g, ro).vectorize(u).unroll(g);
+        } else {
+            lanes.update().vectorize(u);
+        }
+    }
+    schedule_top_k(st.select, st.token_key);
+
+    for (Func f : {st.cand_score, st.weight, st.alpha}) {
+        at_head(f);
+        f.vectorize(c, vw, TailStrategy::RoundUp);
+    }
+    at_head(st.cand_location);
+    for (Func f : {st.max_score, st.weight_sum}) at_head(f);
+    for (Func f : st.solver_steps) at_head(f);
+
+    // Output: candidates outer, D vectors unrolled inner.
+    at_head(st.out);
+    {
+        Var dout("dout"), din("din");
+        st.out.vectorize(d, vw);
+        RVar rc = st.out.rvars(0)[0];
+        st.out.update()
+            .split(d, dout, din, vw)
+            .split(dout, dout, Var("du"), s.out_unroll)
+            .reorder(din, Var("du"), rc, dout)
+            .vectorize(din)
+            .unroll(Var("du"));
+    }
+    at_head(st.out_norm);
+    for (Func f : {st.inside_stats, st.outside_stats}) {
+        at_head(f);
+        RVar r = f.rvars(0)[0];
+        RVar ro("ro"), ri("ri");
+        Var u("u");
+        Func lanes = f.update().split(r, ro, ri, vw, TailStrategy::GuardWithIf).rfactor(ri, u);
+        lanes.compute_at(f, g).vectorize(u);
+        lanes.update().vectorize(u);
+    }
+    (void)x;
+    for (Func f : st.outputs()) f.compute_root();
+    st.result_out.vectorize(d, vw);
+}
+
+void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &st) {
+    check(s, cfg);
+    if (cfg.split_pages != s.split_pages)
+        throw std::invalid_argument("dense schedule split_pages must match the definition's split_pages");
+    Var d = st.d, t = st.t, g = st.g, h = st.h, b = st.b, ch = st.ch;
+    const int vw = s.vector_width;
+    // One task per (chunk, KV head, sequence); the chunk's scores stay in cache.
+    Var task("task");
+    Func acc = st.chunk_acc;
+    acc.compute_root().reorder(d, g, ch, h, b).fuse(ch, h, task).fuse(task, b, task);
+    if (s.parallel) acc.parallel(task);
+    acc.vectorize(d, vw);
+    {
+        RVar rt = acc.rvars(0)[0];
+        Var dout("dout"), din("din"), du("du");
+        acc.update()
+            .split(d, dout, din, vw)
+            .split(dout, dout, du, s.acc_unroll)
+            .reorder(din, du, g, rt, dout)
+            .vectorize(din)
+            .unroll(du);
+        if (s.group_inner) acc.update().unroll(g);
+    }
+    for (Func f : {st.chunk_max, st.chunk_sum}) f.compute_at(acc, task);
+    st.score.compute_at(acc, task);
+    {
+        RVar rd = st.score.rvars(0)[0];
+        RVar ro("rdo"), ri("rdi");
+        Var u("u");
+        st.score.update().reorder(g, t);
+        Func lanes = st.score.update().split(rd, ro, ri, s.dot_lanes).rfactor(ri, u);
+        lanes.compute_at(st.score, t).vectorize(u);
+        if (s.group_inner) {
+            lanes.update().reorder(u, g, ro).vectorize(u).unroll(g);
+        } else {
+            lanes.update().vectorize(u);
+        }
+    }
+    // The merge over chunks is small; one pass per head.
+    Var hb("hb");
+    st.out.compute_root().fuse(h, b, hb).vectorize(d, vw);
+    if (s.parallel) st.out.parallel(hb);
+    for (Func f : {st.max_score, st.sum}) f.compute_at(st.out, hb);
+    (void)t;
+}
+
+void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st) {
+    check(s, cfg);
+    Var d = st.d, c = st.c, h = st.h, n = st.n;
+    Var hn("hn");
+    st.summary.compute_root().reorder(d, c, h, n).fuse(h, n, hn).vectorize(d, s.vector_width);
+    if (s.parallel) st.summary.parallel(hn);
+    for (Func f : {st.key_sum, st.key_min, st.key_max}) {
+        f.compute_at(st.summary, hn).vectorize(d, s.vector_width);
+        f.update().vectorize(d, s.vector_width);
+    }
+    st.value_norm.compute_root();
+    st.value_norm_sq.compute_at(st.value_norm, st.value_norm.args()[1]);
+    (void)c;
+}
+
+}  // namespace vashista

@@ -1,0 +1,100 @@
+// How each stage is computed on a CPU. A schedule is data: a struct of integer knobs
+// that round-trips through JSON. Each struct declares its knobs, their domains and the
+// constraints between them in one place (`space()`), so the hand-written defaults, the
+// tuner's search and the JSON files all describe points of the same space.
+#pragma once
+
+#include "algorithm.h"
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace vashista {
+
+// What a knob is: its JSON name, its domain and where it lives in the struct.
+template <typename Schedule>
+struct Knob {
+    const char *name;
+    std::vector<int> domain;
+    int Schedule::*field;
+};
+
+// A schedule space: knobs plus the constraint that ties them to a shape.
+template <typename Schedule, typename Shape>
+struct Space {
+    std::vector<Knob<Schedule>> knobs;
+    // Empty when `s` is a valid point for `shape`, else why not.
+    std::string (*violation)(const Schedule &s, const Shape &shape);
+};
+
+struct DecodeCpuSchedule {
+    int vector_width = 16;  // f32 lanes of elementwise stages
+    int page_lanes = 16;    // pages scored per vector in routing (divides 16)
+    int group_inner = 1;    // one summary / key load serves all heads of a group
+    int count_lanes = 16;   // lanes of the top-k counting passes
+    int dot_lanes = 16;     // lanes along D of token scores
+    int out_unroll = 8;     // D vectors accumulated at once in the output sum
+    int parallel = 1;       // parallel over (KV head, sequence)
+    static const Space<DecodeCpuSchedule, DecodeConfig> &space();
+};
+
+struct DenseCpuSchedule {
+    int split_pages = 64;  // pages per flash-decoding chunk
+    int vector_width = 16;
+    int dot_lanes = 16;
+    int group_inner = 1;
+    int acc_unroll = 8;
+    int parallel = 1;
+    static const Space<DenseCpuSchedule, DenseConfig> &space();
+};
+
+struct SummaryCpuSchedule {
+    int vector_width = 16;
+    int parallel = 1;
+    static const Space<SummaryCpuSchedule, SummaryConfig> &space();
+};
+
+// JSON round trip over a space's knobs. from_json rejects unknown knobs and values
+// outside a domain, naming them.
+template <typename Schedule>
+nlohmann::json schedule_to_json(const Schedule &s) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto &knob : Schedule::space().knobs) j[knob.name] = s.*(knob.field);
+    return j;
+}
+
+std::string knob_domain_error(const char *knob, int value, const std::vector<int> &domain);
+
+template <typename Schedule>
+Schedule schedule_from_json(const nlohmann::json &j) {
+    Schedule s;
+    if (!j.is_object()) throw std::invalid_argument("schedule JSON must be an object, got " + j.dump());
+    for (auto it = j.begin(); it != j.end(); ++it) {
+        const Knob<Schedule> *found = nullptr;
+        for (const auto &knob : Schedule::space().knobs)
+            if (it.key() == knob.name) found = &knob;
+        if (!found) throw std::invalid_argument("unknown schedule knob '" + it.key() + "'");
+        if (!it.value().is_number_integer())
+            throw std::invalid_argument("schedule knob '" + it.key() + "' must be an integer, got " + it.value().dump());
+        int v = it.value().template get<int>();
+        std::string err = knob_domain_error(found->name, v, found->domain);
+        if (!err.empty()) throw std::invalid_argument(err);
+        s.*(found->field) = v;
+    }
+    return s;
+}
+
+// The hand-written defaults, tuned by hand on the demo shape.
+DecodeCpuSchedule hand_schedule(const DecodeConfig &cfg);
+DenseCpuSchedule hand_schedule(const DenseConfig &cfg);
+SummaryCpuSchedule hand_schedule(const SummaryConfig &cfg);
+
+// Turn a schedule into Halide directives. Throws std::invalid_argument on a point that
+// violates its space's constraints.
+void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st);
+void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &st);
+void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st);
+
+}  // namespace vashista

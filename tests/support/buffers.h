@@ -1,0 +1,20 @@
+// Halide buffers of a reference problem, in the layouts the kernels read.
+#pragma once
+
+#include "jit.h"
+#include "problem.h"
+
+namespace vashista::test {
+
+ref::DType ref_dtype(const Halide::Type &t);
+Halide::Type halide_type(ref::DType t);
+
+// Inputs for a decode step; summaries come from the reference rounded to
+// cfg.summary_type, so routing sees exactly the values the reference uses.
+DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum,
+                             double scale);
+// Summary input (lane, d, c, blk, h, b) from reference summaries.
+Halide::Buffer<> summary_buffer(const ref::Summaries &sum, const Halide::Type &type);
+Halide::Buffer<> cache_buffer(const ref::Cache &c, const std::vector<float> &values);
+
+}  // namespace vashista::test

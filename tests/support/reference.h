@@ -1,0 +1,92 @@
+// The reference implementation of ../shared/method.md: plain C++, double accumulation,
+// sorting where the method allows it. It is the oracle for kernels, runtime and
+// benchmarks; it is written for clarity, not speed.
+#pragma once
+
+#include "method_types.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace vashista::ref {
+
+enum class DType { F32, F16, BF16 };
+const char *dtype_name(DType t);
+int dtype_bytes(DType t);
+float round_to(DType t, float x);             // round to nearest even
+uint16_t to_bits16(DType t, float x);         // F16 / BF16 bit pattern
+float from_bits16(DType t, uint16_t bits);
+
+// A paged KV cache whose elements are floats already representable in `dtype`.
+struct Cache {
+    int num_pages = 0, kv_heads = 0, page_size = 0, head_dim = 0;
+    KvLayout layout = KvLayout::HND;
+    DType dtype = DType::BF16;
+    std::vector<float> k, v;
+    Cache() = default;
+    Cache(int num_pages, int kv_heads, int page_size, int head_dim, KvLayout layout, DType dtype);
+    size_t offset(int page, int slot, int head, int d) const;
+    // Packed bytes in `dtype`, in the cache's layout, as kernels read them.
+    std::vector<uint8_t> k_bytes() const;
+    std::vector<uint8_t> v_bytes() const;
+};
+
+// Sequences: int32 page table [batch][max_pages] and seq_lens [batch].
+struct Sequences {
+    int batch = 0, max_pages = 0;
+    std::vector<int32_t> page_table, seq_lens;
+    int page_of(int b, int token, int page_size) const { return page_table[size_t(b) * max_pages + token / page_size]; }
+};
+
+// Queries [batch][kv_heads][group][head_dim] (= [B][H_q][D]).
+struct Queries {
+    int batch = 0, kv_heads = 0, group = 0, head_dim = 0;
+    std::vector<float> q;
+    const float *head(int b, int h, int g) const { return &q[((size_t(b) * kv_heads + h) * group + g) * head_dim]; }
+};
+
+// Per (sequence, KV head, logical page): summaries rounded to `dtype`, exact value norms.
+struct Summaries {
+    int batch = 0, kv_heads = 0, max_pages = 0, head_dim = 0;
+    std::vector<float> mean, lo, hi;   // [b][h][j][d]
+    std::vector<double> value_norm;    // [b][h][j]
+    size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
+};
+Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype);
+
+struct SparseOptions {
+    int top_pages = 64, top_tokens = 128;
+    Solver solver = Solver::Softmax;
+    int solver_steps = 6;
+    double solver_eta = 0.2, solver_tau = 1.0;
+    RoutingMode routing = RoutingMode::Mean;
+    GroupRouting group_routing = GroupRouting::PerHead;
+    double scale = 0;  // 0: 1/sqrt(D)
+};
+
+struct HeadResult {
+    std::vector<int> pages;       // selected logical pages, increasing
+    std::vector<int> candidates;  // token positions, increasing
+    std::vector<double> out;
+    double lse = 0, support_gap = 0, leakage = 0, error_bound = 0, outside_mass = 0;
+    double value_out = 0, fw_gap = 0, max_score = 0;
+};
+HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries &q, const Summaries &sum,
+                       const SparseOptions &opt, int b, int h, int g);
+
+struct DenseResult {
+    std::vector<double> out;
+    double lse = 0;
+};
+DenseResult dense_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, int b, int h, int g);
+
+// Solvers on a candidate score vector, exposed for their own checks.
+std::vector<double> solve_softmax(const std::vector<double> &s);
+std::vector<double> solve_eg(const std::vector<double> &s, int steps, double eta);
+std::vector<double> solve_fw(const std::vector<double> &s, int steps, double tau, double *duality_gap);
+std::vector<double> solve_sparsemax(const std::vector<double> &s, double tau);
+
+double default_scale(int head_dim);
+
+}  // namespace vashista::ref
