@@ -78,7 +78,7 @@ SummaryJit::SummaryJit(const SummaryConfig &c)
       seq_lens(Int(32), 1, "seq_lens"),
       touched(Int(32), 2, "touched") {
     SummaryInputs in{k_cache, v_cache, page_table, seq_lens, touched,
-                     page_table.dim(0).extent(), k_cache.dim(3).extent()};
+                     page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
     stages = define_summary(cfg, in);
     pipeline = Halide::Pipeline({stages.summary, stages.value_norm});
 }

@@ -400,22 +400,30 @@ DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in) {
     st.chunk_acc(d, g, ch, h, b) +=
         w * token(tok, [&](Expr page, Expr off) { return as_f32(kv_element(in.v_cache, cfg.layout, d, off, h, page)); });
 
+    Var x("x");
+    st.chunk_state = Func("chunk_state");
+    st.chunk_state(x, g, ch, h, b) = select(x < D, st.chunk_acc(clamp(x, 0, D - 1), g, ch, h, b),
+                                            x == D, st.chunk_max(g, ch, h, b), st.chunk_sum(g, ch, h, b));
+    auto chunk_max = [&](Expr c) { return st.chunk_state(D, g, c, h, b); };
+    auto chunk_sum = [&](Expr c) { return st.chunk_state(D + 1, g, c, h, b); };
+    auto chunk_acc = [&](Expr c) { return st.chunk_state(d, g, c, h, b); };
+
     // Merge the chunks that hold tokens.
     Expr chunks = (in.max_pages + (cfg.split_pages - 1)) / cfg.split_pages;
     RDom rch(0, chunks, "rch");
     rch.where(rch * chunk < seq_len);
     st.max_score = Func("dense_max");
     st.max_score(g, h, b) = neg_inf();
-    st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), st.chunk_max(g, rch, h, b));
-    Expr rescale = Halide::exp(st.chunk_max(g, rch, h, b) - st.max_score(g, h, b));
+    st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), chunk_max(rch));
+    Expr rescale = Halide::exp(chunk_max(rch) - st.max_score(g, h, b));
     st.sum = Func("dense_sum");
     st.sum(g, h, b) = 0.0f;
-    st.sum(g, h, b) += st.chunk_sum(g, rch, h, b) * rescale;
-    Func acc("dense_acc");
-    acc(d, g, h, b) = 0.0f;
-    acc(d, g, h, b) += st.chunk_acc(d, g, rch, h, b) * rescale;
+    st.sum(g, h, b) += chunk_sum(rch) * rescale;
+    st.merged_acc = Func("dense_acc");
+    st.merged_acc(d, g, h, b) = 0.0f;
+    st.merged_acc(d, g, h, b) += chunk_acc(rch) * rescale;
     st.out = Func("dense_out");
-    st.out(d, g, h, b) = acc(d, g, h, b) / st.sum(g, h, b);
+    st.out(d, g, h, b) = st.merged_acc(d, g, h, b) / st.sum(g, h, b);
     st.lse = Func("dense_lse");
     st.lse(g, h, b) = st.max_score(g, h, b) + Halide::log(st.sum(g, h, b));
     st.out.bound(d, 0, D).bound(g, 0, cfg.group_size);
@@ -427,7 +435,7 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     SummaryStages st;
     Var d = st.d, c = st.c, h = st.h, n = st.n;
     const int S = cfg.page_size;
-    Expr seq = clamp(in.touched(0, n), 0, Halide::Int(32).max());
+    Expr seq = clamp(in.touched(0, n), 0, in.batch - 1);
     Expr logical = clamp(in.touched(1, n), 0, in.max_pages - 1);
     Expr page = clamp(in.page_table(logical, seq), 0, in.num_pages - 1);
     Expr tokens = clamp(in.seq_lens(seq) - logical * S, 0, S);

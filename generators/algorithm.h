@@ -126,7 +126,8 @@ struct DenseStages {
     Func chunk_max;   // (g, ch, h, b)
     Func chunk_sum;   // (g, ch, h, b)
     Func chunk_acc;   // (d, g, ch, h, b)
-    Func max_score, sum, out, lse;
+    Func chunk_state; // (x, g, ch, h, b): [0, D) acc, D max, D+1 sum; one loop nest per chunk
+    Func max_score, sum, merged_acc, out, lse;
 };
 
 struct DenseInputs {
@@ -145,7 +146,7 @@ struct SummaryConfig {
 
 struct SummaryInputs {
     Func k_cache, v_cache, page_table, seq_lens, touched;
-    Expr max_pages, num_pages;
+    Expr max_pages, num_pages, batch;
 };
 
 struct SummaryStages {

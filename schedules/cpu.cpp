@@ -236,10 +236,11 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
     const int vw = s.vector_width;
     // One task per (chunk, KV head, sequence); the chunk's scores stay in cache.
     Var task("task");
+    Func state = st.chunk_state;
+    state.compute_root().fuse(ch, h, task).fuse(task, b, task);
+    if (s.parallel) state.parallel(task);
     Func acc = st.chunk_acc;
-    acc.compute_root().reorder(d, g, ch, h, b).fuse(ch, h, task).fuse(task, b, task);
-    if (s.parallel) acc.parallel(task);
-    acc.vectorize(d, vw);
+    acc.compute_at(state, task).vectorize(d, vw);
     {
         RVar rt = acc.rvars(0)[0];
         Var dout("dout"), din("din"), du("du");
@@ -251,8 +252,8 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
             .unroll(du);
         if (s.group_inner) acc.update().unroll(g);
     }
-    for (Func f : {st.chunk_max, st.chunk_sum}) f.compute_at(acc, task);
-    st.score.compute_at(acc, task);
+    for (Func f : {st.chunk_max, st.chunk_sum}) f.compute_at(state, task);
+    st.score.compute_at(state, task);
     {
         RVar rd = st.score.rvars(0)[0];
         RVar ro("rdo"), ri("rdi");
@@ -270,7 +271,9 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
     Var hb("hb");
     st.out.compute_root().fuse(h, b, hb).vectorize(d, vw);
     if (s.parallel) st.out.parallel(hb);
-    for (Func f : {st.max_score, st.sum}) f.compute_at(st.out, hb);
+    st.merged_acc.compute_at(st.out, hb).vectorize(d, vw);
+    st.merged_acc.update().vectorize(d, vw);
+    for (Func f : {st.max_score, st.sum}) f.compute_root();
     (void)t;
 }
 

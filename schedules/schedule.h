@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,18 @@ Schedule schedule_from_json(const nlohmann::json &j) {
         s.*(found->field) = v;
     }
     return s;
+}
+
+// A uniformly drawn valid point of a space (rejection sampling over the constraints).
+template <typename Schedule, typename Shape, typename Rng>
+Schedule random_point(const Shape &shape, Rng &rng) {
+    const auto &space = Schedule::space();
+    for (int attempt = 0; attempt < 10000; ++attempt) {
+        Schedule s;
+        for (const auto &knob : space.knobs) s.*(knob.field) = knob.domain[rng() % knob.domain.size()];
+        if (space.violation(s, shape).empty()) return s;
+    }
+    throw std::runtime_error("no valid schedule found for this shape");
 }
 
 // The hand-written defaults, tuned by hand on the demo shape.

@@ -1,0 +1,57 @@
+// Measurement helpers shared by the demo and the benchmarks: cold-cache timing
+// (a buffer larger than the L3 is rewritten before every run), medians of repeats,
+// and the machine's measured read bandwidth as the floor.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace vashista::bench {
+
+struct Timer {
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+};
+
+struct Stats {
+    double median = 0, min = 0, max = 0;
+    std::vector<double> samples;
+};
+Stats summarize(std::vector<double> samples);
+
+// Bytes rewritten between runs: 4x the L3 (from sysfs), at least 256 MiB.
+size_t flush_bytes();
+
+class Flusher {
+public:
+    Flusher();
+    void flush();
+private:
+    std::vector<unsigned char> buffer_;
+    unsigned char tick_ = 0;
+};
+
+// One warm-up, then `reps` runs each after a flush; milliseconds.
+template <typename F>
+Stats time_cold(int reps, Flusher &flusher, F &&run) {
+    run();
+    std::vector<double> ms;
+    for (int i = 0; i < reps; ++i) {
+        flusher.flush();
+        Timer t;
+        run();
+        ms.push_back(t.seconds() * 1e3);
+    }
+    return summarize(ms);
+}
+
+double measure_read_bandwidth_gbps();
+std::vector<int> parse_int_list(const std::string &s);
+[[noreturn]] void usage_error(const std::string &message);
+// Writes JSON, creating the parent folder; exits with a message if it cannot.
+void write_json(const std::string &path, const nlohmann::json &j);
+
+}  // namespace vashista::bench

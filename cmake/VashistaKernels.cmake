@@ -1,0 +1,150 @@
+# vashista_add_kernel_library(<name>
+#     [TARGET <halide target>]             default: host
+#     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...])
+#
+# Compiles each variant ahead of time from the generators and writes a dispatch table,
+# giving a static library <name> that the runtime (vashista_runtime_core) dispatches
+# into by shape. A spec is "key=value:key=value", GeneratorParams of that generator;
+# keys left out take the defaults below. `schedule_file=<json>` selects a tuned schedule.
+include_guard(GLOBAL)
+
+set(_vashista_decode_defaults head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4
+    kv_type=bfloat16 summary_type= layout=HND solver=softmax routing=bound group_routing=per_head
+    solver_steps=6 solver_eta=0.2 solver_tau=1.0 schedule_file=)
+set(_vashista_dense_defaults head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
+set(_vashista_summarize_defaults head_dim=128 page_size=16 kv_type=bfloat16 summary_type= layout=HND)
+
+function(_vashista_parse_spec out_prefix kind spec)
+    string(TOUPPER "${kind}" KIND)
+    set(keys "")
+    foreach (kv IN LISTS _vashista_${kind}_defaults)
+        string(REGEX MATCH "^([^=]+)=(.*)$" _ "${kv}")
+        set(v_${CMAKE_MATCH_1} "${CMAKE_MATCH_2}")
+        list(APPEND keys ${CMAKE_MATCH_1})
+    endforeach ()
+    string(REPLACE ":" ";" items "${spec}")
+    foreach (kv IN LISTS items)
+        if (NOT kv MATCHES "^([^=]+)=(.*)$")
+            message(FATAL_ERROR "vashista ${kind} spec item '${kv}' is not key=value (spec '${spec}')")
+        endif ()
+        if (NOT CMAKE_MATCH_1 IN_LIST keys)
+            message(FATAL_ERROR "vashista ${kind} spec key '${CMAKE_MATCH_1}' is not one of: ${keys}")
+        endif ()
+        set(v_${CMAKE_MATCH_1} "${CMAKE_MATCH_2}")
+    endforeach ()
+    if ("summary_type" IN_LIST keys AND v_summary_type STREQUAL "")
+        set(v_summary_type "${v_kv_type}")
+    endif ()
+    set(params "")
+    foreach (k IN LISTS keys)
+        if (NOT (k STREQUAL "schedule_file" AND v_${k} STREQUAL ""))
+            list(APPEND params "${k}=${v_${k}}")
+        endif ()
+        set(${out_prefix}_${k} "${v_${k}}" PARENT_SCOPE)
+    endforeach ()
+    set(${out_prefix}_params "${params}" PARENT_SCOPE)
+endfunction()
+
+function(_vashista_enum out kind value)
+    set(map_dtype_float32 VASHISTA_DTYPE_F32)
+    set(map_dtype_float16 VASHISTA_DTYPE_F16)
+    set(map_dtype_bfloat16 VASHISTA_DTYPE_BF16)
+    set(map_layout_HND VASHISTA_LAYOUT_HND)
+    set(map_layout_NHD VASHISTA_LAYOUT_NHD)
+    set(map_solver_softmax VASHISTA_SOLVER_SOFTMAX)
+    set(map_solver_eg VASHISTA_SOLVER_EG)
+    set(map_solver_fw VASHISTA_SOLVER_FW)
+    set(map_solver_sparsemax VASHISTA_SOLVER_SPARSEMAX)
+    set(map_routing_mean VASHISTA_ROUTING_MEAN)
+    set(map_routing_bound VASHISTA_ROUTING_BOUND)
+    set(map_group_per_head VASHISTA_GROUP_PER_HEAD)
+    set(map_group_shared VASHISTA_GROUP_SHARED)
+    if (NOT DEFINED map_${kind}_${value})
+        message(FATAL_ERROR "vashista: '${value}' is not a valid ${kind}")
+    endif ()
+    set(${out} "${map_${kind}_${value}}" PARENT_SCOPE)
+endfunction()
+
+function(vashista_add_kernel_library NAME)
+    cmake_parse_arguments(ARG "" "TARGET" "DECODE;DENSE;SUMMARIZE" ${ARGN})
+    if (NOT ARG_TARGET)
+        set(ARG_TARGET host)
+    endif ()
+    set(rt ${NAME}_halide_runtime)
+    add_halide_runtime(${rt} TARGETS ${ARG_TARGET})
+    set(libs "")
+    set(includes "")
+    set(decode_rows "")
+    set(dense_rows "")
+    set(summarize_rows "")
+    set(seen "")
+    foreach (kind IN ITEMS decode dense summarize)
+        string(TOUPPER "${kind}" KIND)
+        foreach (spec IN LISTS ARG_${KIND})
+            _vashista_parse_spec(s ${kind} "${spec}")
+            string(MD5 tag "${kind}:${s_params}")
+            string(SUBSTRING "${tag}" 0 10 tag)
+            set(fn "${NAME}_${kind}_${tag}")
+            if (fn IN_LIST seen)
+                continue()
+            endif ()
+            list(APPEND seen ${fn})
+            set(deps "")
+            if (NOT s_schedule_file STREQUAL "" AND NOT kind STREQUAL "summarize")
+                set(deps ${s_schedule_file})
+            endif ()
+            add_halide_library(${fn} FROM vashista_generators
+                GENERATOR vashista_${kind}
+                FUNCTION_NAME ${fn}
+                USE_RUNTIME ${rt}
+                TARGETS ${ARG_TARGET}
+                PARAMS ${s_params})
+            if (deps)
+                set_property(SOURCE ${CMAKE_CURRENT_BINARY_DIR}/${fn}.a APPEND PROPERTY OBJECT_DEPENDS ${deps})
+            endif ()
+            list(APPEND libs ${fn})
+            string(APPEND includes "#include \"${fn}.h\"\n")
+            _vashista_enum(kv dtype ${s_kv_type})
+            _vashista_enum(lay layout ${s_layout})
+            string(REPLACE ";" " " readable "${s_params}")
+            if (kind STREQUAL "decode")
+                _vashista_enum(sum dtype ${s_summary_type})
+                _vashista_enum(sol solver ${s_solver})
+                _vashista_enum(rout routing ${s_routing})
+                _vashista_enum(grp group ${s_group_routing})
+                string(APPEND decode_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, ${s_solver_steps}, ${s_solver_eta}f, ${s_solver_tau}f, ${fn}},\n")
+            elseif (kind STREQUAL "dense")
+                string(APPEND dense_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${s_group_size}, ${kv}, ${lay}, ${fn}},\n")
+            else ()
+                _vashista_enum(sum dtype ${s_summary_type})
+                string(APPEND summarize_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${kv}, ${sum}, ${lay}, ${fn}},\n")
+            endif ()
+        endforeach ()
+    endforeach ()
+    set(table "${CMAKE_CURRENT_BINARY_DIR}/${NAME}_dispatch.cpp")
+    file(CONFIGURE OUTPUT "${table}" CONTENT
+"// Generated by vashista_add_kernel_library(${NAME}); do not edit.
+#include \"variants.h\"
+@includes@
+namespace vashista::runtime {
+const std::vector<DecodeVariant> &decode_variants() {
+    static const std::vector<DecodeVariant> v = {
+@decode_rows@    };
+    return v;
+}
+const std::vector<DenseVariant> &dense_variants() {
+    static const std::vector<DenseVariant> v = {
+@dense_rows@    };
+    return v;
+}
+const std::vector<SummarizeVariant> &summarize_variants() {
+    static const std::vector<SummarizeVariant> v = {
+@summarize_rows@    };
+    return v;
+}
+}  // namespace vashista::runtime
+" @ONLY)
+    add_library(${NAME} STATIC "${table}")
+    target_link_libraries(${NAME} PUBLIC vashista_runtime_core ${libs} ${rt})
+    target_include_directories(${NAME} PUBLIC $<TARGET_PROPERTY:vashista_runtime_core,INTERFACE_INCLUDE_DIRECTORIES>)
+endfunction()

@@ -1,0 +1,223 @@
+// Thin Generator classes: GeneratorParams fix the shape, the stages come from
+// algorithm.cpp, the schedule from schedules/ (the hand schedule, or a JSON file the
+// tuner wrote). With an autoscheduler selected, no manual schedule is applied.
+#include "algorithm.h"
+#include "schedule.h"
+
+#include <fstream>
+#include <sstream>
+
+namespace vashista {
+namespace {
+
+using Halide::Generator;
+using Halide::GeneratorParam;
+
+template <typename Schedule>
+Schedule load_schedule(const std::string &path, const Schedule &fallback) {
+    if (path.empty()) return fallback;
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("schedule_file '" + path + "' cannot be read");
+    return schedule_from_json<Schedule>(nlohmann::json::parse(in));
+}
+
+KvLayout parse_layout(const std::string &s) {
+    if (s == "HND") return KvLayout::HND;
+    if (s == "NHD") return KvLayout::NHD;
+    throw std::invalid_argument("layout '" + s + "' is not HND or NHD");
+}
+
+Solver parse_solver(const std::string &s) {
+    for (Solver v : {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax})
+        if (s == to_string(v)) return v;
+    throw std::invalid_argument("solver '" + s + "' is not softmax, eg, fw or sparsemax");
+}
+
+class DecodeGenerator : public Generator<DecodeGenerator> {
+public:
+    GeneratorParam<int> head_dim{"head_dim", 128};
+    GeneratorParam<int> page_size{"page_size", 16};
+    GeneratorParam<int> top_pages{"top_pages", 64};
+    GeneratorParam<int> top_tokens{"top_tokens", 128};
+    GeneratorParam<int> group_size{"group_size", 4};
+    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
+    GeneratorParam<std::string> summary_type{"summary_type", "bfloat16"};
+    GeneratorParam<std::string> layout{"layout", "HND"};
+    GeneratorParam<std::string> solver{"solver", "softmax"};
+    GeneratorParam<std::string> routing{"routing", "bound"};
+    GeneratorParam<std::string> group_routing{"group_routing", "per_head"};
+    GeneratorParam<int> solver_steps{"solver_steps", 6};
+    GeneratorParam<float> solver_eta{"solver_eta", 0.2f};
+    GeneratorParam<float> solver_tau{"solver_tau", 1.0f};
+    GeneratorParam<std::string> schedule_file{"schedule_file", ""};
+
+    Input<Buffer<float, 4>> q{"q"};
+    Input<Buffer<void, 4>> k_cache{"k_cache"};
+    Input<Buffer<void, 4>> v_cache{"v_cache"};
+    Input<Buffer<int32_t, 2>> page_table{"page_table"};
+    Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
+    Input<Buffer<void, 6>> summary{"summary"};
+    Input<Buffer<float, 3>> value_norm{"value_norm"};
+    Input<float> scale{"scale"};
+    Output<Buffer<float, 4>> out{"out"};
+    Output<Buffer<float, 3>> lse{"lse"};
+    Output<Buffer<float, 4>> diag{"diag"};
+    Output<Buffer<int32_t, 4>> candidates{"candidates"};
+    Output<Buffer<int32_t, 4>> pages{"pages"};
+
+    void configure() {
+        k_cache.set_type(parse_type(kv_type));
+        v_cache.set_type(parse_type(kv_type));
+        summary.set_type(parse_type(summary_type));
+    }
+
+    DecodeConfig config() const {
+        DecodeConfig c;
+        c.head_dim = head_dim;
+        c.page_size = page_size;
+        c.top_pages = top_pages;
+        c.top_tokens = top_tokens;
+        c.group_size = group_size;
+        c.kv_type = parse_type(kv_type);
+        c.summary_type = parse_type(summary_type);
+        c.layout = parse_layout(layout);
+        c.solver = parse_solver(solver);
+        c.routing = std::string(routing) == "mean" ? RoutingMode::Mean : RoutingMode::Bound;
+        c.group_routing = std::string(group_routing) == "shared" ? GroupRouting::Shared : GroupRouting::PerHead;
+        c.solver_steps = solver_steps;
+        c.solver_eta = solver_eta;
+        c.solver_tau = solver_tau;
+        return c;
+    }
+
+    void generate() {
+        const DecodeConfig cfg = config();
+        DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm,
+                        scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+        DecodeStages st = define_decode(cfg, in);
+        out = st.result_out;
+        lse = st.result_lse;
+        diag = st.result_diag;
+        candidates = st.result_candidates;
+        pages = st.result_pages;
+        set_estimates(cfg);
+        if (!using_autoscheduler()) apply_cpu(load_schedule(schedule_file, hand_schedule(cfg)), cfg, st);
+    }
+
+    // The demo shape at T = 32K: B = 1, H_kv = 8, 2048 pages.
+    void set_estimates(const DecodeConfig &cfg) {
+        const int H = 8, pages_est = 2048, G = cfg.group_size, D = cfg.head_dim, S = cfg.page_size;
+        q.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
+        for (auto *kv : {&k_cache, &v_cache}) {
+            if (cfg.layout == KvLayout::HND) kv->set_estimates({{0, D}, {0, S}, {0, H}, {0, pages_est}});
+            else kv->set_estimates({{0, D}, {0, H}, {0, S}, {0, pages_est}});
+        }
+        page_table.set_estimates({{0, pages_est}, {0, 1}});
+        seq_lens.set_estimates({{0, 1}});
+        summary.set_estimates({{0, kSummaryBlock}, {0, D}, {0, kSummaryChannels}, {0, pages_est / kSummaryBlock}, {0, H}, {0, 1}});
+        value_norm.set_estimates({{0, pages_est}, {0, H}, {0, 1}});
+        scale.set_estimate(0.088f);
+        out.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
+        lse.set_estimates({{0, G}, {0, H}, {0, 1}});
+        diag.set_estimates({{0, kDiagFields}, {0, G}, {0, H}, {0, 1}});
+        candidates.set_estimates({{0, cfg.top_tokens}, {0, G}, {0, H}, {0, 1}});
+        pages.set_estimates({{0, cfg.top_pages}, {0, G}, {0, H}, {0, 1}});
+    }
+};
+
+class DenseGenerator : public Generator<DenseGenerator> {
+public:
+    GeneratorParam<int> head_dim{"head_dim", 128};
+    GeneratorParam<int> page_size{"page_size", 16};
+    GeneratorParam<int> group_size{"group_size", 4};
+    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
+    GeneratorParam<std::string> layout{"layout", "HND"};
+    GeneratorParam<std::string> schedule_file{"schedule_file", ""};
+
+    Input<Buffer<float, 4>> q{"q"};
+    Input<Buffer<void, 4>> k_cache{"k_cache"};
+    Input<Buffer<void, 4>> v_cache{"v_cache"};
+    Input<Buffer<int32_t, 2>> page_table{"page_table"};
+    Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
+    Input<float> scale{"scale"};
+    Output<Buffer<float, 4>> out{"out"};
+    Output<Buffer<float, 3>> lse{"lse"};
+
+    void configure() {
+        k_cache.set_type(parse_type(kv_type));
+        v_cache.set_type(parse_type(kv_type));
+    }
+
+    void generate() {
+        DenseConfig cfg;
+        cfg.head_dim = head_dim;
+        cfg.page_size = page_size;
+        cfg.group_size = group_size;
+        cfg.kv_type = parse_type(kv_type);
+        cfg.layout = parse_layout(layout);
+        const DenseCpuSchedule s = load_schedule(schedule_file, hand_schedule(cfg));
+        cfg.split_pages = s.split_pages;
+        DenseInputs in{q, k_cache, v_cache, page_table, seq_lens, scale,
+                       page_table.dim(0).extent(), k_cache.dim(3).extent()};
+        DenseStages st = define_dense(cfg, in);
+        out = st.out;
+        lse = st.lse;
+        const int H = 8, pages_est = 2048, D = head_dim, G = group_size, S = page_size;
+        q.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
+        for (auto *kv : {&k_cache, &v_cache}) {
+            if (cfg.layout == KvLayout::HND) kv->set_estimates({{0, D}, {0, S}, {0, H}, {0, pages_est}});
+            else kv->set_estimates({{0, D}, {0, H}, {0, S}, {0, pages_est}});
+        }
+        page_table.set_estimates({{0, pages_est}, {0, 1}});
+        seq_lens.set_estimates({{0, 1}});
+        scale.set_estimate(0.088f);
+        out.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
+        lse.set_estimates({{0, G}, {0, H}, {0, 1}});
+        if (!using_autoscheduler()) apply_cpu(s, cfg, st);
+    }
+};
+
+class SummaryGenerator : public Generator<SummaryGenerator> {
+public:
+    GeneratorParam<int> head_dim{"head_dim", 128};
+    GeneratorParam<int> page_size{"page_size", 16};
+    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
+    GeneratorParam<std::string> summary_type{"summary_type", "bfloat16"};
+    GeneratorParam<std::string> layout{"layout", "HND"};
+
+    Input<Buffer<void, 4>> k_cache{"k_cache"};
+    Input<Buffer<void, 4>> v_cache{"v_cache"};
+    Input<Buffer<int32_t, 2>> page_table{"page_table"};
+    Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
+    Input<Buffer<int32_t, 2>> touched{"touched"};
+    Output<Buffer<void, 4>> summary{"summary"};
+    Output<Buffer<float, 2>> value_norm{"value_norm"};
+
+    void configure() {
+        k_cache.set_type(parse_type(kv_type));
+        v_cache.set_type(parse_type(kv_type));
+        summary.set_type(parse_type(summary_type));
+    }
+
+    void generate() {
+        SummaryConfig cfg;
+        cfg.head_dim = head_dim;
+        cfg.page_size = page_size;
+        cfg.kv_type = parse_type(kv_type);
+        cfg.summary_type = parse_type(summary_type);
+        cfg.layout = parse_layout(layout);
+        SummaryInputs in{k_cache, v_cache, page_table, seq_lens, touched,
+                         page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+        SummaryStages st = define_summary(cfg, in);
+        summary = st.summary;
+        value_norm = st.value_norm;
+        if (!using_autoscheduler()) apply_cpu(hand_schedule(cfg), cfg, st);
+    }
+};
+
+}  // namespace
+}  // namespace vashista
+
+HALIDE_REGISTER_GENERATOR(vashista::DecodeGenerator, vashista_decode)
+HALIDE_REGISTER_GENERATOR(vashista::DenseGenerator, vashista_dense)
+HALIDE_REGISTER_GENERATOR(vashista::SummaryGenerator, vashista_summarize)

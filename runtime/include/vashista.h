@@ -1,0 +1,133 @@
+/* Vashista Kernels: sparse decode attention over a paged KV cache.
+ *
+ * C ABI. The caller owns the KV pages and the block table; the library owns page
+ * summaries, which vashista_append keeps up to date. A decode step routes each query
+ * head to its top P pages, keeps the top K_c tokens, solves a sparse softmax over them,
+ * and certifies the result with a support-gap bound, falling back to dense attention
+ * for heads whose bound exceeds the tolerance.
+ *
+ * Every function returns a vashista_status; on an error nothing has been written to
+ * the caller's outputs, and vashista_last_error() says what was wrong.
+ */
+#ifndef VASHISTA_H
+#define VASHISTA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum vashista_status {
+    VASHISTA_OK = 0,
+    VASHISTA_ERROR_NULL_POINTER = 1,
+    VASHISTA_ERROR_INVALID_ARGUMENT = 2, /* a value outside what the argument allows */
+    VASHISTA_ERROR_SHAPE_MISMATCH = 3,   /* shapes or dtypes that do not fit together */
+    VASHISTA_ERROR_OUT_OF_RANGE = 4,     /* a page id or position outside the cache */
+    VASHISTA_ERROR_NON_FINITE = 5,       /* NaN or Inf in q, k or v */
+    VASHISTA_ERROR_NO_VARIANT = 6,       /* no compiled kernel for this shape */
+    VASHISTA_ERROR_KERNEL = 7,           /* a kernel reported a failure */
+    VASHISTA_ERROR_OUT_OF_MEMORY = 8
+} vashista_status;
+
+typedef enum vashista_dtype { VASHISTA_DTYPE_F32 = 0, VASHISTA_DTYPE_F16 = 1, VASHISTA_DTYPE_BF16 = 2 } vashista_dtype;
+/* HND: [num_pages][kv_heads][page_size][head_dim]; NHD: [num_pages][page_size][kv_heads][head_dim] */
+typedef enum vashista_layout { VASHISTA_LAYOUT_HND = 0, VASHISTA_LAYOUT_NHD = 1 } vashista_layout;
+typedef enum vashista_solver {
+    VASHISTA_SOLVER_SOFTMAX = 0,
+    VASHISTA_SOLVER_EG = 1,
+    VASHISTA_SOLVER_FW = 2,
+    VASHISTA_SOLVER_SPARSEMAX = 3
+} vashista_solver;
+typedef enum vashista_routing { VASHISTA_ROUTING_MEAN = 0, VASHISTA_ROUTING_BOUND = 1 } vashista_routing;
+typedef enum vashista_group_routing { VASHISTA_GROUP_PER_HEAD = 0, VASHISTA_GROUP_SHARED = 1 } vashista_group_routing;
+typedef enum vashista_policy {
+    VASHISTA_POLICY_NONE = 0,  /* report the bound only */
+    VASHISTA_POLICY_DENSE = 1, /* dense attention for heads over the tolerance */
+    VASHISTA_POLICY_WIDEN = 2  /* retry once with a wider compiled variant, then dense */
+} vashista_policy;
+/* What a head's step ended as. */
+typedef enum vashista_policy_taken {
+    VASHISTA_TAKEN_SPARSE = 0,       /* sparse result, bound within tolerance */
+    VASHISTA_TAKEN_REPORTED = 1,     /* sparse result, bound over tolerance (policy none) */
+    VASHISTA_TAKEN_WIDENED = 2,      /* wider sparse result, bound within tolerance */
+    VASHISTA_TAKEN_DENSE = 3         /* dense result */
+} vashista_policy_taken;
+
+typedef struct vashista_cache_desc {
+    int32_t batch;       /* sequences */
+    int32_t kv_heads;
+    int32_t head_dim;
+    int32_t page_size;
+    int32_t num_pages;   /* physical pages in k_pages / v_pages */
+    int32_t max_pages;   /* columns of the block table */
+    vashista_dtype kv_dtype;
+    vashista_dtype summary_dtype;
+    vashista_layout layout;
+    void *k_pages;              /* caller-owned, num_pages pages in `layout` */
+    void *v_pages;
+    const int32_t *page_table;  /* caller-owned [batch][max_pages]; read at each call */
+} vashista_cache_desc;
+
+typedef struct vashista_cache vashista_cache;
+
+vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache);
+void vashista_cache_destroy(vashista_cache *cache);
+
+/* Writes tokens [start, start + count) of sequence `seq` into their pages and updates
+ * the summaries of exactly the pages they touch. k and v: [count][kv_heads][head_dim]
+ * in kv_dtype. start may not exceed the tokens already appended to `seq`. */
+vashista_status vashista_append(vashista_cache *cache, int32_t seq, int32_t start, int32_t count,
+                                const void *k, const void *v);
+/* Tokens appended so far to `seq`, or -1 for a bad argument. */
+int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq);
+
+typedef struct vashista_decode_config {
+    int32_t top_pages;       /* P */
+    int32_t top_tokens;      /* K_c */
+    vashista_solver solver;
+    vashista_routing routing;
+    vashista_group_routing group_routing;
+    vashista_policy policy;
+    float tolerance;         /* largest error bound accepted without the policy */
+    float scale;             /* 0: 1/sqrt(head_dim) */
+    int32_t solver_steps;    /* eg, fw: N */
+    float solver_eta;        /* eg */
+    float solver_tau;        /* fw, sparsemax */
+} vashista_decode_config;
+
+/* P = 64, K_c = 128, softmax, bound routing, per-head groups, policy dense, tolerance 1e-3. */
+void vashista_decode_config_default(vashista_decode_config *config);
+
+typedef struct vashista_head_diag {
+    float support_gap;   /* Δ̂ */
+    float leakage;       /* L */
+    float error_bound;   /* bound on ||o_sparse - o_dense|| (bound routing) */
+    int32_t candidates;
+    int32_t policy_taken; /* vashista_policy_taken */
+    float fw_gap;
+} vashista_head_diag;
+
+/* One decode step. q: [batch][q_heads][head_dim] f32, q_heads a multiple of kv_heads.
+ * seq_lens: [batch], each in [1, tokens appended]. out: [batch][q_heads][head_dim]
+ * f32; lse: [batch][q_heads] (may be NULL); diag: [batch][q_heads] (may be NULL). */
+vashista_status vashista_decode(vashista_cache *cache, const vashista_decode_config *config,
+                                const float *q, int32_t q_heads, const int32_t *seq_lens,
+                                float *out, float *lse, vashista_head_diag *diag);
+
+/* Dense decode attention over all tokens: the baseline and the fallback. */
+vashista_status vashista_dense(vashista_cache *cache, const float *q, int32_t q_heads,
+                               const int32_t *seq_lens, float scale, float *out, float *lse);
+
+/* The message of the last error on this thread ("" after a success). */
+const char *vashista_last_error(void);
+const char *vashista_status_name(vashista_status status);
+/* The compiled variants, one per line; returns the length written without the NUL. */
+size_t vashista_list_variants(char *buffer, size_t capacity);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VASHISTA_H */

@@ -1,0 +1,55 @@
+// The dispatch table a kernel library provides (written by vashista_add_kernel_library).
+#pragma once
+
+#include "HalideRuntime.h"
+#include "vashista.h"
+
+#include <vector>
+
+namespace vashista::runtime {
+
+using DecodeFn = int (*)(halide_buffer_t *q, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
+                         halide_buffer_t *page_table, halide_buffer_t *seq_lens, halide_buffer_t *summary,
+                         halide_buffer_t *value_norm, float scale, halide_buffer_t *out, halide_buffer_t *lse,
+                         halide_buffer_t *diag, halide_buffer_t *candidates, halide_buffer_t *pages);
+using DenseFn = int (*)(halide_buffer_t *q, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
+                        halide_buffer_t *page_table, halide_buffer_t *seq_lens, float scale,
+                        halide_buffer_t *out, halide_buffer_t *lse);
+using SummarizeFn = int (*)(halide_buffer_t *k_cache, halide_buffer_t *v_cache, halide_buffer_t *page_table,
+                            halide_buffer_t *seq_lens, halide_buffer_t *touched, halide_buffer_t *summary,
+                            halide_buffer_t *value_norm);
+
+struct DecodeVariant {
+    const char *name;
+    int head_dim, page_size, top_pages, top_tokens, group_size;
+    vashista_dtype kv_dtype, summary_dtype;
+    vashista_layout layout;
+    vashista_solver solver;
+    vashista_routing routing;
+    vashista_group_routing group_routing;
+    int solver_steps;
+    float solver_eta, solver_tau;
+    DecodeFn fn;
+};
+
+struct DenseVariant {
+    const char *name;
+    int head_dim, page_size, group_size;
+    vashista_dtype kv_dtype;
+    vashista_layout layout;
+    DenseFn fn;
+};
+
+struct SummarizeVariant {
+    const char *name;
+    int head_dim, page_size;
+    vashista_dtype kv_dtype, summary_dtype;
+    vashista_layout layout;
+    SummarizeFn fn;
+};
+
+const std::vector<DecodeVariant> &decode_variants();
+const std::vector<DenseVariant> &dense_variants();
+const std::vector<SummarizeVariant> &summarize_variants();
+
+}  // namespace vashista::runtime

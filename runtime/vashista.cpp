@@ -1,0 +1,545 @@
+#include "vashista.h"
+
+#include "HalideBuffer.h"
+#include "method_types.h"
+#include "variants.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using Halide::Runtime::Buffer;
+
+namespace {
+
+thread_local std::string g_last_error;
+
+// Carries a status and message from deep inside to the C boundary.
+struct Failure {
+    vashista_status status;
+    std::string message;
+};
+
+template <typename... Args>
+[[noreturn]] void fail(vashista_status status, Args &&...args) {
+    std::ostringstream os;
+    (os << ... << args);
+    throw Failure{status, os.str()};
+}
+
+template <typename F>
+vashista_status guarded(F &&body) {
+    try {
+        body();
+        g_last_error.clear();
+        return VASHISTA_OK;
+    } catch (const Failure &f) {
+        g_last_error = f.message;
+        return f.status;
+    } catch (const std::bad_alloc &) {
+        g_last_error = "out of memory";
+        return VASHISTA_ERROR_OUT_OF_MEMORY;
+    }
+}
+
+const char *dtype_name(vashista_dtype t) {
+    switch (t) {
+    case VASHISTA_DTYPE_F32: return "f32";
+    case VASHISTA_DTYPE_F16: return "f16";
+    case VASHISTA_DTYPE_BF16: return "bf16";
+    }
+    return "?";
+}
+
+bool valid_dtype(int t) { return t >= VASHISTA_DTYPE_F32 && t <= VASHISTA_DTYPE_BF16; }
+int dtype_bytes(vashista_dtype t) { return t == VASHISTA_DTYPE_F32 ? 4 : 2; }
+
+halide_type_t halide_type(vashista_dtype t) {
+    switch (t) {
+    case VASHISTA_DTYPE_F32: return halide_type_t(halide_type_float, 32);
+    case VASHISTA_DTYPE_F16: return halide_type_t(halide_type_float, 16);
+    case VASHISTA_DTYPE_BF16: return halide_type_t(halide_type_bfloat, 16);
+    }
+    return halide_type_t(halide_type_float, 32);
+}
+
+// NaN or Inf in an element of `t`.
+bool non_finite(const uint8_t *p, vashista_dtype t) {
+    if (t == VASHISTA_DTYPE_F32) {
+        float x;
+        std::memcpy(&x, p, 4);
+        return !std::isfinite(x);
+    }
+    uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    const uint16_t exponent = t == VASHISTA_DTYPE_F16 ? 0x7c00 : 0x7f80;
+    return (bits & exponent) == exponent;
+}
+
+template <typename T>
+void require_pointer(const T *p, const char *name) {
+    if (!p) fail(VASHISTA_ERROR_NULL_POINTER, name, " is NULL");
+}
+
+}  // namespace
+
+struct vashista_cache {
+    vashista_cache_desc desc;
+    std::vector<int32_t> appended;  // tokens appended per sequence
+    Buffer<void> summary;           // (lane, d, c, blk, h, b)
+    Buffer<float> value_norm;       // (j, h, b)
+    const vashista::runtime::SummarizeVariant *summarize = nullptr;
+
+    Buffer<void> kv_buffer(void *data) const {
+        const auto &d = desc;
+        return d.layout == VASHISTA_LAYOUT_HND
+                   ? Buffer<void>(halide_type(d.kv_dtype), data, d.head_dim, d.page_size, d.kv_heads, d.num_pages)
+                   : Buffer<void>(halide_type(d.kv_dtype), data, d.head_dim, d.kv_heads, d.page_size, d.num_pages);
+    }
+    Buffer<int32_t> page_table() const {
+        return Buffer<int32_t>(const_cast<int32_t *>(desc.page_table), desc.max_pages, desc.batch);
+    }
+    size_t token_offset(int32_t page, int32_t slot, int32_t head) const {
+        const auto &d = desc;
+        return d.layout == VASHISTA_LAYOUT_HND ? ((size_t(page) * d.kv_heads + head) * d.page_size + slot) * d.head_dim
+                                               : ((size_t(page) * d.page_size + slot) * d.kv_heads + head) * d.head_dim;
+    }
+};
+
+namespace {
+
+using namespace vashista::runtime;
+
+std::string list_variants() {
+    std::ostringstream os;
+    for (const auto &v : decode_variants()) os << "decode " << v.name << "\n";
+    for (const auto &v : dense_variants()) os << "dense " << v.name << "\n";
+    for (const auto &v : summarize_variants()) os << "summarize " << v.name << "\n";
+    return os.str();
+}
+
+void validate_desc(const vashista_cache_desc *d) {
+    require_pointer(d, "desc");
+    require_pointer(d->k_pages, "desc->k_pages");
+    require_pointer(d->v_pages, "desc->v_pages");
+    require_pointer(d->page_table, "desc->page_table");
+    auto positive = [](int32_t v, const char *name) {
+        if (v <= 0) fail(VASHISTA_ERROR_INVALID_ARGUMENT, name, " = ", v, " must be positive");
+    };
+    positive(d->batch, "desc->batch");
+    positive(d->kv_heads, "desc->kv_heads");
+    positive(d->head_dim, "desc->head_dim");
+    positive(d->page_size, "desc->page_size");
+    positive(d->num_pages, "desc->num_pages");
+    positive(d->max_pages, "desc->max_pages");
+    if (!valid_dtype(d->kv_dtype)) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", int(d->kv_dtype), " is not a vashista_dtype");
+    if (!valid_dtype(d->summary_dtype)) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = ", int(d->summary_dtype), " is not a vashista_dtype");
+    if (d->layout != VASHISTA_LAYOUT_HND && d->layout != VASHISTA_LAYOUT_NHD)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", int(d->layout), " is not HND (0) or NHD (1)");
+}
+
+const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
+    for (const auto &v : summarize_variants())
+        if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.kv_dtype == d.kv_dtype &&
+            v.summary_dtype == d.summary_dtype && v.layout == d.layout)
+            return v;
+    fail(VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
+         " kv ", dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype),
+         d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", "; compiled variants:\n", list_variants());
+}
+
+void validate_pages(const vashista_cache &c, int32_t seq, int32_t first_page, int32_t end_page) {
+    for (int32_t j = first_page; j < end_page; ++j) {
+        const int32_t page = c.desc.page_table[size_t(seq) * c.desc.max_pages + j];
+        if (page < 0 || page >= c.desc.num_pages)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "page_table[", seq, "][", j, "] = ", page, " is not below num_pages = ",
+                 c.desc.num_pages, (page < 0 ? " (or is negative)" : ""));
+    }
+}
+
+struct Shape {
+    int32_t batch, group;
+};
+
+Shape validate_step(const vashista_cache *c, const float *q, int32_t q_heads, const int32_t *seq_lens, const float *out) {
+    require_pointer(c, "cache");
+    require_pointer(q, "q");
+    require_pointer(seq_lens, "seq_lens");
+    require_pointer(out, "out");
+    const auto &d = c->desc;
+    if (q_heads <= 0 || q_heads % d.kv_heads != 0)
+        fail(VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = ", q_heads, " is not a positive multiple of kv_heads = ", d.kv_heads);
+    for (int32_t b = 0; b < d.batch; ++b) {
+        const int32_t len = seq_lens[b];
+        if (len < 1 || int64_t(len) > int64_t(d.max_pages) * d.page_size)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len, " is not in [1, max_pages * page_size = ",
+                 int64_t(d.max_pages) * d.page_size, "]");
+        if (len > c->appended[b])
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len, " exceeds the ", c->appended[b],
+                 " tokens appended to sequence ", b, " through vashista_append (summaries would be stale)");
+        validate_pages(*c, b, 0, (len + d.page_size - 1) / d.page_size);
+    }
+    const size_t n = size_t(d.batch) * q_heads * d.head_dim;
+    for (size_t i = 0; i < n; ++i)
+        if (!std::isfinite(q[i])) {
+            const size_t row = i / d.head_dim;
+            fail(VASHISTA_ERROR_NON_FINITE, "q[", row / q_heads, "][", row % q_heads, "][", i % d.head_dim, "] = ", q[i],
+                 " is not finite");
+        }
+    return {d.batch, q_heads / d.kv_heads};
+}
+
+const DenseVariant &find_dense(const vashista_cache_desc &d, int32_t group) {
+    for (const auto &v : dense_variants())
+        if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group && v.kv_dtype == d.kv_dtype &&
+            v.layout == d.layout)
+            return v;
+    fail(VASHISTA_ERROR_NO_VARIANT, "no dense kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
+         " group_size=", group, " kv ", dtype_name(d.kv_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD",
+         "; compiled variants:\n", list_variants());
+}
+
+bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
+    bool ok = v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group &&
+              v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype && v.layout == d.layout &&
+              v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing;
+    if (ok && (cfg.solver == VASHISTA_SOLVER_EG || cfg.solver == VASHISTA_SOLVER_FW))
+        ok = v.solver_steps == cfg.solver_steps;
+    if (ok && cfg.solver == VASHISTA_SOLVER_EG) ok = std::fabs(v.solver_eta - cfg.solver_eta) < 1e-6f;
+    if (ok && (cfg.solver == VASHISTA_SOLVER_FW || cfg.solver == VASHISTA_SOLVER_SPARSEMAX))
+        ok = std::fabs(v.solver_tau - cfg.solver_tau) < 1e-6f;
+    return ok;
+}
+
+const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
+    for (const auto &v : decode_variants())
+        if (decode_matches(v, d, group, cfg) && v.top_pages == cfg.top_pages && v.top_tokens == cfg.top_tokens) return v;
+    fail(VASHISTA_ERROR_NO_VARIANT, "no decode kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
+         " top_pages=", cfg.top_pages, " top_tokens=", cfg.top_tokens, " group_size=", group, " kv ",
+         dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD",
+         " solver=", int(cfg.solver), " routing=", int(cfg.routing), " group_routing=", int(cfg.group_routing),
+         "; compiled variants:\n", list_variants());
+}
+
+// The narrowest compiled variant with at least twice P and K_c, or null.
+const DecodeVariant *find_wider(const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
+    const DecodeVariant *best = nullptr;
+    for (const auto &v : decode_variants())
+        if (decode_matches(v, d, group, cfg) && v.top_pages >= 2 * cfg.top_pages && v.top_tokens >= 2 * cfg.top_tokens &&
+            (!best || v.top_pages * v.top_tokens < best->top_pages * best->top_tokens))
+            best = &v;
+    return best;
+}
+
+void check_kernel(int rc, const char *name) {
+    if (rc != 0) fail(VASHISTA_ERROR_KERNEL, "kernel ", name, " returned Halide error ", rc);
+}
+
+struct SparseResult {
+    Buffer<float> out, lse, diag;
+    Buffer<int32_t> candidates, pages;
+};
+
+SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float> &qb, Buffer<int32_t> &lens, float scale) {
+    const auto &d = c->desc;
+    const int G = v.group_size;
+    SparseResult r{Buffer<float>(d.head_dim, G, d.kv_heads, d.batch), Buffer<float>(G, d.kv_heads, d.batch),
+                   Buffer<float>(8, G, d.kv_heads, d.batch), Buffer<int32_t>(v.top_tokens, G, d.kv_heads, d.batch),
+                   Buffer<int32_t>(v.top_pages, G, d.kv_heads, d.batch)};
+    Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
+    Buffer<int32_t> pt = c->page_table();
+    check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
+                      c->summary.raw_buffer(), c->value_norm.raw_buffer(), scale, r.out.raw_buffer(), r.lse.raw_buffer(),
+                      r.diag.raw_buffer(), r.candidates.raw_buffer(), r.pages.raw_buffer()),
+                 v.name);
+    return r;
+}
+
+// Dense attention for the KV heads (b, h) listed, each through crops of the buffers.
+void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buffer<int32_t> &lens, float scale,
+               Buffer<float> &out, Buffer<float> &lse, const std::vector<std::pair<int, int>> *only) {
+    const auto &d = c->desc;
+    Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
+    Buffer<int32_t> pt = c->page_table();
+    if (!only) {
+        check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(), scale,
+                          out.raw_buffer(), lse.raw_buffer()),
+                     v.name);
+        return;
+    }
+    const int head_dim = d.layout == VASHISTA_LAYOUT_HND ? 2 : 1;
+    for (auto [b, h] : *only) {
+        Buffer<float> q1 = qb.cropped(2, h, 1).cropped(3, b, 1);
+        Buffer<float> o1 = out.cropped(2, h, 1).cropped(3, b, 1);
+        Buffer<float> l1 = lse.cropped(1, h, 1).cropped(2, b, 1);
+        Buffer<void> k1 = k.cropped(head_dim, h, 1), v1 = vv.cropped(head_dim, h, 1);
+        Buffer<int32_t> p1 = pt.cropped(1, b, 1), s1 = lens.cropped(0, b, 1);
+        check_kernel(v.fn(q1.raw_buffer(), k1.raw_buffer(), v1.raw_buffer(), p1.raw_buffer(), s1.raw_buffer(), scale,
+                          o1.raw_buffer(), l1.raw_buffer()),
+                     v.name);
+    }
+}
+
+void validate_config(const vashista_decode_config *cfg) {
+    require_pointer(cfg, "config");
+    if (cfg->top_pages < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = ", cfg->top_pages, " must be >= 1");
+    if (cfg->top_tokens < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = ", cfg->top_tokens, " must be >= 1");
+    if (cfg->solver < VASHISTA_SOLVER_SOFTMAX || cfg->solver > VASHISTA_SOLVER_SPARSEMAX)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = ", int(cfg->solver), " is not a vashista_solver");
+    if (cfg->routing != VASHISTA_ROUTING_MEAN && cfg->routing != VASHISTA_ROUTING_BOUND)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", int(cfg->routing), " is not mean (0) or bound (1)");
+    if (cfg->group_routing != VASHISTA_GROUP_PER_HEAD && cfg->group_routing != VASHISTA_GROUP_SHARED)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = ", int(cfg->group_routing), " is not per_head (0) or shared (1)");
+    if (cfg->policy < VASHISTA_POLICY_NONE || cfg->policy > VASHISTA_POLICY_WIDEN)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = ", int(cfg->policy), " is not none (0), dense (1) or widen (2)");
+    if (!(cfg->tolerance >= 0) || !std::isfinite(cfg->tolerance))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance = ", cfg->tolerance, " must be finite and >= 0");
+    if (!(cfg->scale >= 0) || !std::isfinite(cfg->scale))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale = ", cfg->scale, " must be finite and >= 0 (0: 1/sqrt(head_dim))");
+}
+
+}  // namespace
+
+extern "C" {
+
+void vashista_decode_config_default(vashista_decode_config *config) {
+    if (!config) return;
+    *config = vashista_decode_config{64, 128, VASHISTA_SOLVER_SOFTMAX, VASHISTA_ROUTING_BOUND, VASHISTA_GROUP_PER_HEAD,
+                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f};
+}
+
+vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache) {
+    return guarded([&] {
+        require_pointer(cache, "cache");
+        *cache = nullptr;
+        validate_desc(desc);
+        auto c = std::make_unique<vashista_cache>();
+        c->desc = *desc;
+        c->summarize = &find_summarize(*desc);
+        c->appended.assign(desc->batch, 0);
+        const int blocks = (desc->max_pages + vashista::kSummaryBlock - 1) / vashista::kSummaryBlock;
+        c->summary = Buffer<void>(halide_type(desc->summary_dtype),
+                                  {vashista::kSummaryBlock, desc->head_dim, 3, blocks, desc->kv_heads, desc->batch});
+        std::memset(c->summary.data(), 0, c->summary.size_in_bytes());
+        c->value_norm = Buffer<float>(desc->max_pages, desc->kv_heads, desc->batch);
+        c->value_norm.fill(0.0f);
+        *cache = c.release();
+    });
+}
+
+void vashista_cache_destroy(vashista_cache *cache) { delete cache; }
+
+int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq) {
+    if (!cache || seq < 0 || seq >= cache->desc.batch) return -1;
+    return cache->appended[seq];
+}
+
+vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, int32_t count, const void *k, const void *v) {
+    return guarded([&] {
+        require_pointer(c, "cache");
+        require_pointer(k, "k");
+        require_pointer(v, "v");
+        const auto &d = c->desc;
+        if (seq < 0 || seq >= d.batch) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
+        if (count < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "count = ", count, " must be >= 1");
+        if (start < 0 || start > c->appended[seq])
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "start = ", start, " is not in [0, tokens appended = ", c->appended[seq], "]");
+        if (int64_t(start) + count > int64_t(d.max_pages) * d.page_size)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "start + count = ", int64_t(start) + count,
+                 " exceeds max_pages * page_size = ", int64_t(d.max_pages) * d.page_size);
+        const int32_t first = start / d.page_size, last = (start + count - 1) / d.page_size;
+        validate_pages(*c, seq, first, last + 1);
+        const size_t row = size_t(d.head_dim) * dtype_bytes(d.kv_dtype);
+        const size_t n = size_t(count) * d.kv_heads * d.head_dim;
+        for (const auto *src : {static_cast<const uint8_t *>(k), static_cast<const uint8_t *>(v)})
+            for (size_t i = 0; i < n; ++i)
+                if (non_finite(src + i * dtype_bytes(d.kv_dtype), d.kv_dtype)) {
+                    const size_t r = i / d.head_dim;
+                    fail(VASHISTA_ERROR_NON_FINITE, src == k ? "k" : "v", "[", r / d.kv_heads, "][", r % d.kv_heads, "][",
+                         i % d.head_dim, "] is not finite");
+                }
+        // Everything is valid: write the tokens, then summarize the touched pages.
+        for (int32_t t = 0; t < count; ++t) {
+            const int32_t pos = start + t;
+            const int32_t page = d.page_table[size_t(seq) * d.max_pages + pos / d.page_size];
+            for (int32_t h = 0; h < d.kv_heads; ++h) {
+                const size_t src = (size_t(t) * d.kv_heads + h) * row;
+                const size_t dst = c->token_offset(page, pos % d.page_size, h) * dtype_bytes(d.kv_dtype);
+                std::memcpy(static_cast<uint8_t *>(d.k_pages) + dst, static_cast<const uint8_t *>(k) + src, row);
+                std::memcpy(static_cast<uint8_t *>(d.v_pages) + dst, static_cast<const uint8_t *>(v) + src, row);
+            }
+        }
+        c->appended[seq] = std::max(c->appended[seq], start + count);
+
+        const int touched_pages = last - first + 1;
+        Buffer<int32_t> touched(2, touched_pages);
+        for (int i = 0; i < touched_pages; ++i) {
+            touched(0, i) = seq;
+            touched(1, i) = first + i;
+        }
+        Buffer<int32_t> lens(c->appended.data(), d.batch);
+        Buffer<void> rows(halide_type(d.summary_dtype), d.head_dim, 3, d.kv_heads, touched_pages);
+        Buffer<float> norms(d.kv_heads, touched_pages);
+        Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
+        Buffer<int32_t> pt = c->page_table();
+        check_kernel(c->summarize->fn(kb.raw_buffer(), vb.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
+                                      touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer()),
+                     c->summarize->name);
+        const int bytes = dtype_bytes(d.summary_dtype);
+        const uint8_t *src = static_cast<const uint8_t *>(rows.data());
+        uint8_t *dst = static_cast<uint8_t *>(c->summary.data());
+        const auto &sd = c->summary;
+        for (int i = 0; i < touched_pages; ++i) {
+            const int j = first + i;
+            for (int h = 0; h < d.kv_heads; ++h) {
+                c->value_norm(j, h, seq) = norms(h, i);
+                for (int ch = 0; ch < 3; ++ch)
+                    for (int dd = 0; dd < d.head_dim; ++dd) {
+                        const size_t from = ((size_t(i) * d.kv_heads + h) * 3 + ch) * d.head_dim + dd;
+                        const int64_t to = int64_t(j % vashista::kSummaryBlock) * sd.dim(0).stride() +
+                                           int64_t(dd) * sd.dim(1).stride() + int64_t(ch) * sd.dim(2).stride() +
+                                           int64_t(j / vashista::kSummaryBlock) * sd.dim(3).stride() +
+                                           int64_t(h) * sd.dim(4).stride() + int64_t(seq) * sd.dim(5).stride();
+                        std::memcpy(dst + to * bytes, src + from * bytes, bytes);
+                    }
+            }
+        }
+    });
+}
+
+vashista_status vashista_decode(vashista_cache *c, const vashista_decode_config *cfg, const float *q, int32_t q_heads,
+                                const int32_t *seq_lens, float *out, float *lse, vashista_head_diag *diag) {
+    return guarded([&] {
+        const Shape shape = validate_step(c, q, q_heads, seq_lens, out);
+        validate_config(cfg);
+        const auto &d = c->desc;
+        const int G = shape.group;
+        const DecodeVariant &variant = find_decode(d, G, *cfg);
+        const float scale = cfg->scale > 0 ? cfg->scale : 1.0f / std::sqrt(float(d.head_dim));
+        Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);
+        Buffer<int32_t> lens(const_cast<int32_t *>(seq_lens), d.batch);
+        SparseResult r = run_sparse(c, variant, qb, lens, scale);
+
+        // Per head: what the step ends as.
+        std::vector<int32_t> taken(size_t(d.batch) * q_heads, VASHISTA_TAKEN_SPARSE);
+        auto over = [&](const SparseResult &s, int g, int h, int b) { return !(s.diag(2, g, h, b) <= cfg->tolerance); };
+        std::vector<std::pair<int, int>> dense_heads;  // (b, h) KV heads with a head to recompute
+        auto mark_dense = [&](int b, int h) {
+            if (dense_heads.empty() || dense_heads.back() != std::make_pair(b, h)) dense_heads.push_back({b, h});
+        };
+        std::vector<int> pending;
+        for (int b = 0; b < d.batch; ++b)
+            for (int h = 0; h < d.kv_heads; ++h)
+                for (int g = 0; g < G; ++g)
+                    if (over(r, g, h, b)) pending.push_back((b * d.kv_heads + h) * G + g);
+        if (!pending.empty() && cfg->policy == VASHISTA_POLICY_NONE) {
+            for (int i : pending) taken[i] = VASHISTA_TAKEN_REPORTED;
+            pending.clear();
+        }
+        if (!pending.empty() && cfg->policy == VASHISTA_POLICY_WIDEN) {
+            if (const DecodeVariant *wide = find_wider(d, G, *cfg)) {
+                SparseResult w = run_sparse(c, *wide, qb, lens, scale);
+                std::vector<int> still;
+                for (int i : pending) {
+                    const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
+                    if (over(w, g, h, b)) {
+                        still.push_back(i);
+                        continue;
+                    }
+                    taken[i] = VASHISTA_TAKEN_WIDENED;
+                    for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = w.out(x, g, h, b);
+                    r.lse(g, h, b) = w.lse(g, h, b);
+                    for (int x = 0; x < 8; ++x) r.diag(x, g, h, b) = w.diag(x, g, h, b);
+                }
+                pending.swap(still);
+            }
+        }
+        if (!pending.empty()) {
+            for (int i : pending) {
+                taken[i] = VASHISTA_TAKEN_DENSE;
+                mark_dense(i / G / d.kv_heads, (i / G) % d.kv_heads);
+            }
+            const DenseVariant &dv = find_dense(d, G);
+            Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
+            run_dense(c, dv, qb, lens, scale, dout, dlse, &dense_heads);
+            for (int i : pending) {
+                const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
+                for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = dout(x, g, h, b);
+                r.lse(g, h, b) = dlse(g, h, b);
+            }
+        }
+        // Non-finite results mean K/V reached the pages without vashista_append's checks.
+        for (int b = 0; b < d.batch; ++b)
+            for (int h = 0; h < d.kv_heads; ++h)
+                for (int g = 0; g < G; ++g) {
+                    bool ok = std::isfinite(r.lse(g, h, b));
+                    for (int x = 0; ok && x < d.head_dim; ++x) ok = std::isfinite(r.out(x, g, h, b));
+                    if (!ok)
+                        fail(VASHISTA_ERROR_NON_FINITE, "the output of sequence ", b, " query head ", h * G + g,
+                             " is not finite: K/V pages hold NaN or Inf written outside vashista_append");
+                }
+        std::memcpy(out, r.out.data(), r.out.size_in_bytes());
+        if (lse) std::memcpy(lse, r.lse.data(), r.lse.size_in_bytes());
+        if (diag)
+            for (int b = 0; b < d.batch; ++b)
+                for (int h = 0; h < d.kv_heads; ++h)
+                    for (int g = 0; g < G; ++g) {
+                        const size_t i = (size_t(b) * d.kv_heads + h) * G + g;
+                        diag[i] = vashista_head_diag{r.diag(0, g, h, b), r.diag(1, g, h, b), r.diag(2, g, h, b),
+                                                     int32_t(r.diag(5, g, h, b)), taken[i], r.diag(6, g, h, b)};
+                    }
+    });
+}
+
+vashista_status vashista_dense(vashista_cache *c, const float *q, int32_t q_heads, const int32_t *seq_lens, float scale,
+                               float *out, float *lse) {
+    return guarded([&] {
+        const Shape shape = validate_step(c, q, q_heads, seq_lens, out);
+        if (!(scale >= 0) || !std::isfinite(scale))
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "scale = ", scale, " must be finite and >= 0 (0: 1/sqrt(head_dim))");
+        const auto &d = c->desc;
+        const int G = shape.group;
+        const DenseVariant &dv = find_dense(d, G);
+        if (scale == 0) scale = 1.0f / std::sqrt(float(d.head_dim));
+        Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);
+        Buffer<int32_t> lens(const_cast<int32_t *>(seq_lens), d.batch);
+        Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
+        run_dense(c, dv, qb, lens, scale, dout, dlse, nullptr);
+        std::memcpy(out, dout.data(), dout.size_in_bytes());
+        if (lse) std::memcpy(lse, dlse.data(), dlse.size_in_bytes());
+    });
+}
+
+const char *vashista_last_error(void) { return g_last_error.c_str(); }
+
+const char *vashista_status_name(vashista_status s) {
+    switch (s) {
+    case VASHISTA_OK: return "ok";
+    case VASHISTA_ERROR_NULL_POINTER: return "null pointer";
+    case VASHISTA_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case VASHISTA_ERROR_SHAPE_MISMATCH: return "shape mismatch";
+    case VASHISTA_ERROR_OUT_OF_RANGE: return "out of range";
+    case VASHISTA_ERROR_NON_FINITE: return "non-finite value";
+    case VASHISTA_ERROR_NO_VARIANT: return "no compiled variant";
+    case VASHISTA_ERROR_KERNEL: return "kernel failure";
+    case VASHISTA_ERROR_OUT_OF_MEMORY: return "out of memory";
+    }
+    return "unknown status";
+}
+
+size_t vashista_list_variants(char *buffer, size_t capacity) {
+    const std::string s = list_variants();
+    if (buffer && capacity > 0) {
+        const size_t n = std::min(capacity - 1, s.size());
+        std::memcpy(buffer, s.data(), n);
+        buffer[n] = '\0';
+    }
+    return s.size();
+}
+
+}  // extern "C"

@@ -1,0 +1,125 @@
+// Certificate soundness: over 10^5 heads of random, clustered and adversarial inputs,
+// the kernel's error bound (bound routing) must never be below the true distance from
+// its sparse output to the double-precision dense answer, beyond f32 rounding of the
+// check itself: slack = 2e-5 * (1 + ||o_dense|| + V_out).
+#include "kernel_check.h"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+using namespace vashista;
+
+namespace {
+
+enum class Adversary { Gaussian, Planted, NearTies, NoGap, HugeRange, DominantValue, Clustered };
+const char *name(Adversary a) {
+    switch (a) {
+    case Adversary::Gaussian: return "gaussian";
+    case Adversary::Planted: return "planted";
+    case Adversary::NearTies: return "near-ties";
+    case Adversary::NoGap: return "no-gap";
+    case Adversary::HugeRange: return "huge-range";
+    case Adversary::DominantValue: return "dominant-value";
+    case Adversary::Clustered: return "clustered";
+    }
+    return "?";
+}
+
+ref::Problem make(Adversary a, uint64_t seed, int batch, std::mt19937 &rng) {
+    ref::ProblemSpec spec;
+    spec.kv_heads = 4;
+    spec.group = 4;
+    spec.head_dim = 16;
+    spec.page_size = 8;
+    spec.dtype = ref::DType::F32;
+    spec.seed = seed;
+    std::uniform_int_distribution<int> len(1, 160);
+    spec.seq_lens.resize(batch);
+    for (int &l : spec.seq_lens) l = len(rng);
+    spec.kind = a == Adversary::Planted ? ref::DataKind::Planted
+              : a == Adversary::NearTies ? ref::DataKind::Dyadic
+                                         : ref::DataKind::Gaussian;
+    spec.needle_score = 6.0;
+    ref::Problem p = ref::make_problem(spec);
+    std::normal_distribution<float> n(0, 1);
+    if (a == Adversary::NoGap)  // every key the same: Δ = 0 everywhere
+        for (size_t i = 0; i < p.cache.k.size(); ++i) p.cache.k[i] = p.cache.k[i % 16];
+    if (a == Adversary::HugeRange)
+        for (float &x : p.q.q) x *= 40.0f;
+    if (a == Adversary::DominantValue)
+        for (size_t i = 0; i < p.cache.v.size(); i += 16 * 37) p.cache.v[i] = 1000.0f;
+    if (a == Adversary::Clustered) {  // keys near a few centres, small spread
+        std::vector<float> centres(4 * 16);
+        for (float &x : centres) x = 2 * n(rng);
+        for (size_t t = 0; t < p.cache.k.size() / 16; ++t)
+            for (int d = 0; d < 16; ++d) p.cache.k[t * 16 + d] = centres[(t % 4) * 16 + d] + 0.05f * n(rng);
+    }
+    return p;
+}
+
+}  // namespace
+
+TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
+    DecodeConfig cfg;
+    cfg.head_dim = 16;
+    cfg.page_size = 8;
+    cfg.top_pages = 3;
+    cfg.top_tokens = 8;
+    cfg.group_size = 4;
+    cfg.kv_type = cfg.summary_type = Halide::Float(32);
+    cfg.routing = RoutingMode::Bound;
+    DecodeJit jit(cfg);
+    jit.schedule(hand_schedule(cfg));
+    jit.compile(Halide::get_host_target());
+
+    const int batch = 250, heads_per_call = batch * 4 * 4, target_heads = 100000;
+    std::mt19937 rng(99);
+    long heads = 0, violations = 0, certified = 0;
+    std::vector<double> tightness;  // bound / true error where the error is above rounding
+    std::string worst;
+    double worst_ratio = 0;
+    for (uint64_t call = 0; heads < target_heads; ++call) {
+        const Adversary a = Adversary(call % 7);
+        ref::Problem p = make(a, 1000 + call, batch, rng);
+        ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32);
+        DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
+        run(jit, buf);
+        for (int b = 0; b < batch; ++b)
+            for (int h = 0; h < 4; ++h)
+                for (int g = 0; g < 4; ++g) {
+                    ref::DenseResult d = ref::dense_head(p.cache, p.seqs, p.q, buf.scale, b, h, g);
+                    double err2 = 0, dn2 = 0;
+                    for (int x = 0; x < 16; ++x) {
+                        err2 += std::pow(buf.out(x, g, h, b) - d.out[x], 2);
+                        dn2 += d.out[x] * d.out[x];
+                    }
+                    const double err = std::sqrt(err2), bound = buf.diag(kDiagErrorBound, g, h, b);
+                    const double slack = 2e-5 * (1 + std::sqrt(dn2) + buf.diag(kDiagOutsideValueNorm, g, h, b));
+                    if (!(err <= bound + slack)) {
+                        ++violations;
+                        if (err / (bound + slack) > worst_ratio) {
+                            worst_ratio = err / (bound + slack);
+                            worst = std::string(name(a)) + ": error " + std::to_string(err) + " > bound " + std::to_string(bound);
+                        }
+                    }
+                    if (bound < 1e-3) ++certified;
+                    if (err > slack) tightness.push_back(bound / err);
+                    ++heads;
+                }
+        (void)heads_per_call;
+    }
+    std::sort(tightness.begin(), tightness.end());
+    auto pct = [&](double q) { return tightness.empty() ? 0.0 : tightness[size_t(q * (tightness.size() - 1))]; };
+    std::printf("certificate: %ld heads, %ld violations, %ld certified below 1e-3\n", heads, violations, certified);
+    std::printf("tightness bound/true error over %zu heads with error above rounding: "
+                "min %.3g  p10 %.3g  median %.3g  p90 %.3g  max %.3g\n",
+                tightness.size(), pct(0), pct(0.1), pct(0.5), pct(0.9), pct(1));
+    INFO(worst);
+    CHECK(heads >= target_heads);
+    CHECK(violations == 0);
+    CHECK(tightness.size() > 1000);  // the suite must actually exercise non-trivial errors
+}

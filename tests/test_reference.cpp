@@ -1,0 +1,104 @@
+// Self-checks of the reference: the oracle must itself agree with the method.
+#include "problem.h"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+using namespace vashista;
+using namespace vashista::ref;
+
+TEST_CASE("sparse equals dense when P covers every page and K_c every token", "[reference]") {
+    ProblemSpec spec;
+    spec.seq_lens = {100, 37, 5};
+    Problem p = make_problem(spec);
+    Summaries sum = summarize(p.cache, p.seqs, DType::BF16);
+    SparseOptions opt;
+    opt.top_pages = 16;
+    opt.top_tokens = 1000;
+    for (RoutingMode mode : {RoutingMode::Mean, RoutingMode::Bound})
+        for (int b = 0; b < 3; ++b)
+            for (int h = 0; h < spec.kv_heads; ++h)
+                for (int g = 0; g < spec.group; ++g) {
+                    opt.routing = mode;
+                    HeadResult s = sparse_head(p.cache, p.seqs, p.q, sum, opt, b, h, g);
+                    DenseResult d = dense_head(p.cache, p.seqs, p.q, 0.0, b, h, g);
+                    REQUIRE(int(s.candidates.size()) == spec.seq_lens[b]);
+                    for (int i = 0; i < spec.head_dim; ++i) REQUIRE(s.out[i] == Approx(d.out[i]).margin(1e-12));
+                    REQUIRE(s.lse == Approx(d.lse).epsilon(1e-12));
+                    REQUIRE(s.leakage == 0.0);
+                    REQUIRE(s.error_bound == 0.0);
+                }
+}
+
+TEST_CASE("eg after N steps of size eta is softmax of N * eta * s", "[reference]") {
+    std::mt19937 rng(3);
+    std::normal_distribution<double> n(0, 3);
+    std::vector<double> s(50);
+    for (double &x : s) x = n(rng);
+    std::vector<double> scaled(s);
+    for (double &x : scaled) x *= 6 * 0.2;
+    std::vector<double> eg = solve_eg(s, 6, 0.2), sm = solve_softmax(scaled);
+    for (size_t i = 0; i < s.size(); ++i) REQUIRE(eg[i] == Approx(sm[i]).margin(1e-14));
+}
+
+TEST_CASE("sparsemax is the Euclidean projection onto the simplex", "[reference]") {
+    std::mt19937 rng(5);
+    std::normal_distribution<double> n(0, 1);
+    for (int trial = 0; trial < 50; ++trial) {
+        std::vector<double> s(20);
+        for (double &x : s) x = n(rng);
+        const double tau = 0.5 + trial % 3;
+        std::vector<double> a = solve_sparsemax(s, tau);
+        REQUIRE(std::accumulate(a.begin(), a.end(), 0.0) == Approx(1.0).margin(1e-12));
+        for (double x : a) REQUIRE(x >= 0.0);
+        // Projection optimality: <z - a, y - a> <= 0 for every vertex y of the simplex.
+        double za = 0;
+        for (size_t i = 0; i < s.size(); ++i) za += (s[i] / tau - a[i]) * a[i];
+        for (size_t j = 0; j < s.size(); ++j) REQUIRE((s[j] / tau - a[j]) - za <= 1e-12);
+    }
+}
+
+TEST_CASE("Frank-Wolfe gap shrinks and iterates stay on the simplex", "[reference]") {
+    std::vector<double> s{1.0, 0.9, 0.3, -2.0};
+    double gap4 = 0, gap40 = 0;
+    std::vector<double> a4 = solve_fw(s, 4, 1.0, &gap4), a40 = solve_fw(s, 40, 1.0, &gap40);
+    REQUIRE(std::accumulate(a4.begin(), a4.end(), 0.0) == Approx(1.0));
+    REQUIRE(gap40 >= 0.0);
+    REQUIRE(gap40 < gap4);
+    std::vector<double> exact = solve_sparsemax(s, 1.0);
+    for (size_t i = 0; i < s.size(); ++i) REQUIRE(a40[i] == Approx(exact[i]).margin(0.05));
+}
+
+TEST_CASE("the reference bound is never below the true error", "[reference]") {
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
+        ProblemSpec spec;
+        spec.seq_lens = {300, 180};
+        spec.kind = seed % 2 ? DataKind::Gaussian : DataKind::Planted;
+        spec.seed = seed;
+        Problem p = make_problem(spec);
+        Summaries sum = summarize(p.cache, p.seqs, DType::BF16);
+        SparseOptions opt;
+        opt.top_pages = 4;
+        opt.top_tokens = 16;
+        opt.routing = RoutingMode::Bound;
+        for (int b = 0; b < 2; ++b)
+            for (int h = 0; h < spec.kv_heads; ++h)
+                for (int g = 0; g < spec.group; ++g) {
+                    HeadResult s = sparse_head(p.cache, p.seqs, p.q, sum, opt, b, h, g);
+                    DenseResult d = dense_head(p.cache, p.seqs, p.q, 0.0, b, h, g);
+                    double err = 0;
+                    for (int i = 0; i < spec.head_dim; ++i) err += (s.out[i] - d.out[i]) * (s.out[i] - d.out[i]);
+                    REQUIRE(std::sqrt(err) <= s.error_bound * (1 + 1e-12) + 1e-12);
+                }
+    }
+}
+
+TEST_CASE("bf16 and f16 rounding is round-to-nearest-even", "[reference]") {
+    REQUIRE(round_to(DType::BF16, 1.0f + 1.0f / 256) == 1.0f);                  // tie to even
+    REQUIRE(round_to(DType::BF16, 1.0f + 3.0f / 256) == 1.0f + 4.0f / 256);     // tie to even, up
+    REQUIRE(round_to(DType::F16, 1.0f + 1.0f / 2048) == 1.0f);
+    REQUIRE(from_bits16(DType::BF16, to_bits16(DType::BF16, -2.5f)) == -2.5f);
+}

@@ -1,0 +1,306 @@
+// The linked library (AOT kernels, runtime) at the demo shape: summaries on append,
+// decode against the reference, the fallback policies, and every validation error,
+// each checked to write nothing.
+#include "problem.h"
+#include "vashista.h"
+
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+using namespace vashista;
+
+namespace {
+
+constexpr int H = 2, D = 128, S = 16;
+
+struct Fixture {
+    ref::Problem p;
+    std::vector<uint8_t> k_pages, v_pages;
+    vashista_cache *cache = nullptr;
+    int G;
+
+    explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted) : G(group) {
+        ref::ProblemSpec spec;
+        spec.kv_heads = H;
+        spec.group = group;
+        spec.head_dim = D;
+        spec.seq_lens = lens;
+        spec.kind = kind;
+        spec.needle_score = 30;
+        p = ref::make_problem(spec);
+        k_pages.assign(p.cache.k.size() * 2, 0);
+        v_pages.assign(p.cache.v.size() * 2, 0);
+        vashista_cache_desc desc = describe();
+        REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
+        for (int b = 0; b < p.seqs.batch; ++b) append_all(b);
+    }
+    ~Fixture() { vashista_cache_destroy(cache); }
+
+    vashista_cache_desc describe() {
+        return vashista_cache_desc{p.seqs.batch, H, D, S, p.cache.num_pages, p.seqs.max_pages, VASHISTA_DTYPE_BF16,
+                                   VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(),
+                                   p.seqs.page_table.data()};
+    }
+    // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
+    std::vector<uint16_t> tokens(const std::vector<float> &src, int b, int start, int n) {
+        std::vector<uint16_t> out(size_t(n) * H * D);
+        for (int t = 0; t < n; ++t)
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < D; ++d)
+                    out[(size_t(t) * H + h) * D + d] = ref::to_bits16(
+                        ref::DType::BF16, src[p.cache.offset(p.seqs.page_of(b, start + t, S), (start + t) % S, h, d)]);
+        return out;
+    }
+    void append_all(int b) {
+        // Uneven chunks so pages are summarized while partial and again when full.
+        const int len = p.seqs.seq_lens[b];
+        for (int start = 0; start < len;) {
+            const int n = std::min(len - start, 1 + (start * 7) % 53);
+            auto k = tokens(p.cache.k, b, start, n), v = tokens(p.cache.v, b, start, n);
+            REQUIRE(vashista_append(cache, b, start, n, k.data(), v.data()) == VASHISTA_OK);
+            start += n;
+        }
+    }
+};
+
+vashista_decode_config default_config() {
+    vashista_decode_config c;
+    vashista_decode_config_default(&c);
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("decode through the library matches the reference", "[runtime]") {
+    for (int group : {1, 4}) {
+        Fixture f(group);
+        const int B = f.p.seqs.batch, QH = H * group;
+        ref::Summaries sum = ref::summarize(f.p.cache, f.p.seqs, ref::DType::BF16);
+        vashista_decode_config cfg = default_config();
+        cfg.policy = VASHISTA_POLICY_NONE;
+        std::vector<float> out(size_t(B) * QH * D), lse(B * QH);
+        std::vector<vashista_head_diag> diag(B * QH);
+        REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), lse.data(),
+                                diag.data()) == VASHISTA_OK);
+        ref::SparseOptions opt;
+        opt.routing = RoutingMode::Bound;
+        for (int b = 0; b < B; ++b)
+            for (int h = 0; h < H; ++h)
+                for (int g = 0; g < group; ++g) {
+                    ref::HeadResult r = ref::sparse_head(f.p.cache, f.p.seqs, f.p.q, sum, opt, b, h, g);
+                    const size_t i = (size_t(b) * H + h) * group + g;
+                    for (int d = 0; d < D; ++d) REQUIRE(out[i * D + d] == Approx(r.out[d]).margin(1e-4));
+                    REQUIRE(lse[i] == Approx(r.lse).margin(1e-4 * (1 + std::abs(r.lse))));
+                    REQUIRE(diag[i].candidates == int(r.candidates.size()));
+                    REQUIRE(diag[i].error_bound == Approx(r.error_bound).epsilon(1e-3).margin(1e-6));
+                    REQUIRE(diag[i].support_gap == Approx(r.support_gap).margin(1e-4));
+                }
+    }
+}
+
+TEST_CASE("dense through the library matches the reference", "[runtime]") {
+    Fixture f(4, {1000, 33});
+    const int QH = H * 4;
+    std::vector<float> out(size_t(2) * QH * D), lse(2 * QH);
+    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, out.data(), lse.data()) == VASHISTA_OK);
+    for (int b = 0; b < 2; ++b)
+        for (int h = 0; h < H; ++h)
+            for (int g = 0; g < 4; ++g) {
+                ref::DenseResult r = ref::dense_head(f.p.cache, f.p.seqs, f.p.q, 0.0, b, h, g);
+                const size_t i = (size_t(b) * H + h) * 4 + g;
+                for (int d = 0; d < D; ++d) REQUIRE(out[i * D + d] == Approx(r.out[d]).margin(1e-4));
+                REQUIRE(lse[i] == Approx(r.lse).margin(1e-4 * (1 + std::abs(r.lse))));
+            }
+}
+
+TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtime]") {
+    Fixture f(4, {3000, 500}, ref::DataKind::Gaussian);  // no structure: wide bounds
+    const int QH = H * 4, n = 2 * QH;
+    std::vector<float> dense(size_t(n) * D), out(size_t(n) * D);
+    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) == VASHISTA_OK);
+    std::vector<vashista_head_diag> diag(n);
+    for (vashista_policy policy : {VASHISTA_POLICY_NONE, VASHISTA_POLICY_DENSE, VASHISTA_POLICY_WIDEN}) {
+        vashista_decode_config cfg = default_config();
+        cfg.policy = policy;
+        cfg.tolerance = 0.0f;
+        REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), nullptr,
+                                diag.data()) == VASHISTA_OK);
+        for (int i = 0; i < n; ++i) {
+            INFO("policy " << policy << " head " << i);
+            if (diag[i].error_bound <= 0) continue;  // this head needed every token
+            if (policy == VASHISTA_POLICY_NONE) {
+                REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_REPORTED);
+            } else {
+                REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
+                for (int d = 0; d < D; ++d) REQUIRE(out[size_t(i) * D + d] == Approx(dense[size_t(i) * D + d]).margin(1e-6));
+            }
+        }
+    }
+}
+
+TEST_CASE("summaries update on every append, including partial pages", "[runtime]") {
+    // After appending one more token, decode must equal the reference for the new length.
+    Fixture f(4, {40, 40});
+    f.p.seqs.seq_lens = {41, 40};
+    auto k = f.tokens(f.p.cache.k, 0, 40, 1), v = f.tokens(f.p.cache.v, 0, 40, 1);
+    REQUIRE(vashista_append(f.cache, 0, 40, 1, k.data(), v.data()) == VASHISTA_OK);
+    REQUIRE(vashista_appended_tokens(f.cache, 0) == 41);
+    ref::Summaries sum = ref::summarize(f.p.cache, f.p.seqs, ref::DType::BF16);
+    vashista_decode_config cfg = default_config();
+    cfg.policy = VASHISTA_POLICY_NONE;
+    std::vector<float> out(size_t(2) * 8 * D);
+    std::vector<vashista_head_diag> diag(16);
+    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), 8, f.p.seqs.seq_lens.data(), out.data(), nullptr, diag.data()) == VASHISTA_OK);
+    ref::SparseOptions opt;
+    opt.routing = RoutingMode::Bound;
+    ref::HeadResult r = ref::sparse_head(f.p.cache, f.p.seqs, f.p.q, sum, opt, 0, 1, 2);
+    for (int d = 0; d < D; ++d) REQUIRE(out[size_t(6) * D + d] == Approx(r.out[d]).margin(1e-4));
+    REQUIRE(diag[6].candidates == 41);
+}
+
+// Every error path: a clear status and message naming the argument, nothing written.
+TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validation]") {
+    Fixture f(4, {100, 50});
+    constexpr int QH = 8;
+    std::vector<float> q = f.p.q.q;
+    std::vector<int32_t> lens = f.p.seqs.seq_lens;
+    std::vector<float> out(size_t(2) * QH * D, 7.0f), lse(2 * QH, 7.0f);
+    std::vector<vashista_head_diag> diag(2 * QH);
+    std::memset(diag.data(), 0x5a, diag.size() * sizeof(vashista_head_diag));
+    const std::vector<uint8_t> diag_before(reinterpret_cast<uint8_t *>(diag.data()),
+                                           reinterpret_cast<uint8_t *>(diag.data()) + diag.size() * sizeof(vashista_head_diag));
+    auto untouched = [&] {
+        for (float x : out) REQUIRE(x == 7.0f);
+        for (float x : lse) REQUIRE(x == 7.0f);
+        REQUIRE(std::memcmp(diag.data(), diag_before.data(), diag_before.size()) == 0);
+    };
+    auto decode = [&](const vashista_decode_config &cfg, int qh = 8) {
+        return vashista_decode(f.cache, &cfg, q.data(), qh, lens.data(), out.data(), lse.data(), diag.data());
+    };
+    auto expect = [&](vashista_status got, vashista_status want, const char *fragment) {
+        INFO("message: " << vashista_last_error());
+        REQUIRE(got == want);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains(fragment));
+        untouched();
+    };
+    const vashista_decode_config ok = default_config();
+
+    SECTION("decode arguments") {
+        expect(vashista_decode(nullptr, &ok, q.data(), QH, lens.data(), out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "cache is NULL");
+        expect(vashista_decode(f.cache, nullptr, q.data(), QH, lens.data(), out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "config is NULL");
+        expect(vashista_decode(f.cache, &ok, nullptr, QH, lens.data(), out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "q is NULL");
+        expect(vashista_decode(f.cache, &ok, q.data(), QH, nullptr, out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "seq_lens is NULL");
+        expect(vashista_decode(f.cache, &ok, q.data(), QH, lens.data(), nullptr, nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "out is NULL");
+        expect(decode(ok, 7), VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = 7 is not a positive multiple of kv_heads = 2");
+        expect(decode(ok, 6), VASHISTA_ERROR_NO_VARIANT, "group_size=3");
+        q[5] = std::numeric_limits<float>::quiet_NaN();
+        expect(decode(ok), VASHISTA_ERROR_NON_FINITE, "q[0][0][5]");
+        q[5] = std::numeric_limits<float>::infinity();
+        expect(decode(ok), VASHISTA_ERROR_NON_FINITE, "is not finite");
+    }
+    SECTION("sequence lengths and the block table") {
+        lens[1] = 0;
+        expect(decode(ok), VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[1] = 0");
+        lens[1] = f.p.seqs.max_pages * S + 1;
+        expect(decode(ok), VASHISTA_ERROR_OUT_OF_RANGE, "max_pages * page_size");
+        lens[1] = 51;
+        expect(decode(ok), VASHISTA_ERROR_OUT_OF_RANGE, "exceeds the 50 tokens appended");
+        lens[1] = 50;
+        const int32_t saved = f.p.seqs.page_table[3];
+        f.p.seqs.page_table[3] = 9001;
+        expect(decode(ok), VASHISTA_ERROR_OUT_OF_RANGE, "page_table[0][3] = 9001 is not below num_pages");
+        f.p.seqs.page_table[3] = -1;
+        expect(decode(ok), VASHISTA_ERROR_OUT_OF_RANGE, "page_table[0][3] = -1");
+        f.p.seqs.page_table[3] = saved;
+    }
+    SECTION("decode configuration") {
+        auto with = [&](auto change) { vashista_decode_config c = ok; change(c); return c; };
+        expect(decode(with([](auto &c) { c.top_pages = 0; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = 0");
+        expect(decode(with([](auto &c) { c.top_tokens = -3; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = -3");
+        expect(decode(with([](auto &c) { c.solver = vashista_solver(9); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = 9");
+        expect(decode(with([](auto &c) { c.routing = vashista_routing(5); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = 5");
+        expect(decode(with([](auto &c) { c.group_routing = vashista_group_routing(3); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = 3");
+        expect(decode(with([](auto &c) { c.policy = vashista_policy(7); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = 7");
+        expect(decode(with([](auto &c) { c.tolerance = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
+        expect(decode(with([](auto &c) { c.tolerance = NAN; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
+        expect(decode(with([](auto &c) { c.scale = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale");
+        expect(decode(with([](auto &c) { c.top_pages = 63; })), VASHISTA_ERROR_NO_VARIANT, "compiled variants:");
+        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_FW; })), VASHISTA_ERROR_NO_VARIANT, "no decode kernel");
+    }
+    SECTION("dense arguments") {
+        expect(vashista_dense(f.cache, q.data(), QH, lens.data(), -1.0f, out.data(), lse.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "scale = -1");
+        expect(vashista_dense(f.cache, nullptr, QH, lens.data(), 0.0f, out.data(), lse.data()), VASHISTA_ERROR_NULL_POINTER, "q is NULL");
+    }
+    SECTION("NaN written into the pages outside append is caught") {
+        // Corrupt every key of sequence 0: its scores turn NaN and reach the output.
+        for (int j = 0; j * S < 100; ++j) {
+            const int page = f.p.seqs.page_table[j];
+            for (int t = 0; t < S; ++t)
+                for (int h = 0; h < H; ++h) {
+                    const uint16_t nan = 0x7fc0;
+                    std::memcpy(&f.k_pages[f.p.cache.offset(page, t, h, 0) * 2], &nan, 2);
+                }
+        }
+        expect(decode(ok), VASHISTA_ERROR_NON_FINITE, "written outside vashista_append");
+    }
+}
+
+TEST_CASE("bad appends get a clear error and write nothing", "[runtime][validation]") {
+    Fixture f(4, {100, 50});
+    const std::vector<uint8_t> k_before = f.k_pages, v_before = f.v_pages;
+    auto k = f.tokens(f.p.cache.k, 1, 50, 3), v = f.tokens(f.p.cache.v, 1, 50, 3);
+    auto expect = [&](vashista_status got, vashista_status want, const char *fragment) {
+        INFO("message: " << vashista_last_error());
+        REQUIRE(got == want);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains(fragment));
+        REQUIRE(f.k_pages == k_before);
+        REQUIRE(f.v_pages == v_before);
+        REQUIRE(vashista_appended_tokens(f.cache, 1) == 50);
+    };
+    expect(vashista_append(nullptr, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NULL_POINTER, "cache is NULL");
+    expect(vashista_append(f.cache, 1, 50, 3, nullptr, v.data()), VASHISTA_ERROR_NULL_POINTER, "k is NULL");
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), nullptr), VASHISTA_ERROR_NULL_POINTER, "v is NULL");
+    expect(vashista_append(f.cache, 2, 50, 3, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "seq = 2 is not in [0, batch = 2)");
+    expect(vashista_append(f.cache, 1, 50, 0, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "count = 0");
+    expect(vashista_append(f.cache, 1, 51, 3, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "start = 51 is not in [0, tokens appended = 50]");
+    expect(vashista_append(f.cache, 1, 50, f.p.seqs.max_pages * S, k.data(), v.data()), VASHISTA_ERROR_OUT_OF_RANGE, "exceeds max_pages * page_size");
+    const int32_t saved = f.p.seqs.page_table[f.p.seqs.max_pages + 3];
+    f.p.seqs.page_table[f.p.seqs.max_pages + 3] = 9001;
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_OUT_OF_RANGE, "page_table[1][3] = 9001");
+    f.p.seqs.page_table[f.p.seqs.max_pages + 3] = saved;
+    k[2 * D + 7] = 0x7f80;  // bf16 +Inf at token 0, head 2? (token 1, head 0, d 7 for H=2)
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NON_FINITE, "k[1][0][7] is not finite");
+    k[2 * D + 7] = 0;
+    v[0] = 0xffc1;  // bf16 NaN
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NON_FINITE, "v[0][0][0] is not finite");
+}
+
+TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
+    Fixture f(4, {40});
+    vashista_cache *c = reinterpret_cast<vashista_cache *>(0x1);
+    auto expect = [&](vashista_cache_desc d, vashista_status want, const char *fragment) {
+        c = reinterpret_cast<vashista_cache *>(0x1);
+        INFO("message: " << vashista_last_error());
+        REQUIRE(vashista_cache_create(&d, &c) == want);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains(fragment));
+        REQUIRE(c == nullptr);
+    };
+    auto with = [&](auto change) { vashista_cache_desc d = f.describe(); change(d); return d; };
+    REQUIRE(vashista_cache_create(nullptr, &c) == VASHISTA_ERROR_NULL_POINTER);
+    expect(with([](auto &d) { d.k_pages = nullptr; }), VASHISTA_ERROR_NULL_POINTER, "desc->k_pages is NULL");
+    expect(with([](auto &d) { d.v_pages = nullptr; }), VASHISTA_ERROR_NULL_POINTER, "desc->v_pages is NULL");
+    expect(with([](auto &d) { d.page_table = nullptr; }), VASHISTA_ERROR_NULL_POINTER, "desc->page_table is NULL");
+    expect(with([](auto &d) { d.batch = 0; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->batch = 0");
+    expect(with([](auto &d) { d.num_pages = -4; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->num_pages = -4");
+    expect(with([](auto &d) { d.kv_dtype = vashista_dtype(8); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = 8");
+    expect(with([](auto &d) { d.summary_dtype = vashista_dtype(-1); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = -1");
+    expect(with([](auto &d) { d.layout = vashista_layout(2); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = 2");
+    expect(with([](auto &d) { d.head_dim = 64; }), VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=64");
+    char list[4096];
+    REQUIRE(vashista_list_variants(list, sizeof(list)) > 0);
+    REQUIRE_THAT(std::string(list), Catch::Contains("decode ") && Catch::Contains("routing=bound"));
+}
