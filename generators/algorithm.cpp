@@ -385,20 +385,23 @@ DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in) {
         token(t, [&](Expr page, Expr off) { return as_f32(kv_element(in.k_cache, cfg.layout, rd, off, h, page)); });
     auto s = [&](Expr tok) { return in.scale * st.score(tok, g, h, b); };
 
+    // Masked rather than predicated reductions, so that they vectorize; tokens past
+    // seq_len (whose memory may hold anything) never reach a sum.
     RDom rt(0, chunk, "rt");
     Expr tok = ch * chunk + rt;
-    rt.where(tok < seq_len);
+    Expr valid = tok < seq_len;
     st.chunk_max = Func("chunk_max");
     st.chunk_max(g, ch, h, b) = neg_inf();
-    st.chunk_max(g, ch, h, b) = Halide::max(st.chunk_max(g, ch, h, b), s(tok));
-    Expr w = Halide::exp(s(tok) - st.chunk_max(g, ch, h, b));
+    st.chunk_max(g, ch, h, b) = Halide::max(st.chunk_max(g, ch, h, b), select(valid, s(tok), neg_inf()));
+    st.weight = Func("dense_weight");
+    st.weight(t, g, h, b) = select(t < seq_len, Halide::exp(s(t) - st.chunk_max(g, t / chunk, h, b)), 0.0f);
     st.chunk_sum = Func("chunk_sum");
     st.chunk_sum(g, ch, h, b) = 0.0f;
-    st.chunk_sum(g, ch, h, b) += w;
+    st.chunk_sum(g, ch, h, b) += st.weight(tok, g, h, b);
     st.chunk_acc = Func("chunk_acc");
     st.chunk_acc(d, g, ch, h, b) = 0.0f;
-    st.chunk_acc(d, g, ch, h, b) +=
-        w * token(tok, [&](Expr page, Expr off) { return as_f32(kv_element(in.v_cache, cfg.layout, d, off, h, page)); });
+    Expr value = token(tok, [&](Expr page, Expr off) { return as_f32(kv_element(in.v_cache, cfg.layout, d, off, h, page)); });
+    st.chunk_acc(d, g, ch, h, b) += select(valid, st.weight(tok, g, h, b) * value, 0.0f);
 
     Var x("x");
     st.chunk_state = Func("chunk_state");

@@ -124,6 +124,7 @@ struct DenseStages {
     Var d{"d"}, t{"t"}, g{"g"}, h{"h"}, b{"b"}, ch{"ch"};
     Func score;       // (t, g, h, b), t a token of the sequence
     Func chunk_max;   // (g, ch, h, b)
+    Func weight;      // (t, g, h, b) = exp(s_t - chunk max), 0 past seq_len
     Func chunk_sum;   // (g, ch, h, b)
     Func chunk_acc;   // (d, g, ch, h, b)
     Func chunk_state; // (x, g, ch, h, b): [0, D) acc, D max, D+1 sum; one loop nest per chunk

@@ -183,12 +183,13 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         Var u("u");
         st.token_score.update().reorder(g, i);
         Func lanes = st.token_score.update().split(rd, ro, ri, s.dot_lanes).rfactor(ri, u);
-        lanes.compute_at(st.token_score, i).vectorize(u);
+        lanes.compute_at(st.token_score, i).reorder_storage(u, g).vectorize(u);
         if (s.group_inner) {
             lanes.update().reorder(u, g, ro).vectorize(u).unroll(g);
         } else {
             lanes.update().vectorize(u);
         }
+        st.token_score.update().atomic().vectorize(ri);
     }
     schedule_top_k(st.select, st.token_key);
 
@@ -252,7 +253,16 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
             .unroll(du);
         if (s.group_inner) acc.update().unroll(g);
     }
-    for (Func f : {st.chunk_max, st.chunk_sum}) f.compute_at(state, task);
+    st.weight.compute_at(state, task).vectorize(t, vw);
+    for (Func f : {st.chunk_max, st.chunk_sum}) {
+        f.compute_at(state, task);
+        RVar r = f.rvars(0)[0];
+        RVar ro("ro"), ri("ri");
+        Var u("u");
+        Func lanes = f.update().split(r, ro, ri, vw).rfactor(ri, u);
+        lanes.compute_at(f, g).vectorize(u);
+        lanes.update().vectorize(u);
+    }
     st.score.compute_at(state, task);
     {
         RVar rd = st.score.rvars(0)[0];
@@ -260,12 +270,14 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
         Var u("u");
         st.score.update().reorder(g, t);
         Func lanes = st.score.update().split(rd, ro, ri, s.dot_lanes).rfactor(ri, u);
-        lanes.compute_at(st.score, t).vectorize(u);
+        // lanes innermost in storage: each FMA writes one contiguous vector
+        lanes.compute_at(st.score, t).reorder_storage(u, g).vectorize(u);
         if (s.group_inner) {
             lanes.update().reorder(u, g, ro).vectorize(u).unroll(g);
         } else {
             lanes.update().vectorize(u);
         }
+        st.score.update().atomic().vectorize(ri);  // one horizontal add per score
     }
     // The merge over chunks is small; one pass per head.
     Var hb("hb");

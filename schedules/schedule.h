@@ -42,11 +42,11 @@ struct DecodeCpuSchedule {
 };
 
 struct DenseCpuSchedule {
-    int split_pages = 64;  // pages per flash-decoding chunk
+    int split_pages = 16;  // pages per flash-decoding chunk
     int vector_width = 16;
     int dot_lanes = 16;
     int group_inner = 1;
-    int acc_unroll = 8;
+    int acc_unroll = 4;    // 16 accumulators (4 heads x 4 vectors) fit the 32 registers
     int parallel = 1;
     static const Space<DenseCpuSchedule, DenseConfig> &space();
 };
