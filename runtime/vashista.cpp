@@ -272,12 +272,12 @@ void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buff
                      v.name);
         return;
     }
-    const int head_dim = d.layout == VASHISTA_LAYOUT_HND ? 2 : 1;
+    const int head_axis = d.layout == VASHISTA_LAYOUT_HND ? 2 : 1;  // (d, s, h, page) or (d, h, s, page)
     for (auto [b, h] : *only) {
         Buffer<float> q1 = qb.cropped(2, h, 1).cropped(3, b, 1);
         Buffer<float> o1 = out.cropped(2, h, 1).cropped(3, b, 1);
         Buffer<float> l1 = lse.cropped(1, h, 1).cropped(2, b, 1);
-        Buffer<void> k1 = k.cropped(head_dim, h, 1), v1 = vv.cropped(head_dim, h, 1);
+        Buffer<void> k1 = k.cropped(head_axis, h, 1), v1 = vv.cropped(head_axis, h, 1);
         Buffer<int32_t> p1 = pt.cropped(1, b, 1), s1 = lens.cropped(0, b, 1);
         check_kernel(v.fn(q1.raw_buffer(), k1.raw_buffer(), v1.raw_buffer(), p1.raw_buffer(), s1.raw_buffer(), scale,
                           o1.raw_buffer(), l1.raw_buffer()),
@@ -414,6 +414,12 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
 
 vashista_status vashista_decode(vashista_cache *c, const vashista_decode_config *cfg, const float *q, int32_t q_heads,
                                 const int32_t *seq_lens, float *out, float *lse, vashista_head_diag *diag) {
+    return vashista_decode_with_candidates(c, cfg, q, q_heads, seq_lens, out, lse, diag, nullptr);
+}
+
+vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashista_decode_config *cfg, const float *q,
+                                                int32_t q_heads, const int32_t *seq_lens, float *out, float *lse,
+                                                vashista_head_diag *diag, int32_t *candidates) {
     return guarded([&] {
         const Shape shape = validate_step(c, q, q_heads, seq_lens, out);
         validate_config(cfg);
@@ -485,6 +491,7 @@ vashista_status vashista_decode(vashista_cache *c, const vashista_decode_config 
                 }
         std::memcpy(out, r.out.data(), r.out.size_in_bytes());
         if (lse) std::memcpy(lse, r.lse.data(), r.lse.size_in_bytes());
+        if (candidates) std::memcpy(candidates, r.candidates.data(), r.candidates.size_in_bytes());
         if (diag)
             for (int b = 0; b < d.batch; ++b)
                 for (int h = 0; h < d.kv_heads; ++h)

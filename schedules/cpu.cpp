@@ -38,19 +38,19 @@ void check(const Schedule &s, const Shape &shape) {
 }
 
 // Splits a sum reduction into `lanes` vector lanes (rfactor) computed inside `f`'s
-// loop at `at`, then sums the lanes.
-void vectorize_sum(Func f, int lanes, Var at_var, bool at_root_of_f) {
+// loop over `at`, unrolls `unroll` vectors of it, then sums the lanes.
+void vectorize_sum(Func f, int lanes, int unroll, Var at) {
     RVar r = f.rvars(0)[0];
-    RVar ro("ro"), ri("ri");
+    RVar ro("ro"), ri("ri"), rou("rou");
     Var u("u");
     Func lanes_f = f.update().split(r, ro, ri, lanes, TailStrategy::GuardWithIf).rfactor(ri, u);
-    if (at_root_of_f) {
-        lanes_f.compute_at(f, at_var);
+    lanes_f.compute_at(f, at).vectorize(u);
+    if (unroll > 1) {
+        RVar lro = lanes_f.rvars(0)[0];
+        lanes_f.update(0).split(lro, lro, rou, unroll, TailStrategy::GuardWithIf).unroll(rou).vectorize(u);
     } else {
-        lanes_f.compute_at(f, at_var);
+        lanes_f.update(0).vectorize(u);
     }
-    lanes_f.vectorize(u);
-    lanes_f.update(0).vectorize(u);
 }
 
 }  // namespace
@@ -65,8 +65,12 @@ const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
             {"dot_lanes", {8, 16, 32}, &DecodeCpuSchedule::dot_lanes},
             {"out_unroll", {1, 2, 4, 8}, &DecodeCpuSchedule::out_unroll},
             {"parallel", {0, 1}, &DecodeCpuSchedule::parallel},
+            {"route_split", {0, 1}, &DecodeCpuSchedule::route_split},
+            {"route_block", {64, 256, 1024}, &DecodeCpuSchedule::route_block},
+            {"count_unroll", {1, 2, 4}, &DecodeCpuSchedule::count_unroll},
         },
         [](const DecodeCpuSchedule &s, const DecodeConfig &cfg) -> std::string {
+            if (!s.route_split && s.route_block != 64) return "route_block only applies with route_split = 1";
             std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
             if (e.empty()) e = divides("out_unroll * vector_width", s.out_unroll * s.vector_width, "head_dim", cfg.head_dim);
             return e;
@@ -140,17 +144,35 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
     auto at_head = [&](Func f) { f.compute_at(rec, hb); };
 
     // Routing: 16 pages of one summary block per vector, every head of the group
-    // accumulating from the same load.
-    at_head(st.head_page_score);
+    // accumulating from the same load. Either inside the head's task, or (route_split)
+    // as its own parallel loop over blocks of pages, for when few heads leave cores idle.
     {
-        Var io("io"), ii("ii");
+        Var io("io"), ii("ii"), ib("ib"), task("route_task");
         RVar rd = st.head_page_score.rvars(0)[0];
-        st.head_page_score.vectorize(i, s.page_lanes, TailStrategy::RoundUp);
-        auto u = st.head_page_score.update().split(i, io, ii, s.page_lanes, TailStrategy::RoundUp);
-        if (s.group_inner) {
-            u.reorder(ii, g, rd, io).vectorize(ii).unroll(g);
+        Func hps = st.head_page_score;
+        if (s.route_split) {
+            hps.compute_root();
+            hps.split(i, ib, i, s.route_block, TailStrategy::GuardWithIf).vectorize(i, s.page_lanes)
+                .fuse(ib, h, task).fuse(task, b, task);
+            auto u = hps.update()
+                         .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                         .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf);
+            if (s.group_inner) u.reorder(ii, g, rd, io, ib, h, b).unroll(g);
+            else u.reorder(ii, rd, io, g, ib, h, b);
+            u.vectorize(ii).fuse(ib, h, task).fuse(task, b, task);
+            if (s.parallel) {
+                hps.parallel(task);
+                u.parallel(task);
+            }
         } else {
-            u.reorder(ii, rd, io, g).vectorize(ii);
+            at_head(hps);
+            hps.vectorize(i, s.page_lanes, TailStrategy::RoundUp);
+            auto u = hps.update().split(i, io, ii, s.page_lanes, TailStrategy::RoundUp);
+            if (s.group_inner) {
+                u.reorder(ii, g, rd, io).vectorize(ii).unroll(g);
+            } else {
+                u.reorder(ii, rd, io, g).vectorize(ii);
+            }
         }
     }
     if (cfg.group_routing == GroupRouting::Shared) {
@@ -164,11 +186,11 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         key.vectorize(i, vw, TailStrategy::RoundUp);
         for (Func count : tk.count_at_least) {
             at_head(count);
-            vectorize_sum(count, s.count_lanes, g, true);
+            vectorize_sum(count, s.count_lanes, s.count_unroll, g);
         }
         for (Func t : tk.threshold) at_head(t);
         at_head(tk.count_above);
-        vectorize_sum(tk.count_above, s.count_lanes, g, true);
+        vectorize_sum(tk.count_above, s.count_lanes, s.count_unroll, g);
         at_head(tk.scan);
         at_head(tk.index);
     };

@@ -38,6 +38,9 @@ struct DecodeCpuSchedule {
     int dot_lanes = 16;     // lanes along D of token scores
     int out_unroll = 8;     // D vectors accumulated at once in the output sum
     int parallel = 1;       // parallel over (KV head, sequence)
+    int route_split = 0;    // 1: page scores in their own parallel loop over page blocks
+    int route_block = 64;   // pages per task when route_split (64 when not split)
+    int count_unroll = 1;   // unroll of the top-k counting passes
     static const Space<DecodeCpuSchedule, DecodeConfig> &space();
 };
 

@@ -23,7 +23,11 @@ struct Fixture {
     vashista_cache *cache = nullptr;
     int G;
 
-    explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted) : G(group) {
+    KvLayout layout;
+
+    explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted,
+                     KvLayout layout_ = KvLayout::HND)
+        : G(group), layout(layout_) {
         ref::ProblemSpec spec;
         spec.kv_heads = H;
         spec.group = group;
@@ -31,6 +35,7 @@ struct Fixture {
         spec.seq_lens = lens;
         spec.kind = kind;
         spec.needle_score = 30;
+        spec.layout = layout;
         p = ref::make_problem(spec);
         k_pages.assign(p.cache.k.size() * 2, 0);
         v_pages.assign(p.cache.v.size() * 2, 0);
@@ -42,7 +47,8 @@ struct Fixture {
 
     vashista_cache_desc describe() {
         return vashista_cache_desc{p.seqs.batch, H, D, S, p.cache.num_pages, p.seqs.max_pages, VASHISTA_DTYPE_BF16,
-                                   VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(),
+                                   VASHISTA_DTYPE_BF16, layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
+                                   k_pages.data(), v_pages.data(),
                                    p.seqs.page_table.data()};
     }
     // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
@@ -67,6 +73,8 @@ struct Fixture {
     }
 };
 
+const char *to_string_layout(KvLayout l) { return l == KvLayout::HND ? "HND" : "NHD"; }
+
 vashista_decode_config default_config() {
     vashista_decode_config c;
     vashista_decode_config_default(&c);
@@ -75,7 +83,7 @@ vashista_decode_config default_config() {
 
 }  // namespace
 
-TEST_CASE("decode through the library matches the reference", "[runtime]") {
+TEST_CASE("decode through the library (tuned where the database has a schedule) matches the reference", "[runtime]") {
     for (int group : {1, 4}) {
         Fixture f(group);
         const int B = f.p.seqs.batch, QH = H * group;
@@ -84,8 +92,9 @@ TEST_CASE("decode through the library matches the reference", "[runtime]") {
         cfg.policy = VASHISTA_POLICY_NONE;
         std::vector<float> out(size_t(B) * QH * D), lse(B * QH);
         std::vector<vashista_head_diag> diag(B * QH);
-        REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), lse.data(),
-                                diag.data()) == VASHISTA_OK);
+        std::vector<int32_t> cand(size_t(B) * QH * cfg.top_tokens);
+        REQUIRE(vashista_decode_with_candidates(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(),
+                                                lse.data(), diag.data(), cand.data()) == VASHISTA_OK);
         ref::SparseOptions opt;
         opt.routing = RoutingMode::Bound;
         for (int b = 0; b < B; ++b)
@@ -96,6 +105,8 @@ TEST_CASE("decode through the library matches the reference", "[runtime]") {
                     for (int d = 0; d < D; ++d) REQUIRE(out[i * D + d] == Approx(r.out[d]).margin(1e-4));
                     REQUIRE(lse[i] == Approx(r.lse).margin(1e-4 * (1 + std::abs(r.lse))));
                     REQUIRE(diag[i].candidates == int(r.candidates.size()));
+                    for (int c = 0; c < cfg.top_tokens; ++c)
+                        REQUIRE(cand[i * cfg.top_tokens + c] == (c < int(r.candidates.size()) ? r.candidates[c] : -1));
                     REQUIRE(diag[i].error_bound == Approx(r.error_bound).epsilon(1e-3).margin(1e-6));
                     REQUIRE(diag[i].support_gap == Approx(r.support_gap).margin(1e-4));
                 }
@@ -118,7 +129,9 @@ TEST_CASE("dense through the library matches the reference", "[runtime]") {
 }
 
 TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtime]") {
-    Fixture f(4, {3000, 500}, ref::DataKind::Gaussian);  // no structure: wide bounds
+  for (KvLayout layout : {KvLayout::HND, KvLayout::NHD}) {
+    INFO("layout " << to_string_layout(layout));
+    Fixture f(4, {3000, 500}, ref::DataKind::Gaussian, layout);  // no structure: wide bounds
     const int QH = H * 4, n = 2 * QH;
     std::vector<float> dense(size_t(n) * D), out(size_t(n) * D);
     REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) == VASHISTA_OK);
@@ -140,6 +153,7 @@ TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtim
             }
         }
     }
+  }
 }
 
 TEST_CASE("summaries update on every append, including partial pages", "[runtime]") {

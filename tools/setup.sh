@@ -25,7 +25,7 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
 fi
-want="halide==${HALIDE_VERSION} cmake==${CMAKE_VERSION}"
+want="halide==${HALIDE_VERSION} cmake==${CMAKE_VERSION} matplotlib==3.9.2"
 have=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null | tr 'A-Z' 'a-z' || true)
 need=()
 for w in $want; do

@@ -116,6 +116,14 @@ vashista_status vashista_decode(vashista_cache *cache, const vashista_decode_con
                                 const float *q, int32_t q_heads, const int32_t *seq_lens,
                                 float *out, float *lse, vashista_head_diag *diag);
 
+/* vashista_decode, also writing each head's candidate set: candidates
+ * [batch][q_heads][top_tokens] token positions in increasing order, -1 past the last
+ * (may be NULL). For a head that fell back to dense, its sparse candidates. */
+vashista_status vashista_decode_with_candidates(vashista_cache *cache, const vashista_decode_config *config,
+                                                const float *q, int32_t q_heads, const int32_t *seq_lens,
+                                                float *out, float *lse, vashista_head_diag *diag,
+                                                int32_t *candidates);
+
 /* Dense decode attention over all tokens: the baseline and the fallback. */
 vashista_status vashista_dense(vashista_cache *cache, const float *q, int32_t q_heads,
                                const int32_t *seq_lens, float scale, float *out, float *lse);

@@ -1,10 +1,10 @@
 #include "buffers.h"
 
-#include <cstring>
+#include "problem_buffers.h"
+
+#include <utility>
 
 namespace vashista::test {
-
-using Halide::Buffer;
 
 ref::DType ref_dtype(const Halide::Type &t) {
     if (t == Halide::Float(32)) return ref::DType::F32;
@@ -12,70 +12,19 @@ ref::DType ref_dtype(const Halide::Type &t) {
     return ref::DType::BF16;
 }
 
-Halide::Type halide_type(ref::DType t) {
-    switch (t) {
-    case ref::DType::F32: return Halide::Float(32);
-    case ref::DType::F16: return Halide::Float(16);
-    case ref::DType::BF16: return Halide::BFloat(16);
-    }
-    return Halide::Float(32);
-}
-
-static void store(Buffer<> &buf, size_t flat, float x, ref::DType t) {
-    uint8_t *base = static_cast<uint8_t *>(buf.data());
-    if (t == ref::DType::F32) {
-        std::memcpy(base + 4 * flat, &x, 4);
-    } else {
-        uint16_t bits = ref::to_bits16(t, x);
-        std::memcpy(base + 2 * flat, &bits, 2);
-    }
-}
-
-Buffer<> cache_buffer(const ref::Cache &c, const std::vector<float> &values) {
-    const Halide::Type t = halide_type(c.dtype);
-    // Dense row-major memory in the cache's own layout; Halide lists dims innermost first.
-    Buffer<> buf = c.layout == KvLayout::HND
-                       ? Buffer<>(t, c.head_dim, c.page_size, c.kv_heads, c.num_pages)
-                       : Buffer<>(t, c.head_dim, c.kv_heads, c.page_size, c.num_pages);
-    for (size_t i = 0; i < values.size(); ++i) store(buf, i, values[i], c.dtype);
-    return buf;
-}
-
-Buffer<> summary_buffer(const ref::Summaries &sum, const Halide::Type &type) {
-    const int blocks = (sum.max_pages + kSummaryBlock - 1) / kSummaryBlock;
-    Buffer<> buf(type, kSummaryBlock, sum.head_dim, kSummaryChannels, blocks, sum.kv_heads, sum.batch);
-    const ref::DType t = ref_dtype(type);
-    std::memset(buf.data(), 0, buf.size_in_bytes());
-    for (int b = 0; b < sum.batch; ++b)
-        for (int h = 0; h < sum.kv_heads; ++h)
-            for (int j = 0; j < sum.max_pages; ++j)
-                for (int d = 0; d < sum.head_dim; ++d) {
-                    const size_t row = sum.at(b, h, j) * sum.head_dim + d;
-                    const float channel[kSummaryChannels] = {sum.mean[row], sum.lo[row], sum.hi[row]};
-                    for (int c = 0; c < kSummaryChannels; ++c) {
-                        const size_t flat = (((((size_t(b) * sum.kv_heads + h) * blocks + j / kSummaryBlock) *
-                                                   kSummaryChannels + c) * sum.head_dim + d) * kSummaryBlock) +
-                                            j % kSummaryBlock;
-                        store(buf, flat, channel[c], t);
-                    }
-                }
-    return buf;
-}
+Halide::Type halide_type(ref::DType t) { return Halide::Type(halide_runtime_type(t)); }
 
 DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum,
                              double scale) {
+    ProblemBuffers pb = problem_buffers(p, sum, ref_dtype(cfg.summary_type));
     DecodeBuffers buf;
-    buf.q = Buffer<float>(p.q.head_dim, p.q.group, p.q.kv_heads, p.q.batch);
-    std::memcpy(buf.q.data(), p.q.q.data(), p.q.q.size() * sizeof(float));
-    buf.k_cache = cache_buffer(p.cache, p.cache.k);
-    buf.v_cache = cache_buffer(p.cache, p.cache.v);
-    buf.page_table = Buffer<int32_t>(p.seqs.max_pages, p.seqs.batch);
-    std::memcpy(buf.page_table.data(), p.seqs.page_table.data(), p.seqs.page_table.size() * 4);
-    buf.seq_lens = Buffer<int32_t>(p.seqs.batch);
-    std::memcpy(buf.seq_lens.data(), p.seqs.seq_lens.data(), p.seqs.seq_lens.size() * 4);
-    buf.summary = summary_buffer(sum, cfg.summary_type);
-    buf.value_norm = Buffer<float>(sum.max_pages, sum.kv_heads, sum.batch);
-    for (size_t i = 0; i < sum.value_norm.size(); ++i) buf.value_norm.data()[i] = float(sum.value_norm[i]) * (1.0f + 1.0f / (1 << 20));
+    buf.q = Halide::Buffer<float>(std::move(pb.q));
+    buf.k_cache = Halide::Buffer<>(std::move(pb.k_cache));
+    buf.v_cache = Halide::Buffer<>(std::move(pb.v_cache));
+    buf.page_table = Halide::Buffer<int32_t>(std::move(pb.page_table));
+    buf.seq_lens = Halide::Buffer<int32_t>(std::move(pb.seq_lens));
+    buf.summary = Halide::Buffer<>(std::move(pb.summary));
+    buf.value_norm = Halide::Buffer<float>(std::move(pb.value_norm));
     buf.scale = float(scale);
     buf.allocate_outputs(cfg);
     return buf;

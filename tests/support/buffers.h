@@ -13,8 +13,5 @@ Halide::Type halide_type(ref::DType t);
 // cfg.summary_type, so routing sees exactly the values the reference uses.
 DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum,
                              double scale);
-// Summary input (lane, d, c, blk, h, b) from reference summaries.
-Halide::Buffer<> summary_buffer(const ref::Summaries &sum, const Halide::Type &type);
-Halide::Buffer<> cache_buffer(const ref::Cache &c, const std::vector<float> &values);
 
 }  // namespace vashista::test

@@ -1,0 +1,490 @@
+// vashista: tune schedules, query and merge tuning databases, build tuned kernel
+// libraries, and benchmark schedules against Halide's autoschedulers.
+#include "tuner.h"
+
+#include "bench_util.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <algorithm>
+#include <map>
+#include <set>
+
+#ifndef VASHISTA_SOURCE_DIR
+#define VASHISTA_SOURCE_DIR "."
+#endif
+
+namespace fs = std::filesystem;
+using namespace vashista;
+using namespace vashista::tune;
+
+namespace {
+
+const char *kDefaultDb = VASHISTA_SOURCE_DIR "/autotune/db/cpu.jsonl";
+
+const char *kUsage =
+    "usage: vashista <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  tune       search schedules for workloads and record them in a database\n"
+    "  db         show | best | merge | ingest tuning databases\n"
+    "  bench      measure schedules: --compare-schedulers (hand, tuned, autoschedulers)\n"
+    "  bundle     build candidates and a runner to measure on another machine\n"
+    "  build-lib  build a static kernel library from a database's best schedules\n"
+    "\n"
+    "`vashista <command> --help` describes each.\n";
+
+struct Args {
+    std::vector<std::string> positional;
+    std::map<std::string, std::string> options;
+    std::set<std::string> flags;
+};
+
+[[noreturn]] void fail(const std::string &message) {
+    std::fprintf(stderr, "vashista: %s\n", message.c_str());
+    std::exit(2);
+}
+
+// --key value options; `flag_names` take no value.
+Args parse(int argc, char **argv, int first, const std::set<std::string> &value_names,
+           const std::set<std::string> &flag_names, const char *help) {
+    Args a;
+    for (int i = first; i < argc; ++i) {
+        std::string s = argv[i];
+        if (s == "--help" || s == "-h") {
+            std::fputs(help, stdout);
+            std::exit(0);
+        }
+        if (s.rfind("--", 0) == 0) {
+            if (flag_names.count(s)) {
+                a.flags.insert(s);
+            } else if (value_names.count(s)) {
+                if (i + 1 >= argc) fail("option " + s + " needs a value");
+                a.options[s] = argv[++i];
+            } else {
+                fail("unknown option " + s + " (see --help)");
+            }
+        } else {
+            a.positional.push_back(s);
+        }
+    }
+    return a;
+}
+
+std::string opt(const Args &a, const std::string &k, const std::string &def) {
+    auto it = a.options.find(k);
+    return it == a.options.end() ? def : it->second;
+}
+
+int int_opt(const Args &a, const std::string &k, int def) {
+    const std::string v = opt(a, k, std::to_string(def));
+    try {
+        size_t used = 0;
+        int x = std::stoi(v, &used);
+        if (used != v.size()) throw std::invalid_argument(v);
+        return x;
+    } catch (...) {
+        fail("option " + k + " = '" + v + "' is not an integer");
+    }
+}
+
+double double_opt(const Args &a, const std::string &k, double def) {
+    const std::string v = opt(a, k, std::to_string(def));
+    try {
+        return std::stod(v);
+    } catch (...) {
+        fail("option " + k + " = '" + v + "' is not a number");
+    }
+}
+
+const std::set<std::string> kWorkloadOptions = {"--tokens", "--generator", "--target", "--workloads", "--shard"};
+
+const char *kWorkloadHelp =
+    "workload options:\n"
+    "  --tokens 8192,32768,131072  context lengths (default: the three)\n"
+    "  --generator decode|dense    which kernel (default decode)\n"
+    "  --target host               Halide target (default host)\n"
+    "  --workloads FILE.json       a JSON list of workloads instead of the defaults\n"
+    "  --shard i/n                 only workloads with index % n == i\n";
+
+std::vector<Workload> workloads_from(const Args &a) {
+    std::vector<Workload> ws;
+    const std::string target = resolve_target(opt(a, "--target", "host"));
+    if (a.options.count("--workloads")) {
+        std::ifstream in(a.options.at("--workloads"));
+        if (!in) fail("cannot read " + a.options.at("--workloads"));
+        json j = json::parse(in, nullptr, false);
+        if (!j.is_array()) fail(a.options.at("--workloads") + " is not a JSON list of workloads");
+        for (const auto &e : j) {
+            Workload w = Workload::from_json(e);
+            w.target = resolve_target(w.target);
+            ws.push_back(w);
+        }
+    } else {
+        for (int t : bench::parse_int_list(opt(a, "--tokens", "8192,32768,131072"))) {
+            Workload w;
+            w.target = target;
+            w.generator = opt(a, "--generator", "decode");
+            w.tokens = t;
+            ws.push_back(w);
+        }
+    }
+    if (a.options.count("--shard")) {
+        try {
+            ws = shard(ws, a.options.at("--shard"));
+        } catch (const std::exception &e) {
+            fail(e.what());
+        }
+    }
+    return ws;
+}
+
+void report_problems(const Database &db) {
+    for (const auto &p : db.problems()) std::fprintf(stderr, "warning: %s\n", p.c_str());
+}
+
+int cmd_tune(int argc, char **argv) {
+    static const std::string help = std::string(
+        "usage: vashista tune [options]\n"
+        "Searches schedules per workload: the hand schedule first, then the strategy's picks.\n"
+        "Every candidate is built, checked against the reference, timed cold, and appended to\n"
+        "the database; a killed run resumes where it stopped.\n"
+        "  --db FILE            tuning database (default autotune/db/cpu.jsonl)\n"
+        "  --trials N           trials per workload, the hand schedule included (default 40)\n"
+        "  --minutes M          wall-time limit per workload (default none)\n"
+        "  --seed S             strategy seed (default 1)\n"
+        "  --strategy evolutionary|random\n"
+        "  --work DIR           scratch folder for candidates (default build/tune)\n") + kWorkloadHelp;
+    std::set<std::string> names = {"--db", "--trials", "--minutes", "--seed", "--strategy", "--work"};
+    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    Args a = parse(argc, argv, 2, names, {}, help.c_str());
+    TuneOptions o;
+    o.trials = int_opt(a, "--trials", 40);
+    o.minutes = double_opt(a, "--minutes", 0);
+    o.seed = uint64_t(int_opt(a, "--seed", 1));
+    o.strategy = opt(a, "--strategy", "evolutionary");
+    o.work_dir = opt(a, "--work", "build/tune");
+    if (o.strategy != "evolutionary" && o.strategy != "random") fail("--strategy must be evolutionary or random");
+    Database db(opt(a, "--db", kDefaultDb));
+    report_problems(db);
+    const auto ws = workloads_from(a);
+    for (size_t i = 0; i < ws.size(); ++i) {
+        std::fprintf(stderr, "[%zu/%zu] tuning %s\n", i + 1, ws.size(), ws[i].key().c_str());
+        TuneResult r = tune_workload(ws[i], o, db, std::cerr);
+        std::fprintf(stderr, "[%zu/%zu] best %.3f ms (hand %.3f ms, %.2fx) after %d trials, %d failed, %d wrong\n", i + 1,
+                     ws.size(), r.best_ms, r.hand_ms, r.best_ms > 0 ? r.hand_ms / r.best_ms : 0.0, r.trials, r.failed,
+                     r.wrong);
+    }
+    return 0;
+}
+
+int cmd_db(int argc, char **argv) {
+    const char *help =
+        "usage: vashista db <show|best|merge|ingest> ...\n"
+        "  db show [--db FILE]                        records per workload and the best time\n"
+        "  db best [--db FILE] [--workload KEY]       the best record(s) as JSON lines\n"
+        "  db merge OUT IN [IN...]                    join databases from several machines\n"
+        "  db ingest RESULTS [--db FILE]              add a bundle's results to a database\n";
+    if (argc < 3) fail("db needs a subcommand (see vashista db --help)");
+    const std::string sub = argv[2];
+    if (sub == "--help" || sub == "-h") {
+        std::fputs(help, stdout);
+        return 0;
+    }
+    Args a = parse(argc, argv, 3, {"--db", "--workload"}, {}, help);
+    if (sub == "show") {
+        Database db(opt(a, "--db", kDefaultDb));
+        report_problems(db);
+        std::printf("%s: %zu records\n", db.path().c_str(), db.records().size());
+        for (const auto &key : db.workload_keys()) {
+            int ok = 0, bad = 0;
+            double hand = 0;
+            for (const auto &r : db.records())
+                if (r["workload_key"] == key) {
+                    (r["status"] == "ok" ? ok : bad)++;
+                    if (r.value("kind", "") == "hand" && r["status"] == "ok") hand = r["median_ms"];
+                }
+            auto best = db.best(key);
+            std::printf("%s\n   %d ok, %d failed or wrong; best %.3f ms; hand %.3f ms\n", key.c_str(), ok, bad,
+                        best ? (*best)["median_ms"].get<double>() : 0.0, hand);
+        }
+        return 0;
+    }
+    if (sub == "best") {
+        Database db(opt(a, "--db", kDefaultDb));
+        report_problems(db);
+        for (const auto &key : db.workload_keys()) {
+            if (a.options.count("--workload") && key != a.options.at("--workload")) continue;
+            if (auto b = db.best(key)) std::printf("%s\n", b->dump().c_str());
+        }
+        return 0;
+    }
+    if (sub == "merge") {
+        if (a.positional.size() < 2) fail("db merge needs OUT and at least one IN");
+        std::vector<std::string> in(a.positional.begin() + 1, a.positional.end());
+        size_t n = 0;
+        for (const auto &p : merge_databases(in, a.positional[0], &n)) std::fprintf(stderr, "warning: %s\n", p.c_str());
+        std::printf("wrote %zu records to %s\n", n, a.positional[0].c_str());
+        return 0;
+    }
+    if (sub == "ingest") {
+        if (a.positional.size() != 1) fail("db ingest needs one RESULTS file");
+        const std::string db_path = opt(a, "--db", kDefaultDb);
+        size_t n = 0;
+        for (const auto &p : merge_databases({db_path, a.positional[0]}, db_path, &n))
+            if (p.find("no such file") == std::string::npos || p.rfind(db_path, 0) != 0) std::fprintf(stderr, "warning: %s\n", p.c_str());
+        std::printf("%s now holds %zu records\n", db_path.c_str(), n);
+        return 0;
+    }
+    fail("unknown db subcommand '" + sub + "' (show, best, merge, ingest)");
+}
+
+// Builds one schedule kind for a workload; a failure becomes a record, not an exit.
+std::pair<json, BuildResult> build_kind(const Workload &w, const std::string &kind, const json &schedule,
+                                        const std::string &work) {
+    const bool autosched = kind != "hand" && kind != "tuned";
+    std::fprintf(stderr, "  building %s%s\n", kind.c_str(), autosched ? " (autoscheduler; Adams2019 takes minutes)" : "");
+    BuildRequest req{w, schedule, autosched ? kind : "", work + "/bench",
+                     "bench_" + std::to_string(std::hash<std::string>{}(w.key() + kind + schedule.dump())), 1800};
+    BuildResult built = build_candidate(req);
+    json r = {{"schedule", kind}, {"T", w.tokens}, {"workload_key", w.key()}, {"build_s", built.seconds}};
+    if (!autosched) r["schedule_knobs"] = schedule;
+    if (built.status != "ok") {
+        r["status"] = built.status;
+        r["error"] = built.error;
+    }
+    return {r, built};
+}
+
+int cmd_bench(int argc, char **argv) {
+    static const std::string help = std::string(
+        "usage: vashista bench --compare-schedulers [options]\n"
+        "Measures the fused decode per workload with the hand schedule, the tuned schedule\n"
+        "(the database's best) and Halide's CPU autoschedulers (Mullapudi2016, Adams2019,\n"
+        "Li2018) applied to the same definitions: cold cache, median of repeats, each checked\n"
+        "against the reference. An autoscheduler that fails is recorded with its error.\n"
+        "  --json FILE     results (default build/compare.json)\n"
+        "  --plot FILE     PNG bar chart (default: the JSON path with .png)\n"
+        "  --db FILE       tuning database (default autotune/db/cpu.jsonl)\n"
+        "  --retune        search again (--trials, --minutes, --seed) before measuring\n"
+        "  --trials N  --minutes M  --seed S\n"
+        "  --reps N        timed runs per schedule, round-robin across schedules (default 15)\n"
+        "  --work DIR      scratch folder (default build/tune)\n") + kWorkloadHelp;
+    std::set<std::string> names = {"--json", "--plot", "--db", "--trials", "--minutes", "--seed", "--work", "--reps"};
+    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    Args a = parse(argc, argv, 2, names, {"--compare-schedulers", "--retune"}, help.c_str());
+    if (!a.flags.count("--compare-schedulers")) fail("bench needs --compare-schedulers (see --help)");
+    const std::string json_path = opt(a, "--json", "build/compare.json");
+    std::string plot = opt(a, "--plot", fs::path(json_path).replace_extension(".png").string());
+    const std::string work = opt(a, "--work", "build/tune");
+    Database db(opt(a, "--db", kDefaultDb));
+    report_problems(db);
+    json records = json::array();
+    const auto ws = workloads_from(a);
+    for (size_t i = 0; i < ws.size(); ++i) {
+        const Workload &w = ws[i];
+        if (a.flags.count("--retune")) {
+            TuneOptions o;
+            o.trials = int_opt(a, "--trials", 40);
+            o.minutes = double_opt(a, "--minutes", 0);
+            o.seed = uint64_t(int_opt(a, "--seed", 1));
+            o.work_dir = work;
+            tune_workload(w, o, db, std::cerr);
+        }
+        load_runtime(build_runtime(work, w.target));
+        std::fprintf(stderr, "[%zu/%zu] T=%d: preparing synthetic KV and the reference\n", i + 1, ws.size(), w.tokens);
+        Runner runner(w);
+        auto best = db.best(w.key());
+        std::vector<std::pair<std::string, json>> kinds = {{"hand", hand_point(w)}};
+        if (best) kinds.push_back({"tuned", (*best)["schedule"]});
+        for (const char *as : {"Mullapudi2016", "Adams2019", "Li2018"}) kinds.push_back({as, json::object()});
+        if (!best) {
+            records.push_back({{"schedule", "tuned"}, {"T", w.tokens}, {"status", "not_tuned"},
+                               {"error", "no record for " + w.key() + " in " + db.path() + " (run with --retune)"}});
+            std::fprintf(stderr, "  tuned: no record for this workload in %s (use --retune)\n", db.path().c_str());
+        }
+        std::vector<json> rows;
+        std::vector<std::pair<std::string, std::string>> built;
+        std::vector<size_t> built_row;
+        for (const auto &[kind, sched] : kinds) {
+            auto [r, b] = build_kind(w, kind, sched, work);
+            if (b.status == "ok") {
+                built.push_back({b.library, b.function});
+                built_row.push_back(rows.size());
+            }
+            rows.push_back(r);
+        }
+        const int reps = int_opt(a, "--reps", 15);
+        std::vector<Measurement> ms = runner.measure_interleaved(built, reps);
+        for (size_t k = 0; k < ms.size(); ++k) {
+            json &r = rows[built_row[k]];
+            const Measurement &m = ms[k];
+            r["status"] = m.status;
+            r["max_abs_err"] = m.max_abs_err;
+            if (!m.error.empty()) r["error"] = m.error;
+            if (m.status == "ok") {
+                r["median_ms"] = m.median_ms;
+                r["min_ms"] = m.min_ms;
+                r["max_ms"] = m.max_ms;
+                r["reps"] = m.reps;
+            }
+        }
+        for (const json &r : rows) {
+            if (r["status"] == "ok")
+                std::fprintf(stderr, "  %-14s %8.3f ms  (min %.3f, max %.3f)  max err %.2g\n", r["schedule"].get<std::string>().c_str(),
+                             r["median_ms"].get<double>(), r["min_ms"].get<double>(), r["max_ms"].get<double>(),
+                             r["max_abs_err"].get<double>());
+            else
+                std::fprintf(stderr, "  %-14s %s: %s\n", r["schedule"].get<std::string>().c_str(),
+                             r["status"].get<std::string>().c_str(), r.value("error", "").substr(0, 200).c_str());
+            records.push_back(r);
+        }
+    }
+    bench::write_json(json_path, records);
+    std::fprintf(stderr, "wrote %s\n", json_path.c_str());
+    const std::string script = std::string(VASHISTA_SOURCE_DIR) + "/tools/plot_compare.py";
+    const std::string python = std::string(VASHISTA_SOURCE_DIR) + "/.venv/bin/python";
+    if (fs::exists(python) && std::system(("'" + python + "' '" + script + "' '" + json_path + "' '" + plot + "'").c_str()) == 0)
+        std::fprintf(stderr, "wrote %s\n", plot.c_str());
+    else
+        std::fprintf(stderr, "warning: no plot written (needs .venv with matplotlib; run tools/setup.sh)\n");
+    return 0;
+}
+
+int cmd_bundle(int argc, char **argv) {
+    static const std::string help = std::string(
+        "usage: vashista bundle --out DIR [options]\n"
+        "Builds candidates for measuring on another machine of the target kind: DIR holds\n"
+        "the shared objects, the Halide runtime, manifest.json and the runner program. There:\n"
+        "  DIR/vashista-runner DIR            (writes DIR/results.jsonl)\n"
+        "then here: vashista db ingest DIR/results.jsonl\n"
+        "  --out DIR         the bundle (required)\n"
+        "  --trials N        candidates per workload: the hand schedule, then random points (default 16)\n"
+        "  --seed S\n") + kWorkloadHelp;
+    std::set<std::string> names = {"--out", "--trials", "--seed"};
+    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    Args a = parse(argc, argv, 2, names, {}, help.c_str());
+    if (!a.options.count("--out")) fail("bundle needs --out DIR");
+    const std::string dir = a.options.at("--out");
+    const int trials = int_opt(a, "--trials", 16);
+    const uint64_t seed = uint64_t(int_opt(a, "--seed", 1));
+    json manifest = {{"halide_version", halide_version()}, {"candidates", json::array()}};
+    const auto ws = workloads_from(a);
+    for (const auto &w : ws) {
+        build_runtime(dir, w.target);
+        RandomStrategy strategy(search_space(w), seed);
+        for (int t = 0; t < trials; ++t) {
+            json point = t == 0 ? hand_point(w) : strategy.propose();
+            BuildRequest req{w, point, "", dir, "cand_" + std::to_string(manifest["candidates"].size()), 600};
+            BuildResult b = build_candidate(req);
+            std::fprintf(stderr, "  %s %d/%d: %s\n", w.key().c_str(), t + 1, trials, b.status.c_str());
+            json c = {{"workload", w.to_json()}, {"schedule", point}, {"kind", t == 0 ? "hand" : "search"},
+                      {"trial", t}, {"seed", seed}, {"build_s", b.seconds}, {"status", b.status}};
+            if (b.status == "ok") {
+                c["library"] = fs::path(b.library).filename().string();
+                c["function"] = b.function;
+            } else {
+                c["error"] = b.error;
+            }
+            manifest["candidates"].push_back(c);
+        }
+    }
+    std::ofstream(dir + "/manifest.json") << manifest.dump(2) << "\n";
+    const fs::path runner = fs::path(argv[0]).parent_path() / "vashista-runner";
+    if (!fs::exists(runner)) fail("the runner program " + runner.string() + " is missing; build target vashista-runner");
+    fs::copy_file(runner, fs::path(dir) / "vashista-runner", fs::copy_options::overwrite_existing);
+    std::printf("wrote %s: %zu candidates, manifest.json, vashista-runner\n", dir.c_str(), manifest["candidates"].size());
+    return 0;
+}
+
+int cmd_build_lib(int argc, char **argv) {
+    static const std::string help = std::string(
+        "usage: vashista build-lib --out DIR [options]\n"
+        "Builds a static kernel library (libNAME.a, vashista.h, dispatch table) for the\n"
+        "workloads from the database's best schedules; a workload never tuned uses the hand\n"
+        "schedule, and says so. Drives CMake with vashista_add_kernel_library.\n"
+        "  --out DIR        output folder (required)\n"
+        "  --name NAME      library name (default vashista_tuned)\n"
+        "  --db FILE        tuning database (default autotune/db/cpu.jsonl)\n") + kWorkloadHelp;
+    std::set<std::string> names = {"--out", "--name", "--db"};
+    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    Args a = parse(argc, argv, 2, names, {}, help.c_str());
+    if (!a.options.count("--out")) fail("build-lib needs --out DIR");
+    const fs::path out = fs::absolute(a.options.at("--out"));
+    const std::string name = opt(a, "--name", "vashista_tuned");
+    Database db(opt(a, "--db", kDefaultDb));
+    report_problems(db);
+    fs::create_directories(out / "schedules");
+    // One kernel per shape serves every context length: the schedule tuned for the
+    // longest T bucket is used, where the step time matters most.
+    std::vector<Workload> ws = workloads_from(a);
+    std::stable_sort(ws.begin(), ws.end(), [](const Workload &x, const Workload &y) { return x.tokens < y.tokens; });
+    std::map<std::string, std::pair<std::string, std::string>> chosen;  // shape -> (generator, spec)
+    for (const auto &w : ws) {
+        auto best = db.best(w.key());
+        std::string spec = "head_dim=" + std::to_string(w.head_dim) + ":page_size=" + std::to_string(w.page_size) +
+                           ":group_size=" + std::to_string(w.group_size) + ":kv_type=" + w.kv_type + ":layout=" + w.layout;
+        if (w.generator == "decode")
+            spec += ":top_pages=" + std::to_string(w.top_pages) + ":top_tokens=" + std::to_string(w.top_tokens) +
+                    ":summary_type=" + w.summary_type + ":solver=" + w.solver + ":routing=" + w.routing +
+                    ":group_routing=" + w.group_routing;
+        const std::string shape = w.generator + ":" + spec;
+        if (best) {
+            const fs::path file = out / "schedules" / (w.generator + "_T" + std::to_string(w.tokens) + ".json");
+            std::ofstream(file) << (*best)["schedule"].dump(2) << "\n";
+            spec += ":schedule_file=" + file.string();
+            std::printf("%s: tuned schedule, %.3f ms\n", w.key().c_str(), (*best)["median_ms"].get<double>());
+        } else {
+            std::printf("%s: never tuned, using the hand schedule\n", w.key().c_str());
+        }
+        chosen[shape] = {w.generator, spec};
+    }
+    std::ostringstream decode, dense;
+    for (const auto &[shape, gs] : chosen) (gs.first == "decode" ? decode : dense) << "    \"" << gs.second << "\"\n";
+    std::ofstream cm(out / "CMakeLists.txt");
+    cm << "cmake_minimum_required(VERSION 3.28)\nproject(" << name << " LANGUAGES C CXX)\n"
+       << "set(VASHISTA_BUILD_TESTS OFF)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR << "\" vashista EXCLUDE_FROM_ALL)\n"
+       << "vashista_add_kernel_library(" << name << " TARGET " << opt(a, "--target", "host") << "\n  DECODE\n"
+       << decode.str() << "  DENSE\n" << (dense.str().empty() ? "    \"kv_type=bfloat16\"\n" : dense.str())
+       << "  SUMMARIZE\n    \"kv_type=bfloat16\")\n"
+       << "set_target_properties(" << name << " PROPERTIES EXCLUDE_FROM_ALL OFF)\n";
+    cm.close();
+    const std::string venv = std::string(VASHISTA_SOURCE_DIR) + "/.venv";
+    const std::string cmake = venv + "/bin/cmake";
+    const std::string halide = venv + "/lib/python3.11/site-packages/halide/lib64/cmake";
+    const std::string configure = "'" + cmake + "' -S '" + out.string() + "' -B '" + (out / "build").string() +
+                                  "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + halide + "/Halide' -DHalideHelpers_DIR='" +
+                                  halide + "/HalideHelpers' >/dev/null";
+    if (std::system(configure.c_str()) != 0) fail("configuring " + (out / "build").string() + " failed");
+    if (std::system(("'" + cmake + "' --build '" + (out / "build").string() + "' --target " + name + " -j 2").c_str()) != 0)
+        fail("building " + name + " failed");
+    fs::copy_file(out / "build" / ("lib" + name + ".a"), out / ("lib" + name + ".a"), fs::copy_options::overwrite_existing);
+    fs::copy_file(fs::path(VASHISTA_SOURCE_DIR) / "runtime/include/vashista.h", out / "vashista.h",
+                  fs::copy_options::overwrite_existing);
+    std::printf("wrote %s/lib%s.a and %s/vashista.h (link the Halide runtime objects from %s/build too)\n",
+                out.string().c_str(), name.c_str(), out.string().c_str(), out.string().c_str());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+        std::fputs(kUsage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const std::string cmd = argv[1];
+    try {
+        if (cmd == "tune") return cmd_tune(argc, argv);
+        if (cmd == "db") return cmd_db(argc, argv);
+        if (cmd == "bench") return cmd_bench(argc, argv);
+        if (cmd == "bundle") return cmd_bundle(argc, argv);
+        if (cmd == "build-lib") return cmd_build_lib(argc, argv);
+    } catch (const std::exception &e) {
+        fail(e.what());
+    }
+    fail("unknown command '" + cmd + "'\n" + kUsage);
+}

@@ -1,0 +1,104 @@
+#include "database.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <stdexcept>
+
+namespace vashista::tune {
+
+LoadReport load_records(const std::string &path) {
+    LoadReport r;
+    std::ifstream in(path);
+    if (!in) return r;
+    std::string line;
+    for (size_t n = 1; std::getline(in, line); ++n) {
+        if (line.empty()) continue;
+        try {
+            json j = json::parse(line);
+            if (!j.is_object() || !j.contains("workload_key") || !j.contains("status"))
+                throw std::runtime_error("not a tuning record (needs workload_key and status)");
+            r.records.push_back(std::move(j));
+        } catch (const std::exception &e) {
+            r.problems.push_back(path + ":" + std::to_string(n) + ": skipped damaged line: " + e.what());
+        }
+    }
+    return r;
+}
+
+Database::Database(std::string path) : path_(std::move(path)) {
+    LoadReport r = load_records(path_);
+    records_ = std::move(r.records);
+    problems_ = std::move(r.problems);
+}
+
+void Database::append(const json &record) {
+    const std::filesystem::path p(path_);
+    if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+    const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_APPEND, 0644);  // read: the last byte
+    if (fd < 0) throw std::runtime_error("cannot open database " + path_ + " for appending");
+    // A line cut short by a crash must not join the next record: start on a new line.
+    const off_t size = ::lseek(fd, 0, SEEK_END);
+    std::string line = record.dump() + "\n";
+    if (size > 0) {
+        char last = '\n';
+        if (::pread(fd, &last, 1, size - 1) == 1 && last != '\n') line = "\n" + line;
+    }
+    const ssize_t written = ::write(fd, line.data(), line.size());
+    ::fsync(fd);
+    ::close(fd);
+    if (written != ssize_t(line.size())) throw std::runtime_error("short write to database " + path_);
+    records_.push_back(record);
+}
+
+std::optional<json> Database::best(const std::string &key) const {
+    std::optional<json> best;
+    for (const auto &r : records_)
+        if (r.value("workload_key", "") == key && r.value("status", "") == "ok" &&
+            (!best || r["median_ms"].get<double>() < (*best)["median_ms"].get<double>()))
+            best = r;
+    return best;
+}
+
+std::vector<std::string> Database::workload_keys() const {
+    std::vector<std::string> keys;
+    std::set<std::string> seen;
+    for (const auto &r : records_) {
+        const std::string k = r.value("workload_key", "");
+        if (seen.insert(k).second) keys.push_back(k);
+    }
+    return keys;
+}
+
+std::vector<std::string> merge_databases(const std::vector<std::string> &inputs, const std::string &output,
+                                         size_t *written) {
+    std::vector<std::string> problems;
+    std::set<std::string> lines;
+    std::vector<std::string> ordered;
+    for (const auto &in : inputs) {
+        if (!std::filesystem::exists(in)) {
+            problems.push_back(in + ": no such file");
+            continue;
+        }
+        LoadReport r = load_records(in);
+        problems.insert(problems.end(), r.problems.begin(), r.problems.end());
+        for (const auto &rec : r.records) {
+            std::string s = rec.dump();
+            if (lines.insert(s).second) ordered.push_back(s);
+        }
+    }
+    const std::string tmp = output + ".tmp";
+    {
+        std::ofstream out(tmp);
+        if (!out) throw std::runtime_error("cannot write " + tmp);
+        for (const auto &s : ordered) out << s << "\n";
+    }
+    std::filesystem::rename(tmp, output);
+    if (written) *written = ordered.size();
+    return problems;
+}
+
+}  // namespace vashista::tune

@@ -1,0 +1,77 @@
+#include "problem_buffers.h"
+
+#include "method_types.h"
+
+#include <cstring>
+
+namespace vashista {
+
+using Halide::Runtime::Buffer;
+
+halide_type_t halide_runtime_type(ref::DType t) {
+    switch (t) {
+    case ref::DType::F32: return halide_type_t(halide_type_float, 32);
+    case ref::DType::F16: return halide_type_t(halide_type_float, 16);
+    case ref::DType::BF16: return halide_type_t(halide_type_bfloat, 16);
+    }
+    return halide_type_t(halide_type_float, 32);
+}
+
+namespace {
+
+void store(Buffer<void> &buf, size_t flat, float x, ref::DType t) {
+    uint8_t *base = static_cast<uint8_t *>(buf.data());
+    if (t == ref::DType::F32) {
+        std::memcpy(base + 4 * flat, &x, 4);
+    } else {
+        const uint16_t bits = ref::to_bits16(t, x);
+        std::memcpy(base + 2 * flat, &bits, 2);
+    }
+}
+
+Buffer<void> cache_buffer(const ref::Cache &c, const std::vector<float> &values) {
+    const halide_type_t t = halide_runtime_type(c.dtype);
+    // Dense row-major memory in the cache's own layout; Halide lists dims innermost first.
+    Buffer<void> buf = c.layout == KvLayout::HND ? Buffer<void>(t, {c.head_dim, c.page_size, c.kv_heads, c.num_pages})
+                                                 : Buffer<void>(t, {c.head_dim, c.kv_heads, c.page_size, c.num_pages});
+    for (size_t i = 0; i < values.size(); ++i) store(buf, i, values[i], c.dtype);
+    return buf;
+}
+
+}  // namespace
+
+ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype) {
+    ProblemBuffers buf;
+    buf.q = Buffer<float>(p.q.head_dim, p.q.group, p.q.kv_heads, p.q.batch);
+    std::memcpy(buf.q.data(), p.q.q.data(), p.q.q.size() * sizeof(float));
+    buf.k_cache = cache_buffer(p.cache, p.cache.k);
+    buf.v_cache = cache_buffer(p.cache, p.cache.v);
+    buf.page_table = Buffer<int32_t>(p.seqs.max_pages, p.seqs.batch);
+    std::memcpy(buf.page_table.data(), p.seqs.page_table.data(), p.seqs.page_table.size() * 4);
+    buf.seq_lens = Buffer<int32_t>(p.seqs.batch);
+    std::memcpy(buf.seq_lens.data(), p.seqs.seq_lens.data(), p.seqs.seq_lens.size() * 4);
+
+    const int blocks = (sum.max_pages + kSummaryBlock - 1) / kSummaryBlock;
+    buf.summary = Buffer<void>(halide_runtime_type(summary_dtype),
+                               {kSummaryBlock, sum.head_dim, kSummaryChannels, blocks, sum.kv_heads, sum.batch});
+    std::memset(buf.summary.data(), 0, buf.summary.size_in_bytes());
+    for (int b = 0; b < sum.batch; ++b)
+        for (int h = 0; h < sum.kv_heads; ++h)
+            for (int j = 0; j < sum.max_pages; ++j)
+                for (int d = 0; d < sum.head_dim; ++d) {
+                    const size_t row = sum.at(b, h, j) * sum.head_dim + d;
+                    const float channel[kSummaryChannels] = {sum.mean[row], sum.lo[row], sum.hi[row]};
+                    for (int c = 0; c < kSummaryChannels; ++c) {
+                        const size_t flat =
+                            ((((size_t(b) * sum.kv_heads + h) * blocks + j / kSummaryBlock) * kSummaryChannels + c) *
+                                 sum.head_dim + d) * kSummaryBlock + j % kSummaryBlock;
+                        store(buf.summary, flat, channel[c], summary_dtype);
+                    }
+                }
+    buf.value_norm = Buffer<float>(sum.max_pages, sum.kv_heads, sum.batch);
+    for (size_t i = 0; i < sum.value_norm.size(); ++i)
+        buf.value_norm.data()[i] = float(sum.value_norm[i]) * (1.0f + 1.0f / (1 << 20));
+    return buf;
+}
+
+}  // namespace vashista

@@ -1,0 +1,24 @@
+// Buffers of a reference problem in the layouts the kernels read, with the Halide
+// runtime's Buffer only (no compiler), so a bundle's runner can use them too.
+#pragma once
+
+#include "HalideBuffer.h"
+#include "problem.h"
+
+namespace vashista {
+
+halide_type_t halide_runtime_type(ref::DType t);
+
+struct ProblemBuffers {
+    Halide::Runtime::Buffer<float> q;                       // (d, g, h, b)
+    Halide::Runtime::Buffer<void> k_cache, v_cache;         // 4-D per layout
+    Halide::Runtime::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
+    Halide::Runtime::Buffer<void> summary;                  // (lane, d, c, blk, h, b)
+    Halide::Runtime::Buffer<float> value_norm;              // (j, h, b)
+};
+
+// Summaries come from the reference, rounded to `summary_dtype`; value norms are
+// inflated by 2^-20 as the summarize kernel does.
+ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype);
+
+}  // namespace vashista

@@ -1,0 +1,65 @@
+// Runner: loads a built candidate, checks it against the reference (a wrong candidate is
+// recorded as wrong and never timed), then measures it cold: the cache is flushed before
+// every run, after a warm-up, repeating until the spread is small or a cap is hit.
+// Needs only the Halide runtime, so a bundle can carry it to another machine.
+#pragma once
+
+#include "bench_util.h"
+#include "problem_buffers.h"
+#include "workload.h"
+
+#include <memory>
+#include <string>
+
+namespace vashista::tune {
+
+struct MeasureOptions {
+    int min_reps = 5, max_reps = 25;
+    double spread = 0.05;  // stop when (max - min) / median of the last min_reps runs is below
+};
+
+struct Measurement {
+    std::string status = "wrong";  // ok | wrong | run_failed
+    std::string error;
+    double median_ms = 0, min_ms = 0, max_ms = 0;
+    int reps = 0;
+    double max_abs_err = 0;
+    int candidate_mismatches = 0;
+};
+
+// Loads the Halide runtime a bundle's candidates share (once per process).
+void load_runtime(const std::string &runtime_library);
+
+class Runner {
+public:
+    Runner(const Workload &w, MeasureOptions options = {});
+    ~Runner();
+    // Check, then time until the spread is small or max_reps.
+    Measurement measure(const std::string &library, const std::string &function);
+    // Check and time several candidates round-robin (flush, run one, flush, run the
+    // next, ...) so that drift in the machine's speed affects them all alike.
+    std::vector<Measurement> measure_interleaved(const std::vector<std::pair<std::string, std::string>> &candidates,
+                                                 int reps);
+    const Workload &workload() const { return workload_; }
+
+    struct State;
+
+private:
+    Workload workload_;
+    MeasureOptions options_;
+    std::unique_ptr<State> state_;
+};
+
+json machine_description();
+
+// How the build of a candidate went, as a record needs it.
+struct BuildOutcome {
+    std::string status, error;  // status: ok | build_failed | timeout
+    double seconds = 0;
+};
+
+// A database record of one candidate's outcome.
+json make_record(const Workload &w, const json &schedule, const std::string &kind, const BuildOutcome &build,
+                 const Measurement &m, int trial, uint64_t seed, const std::string &halide_version);
+
+}  // namespace vashista::tune

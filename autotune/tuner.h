@@ -1,0 +1,32 @@
+// The tuning loop: the strategy proposes, the builder compiles, the runner checks and
+// measures, the database remembers. A run restarted after being killed resumes: the
+// records already in the database are fed back to the strategy and not measured again.
+#pragma once
+
+#include "builder.h"
+#include "database.h"
+#include "runner.h"
+
+#include <iosfwd>
+
+namespace vashista::tune {
+
+struct TuneOptions {
+    int trials = 40;          // per workload, the hand schedule included
+    double minutes = 0;       // per workload; 0: no limit
+    uint64_t seed = 1;
+    std::string strategy = "evolutionary";  // or random
+    std::string work_dir = "build/tune";
+    double build_timeout_s = 300;
+    MeasureOptions measure;
+};
+
+struct TuneResult {
+    int trials = 0, failed = 0, wrong = 0, resumed = 0;
+    double best_ms = 0, hand_ms = 0;
+    json best_schedule;
+};
+
+TuneResult tune_workload(const Workload &w, const TuneOptions &options, Database &db, std::ostream &log);
+
+}  // namespace vashista::tune

@@ -1,0 +1,101 @@
+#include "workload.h"
+
+#include <sstream>
+#include <stdexcept>
+
+namespace vashista::tune {
+
+std::string Workload::key() const {
+    std::ostringstream os;
+    os << generator << "|" << target << "|D" << head_dim << "|S" << page_size;
+    if (generator == "decode") os << "|P" << top_pages << "|K" << top_tokens;
+    os << "|G" << group_size << "|H" << kv_heads << "|B" << batch << "|" << kv_type;
+    if (generator == "decode") os << "|sum=" << summary_type;
+    os << "|" << layout;
+    if (generator == "decode") os << "|" << solver << "|" << routing << "|" << group_routing;
+    os << "|T" << tokens;
+    return os.str();
+}
+
+json Workload::to_json() const {
+    return {{"generator", generator}, {"target", target}, {"head_dim", head_dim}, {"page_size", page_size},
+            {"top_pages", top_pages}, {"top_tokens", top_tokens}, {"group_size", group_size},
+            {"kv_heads", kv_heads}, {"batch", batch}, {"kv_type", kv_type}, {"summary_type", summary_type},
+            {"layout", layout}, {"solver", solver}, {"routing", routing}, {"group_routing", group_routing},
+            {"tokens", tokens}};
+}
+
+Workload Workload::from_json(const json &j) {
+    Workload w;
+    auto get = [&](const char *k, auto &v) {
+        if (j.contains(k)) v = j.at(k).get<std::decay_t<decltype(v)>>();
+    };
+    get("generator", w.generator);
+    get("target", w.target);
+    get("head_dim", w.head_dim);
+    get("page_size", w.page_size);
+    get("top_pages", w.top_pages);
+    get("top_tokens", w.top_tokens);
+    get("group_size", w.group_size);
+    get("kv_heads", w.kv_heads);
+    get("batch", w.batch);
+    get("kv_type", w.kv_type);
+    get("summary_type", w.summary_type);
+    get("layout", w.layout);
+    get("solver", w.solver);
+    get("routing", w.routing);
+    get("group_routing", w.group_routing);
+    get("tokens", w.tokens);
+    if (w.generator != "decode" && w.generator != "dense")
+        throw std::invalid_argument("workload generator '" + w.generator + "' is not decode or dense");
+    return w;
+}
+
+ref::DType parse_dtype(const std::string &name) {
+    if (name == "float32") return ref::DType::F32;
+    if (name == "float16") return ref::DType::F16;
+    if (name == "bfloat16") return ref::DType::BF16;
+    throw std::invalid_argument("dtype '" + name + "' is not float32, float16 or bfloat16");
+}
+
+ref::ProblemSpec Workload::problem_spec() const {
+    ref::ProblemSpec s;
+    s.kv_heads = kv_heads;
+    s.group = group_size;
+    s.head_dim = head_dim;
+    s.page_size = page_size;
+    s.seq_lens.assign(batch, tokens);
+    s.extra_pages = 0;
+    s.spare_pages = 0;
+    s.layout = layout == "NHD" ? KvLayout::NHD : KvLayout::HND;
+    s.dtype = parse_dtype(kv_type);
+    s.kind = ref::DataKind::Planted;
+    s.needle_score = 40.0;
+    s.seed = 42;
+    return s;
+}
+
+std::vector<Workload> default_workloads(const std::string &target) {
+    std::vector<Workload> out;
+    for (int t : {8192, 32768, 131072}) {
+        Workload w;
+        w.target = target;
+        w.tokens = t;
+        out.push_back(w);
+    }
+    return out;
+}
+
+std::vector<Workload> shard(const std::vector<Workload> &all, const std::string &spec) {
+    int i = -1, n = -1;
+    char slash = 0;
+    std::istringstream is(spec);
+    if (!(is >> i >> slash >> n) || slash != '/' || n < 1 || i < 0 || i >= n || !is.eof())
+        throw std::invalid_argument("--shard '" + spec + "' is not i/n with 0 <= i < n");
+    std::vector<Workload> out;
+    for (size_t k = 0; k < all.size(); ++k)
+        if (int(k % n) == i) out.push_back(all[k]);
+    return out;
+}
+
+}  // namespace vashista::tune

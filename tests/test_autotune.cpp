@@ -1,0 +1,229 @@
+// The tuner's parts: spaces and strategies (never an invalid point, the optimum of a
+// synthetic cost found, repeatable by seed), the database (resume after kill -9,
+// damaged lines, merge), and a short real tuning run.
+#include "tuner.h"
+
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+using namespace vashista;
+using namespace vashista::tune;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path scratch(const std::string &name) {
+    fs::path p = fs::temp_directory_path() / ("vashista_test_" + std::to_string(getpid())) / name;
+    fs::create_directories(p.parent_path());
+    fs::remove_all(p);
+    return p;
+}
+
+json fake_record(const std::string &key, double ms, int trial) {
+    return {{"workload_key", key}, {"status", "ok"}, {"median_ms", ms}, {"schedule", {{"x", trial}}}, {"trial", trial}};
+}
+
+// Six knobs; the cost is a bowl with one minimum at `target`, plus a constraint.
+SearchSpace bowl(const std::vector<int> &target) {
+    SearchSpace s;
+    for (int k = 0; k < 6; ++k) {
+        s.names.push_back("k" + std::to_string(k));
+        s.domains.push_back({0, 1, 2, 3, 4, 5, 6, 7});
+    }
+    s.violation = [](const json &p) -> std::string {
+        return p["k0"].get<int>() + p["k1"].get<int>() > 10 ? "k0 + k1 > 10" : "";
+    };
+    (void)target;
+    return s;
+}
+
+double bowl_cost(const json &p, const std::vector<int> &target) {
+    double c = 1;
+    for (int k = 0; k < 6; ++k) c += std::pow(p["k" + std::to_string(k)].get<int>() - target[k], 2);
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("strategies never propose an invalid or repeated point", "[autotune]") {
+    for (int head_dim : {64, 96, 128}) {
+        Workload w;
+        w.head_dim = head_dim;
+        SearchSpace space = search_space(w);
+        REQUIRE(space.valid(hand_point(w)));
+        RandomStrategy random(space, 3);
+        EvolutionaryStrategy evo(space, 3);
+        std::set<std::string> seen;
+        for (int i = 0; i < 300; ++i) {
+            json a = random.propose(), b = evo.propose();
+            INFO(a.dump() << " / " << b.dump());
+            REQUIRE(space.valid(a));
+            REQUIRE(space.valid(b));
+            REQUIRE(seen.insert("r" + a.dump()).second);
+            REQUIRE(seen.insert("e" + b.dump()).second);
+            evo.observe(b, double(i % 17));
+        }
+    }
+}
+
+TEST_CASE("the evolutionary strategy finds the optimum of a synthetic cost, repeatably", "[autotune]") {
+    const std::vector<int> target{2, 7, 3, 5, 0, 6};  // k0 + k1 = 9 satisfies the constraint
+    auto run = [&](uint64_t seed) {
+        EvolutionaryStrategy s(bowl(target), seed);
+        std::vector<std::string> order;
+        double best = 1e9;
+        for (int i = 0; i < 400 && best > 1; ++i) {
+            json p = s.propose();
+            REQUIRE(s.seen(p));
+            order.push_back(p.dump());
+            double c = bowl_cost(p, target);
+            best = std::min(best, c);
+            s.observe(p, c);
+        }
+        return std::make_pair(best, order);
+    };
+    auto [best, order] = run(11);
+    CHECK(best == 1.0);  // the exact optimum, among 8^6 = 262144 points
+    CHECK(order.size() < 400);
+    CHECK(run(11).second == order);  // same seed, same search
+    CHECK(run(12).second != order);
+}
+
+TEST_CASE("workloads and records round-trip through JSON", "[autotune]") {
+    Workload w;
+    w.generator = "dense";
+    w.layout = "NHD";
+    w.tokens = 4096;
+    Workload back = Workload::from_json(json::parse(w.to_json().dump()));
+    CHECK(back.key() == w.key());
+    CHECK_THROWS_WITH(Workload::from_json({{"generator", "prefill"}}), Catch::Contains("'prefill' is not decode or dense"));
+    CHECK(shard(default_workloads("host"), "1/2").size() == 1);
+    CHECK(shard(default_workloads("host"), "0/2").size() == 2);
+    CHECK_THROWS_WITH(shard(default_workloads("host"), "2/2"), Catch::Contains("is not i/n"));
+    CHECK_THROWS(shard(default_workloads("host"), "x"));
+}
+
+TEST_CASE("the database survives kill -9 and reports damaged lines", "[autotune]") {
+    const fs::path path = scratch("killed.jsonl");
+    // A child appends records as fast as it can until it is killed.
+    const pid_t child = fork();
+    if (child == 0) {
+        Database db(path.string());
+        for (int i = 0;; ++i) db.append(fake_record("w", 1.0 + i, i));
+    }
+    while (load_records(path.string()).records.size() < 20) usleep(1000);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    LoadReport after_kill = load_records(path.string());
+    REQUIRE(after_kill.records.size() >= 20);
+    REQUIRE(after_kill.problems.size() <= 1);  // at most the line being written
+    for (size_t i = 0; i < after_kill.records.size(); ++i) REQUIRE(after_kill.records[i]["trial"] == int(i));
+
+    // A line cut short, then a resumed run appends: the damage stays on its own line.
+    { std::ofstream(path, std::ios::app) << "{\"workload_key\": \"w\", \"stat"; }
+    Database db(path.string());
+    db.append(fake_record("w", 0.5, 999));
+    LoadReport r = load_records(path.string());
+    REQUIRE(r.records.back()["trial"] == 999);
+    REQUIRE(!r.problems.empty());
+    REQUIRE_THAT(r.problems.back(), Catch::Contains("killed.jsonl:") && Catch::Contains("skipped damaged line"));
+    REQUIRE(Database(path.string()).best("w").value()["trial"] == 999);
+}
+
+TEST_CASE("corrupt lines are reported with their number and skipped", "[autotune]") {
+    const fs::path path = scratch("corrupt.jsonl");
+    {
+        std::ofstream out(path);
+        out << fake_record("a", 2.0, 0).dump() << "\n"
+            << "not json at all\n"
+            << "[1, 2, 3]\n"
+            << fake_record("a", 1.0, 1).dump() << "\n";
+    }
+    Database db(path.string());
+    REQUIRE(db.records().size() == 2);
+    REQUIRE(db.problems().size() == 2);
+    REQUIRE_THAT(db.problems()[0], Catch::Contains("corrupt.jsonl:2:"));
+    REQUIRE_THAT(db.problems()[1], Catch::Contains("corrupt.jsonl:3:") && Catch::Contains("not a tuning record"));
+    REQUIRE(db.best("a").value()["median_ms"] == 1.0);
+    REQUIRE(!db.best("b"));
+}
+
+TEST_CASE("databases from several machines merge without duplicates", "[autotune]") {
+    const fs::path a = scratch("a.jsonl"), b = scratch("b.jsonl"), out = scratch("merged.jsonl");
+    Database da(a.string()), dbb(b.string());
+    da.append(fake_record("w1", 3.0, 0));
+    da.append(fake_record("w2", 2.0, 1));
+    dbb.append(fake_record("w1", 3.0, 0));  // the same record on both machines
+    dbb.append(fake_record("w1", 1.5, 2));
+    size_t written = 0;
+    auto problems = merge_databases({a.string(), b.string(), "/nonexistent.jsonl"}, out.string(), &written);
+    REQUIRE(written == 3);
+    REQUIRE(problems.size() == 1);
+    REQUIRE_THAT(problems[0], Catch::Contains("/nonexistent.jsonl: no such file"));
+    Database merged(out.string());
+    REQUIRE(merged.best("w1").value()["median_ms"] == 1.5);
+    REQUIRE(merged.best("w2").value()["median_ms"] == 2.0);
+}
+
+TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
+    Workload w;
+    w.target = resolve_target("host");
+    w.head_dim = 64;
+    w.kv_heads = 2;
+    w.top_pages = 8;
+    w.top_tokens = 32;
+    w.tokens = 2048;
+    const fs::path dbp = scratch("tune.jsonl"), work = scratch("work");
+    TuneOptions o;
+    o.trials = 3;
+    o.seed = 5;
+    o.work_dir = work.string();
+    o.measure.min_reps = 3;
+    o.measure.max_reps = 5;
+    std::ostringstream log;
+    {
+        Database db(dbp.string());
+        TuneResult r = tune_workload(w, o, db, log);
+        REQUIRE(r.trials == 3);
+        REQUIRE(r.best_ms > 0);
+        REQUIRE(r.hand_ms >= r.best_ms);
+    }
+    LoadReport rep = load_records(dbp.string());
+    REQUIRE(rep.records.size() == 3);
+    REQUIRE(rep.records[0]["kind"] == "hand");
+    REQUIRE(rep.records[0]["schedule"] == hand_point(w));
+    for (const auto &r : rep.records) {
+        INFO(r.dump());
+        REQUIRE(r["status"] == "ok");  // every candidate matched the reference
+        REQUIRE(r["max_abs_err"].get<double>() <= 1e-4);
+        REQUIRE(r["halide_version"] == halide_version());
+        REQUIRE(r["workload_key"] == w.key());
+    }
+    // Resuming with a larger budget measures only the new trial.
+    o.trials = 4;
+    Database db(dbp.string());
+    TuneResult r = tune_workload(w, o, db, log);
+    REQUIRE(r.resumed == 3);
+    REQUIRE(r.trials == 4);
+    REQUIRE(load_records(dbp.string()).records.size() == 4);
+    REQUIRE_THAT(log.str(), Catch::Contains("resuming"));
+}
+
+TEST_CASE("a candidate that fails to compile is recorded, not fatal", "[autotune]") {
+    Workload w;
+    w.head_dim = 64;
+    json bad = hand_point(w);
+    bad["dot_lanes"] = 48;  // outside the domain
+    BuildResult b = build_candidate({w, bad, "", scratch("fail").string(), "bad_candidate", 60});
+    REQUIRE(b.status == "build_failed");
+    REQUIRE_THAT(b.error, Catch::Contains("dot_lanes"));
+}
