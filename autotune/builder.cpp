@@ -67,24 +67,39 @@ SearchSpace adapt(const Shape &shape) {
 }
 
 // Estimates of the workload's real shapes, for the autoschedulers.
+ShapeEstimate estimate(const Workload &w) {
+    return ShapeEstimate{w.head_dim, w.page_size, w.group_size, w.kv_heads, w.batch,
+                         (w.tokens + w.page_size - 1) / w.page_size, w.layout == "NHD" ? KvLayout::NHD : KvLayout::HND};
+}
+
 void set_estimates(DecodeJit &jit, const Workload &w) {
-    const int D = w.head_dim, G = w.group_size, H = w.kv_heads, B = w.batch, S = w.page_size;
-    const int pages = (w.tokens + S - 1) / S;
-    jit.q.set_estimates({{0, D}, {0, G}, {0, H}, {0, B}});
-    for (auto *kv : {&jit.k_cache, &jit.v_cache})
-        kv->set_estimates(w.layout == "HND" ? Halide::Region{{0, D}, {0, S}, {0, H}, {0, pages * B}}
-                                            : Halide::Region{{0, D}, {0, H}, {0, S}, {0, pages * B}});
-    jit.page_table.set_estimates({{0, pages}, {0, B}});
-    jit.seq_lens.set_estimates({{0, B}});
-    jit.summary.set_estimates({{0, kSummaryBlock}, {0, D}, {0, kSummaryChannels}, {0, (pages + 15) / 16}, {0, H}, {0, B}});
-    jit.value_norm.set_estimates({{0, pages}, {0, H}, {0, B}});
+    const ShapeEstimate e = estimate(w);
+    jit.q.set_estimates(q_region(e));
+    jit.k_cache.set_estimates(kv_cache_region(e));
+    jit.v_cache.set_estimates(kv_cache_region(e));
+    jit.page_table.set_estimates(page_table_region(e));
+    jit.seq_lens.set_estimates({{0, e.batch}});
+    jit.summary.set_estimates(summary_region(e));
+    jit.value_norm.set_estimates(value_norm_region(e));
     jit.scale.set_estimate(0.088f);
     auto &st = jit.stages;
-    st.result_out.set_estimates({{0, D}, {0, G}, {0, H}, {0, B}});
-    st.result_lse.set_estimates({{0, G}, {0, H}, {0, B}});
-    st.result_diag.set_estimates({{0, kDiagFields}, {0, G}, {0, H}, {0, B}});
-    st.result_candidates.set_estimates({{0, w.top_tokens}, {0, G}, {0, H}, {0, B}});
-    st.result_pages.set_estimates({{0, w.top_pages}, {0, G}, {0, H}, {0, B}});
+    st.result_out.set_estimates(q_region(e));
+    st.result_lse.set_estimates(per_head_region(e, 0));
+    st.result_diag.set_estimates(per_head_region(e, kDiagFields));
+    st.result_candidates.set_estimates(per_head_region(e, w.top_tokens));
+    st.result_pages.set_estimates(per_head_region(e, w.top_pages));
+}
+
+void set_estimates(DenseJit &jit, const Workload &w) {
+    const ShapeEstimate e = estimate(w);
+    jit.q.set_estimates(q_region(e));
+    jit.k_cache.set_estimates(kv_cache_region(e));
+    jit.v_cache.set_estimates(kv_cache_region(e));
+    jit.page_table.set_estimates(page_table_region(e));
+    jit.seq_lens.set_estimates({{0, e.batch}});
+    jit.scale.set_estimate(0.088f);
+    jit.stages.out.set_estimates(q_region(e));
+    jit.stages.lse.set_estimates(per_head_region(e, 0));
 }
 
 void apply_autoscheduler(Halide::Pipeline &p, const std::string &name, const Halide::Target &t) {
@@ -123,6 +138,7 @@ void compile_object(const BuildRequest &r, const std::string &object) {
         if (r.autoscheduler.empty()) {
             jit.schedule(s);
         } else {
+            set_estimates(jit, w);
             apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
         }
         jit.pipeline.compile_to_object(object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens, jit.scale},

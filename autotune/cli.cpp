@@ -102,6 +102,11 @@ double double_opt(const Args &a, const std::string &k, double def) {
 
 const std::set<std::string> kWorkloadOptions = {"--tokens", "--generator", "--target", "--workloads", "--shard"};
 
+std::set<std::string> with_workload_options(std::set<std::string> names) {
+    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    return names;
+}
+
 const char *kWorkloadHelp =
     "workload options:\n"
     "  --tokens 8192,32768,131072  context lengths (default: the three)\n"
@@ -157,16 +162,17 @@ int cmd_tune(int argc, char **argv) {
         "  --minutes M          wall-time limit per workload (default none)\n"
         "  --seed S             strategy seed (default 1)\n"
         "  --strategy evolutionary|random\n"
-        "  --work DIR           scratch folder for candidates (default build/tune)\n") + kWorkloadHelp;
-    std::set<std::string> names = {"--db", "--trials", "--minutes", "--seed", "--strategy", "--work"};
-    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
-    Args a = parse(argc, argv, 2, names, {}, help.c_str());
+        "  --work DIR           scratch folder for candidates (default build/tune)\n"
+        "  --verify             rerun the verification round (finalists against the hand schedule)\n") + kWorkloadHelp;
+    const std::set<std::string> names = with_workload_options({"--db", "--trials", "--minutes", "--seed", "--strategy", "--work"});
+    Args a = parse(argc, argv, 2, names, {"--verify"}, help.c_str());
     TuneOptions o;
     o.trials = int_opt(a, "--trials", 40);
     o.minutes = double_opt(a, "--minutes", 0);
     o.seed = uint64_t(int_opt(a, "--seed", 1));
     o.strategy = opt(a, "--strategy", "evolutionary");
     o.work_dir = opt(a, "--work", "build/tune");
+    o.verify = a.flags.count("--verify") > 0;
     if (o.strategy != "evolutionary" && o.strategy != "random") fail("--strategy must be evolutionary or random");
     Database db(opt(a, "--db", kDefaultDb));
     report_problems(db);
@@ -273,8 +279,7 @@ int cmd_bench(int argc, char **argv) {
         "  --trials N  --minutes M  --seed S\n"
         "  --reps N        timed runs per schedule, round-robin across schedules (default 15)\n"
         "  --work DIR      scratch folder (default build/tune)\n") + kWorkloadHelp;
-    std::set<std::string> names = {"--json", "--plot", "--db", "--trials", "--minutes", "--seed", "--work", "--reps"};
-    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    const std::set<std::string> names = with_workload_options({"--json", "--plot", "--db", "--trials", "--minutes", "--seed", "--work", "--reps"});
     Args a = parse(argc, argv, 2, names, {"--compare-schedulers", "--retune"}, help.c_str());
     if (!a.flags.count("--compare-schedulers")) fail("bench needs --compare-schedulers (see --help)");
     const std::string json_path = opt(a, "--json", "build/compare.json");
@@ -299,7 +304,9 @@ int cmd_bench(int argc, char **argv) {
         Runner runner(w);
         auto best = db.best(w.key());
         std::vector<std::pair<std::string, json>> kinds = {{"hand", hand_point(w)}};
-        if (best) kinds.push_back({"tuned", (*best)["schedule"]});
+        // The same schedule is the same kernel: measured once, reported for both.
+        const bool tuned_is_hand = best && (*best)["schedule"] == hand_point(w);
+        if (best && !tuned_is_hand) kinds.push_back({"tuned", (*best)["schedule"]});
         for (const char *as : {"Mullapudi2016", "Adams2019", "Li2018"}) kinds.push_back({as, json::object()});
         if (!best) {
             records.push_back({{"schedule", "tuned"}, {"T", w.tokens}, {"status", "not_tuned"},
@@ -331,6 +338,12 @@ int cmd_bench(int argc, char **argv) {
                 r["max_ms"] = m.max_ms;
                 r["reps"] = m.reps;
             }
+        }
+        if (tuned_is_hand) {
+            json same = rows[0];
+            same["schedule"] = "tuned";
+            same["same_as"] = "hand";
+            rows.insert(rows.begin() + 1, same);
         }
         for (const json &r : rows) {
             if (r["status"] == "ok")
@@ -364,8 +377,7 @@ int cmd_bundle(int argc, char **argv) {
         "  --out DIR         the bundle (required)\n"
         "  --trials N        candidates per workload: the hand schedule, then random points (default 16)\n"
         "  --seed S\n") + kWorkloadHelp;
-    std::set<std::string> names = {"--out", "--trials", "--seed"};
-    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    const std::set<std::string> names = with_workload_options({"--out", "--trials", "--seed"});
     Args a = parse(argc, argv, 2, names, {}, help.c_str());
     if (!a.options.count("--out")) fail("bundle needs --out DIR");
     const std::string dir = a.options.at("--out");
@@ -409,8 +421,7 @@ int cmd_build_lib(int argc, char **argv) {
         "  --out DIR        output folder (required)\n"
         "  --name NAME      library name (default vashista_tuned)\n"
         "  --db FILE        tuning database (default autotune/db/cpu.jsonl)\n") + kWorkloadHelp;
-    std::set<std::string> names = {"--out", "--name", "--db"};
-    names.insert(kWorkloadOptions.begin(), kWorkloadOptions.end());
+    const std::set<std::string> names = with_workload_options({"--out", "--name", "--db"});
     Args a = parse(argc, argv, 2, names, {}, help.c_str());
     if (!a.options.count("--out")) fail("build-lib needs --out DIR");
     const fs::path out = fs::absolute(a.options.at("--out"));

@@ -56,6 +56,10 @@ void Database::append(const json &record) {
 
 std::optional<json> Database::best(const std::string &key) const {
     std::optional<json> best;
+    // A verified winner (kind "final", the latest) outranks single measurements.
+    for (auto it = records_.rbegin(); it != records_.rend(); ++it)
+        if (it->value("workload_key", "") == key && it->value("kind", "") == "final" && it->value("status", "") == "ok")
+            return *it;
     for (const auto &r : records_)
         if (r.value("workload_key", "") == key && r.value("status", "") == "ok" &&
             (!best || r["median_ms"].get<double>() < (*best)["median_ms"].get<double>()))

@@ -29,7 +29,8 @@ public:
     const std::vector<json> &records() const { return records_; }
     const std::vector<std::string> &problems() const { return problems_; }
     void append(const json &record);
-    // The fastest correct record for a workload key, if any.
+    // The latest verified winner (kind "final") for a workload key, else the fastest
+    // correct record, if any.
     std::optional<json> best(const std::string &workload_key) const;
     std::vector<std::string> workload_keys() const;
 

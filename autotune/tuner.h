@@ -19,6 +19,9 @@ struct TuneOptions {
     std::string work_dir = "build/tune";
     double build_timeout_s = 300;
     MeasureOptions measure;
+    int finalists = 4;      // re-measured against the hand schedule at the end
+    int final_reps = 21;    // round-robin runs each in that verification
+    bool verify = false;    // run the verification round even if one is recorded
 };
 
 struct TuneResult {
@@ -28,5 +31,10 @@ struct TuneResult {
 };
 
 TuneResult tune_workload(const Workload &w, const TuneOptions &options, Database &db, std::ostream &log);
+
+// The verification round: the best `finalists` schedules and the hand schedule measured
+// round-robin in one run; the winner is appended as a record of kind "final", which
+// Database::best prefers. The hand schedule wins unless a finalist beats it.
+json verify_finalists(const Workload &w, const TuneOptions &options, Database &db, Runner &runner, std::ostream &log);
 
 }  // namespace vashista::tune

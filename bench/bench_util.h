@@ -1,5 +1,5 @@
 // Measurement helpers shared by the demo and the benchmarks: cold-cache timing
-// (a buffer larger than the L3 is rewritten before every run), medians of repeats,
+// (a buffer larger than the L3 is read before every run), medians of repeats,
 // and the machine's measured read bandwidth as the floor.
 #pragma once
 
@@ -22,7 +22,7 @@ struct Stats {
 };
 Stats summarize(std::vector<double> samples);
 
-// Bytes rewritten between runs: 4x the L3 (from sysfs), at least 256 MiB.
+// Bytes read between runs: 4x the L3 (from sysfs), at least 256 MiB.
 size_t flush_bytes();
 
 class Flusher {
@@ -31,7 +31,7 @@ public:
     void flush();
 private:
     std::vector<unsigned char> buffer_;
-    unsigned char tick_ = 0;
+    volatile unsigned sink_ = 0;
 };
 
 // One warm-up, then `reps` runs each after a flush; milliseconds.

@@ -477,6 +477,26 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     return st;
 }
 
+Halide::Region q_region(const ShapeEstimate &e) {
+    return {{0, e.head_dim}, {0, e.group}, {0, e.kv_heads}, {0, e.batch}};
+}
+Halide::Region kv_cache_region(const ShapeEstimate &e) {
+    const int pages = e.pages * e.batch;
+    if (e.layout == KvLayout::HND) return {{0, e.head_dim}, {0, e.page_size}, {0, e.kv_heads}, {0, pages}};
+    return {{0, e.head_dim}, {0, e.kv_heads}, {0, e.page_size}, {0, pages}};
+}
+Halide::Region page_table_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.batch}}; }
+Halide::Region summary_region(const ShapeEstimate &e) {
+    return {{0, kSummaryBlock}, {0, e.head_dim}, {0, kSummaryChannels},
+            {0, (e.pages + kSummaryBlock - 1) / kSummaryBlock}, {0, e.kv_heads}, {0, e.batch}};
+}
+Halide::Region value_norm_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.kv_heads}, {0, e.batch}}; }
+Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {
+    Halide::Region r{{0, e.group}, {0, e.kv_heads}, {0, e.batch}};
+    if (first_extent > 0) r.insert(r.begin(), {0, first_extent});
+    return r;
+}
+
 const char *to_string(KvLayout v) { return v == KvLayout::HND ? "HND" : "NHD"; }
 const char *to_string(Solver v) {
     switch (v) {

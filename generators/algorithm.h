@@ -157,6 +157,18 @@ struct SummaryStages {
     Func value_norm;  // (h, n) f32
 };
 
+// Regions of the inputs at a representative shape, for autoschedulers' estimates.
+struct ShapeEstimate {
+    int head_dim = 128, page_size = 16, group = 4, kv_heads = 8, batch = 1, pages = 2048;
+    KvLayout layout = KvLayout::HND;
+};
+Halide::Region q_region(const ShapeEstimate &e);          // also out
+Halide::Region kv_cache_region(const ShapeEstimate &e);
+Halide::Region page_table_region(const ShapeEstimate &e);
+Halide::Region summary_region(const ShapeEstimate &e);
+Halide::Region value_norm_region(const ShapeEstimate &e);
+Halide::Region per_head_region(const ShapeEstimate &e, int first_extent);  // lse (0), diag, candidates, pages
+
 // Maps a float to a uint32 that orders like it; -0 and +0 map alike. Never 0 for
 // a finite input, so 0 can mark "no element".
 Expr order_key(Expr score);

@@ -106,22 +106,20 @@ public:
 
     // The demo shape at T = 32K: B = 1, H_kv = 8, 2048 pages.
     void set_estimates(const DecodeConfig &cfg) {
-        const int H = 8, pages_est = 2048, G = cfg.group_size, D = cfg.head_dim, S = cfg.page_size;
-        q.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
-        for (auto *kv : {&k_cache, &v_cache}) {
-            if (cfg.layout == KvLayout::HND) kv->set_estimates({{0, D}, {0, S}, {0, H}, {0, pages_est}});
-            else kv->set_estimates({{0, D}, {0, H}, {0, S}, {0, pages_est}});
-        }
-        page_table.set_estimates({{0, pages_est}, {0, 1}});
-        seq_lens.set_estimates({{0, 1}});
-        summary.set_estimates({{0, kSummaryBlock}, {0, D}, {0, kSummaryChannels}, {0, pages_est / kSummaryBlock}, {0, H}, {0, 1}});
-        value_norm.set_estimates({{0, pages_est}, {0, H}, {0, 1}});
+        ShapeEstimate e{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout};
+        q.set_estimates(q_region(e));
+        k_cache.set_estimates(kv_cache_region(e));
+        v_cache.set_estimates(kv_cache_region(e));
+        page_table.set_estimates(page_table_region(e));
+        seq_lens.set_estimates({{0, e.batch}});
+        summary.set_estimates(summary_region(e));
+        value_norm.set_estimates(value_norm_region(e));
         scale.set_estimate(0.088f);
-        out.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
-        lse.set_estimates({{0, G}, {0, H}, {0, 1}});
-        diag.set_estimates({{0, kDiagFields}, {0, G}, {0, H}, {0, 1}});
-        candidates.set_estimates({{0, cfg.top_tokens}, {0, G}, {0, H}, {0, 1}});
-        pages.set_estimates({{0, cfg.top_pages}, {0, G}, {0, H}, {0, 1}});
+        out.set_estimates(q_region(e));
+        lse.set_estimates(per_head_region(e, 0));
+        diag.set_estimates(per_head_region(e, kDiagFields));
+        candidates.set_estimates(per_head_region(e, cfg.top_tokens));
+        pages.set_estimates(per_head_region(e, cfg.top_pages));
     }
 };
 
@@ -162,17 +160,15 @@ public:
         DenseStages st = define_dense(cfg, in);
         out = st.out;
         lse = st.lse;
-        const int H = 8, pages_est = 2048, D = head_dim, G = group_size, S = page_size;
-        q.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
-        for (auto *kv : {&k_cache, &v_cache}) {
-            if (cfg.layout == KvLayout::HND) kv->set_estimates({{0, D}, {0, S}, {0, H}, {0, pages_est}});
-            else kv->set_estimates({{0, D}, {0, H}, {0, S}, {0, pages_est}});
-        }
-        page_table.set_estimates({{0, pages_est}, {0, 1}});
-        seq_lens.set_estimates({{0, 1}});
+        ShapeEstimate e{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout};
+        q.set_estimates(q_region(e));
+        k_cache.set_estimates(kv_cache_region(e));
+        v_cache.set_estimates(kv_cache_region(e));
+        page_table.set_estimates(page_table_region(e));
+        seq_lens.set_estimates({{0, e.batch}});
         scale.set_estimate(0.088f);
-        out.set_estimates({{0, D}, {0, G}, {0, H}, {0, 1}});
-        lse.set_estimates({{0, G}, {0, H}, {0, 1}});
+        out.set_estimates(q_region(e));
+        lse.set_estimates(per_head_region(e, 0));
         if (!using_autoscheduler()) apply_cpu(s, cfg, st);
     }
 };

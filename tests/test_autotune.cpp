@@ -198,7 +198,11 @@ TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
         REQUIRE(r.hand_ms >= r.best_ms);
     }
     LoadReport rep = load_records(dbp.string());
-    REQUIRE(rep.records.size() == 3);
+    REQUIRE(rep.records.size() == 4);  // three trials and the verification round's winner
+    REQUIRE(rep.records[3]["kind"] == "final");
+    REQUIRE(rep.records[3]["finalists"].size() == 3);
+    REQUIRE(Database(dbp.string()).best(w.key()).value()["kind"] == "final");
+    rep.records.pop_back();
     REQUIRE(rep.records[0]["kind"] == "hand");
     REQUIRE(rep.records[0]["schedule"] == hand_point(w));
     for (const auto &r : rep.records) {
@@ -214,7 +218,7 @@ TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
     TuneResult r = tune_workload(w, o, db, log);
     REQUIRE(r.resumed == 3);
     REQUIRE(r.trials == 4);
-    REQUIRE(load_records(dbp.string()).records.size() == 4);
+    REQUIRE(load_records(dbp.string()).records.size() == 6);  // one more trial, one more verification
     REQUIRE_THAT(log.str(), Catch::Contains("resuming"));
 }
 

@@ -72,9 +72,7 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     cfg.group_size = 4;
     cfg.kv_type = cfg.summary_type = Halide::Float(32);
     cfg.routing = RoutingMode::Bound;
-    DecodeJit jit(cfg);
-    jit.schedule(hand_schedule(cfg));
-    jit.compile(Halide::get_host_target());
+    auto jit = test::compile_decode(cfg);
 
     const int batch = 250, heads_per_call = batch * 4 * 4, target_heads = 100000;
     std::mt19937 rng(99);
@@ -87,7 +85,7 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
         ref::Problem p = make(a, 1000 + call, batch, rng);
         ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32);
         DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
-        run(jit, buf);
+        run(*jit, buf);
         for (int b = 0; b < batch; ++b)
             for (int h = 0; h < 4; ++h)
                 for (int g = 0; g < 4; ++g) {

@@ -41,7 +41,6 @@ std::string describe(const DecodeConfig &c) {
 }  // namespace
 
 TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
-    const Halide::Target target = Halide::get_host_target();
     for (const Case &k : matrix()) {
         DecodeConfig cfg;
         cfg.head_dim = 32;
@@ -55,9 +54,7 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
         cfg.solver = k.solver;
         cfg.routing = k.routing;
         cfg.group_routing = k.group_routing;
-        DecodeJit jit(cfg);
-        jit.schedule(hand_schedule(cfg));
-        jit.compile(target);
+        auto jit = test::compile_decode(cfg);
         for (ref::DataKind kind : {ref::DataKind::Gaussian, ref::DataKind::Dyadic, ref::DataKind::Planted}) {
             ref::ProblemSpec spec;
             spec.kv_heads = 2;
@@ -71,7 +68,7 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
             ref::Problem p = ref::make_problem(spec);
             ref::Summaries sum = ref::summarize(p.cache, p.seqs, spec.dtype);
             DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
-            run(jit, buf);
+            run(*jit, buf);
             test::Tolerance tol;
             if (k.solver == Solver::Sparsemax || k.solver == Solver::FW) tol.out = 2e-4;
             test::Comparison c = test::compare_with_reference(p, cfg, buf, sum, tol);
@@ -93,9 +90,7 @@ TEST_CASE("exact ties go to the lower page and the lower offset", "[kernels]") {
     cfg.top_tokens = 10;
     cfg.group_size = 1;
     cfg.kv_type = cfg.summary_type = Halide::Float(32);
-    DecodeJit jit(cfg);
-    jit.schedule(hand_schedule(cfg));
-    jit.compile(Halide::get_host_target());
+    auto jit = test::compile_decode(cfg);
     ref::ProblemSpec spec;
     spec.kv_heads = 1;
     spec.group = 1;
@@ -106,7 +101,7 @@ TEST_CASE("exact ties go to the lower page and the lower offset", "[kernels]") {
     for (float &x : p.cache.k) x = 0.5f;
     ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32);
     DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
-    run(jit, buf);
+    run(*jit, buf);
     for (int i = 0; i < 3; ++i) CHECK(buf.pages(i, 0, 0, 0) == i);
     for (int i = 0; i < 10; ++i) CHECK(buf.candidates(i, 0, 0, 0) == i);
     test::Comparison c = test::compare_with_reference(p, cfg, buf, sum, test::Tolerance{});

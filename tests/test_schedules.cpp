@@ -66,11 +66,9 @@ TEST_CASE("20 random schedules of the fused decode give the same candidates and 
     ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::BF16);
 
     auto run_with = [&](const DecodeCpuSchedule &s) {
-        DecodeJit jit(cfg);
-        jit.schedule(s);
-        jit.compile(Halide::get_host_target());
+        auto jit = test::compile_decode(cfg, &s);
         DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(64));
-        run(jit, buf);
+        run(*jit, buf);
         return buf;
     };
     DecodeBuffers base = run_with(hand_schedule(cfg));

@@ -19,6 +19,13 @@ ref::SparseOptions sparse_options(const DecodeConfig &cfg, double scale) {
     return o;
 }
 
+std::unique_ptr<DecodeJit> compile_decode(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule) {
+    auto jit = std::make_unique<DecodeJit>(cfg);
+    jit->schedule(schedule ? *schedule : hand_schedule(cfg));
+    jit->compile(Halide::get_host_target());
+    return jit;
+}
+
 namespace {
 // |a - b| within rel * |b| + abs, with infinities equal to themselves.
 double excess(double a, double b, double rel, double abs) {
