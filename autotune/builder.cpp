@@ -186,6 +186,7 @@ std::string build_runtime(const std::string &dir, const std::string &target) {
     Halide::compile_standalone_runtime(object, Halide::Target(resolve_target(target)));
     if (run_command("c++ -shared -o '" + so + "' '" + object + "' -lpthread -ldl") != 0)
         throw std::runtime_error("linking the Halide runtime into " + so + " failed");
+    std::filesystem::remove(object);
     return so;
 }
 

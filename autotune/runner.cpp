@@ -135,7 +135,21 @@ static std::unique_ptr<Loaded> load_checked(Runner::State &s, const Workload &w,
     return l;
 }
 
+Paired compare_paired(const Measurement &a, const Measurement &b) {
+    Paired p;
+    const size_t n = std::min(a.samples_ms.size(), b.samples_ms.size());
+    if (n == 0) return p;
+    std::vector<double> ratio;
+    for (size_t i = 0; i < n; ++i) {
+        ratio.push_back(a.samples_ms[i] / b.samples_ms[i]);
+        p.wins += a.samples_ms[i] < b.samples_ms[i] ? 1.0 / n : 0.0;
+    }
+    p.median_ratio = bench::summarize(ratio).median;
+    return p;
+}
+
 static void finish(Measurement &m, const std::vector<double> &ms) {
+    m.samples_ms = ms;
     bench::Stats st = bench::summarize(ms);
     m.status = "ok";
     m.median_ms = st.median;

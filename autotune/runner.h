@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace vashista::tune {
 
@@ -25,7 +26,16 @@ struct Measurement {
     int reps = 0;
     double max_abs_err = 0;
     int candidate_mismatches = 0;
+    std::vector<double> samples_ms;  // in the order run
 };
+
+// Paired comparison of two candidates timed round-robin: the median of the per-round
+// ratios a/b (adjacent runs share the machine's state, so drift cancels) and the
+// fraction of rounds in which a was faster.
+struct Paired {
+    double median_ratio = 0, wins = 0;
+};
+Paired compare_paired(const Measurement &a, const Measurement &b);
 
 // Loads the Halide runtime a bundle's candidates share (once per process).
 void load_runtime(const std::string &runtime_library);

@@ -145,19 +145,34 @@ json verify_finalists(const Workload &w, const TuneOptions &opt, Database &db, R
     log << "verifying " << built.size() - 1 << " finalists against the hand schedule (" << opt.final_reps
         << " round-robin runs each)\n";
     std::vector<Measurement> ms = runner.measure_interleaved(built, opt.final_reps);
-    size_t winner = 0;  // the hand schedule, unless beaten
-    for (size_t i = 1; i < ms.size(); ++i)
-        if (ms[i].status == "ok" && ms[i].median_ms < ms[winner].median_ms) winner = i;
+    // The hand schedule stays unless a finalist beats it consistently: a median paired
+    // ratio below 0.97 and faster in at least two rounds of three.
+    size_t winner = 0;
+    double best_ratio = 0.97;
+    for (size_t i = 1; i < ms.size(); ++i) {
+        if (ms[i].status != "ok" || ms[0].status != "ok") continue;
+        const Paired p = compare_paired(ms[i], ms[0]);
+        if (p.median_ratio < best_ratio && p.wins >= 2.0 / 3.0) {
+            best_ratio = p.median_ratio;
+            winner = i;
+        }
+    }
     for (const auto &[lib, fn] : built) std::remove(lib.c_str());
     if (ms.empty() || ms[winner].status != "ok") return json::object();
     json record = make_record(w, built_schedules[winner], "final", outcome, ms[winner], -1, opt.seed, halide_version());
     record["hand_ms"] = ms[0].median_ms;
     json field = json::array();
-    for (size_t i = 0; i < ms.size(); ++i) field.push_back({{"schedule", built_schedules[i]}, {"median_ms", ms[i].median_ms}});
+    for (size_t i = 0; i < ms.size(); ++i) {
+        const Paired p = compare_paired(ms[i], ms[0]);
+        field.push_back({{"schedule", built_schedules[i]}, {"median_ms", ms[i].median_ms},
+                         {"paired_ratio_vs_hand", p.median_ratio}, {"faster_than_hand", p.wins}});
+    }
+    record["paired_ratio_vs_hand"] = compare_paired(ms[winner], ms[0]).median_ratio;
     record["finalists"] = field;
     db.append(record);
     log << "verified: " << (winner == 0 ? std::string("the hand schedule stays") : "a tuned schedule wins") << ", "
-        << ms[winner].median_ms << " ms against hand " << ms[0].median_ms << " ms\n";
+        << ms[winner].median_ms << " ms against hand " << ms[0].median_ms << " ms (median paired ratio "
+        << record["paired_ratio_vs_hand"].get<double>() << ")\n";
     return record;
 }
 

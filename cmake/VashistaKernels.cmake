@@ -8,16 +8,25 @@
 # keys left out take the defaults below. `schedule_file=<json>` selects a tuned schedule.
 include_guard(GLOBAL)
 
-set(_vashista_decode_defaults head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4
-    kv_type=bfloat16 summary_type= layout=HND solver=softmax routing=bound group_routing=per_head
-    solver_steps=6 solver_eta=0.2 solver_tau=1.0 schedule_file=)
-set(_vashista_dense_defaults head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
-set(_vashista_summarize_defaults head_dim=128 page_size=16 kv_type=bfloat16 summary_type= layout=HND)
+# Generator parameters and their defaults, per generator (inside the function, so a
+# project that includes this file from anywhere sees them).
+function(_vashista_defaults out kind)
+    if (kind STREQUAL "decode")
+        set(d head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4 kv_type=bfloat16 summary_type=
+              layout=HND solver=softmax routing=bound group_routing=per_head solver_steps=6 solver_eta=0.2
+              solver_tau=1.0 schedule_file=)
+    elseif (kind STREQUAL "dense")
+        set(d head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
+    else ()
+        set(d head_dim=128 page_size=16 kv_type=bfloat16 summary_type= layout=HND)
+    endif ()
+    set(${out} "${d}" PARENT_SCOPE)
+endfunction()
 
 function(_vashista_parse_spec out_prefix kind spec)
-    string(TOUPPER "${kind}" KIND)
+    _vashista_defaults(defaults ${kind})
     set(keys "")
-    foreach (kv IN LISTS _vashista_${kind}_defaults)
+    foreach (kv IN LISTS defaults)
         string(REGEX MATCH "^([^=]+)=(.*)$" _ "${kv}")
         set(v_${CMAKE_MATCH_1} "${CMAKE_MATCH_2}")
         list(APPEND keys ${CMAKE_MATCH_1})

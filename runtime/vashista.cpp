@@ -56,6 +56,16 @@ const char *dtype_name(vashista_dtype t) {
     return "?";
 }
 
+// The integer a C caller stored in an enum field: reading an out-of-range value through
+// the C++ enum type is undefined, so validation reads the bits.
+template <typename E>
+int raw(const E &e) {
+    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+    int v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
+
 bool valid_dtype(int t) { return t >= VASHISTA_DTYPE_F32 && t <= VASHISTA_DTYPE_BF16; }
 int dtype_bytes(vashista_dtype t) { return t == VASHISTA_DTYPE_F32 ? 4 : 2; }
 
@@ -137,10 +147,10 @@ void validate_desc(const vashista_cache_desc *d) {
     positive(d->page_size, "desc->page_size");
     positive(d->num_pages, "desc->num_pages");
     positive(d->max_pages, "desc->max_pages");
-    if (!valid_dtype(d->kv_dtype)) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", int(d->kv_dtype), " is not a vashista_dtype");
-    if (!valid_dtype(d->summary_dtype)) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = ", int(d->summary_dtype), " is not a vashista_dtype");
-    if (d->layout != VASHISTA_LAYOUT_HND && d->layout != VASHISTA_LAYOUT_NHD)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", int(d->layout), " is not HND (0) or NHD (1)");
+    if (!valid_dtype(raw(d->kv_dtype))) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", raw(d->kv_dtype), " is not a vashista_dtype");
+    if (!valid_dtype(raw(d->summary_dtype))) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = ", raw(d->summary_dtype), " is not a vashista_dtype");
+    if (raw(d->layout) != VASHISTA_LAYOUT_HND && raw(d->layout) != VASHISTA_LAYOUT_NHD)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", raw(d->layout), " is not HND (0) or NHD (1)");
 }
 
 const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
@@ -289,14 +299,16 @@ void validate_config(const vashista_decode_config *cfg) {
     require_pointer(cfg, "config");
     if (cfg->top_pages < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = ", cfg->top_pages, " must be >= 1");
     if (cfg->top_tokens < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = ", cfg->top_tokens, " must be >= 1");
-    if (cfg->solver < VASHISTA_SOLVER_SOFTMAX || cfg->solver > VASHISTA_SOLVER_SPARSEMAX)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = ", int(cfg->solver), " is not a vashista_solver");
-    if (cfg->routing != VASHISTA_ROUTING_MEAN && cfg->routing != VASHISTA_ROUTING_BOUND)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", int(cfg->routing), " is not mean (0) or bound (1)");
-    if (cfg->group_routing != VASHISTA_GROUP_PER_HEAD && cfg->group_routing != VASHISTA_GROUP_SHARED)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = ", int(cfg->group_routing), " is not per_head (0) or shared (1)");
-    if (cfg->policy < VASHISTA_POLICY_NONE || cfg->policy > VASHISTA_POLICY_WIDEN)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = ", int(cfg->policy), " is not none (0), dense (1) or widen (2)");
+    const int solver = raw(cfg->solver), routing = raw(cfg->routing), group = raw(cfg->group_routing),
+              policy = raw(cfg->policy);
+    if (solver < VASHISTA_SOLVER_SOFTMAX || solver > VASHISTA_SOLVER_SPARSEMAX)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = ", solver, " is not a vashista_solver");
+    if (routing != VASHISTA_ROUTING_MEAN && routing != VASHISTA_ROUTING_BOUND)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", routing, " is not mean (0) or bound (1)");
+    if (group != VASHISTA_GROUP_PER_HEAD && group != VASHISTA_GROUP_SHARED)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = ", group, " is not per_head (0) or shared (1)");
+    if (policy < VASHISTA_POLICY_NONE || policy > VASHISTA_POLICY_WIDEN)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = ", policy, " is not none (0), dense (1) or widen (2)");
     if (!(cfg->tolerance >= 0) || !std::isfinite(cfg->tolerance))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance = ", cfg->tolerance, " must be finite and >= 0");
     if (!(cfg->scale >= 0) || !std::isfinite(cfg->scale))

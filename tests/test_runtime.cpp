@@ -73,6 +73,14 @@ struct Fixture {
     }
 };
 
+// Stores an integer into a C enum field the way a C caller can, without C++'s
+// undefined behaviour for out-of-range enum values.
+template <typename E>
+void store_raw(E &field, int value) {
+    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+    std::memcpy(&field, &value, sizeof value);
+}
+
 const char *to_string_layout(KvLayout l) { return l == KvLayout::HND ? "HND" : "NHD"; }
 
 vashista_decode_config default_config() {
@@ -235,10 +243,10 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
         auto with = [&](auto change) { vashista_decode_config c = ok; change(c); return c; };
         expect(decode(with([](auto &c) { c.top_pages = 0; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = 0");
         expect(decode(with([](auto &c) { c.top_tokens = -3; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = -3");
-        expect(decode(with([](auto &c) { c.solver = vashista_solver(9); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = 9");
-        expect(decode(with([](auto &c) { c.routing = vashista_routing(5); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = 5");
-        expect(decode(with([](auto &c) { c.group_routing = vashista_group_routing(3); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = 3");
-        expect(decode(with([](auto &c) { c.policy = vashista_policy(7); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = 7");
+        expect(decode(with([](auto &c) { store_raw(c.solver, 9); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = 9");
+        expect(decode(with([](auto &c) { store_raw(c.routing, 5); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = 5");
+        expect(decode(with([](auto &c) { store_raw(c.group_routing, 3); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = 3");
+        expect(decode(with([](auto &c) { store_raw(c.policy, 7); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = 7");
         expect(decode(with([](auto &c) { c.tolerance = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
         expect(decode(with([](auto &c) { c.tolerance = NAN; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
         expect(decode(with([](auto &c) { c.scale = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale");
@@ -310,9 +318,9 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     expect(with([](auto &d) { d.page_table = nullptr; }), VASHISTA_ERROR_NULL_POINTER, "desc->page_table is NULL");
     expect(with([](auto &d) { d.batch = 0; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->batch = 0");
     expect(with([](auto &d) { d.num_pages = -4; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->num_pages = -4");
-    expect(with([](auto &d) { d.kv_dtype = vashista_dtype(8); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = 8");
-    expect(with([](auto &d) { d.summary_dtype = vashista_dtype(-1); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = -1");
-    expect(with([](auto &d) { d.layout = vashista_layout(2); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = 2");
+    expect(with([](auto &d) { store_raw(d.kv_dtype, 8); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = 8");
+    expect(with([](auto &d) { store_raw(d.summary_dtype, -1); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = -1");
+    expect(with([](auto &d) { store_raw(d.layout, 2); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = 2");
     expect(with([](auto &d) { d.head_dim = 64; }), VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=64");
     char list[4096];
     REQUIRE(vashista_list_variants(list, sizeof(list)) > 0);
