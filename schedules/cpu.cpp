@@ -68,6 +68,7 @@ const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
             {"route_split", {0, 1}, &DecodeCpuSchedule::route_split},
             {"route_block", {64, 256, 1024}, &DecodeCpuSchedule::route_block},
             {"count_unroll", {1, 2, 4}, &DecodeCpuSchedule::count_unroll},
+            {"head_tasks", {0, 1}, &DecodeCpuSchedule::head_tasks},
         },
         [](const DecodeCpuSchedule &s, const DecodeConfig &cfg) -> std::string {
             if (!s.route_split && s.route_block != 64) return "route_block only applies with route_split = 1";
@@ -135,11 +136,16 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
     Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c;
     const int vw = s.vector_width;
 
-    // One task per (KV head, sequence) computes all of its query heads' steps.
+    // One task per (KV head, sequence) computes all of its query heads' steps, or
+    // (head_tasks) one task per query head, when few KV heads would leave cores idle.
     Func rec = st.record;
     Var x = rec.args()[0];
     Var hb("hb");
-    rec.compute_root().fuse(h, b, hb);
+    if (s.head_tasks) {
+        rec.compute_root().fuse(g, h, hb).fuse(hb, b, hb);
+    } else {
+        rec.compute_root().fuse(h, b, hb);
+    }
     if (s.parallel) rec.parallel(hb);
     auto at_head = [&](Func f) { f.compute_at(rec, hb); };
 

@@ -41,6 +41,7 @@ struct DecodeCpuSchedule {
     int route_split = 0;    // 1: page scores in their own parallel loop over page blocks
     int route_block = 64;   // pages per task when route_split (64 when not split)
     int count_unroll = 1;   // unroll of the top-k counting passes
+    int head_tasks = 0;     // 0: one task per KV head (a group together); 1: per query head
     static const Space<DecodeCpuSchedule, DecodeConfig> &space();
 };
 
