@@ -72,16 +72,22 @@ ShapeEstimate estimate(const Workload &w) {
                          (w.tokens + w.page_size - 1) / w.page_size, w.layout == "NHD" ? KvLayout::NHD : KvLayout::HND};
 }
 
-void set_estimates(DecodeJit &jit, const Workload &w) {
-    const ShapeEstimate e = estimate(w);
+// The inputs decode and dense share.
+template <typename Jit>
+void set_common_estimates(Jit &jit, const ShapeEstimate &e) {
     jit.q.set_estimates(q_region(e));
     jit.k_cache.set_estimates(kv_cache_region(e));
     jit.v_cache.set_estimates(kv_cache_region(e));
     jit.page_table.set_estimates(page_table_region(e));
     jit.seq_lens.set_estimates({{0, e.batch}});
+    jit.scale.set_estimate(0.088f);
+}
+
+void set_estimates(DecodeJit &jit, const Workload &w) {
+    const ShapeEstimate e = estimate(w);
+    set_common_estimates(jit, e);
     jit.summary.set_estimates(summary_region(e));
     jit.value_norm.set_estimates(value_norm_region(e));
-    jit.scale.set_estimate(0.088f);
     auto &st = jit.stages;
     st.result_out.set_estimates(q_region(e));
     st.result_lse.set_estimates(per_head_region(e, 0));
@@ -92,12 +98,7 @@ void set_estimates(DecodeJit &jit, const Workload &w) {
 
 void set_estimates(DenseJit &jit, const Workload &w) {
     const ShapeEstimate e = estimate(w);
-    jit.q.set_estimates(q_region(e));
-    jit.k_cache.set_estimates(kv_cache_region(e));
-    jit.v_cache.set_estimates(kv_cache_region(e));
-    jit.page_table.set_estimates(page_table_region(e));
-    jit.seq_lens.set_estimates({{0, e.batch}});
-    jit.scale.set_estimate(0.088f);
+    set_common_estimates(jit, e);
     jit.stages.out.set_estimates(q_region(e));
     jit.stages.lse.set_estimates(per_head_region(e, 0));
 }

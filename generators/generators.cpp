@@ -21,6 +21,19 @@ Schedule load_schedule(const std::string &path, const Schedule &fallback) {
     return schedule_from_json<Schedule>(nlohmann::json::parse(in));
 }
 
+// Estimates of the inputs decode and dense share (the demo shape at T = 32K).
+template <typename Gen>
+void set_common_estimates(Gen &gen, const ShapeEstimate &e) {
+    gen.q.set_estimates(q_region(e));
+    gen.k_cache.set_estimates(kv_cache_region(e));
+    gen.v_cache.set_estimates(kv_cache_region(e));
+    gen.page_table.set_estimates(page_table_region(e));
+    gen.seq_lens.set_estimates({{0, e.batch}});
+    gen.scale.set_estimate(0.088f);
+    gen.out.set_estimates(q_region(e));
+    gen.lse.set_estimates(per_head_region(e, 0));
+}
+
 KvLayout parse_layout(const std::string &s) {
     if (s == "HND") return KvLayout::HND;
     if (s == "NHD") return KvLayout::NHD;
@@ -107,16 +120,9 @@ public:
     // The demo shape at T = 32K: B = 1, H_kv = 8, 2048 pages.
     void set_estimates(const DecodeConfig &cfg) {
         ShapeEstimate e{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout};
-        q.set_estimates(q_region(e));
-        k_cache.set_estimates(kv_cache_region(e));
-        v_cache.set_estimates(kv_cache_region(e));
-        page_table.set_estimates(page_table_region(e));
-        seq_lens.set_estimates({{0, e.batch}});
+        set_common_estimates(*this, e);
         summary.set_estimates(summary_region(e));
         value_norm.set_estimates(value_norm_region(e));
-        scale.set_estimate(0.088f);
-        out.set_estimates(q_region(e));
-        lse.set_estimates(per_head_region(e, 0));
         diag.set_estimates(per_head_region(e, kDiagFields));
         candidates.set_estimates(per_head_region(e, cfg.top_tokens));
         pages.set_estimates(per_head_region(e, cfg.top_pages));
@@ -160,15 +166,7 @@ public:
         DenseStages st = define_dense(cfg, in);
         out = st.out;
         lse = st.lse;
-        ShapeEstimate e{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout};
-        q.set_estimates(q_region(e));
-        k_cache.set_estimates(kv_cache_region(e));
-        v_cache.set_estimates(kv_cache_region(e));
-        page_table.set_estimates(page_table_region(e));
-        seq_lens.set_estimates({{0, e.batch}});
-        scale.set_estimate(0.088f);
-        out.set_estimates(q_region(e));
-        lse.set_estimates(per_head_region(e, 0));
+        set_common_estimates(*this, ShapeEstimate{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout});
         if (!using_autoscheduler()) apply_cpu(s, cfg, st);
     }
 };
