@@ -5,7 +5,9 @@
 # Compiles each variant ahead of time from the generators and writes a dispatch table,
 # giving a static library <name> that the runtime (vashista_runtime_core) dispatches
 # into by shape. A spec is "key=value:key=value", GeneratorParams of that generator;
-# keys left out take the defaults below. `schedule_file=<json>` selects a tuned schedule.
+# keys left out take the defaults below. `schedule_file=<json>` selects a tuned schedule;
+# the variant is rebuilt when the path changes, not when the file's content does
+# (vashista_tuned_spec names its files by their content for that reason).
 include_guard(GLOBAL)
 
 # Generator parameters and their defaults, per generator (inside the function, so a
@@ -98,19 +100,12 @@ function(vashista_add_kernel_library NAME)
                 continue()
             endif ()
             list(APPEND seen ${fn})
-            set(deps "")
-            if (NOT s_schedule_file STREQUAL "" AND NOT kind STREQUAL "summarize")
-                set(deps ${s_schedule_file})
-            endif ()
             add_halide_library(${fn} FROM vashista_generators
                 GENERATOR vashista_${kind}
                 FUNCTION_NAME ${fn}
                 USE_RUNTIME ${rt}
                 TARGETS ${ARG_TARGET}
                 PARAMS ${s_params})
-            if (deps)
-                set_property(SOURCE ${CMAKE_CURRENT_BINARY_DIR}/${fn}.a APPEND PROPERTY OBJECT_DEPENDS ${deps})
-            endif ()
             list(APPEND libs ${fn})
             string(APPEND includes "#include \"${fn}.h\"\n")
             _vashista_enum(kv dtype ${s_kv_type})

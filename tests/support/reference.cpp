@@ -60,21 +60,6 @@ size_t Cache::offset(int page, int slot, int head, int d) const {
     return ((size_t(page) * page_size + slot) * kv_heads + head) * head_dim + d;
 }
 
-static std::vector<uint8_t> pack(const std::vector<float> &x, DType t) {
-    std::vector<uint8_t> out(x.size() * dtype_bytes(t));
-    if (t == DType::F32) {
-        std::memcpy(out.data(), x.data(), out.size());
-    } else {
-        for (size_t i = 0; i < x.size(); ++i) {
-            uint16_t bits = to_bits16(t, x[i]);
-            std::memcpy(&out[2 * i], &bits, 2);
-        }
-    }
-    return out;
-}
-std::vector<uint8_t> Cache::k_bytes() const { return pack(k, dtype); }
-std::vector<uint8_t> Cache::v_bytes() const { return pack(v, dtype); }
-
 double default_scale(int head_dim) { return 1.0 / std::sqrt(double(head_dim)); }
 
 Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype) {

@@ -27,9 +27,6 @@ struct Cache {
     Cache() = default;
     Cache(int num_pages, int kv_heads, int page_size, int head_dim, KvLayout layout, DType dtype);
     size_t offset(int page, int slot, int head, int d) const;
-    // Packed bytes in `dtype`, in the cache's layout, as kernels read them.
-    std::vector<uint8_t> k_bytes() const;
-    std::vector<uint8_t> v_bytes() const;
 };
 
 // Sequences: int32 page table [batch][max_pages] and seq_lens [batch].
