@@ -30,11 +30,10 @@ DecodeConfig decode_config(const Workload &w) {
     c.group_size = w.group_size;
     c.kv_type = parse_type(w.kv_type);
     c.summary_type = parse_type(w.summary_type);
-    c.layout = w.layout == "NHD" ? KvLayout::NHD : KvLayout::HND;
-    for (Solver s : {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax})
-        if (w.solver == to_string(s)) c.solver = s;
-    c.routing = w.routing == "mean" ? RoutingMode::Mean : RoutingMode::Bound;
-    c.group_routing = w.group_routing == "shared" ? GroupRouting::Shared : GroupRouting::PerHead;
+    c.layout = parse_layout(w.layout);
+    c.solver = parse_solver(w.solver);
+    c.routing = parse_routing(w.routing);
+    c.group_routing = parse_group_routing(w.group_routing);
     return c;
 }
 
@@ -44,7 +43,7 @@ DenseConfig dense_config(const Workload &w) {
     c.page_size = w.page_size;
     c.group_size = w.group_size;
     c.kv_type = parse_type(w.kv_type);
-    c.layout = w.layout == "NHD" ? KvLayout::NHD : KvLayout::HND;
+    c.layout = parse_layout(w.layout);
     return c;
 }
 
@@ -69,23 +68,12 @@ SearchSpace adapt(const Shape &shape) {
 // Estimates of the workload's real shapes, for the autoschedulers.
 ShapeEstimate estimate(const Workload &w) {
     return ShapeEstimate{w.head_dim, w.page_size, w.group_size, w.kv_heads, w.batch,
-                         (w.tokens + w.page_size - 1) / w.page_size, w.layout == "NHD" ? KvLayout::NHD : KvLayout::HND};
-}
-
-// The inputs decode and dense share.
-template <typename Jit>
-void set_common_estimates(Jit &jit, const ShapeEstimate &e) {
-    jit.q.set_estimates(q_region(e));
-    jit.k_cache.set_estimates(kv_cache_region(e));
-    jit.v_cache.set_estimates(kv_cache_region(e));
-    jit.page_table.set_estimates(page_table_region(e));
-    jit.seq_lens.set_estimates({{0, e.batch}});
-    jit.scale.set_estimate(0.088f);
+                         (w.tokens + w.page_size - 1) / w.page_size, parse_layout(w.layout)};
 }
 
 void set_estimates(DecodeJit &jit, const Workload &w) {
     const ShapeEstimate e = estimate(w);
-    set_common_estimates(jit, e);
+    set_shared_input_estimates(jit, e);
     jit.summary.set_estimates(summary_region(e));
     jit.value_norm.set_estimates(value_norm_region(e));
     auto &st = jit.stages;
@@ -98,7 +86,7 @@ void set_estimates(DecodeJit &jit, const Workload &w) {
 
 void set_estimates(DenseJit &jit, const Workload &w) {
     const ShapeEstimate e = estimate(w);
-    set_common_estimates(jit, e);
+    set_shared_input_estimates(jit, e);
     jit.stages.out.set_estimates(q_region(e));
     jit.stages.lse.set_estimates(per_head_region(e, 0));
 }

@@ -43,8 +43,9 @@ Runner::Runner(const Workload &w, MeasureOptions options) : workload_(w), option
     ref::SparseOptions opt;
     opt.top_pages = w.top_pages;
     opt.top_tokens = w.top_tokens;
-    opt.routing = w.routing == "mean" ? RoutingMode::Mean : RoutingMode::Bound;
-    opt.group_routing = w.group_routing == "shared" ? GroupRouting::Shared : GroupRouting::PerHead;
+    opt.solver = parse_solver(w.solver);
+    opt.routing = parse_routing(w.routing);
+    opt.group_routing = parse_group_routing(w.group_routing);
     for (int b = 0; b < w.batch; ++b)
         for (int h = 0; h < w.kv_heads; ++h)
             for (int g = 0; g < w.group_size; ++g) {

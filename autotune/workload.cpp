@@ -48,6 +48,12 @@ Workload Workload::from_json(const json &j) {
     get("tokens", w.tokens);
     if (w.generator != "decode" && w.generator != "dense")
         throw std::invalid_argument("workload generator '" + w.generator + "' is not decode or dense");
+    parse_layout(w.layout);
+    parse_solver(w.solver);
+    parse_routing(w.routing);
+    parse_group_routing(w.group_routing);
+    parse_dtype(w.kv_type);
+    parse_dtype(w.summary_type);
     return w;
 }
 
@@ -67,7 +73,7 @@ ref::ProblemSpec Workload::problem_spec() const {
     s.seq_lens.assign(batch, tokens);
     s.extra_pages = 0;
     s.spare_pages = 0;
-    s.layout = layout == "NHD" ? KvLayout::NHD : KvLayout::HND;
+    s.layout = parse_layout(layout);
     s.dtype = parse_dtype(kv_type);
     s.kind = ref::DataKind::Planted;
     s.needle_score = 40.0;

@@ -497,19 +497,6 @@ Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {
     return r;
 }
 
-const char *to_string(KvLayout v) { return v == KvLayout::HND ? "HND" : "NHD"; }
-const char *to_string(Solver v) {
-    switch (v) {
-    case Solver::Softmax: return "softmax";
-    case Solver::EG: return "eg";
-    case Solver::FW: return "fw";
-    case Solver::Sparsemax: return "sparsemax";
-    }
-    return "?";
-}
-const char *to_string(RoutingMode v) { return v == RoutingMode::Mean ? "mean" : "bound"; }
-const char *to_string(GroupRouting v) { return v == GroupRouting::PerHead ? "per_head" : "shared"; }
-
 Type parse_type(const std::string &name) {
     if (name == "float32") return Halide::Float(32);
     if (name == "float16") return Halide::Float(16);

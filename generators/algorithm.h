@@ -169,6 +169,18 @@ Halide::Region summary_region(const ShapeEstimate &e);
 Halide::Region value_norm_region(const ShapeEstimate &e);
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent);  // lse (0), diag, candidates, pages
 
+// Estimates of the inputs decode and dense share, on anything that holds them under
+// these names: a Generator's Inputs or the JIT path's ImageParams.
+template <typename Inputs>
+void set_shared_input_estimates(Inputs &in, const ShapeEstimate &e) {
+    in.q.set_estimates(q_region(e));
+    in.k_cache.set_estimates(kv_cache_region(e));
+    in.v_cache.set_estimates(kv_cache_region(e));
+    in.page_table.set_estimates(page_table_region(e));
+    in.seq_lens.set_estimates({{0, e.batch}});
+    in.scale.set_estimate(0.088f);
+}
+
 // Maps a float to a uint32 that orders like it; -0 and +0 map alike. Never 0 for
 // a finite input, so 0 can mark "no element".
 Expr order_key(Expr score);
@@ -181,11 +193,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in);
 DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in);
 SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in);
 
-// Names used by GeneratorParams, the runtime and the tuner.
-const char *to_string(KvLayout v);
-const char *to_string(Solver v);
-const char *to_string(RoutingMode v);
-const char *to_string(GroupRouting v);
+// Names of Halide types used by GeneratorParams and the tuner.
 Type parse_type(const std::string &name);  // "float32", "float16", "bfloat16"
 std::string type_name(const Type &t);
 

@@ -33,29 +33,12 @@ Schedule load_schedule(const std::string &path, const Schedule &fallback) {
     return schedule_from_json<Schedule>(nlohmann::json::parse(in));
 }
 
-// Estimates of the inputs decode and dense share (the demo shape at T = 32K).
+// Estimates of what decode and dense share (the demo shape at T = 32K).
 template <typename Gen>
 void set_common_estimates(Gen &gen, const ShapeEstimate &e) {
-    gen.q.set_estimates(q_region(e));
-    gen.k_cache.set_estimates(kv_cache_region(e));
-    gen.v_cache.set_estimates(kv_cache_region(e));
-    gen.page_table.set_estimates(page_table_region(e));
-    gen.seq_lens.set_estimates({{0, e.batch}});
-    gen.scale.set_estimate(0.088f);
+    set_shared_input_estimates(gen, e);
     gen.out.set_estimates(q_region(e));
     gen.lse.set_estimates(per_head_region(e, 0));
-}
-
-KvLayout parse_layout(const std::string &s) {
-    if (s == "HND") return KvLayout::HND;
-    if (s == "NHD") return KvLayout::NHD;
-    throw std::invalid_argument("layout '" + s + "' is not HND or NHD");
-}
-
-Solver parse_solver(const std::string &s) {
-    for (Solver v : {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax})
-        if (s == to_string(v)) return v;
-    throw std::invalid_argument("solver '" + s + "' is not softmax, eg, fw or sparsemax");
 }
 
 class DecodeGenerator : public Generator<DecodeGenerator> {
@@ -107,8 +90,8 @@ public:
         c.summary_type = parse_type(summary_type);
         c.layout = parse_layout(layout);
         c.solver = parse_solver(solver);
-        c.routing = std::string(routing) == "mean" ? RoutingMode::Mean : RoutingMode::Bound;
-        c.group_routing = std::string(group_routing) == "shared" ? GroupRouting::Shared : GroupRouting::PerHead;
+        c.routing = parse_routing(routing);
+        c.group_routing = parse_group_routing(group_routing);
         c.solver_steps = solver_steps;
         c.solver_eta = solver_eta;
         c.solver_tau = solver_tau;

@@ -37,8 +37,9 @@ void check(const Schedule &s, const Shape &shape) {
     if (!err.empty()) throw std::invalid_argument("invalid schedule: " + err);
 }
 
-// Splits a sum reduction into `lanes` vector lanes (rfactor) computed inside `f`'s
-// loop over `at`, unrolls `unroll` vectors of it, then sums the lanes.
+// Splits an associative reduction (sum, max, or a tuple of them) into `lanes` vector
+// lanes (rfactor) computed inside `f`'s loop over `at`, unrolls `unroll` vectors of it,
+// then reduces the lanes.
 void vectorize_sum(Func f, int lanes, int unroll, Var at) {
     RVar r = f.rvars(0)[0];
     RVar ro("ro"), ri("ri"), rou("rou");
@@ -51,6 +52,25 @@ void vectorize_sum(Func f, int lanes, int unroll, Var at) {
     } else {
         lanes_f.update(0).vectorize(u);
     }
+}
+
+// A dot product over D per (token, query head): D split into `lanes` vector lanes
+// (rfactor) accumulated per token, stored lanes innermost so each FMA writes one
+// contiguous vector; with `group_inner` every head of the group uses each key load;
+// one horizontal add per score.
+void vectorize_dot(Func f, Var token, Var g, int lanes, bool group_inner) {
+    RVar rd = f.rvars(0)[0];
+    RVar ro("rdo"), ri("rdi");
+    Var u("u");
+    f.update().reorder(g, token);
+    Func lanes_f = f.update().split(rd, ro, ri, lanes).rfactor(ri, u);
+    lanes_f.compute_at(f, token).reorder_storage(u, g).vectorize(u);
+    if (group_inner) {
+        lanes_f.update().reorder(u, g, ro).vectorize(u).unroll(g);
+    } else {
+        lanes_f.update().vectorize(u);
+    }
+    f.update().atomic().vectorize(ri);
 }
 
 }  // namespace
@@ -205,20 +225,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
     // Token scores: D split into vector lanes; with shared routing every head of the
     // group uses each key load.
     at_head(st.token_score);
-    {
-        RVar rd = st.token_score.rvars(0)[0];
-        RVar ro("rdo"), ri("rdi");
-        Var u("u");
-        st.token_score.update().reorder(g, i);
-        Func lanes = st.token_score.update().split(rd, ro, ri, s.dot_lanes).rfactor(ri, u);
-        lanes.compute_at(st.token_score, i).reorder_storage(u, g).vectorize(u);
-        if (s.group_inner) {
-            lanes.update().reorder(u, g, ro).vectorize(u).unroll(g);
-        } else {
-            lanes.update().vectorize(u);
-        }
-        st.token_score.update().atomic().vectorize(ri);
-    }
+    vectorize_dot(st.token_score, i, g, s.dot_lanes, s.group_inner);
     schedule_top_k(st.select, st.token_key);
 
     for (Func f : {st.cand_score, st.weight, st.alpha}) {
@@ -245,12 +252,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
     at_head(st.out_norm);
     for (Func f : {st.inside_stats, st.outside_stats}) {
         at_head(f);
-        RVar r = f.rvars(0)[0];
-        RVar ro("ro"), ri("ri");
-        Var u("u");
-        Func lanes = f.update().split(r, ro, ri, vw, TailStrategy::GuardWithIf).rfactor(ri, u);
-        lanes.compute_at(f, g).vectorize(u);
-        lanes.update().vectorize(u);
+        vectorize_sum(f, vw, 1, g);
     }
     (void)x;
     for (Func f : st.outputs()) f.compute_root();
@@ -284,29 +286,10 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
     st.weight.compute_at(state, task).vectorize(t, vw);
     for (Func f : {st.chunk_max, st.chunk_sum}) {
         f.compute_at(state, task);
-        RVar r = f.rvars(0)[0];
-        RVar ro("ro"), ri("ri");
-        Var u("u");
-        Func lanes = f.update().split(r, ro, ri, vw).rfactor(ri, u);
-        lanes.compute_at(f, g).vectorize(u);
-        lanes.update().vectorize(u);
+        vectorize_sum(f, vw, 1, g);
     }
     st.score.compute_at(state, task);
-    {
-        RVar rd = st.score.rvars(0)[0];
-        RVar ro("rdo"), ri("rdi");
-        Var u("u");
-        st.score.update().reorder(g, t);
-        Func lanes = st.score.update().split(rd, ro, ri, s.dot_lanes).rfactor(ri, u);
-        // lanes innermost in storage: each FMA writes one contiguous vector
-        lanes.compute_at(st.score, t).reorder_storage(u, g).vectorize(u);
-        if (s.group_inner) {
-            lanes.update().reorder(u, g, ro).vectorize(u).unroll(g);
-        } else {
-            lanes.update().vectorize(u);
-        }
-        st.score.update().atomic().vectorize(ri);  // one horizontal add per score
-    }
+    vectorize_dot(st.score, t, g, s.dot_lanes, s.group_inner);
     // The merge over chunks is small; one pass per head.
     Var hb("hb");
     st.out.compute_root().fuse(h, b, hb).vectorize(d, vw);

@@ -81,8 +81,6 @@ void store_raw(E &field, int value) {
     std::memcpy(&field, &value, sizeof value);
 }
 
-const char *to_string_layout(KvLayout l) { return l == KvLayout::HND ? "HND" : "NHD"; }
-
 vashista_decode_config default_config() {
     vashista_decode_config c;
     vashista_decode_config_default(&c);
@@ -138,7 +136,7 @@ TEST_CASE("dense through the library matches the reference", "[runtime]") {
 
 TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtime]") {
   for (KvLayout layout : {KvLayout::HND, KvLayout::NHD}) {
-    INFO("layout " << to_string_layout(layout));
+    INFO("layout " << to_string(layout));
     Fixture f(4, {3000, 500}, ref::DataKind::Gaussian, layout);  // no structure: wide bounds
     const int QH = H * 4, n = 2 * QH;
     std::vector<float> dense(size_t(n) * D), out(size_t(n) * D);
