@@ -76,6 +76,7 @@ void set_estimates(DecodeJit &jit, const Workload &w) {
     set_shared_input_estimates(jit, e);
     jit.summary.set_estimates(summary_region(e));
     jit.value_norm.set_estimates(value_norm_region(e));
+    jit.key_absmax.set_estimates(value_norm_region(e));
     auto &st = jit.stages;
     st.result_out.set_estimates(q_region(e));
     st.result_lse.set_estimates(per_head_region(e, 0));
@@ -117,7 +118,7 @@ void compile_object(const BuildRequest &r, const std::string &object) {
             apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
         }
         jit.pipeline.compile_to_object(object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens,
-                                                jit.summary, jit.value_norm, jit.scale},
+                                                jit.summary, jit.value_norm, jit.key_absmax, jit.scale},
                                        r.name, target);
     } else {
         DenseConfig cfg = dense_config(w);

@@ -15,8 +15,9 @@ DecodeJit::DecodeJit(const DecodeConfig &c)
       page_table(Int(32), 2, "page_table"),
       seq_lens(Int(32), 1, "seq_lens"),
       summary(c.summary_type, 6, "summary"),
-      value_norm(Float(32), 3, "value_norm") {
-    DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm,
+      value_norm(Float(32), 3, "value_norm"),
+      key_absmax(Float(32), 3, "key_absmax") {
+    DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax,
                     scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
     stages = define_decode(cfg, in);
     pipeline = Halide::Pipeline(stages.outputs());
@@ -41,6 +42,7 @@ void run(DecodeJit &jit, DecodeBuffers &buf) {
     jit.seq_lens.set(buf.seq_lens);
     jit.summary.set(buf.summary);
     jit.value_norm.set(buf.value_norm);
+    jit.key_absmax.set(buf.key_absmax);
     jit.scale.set(buf.scale);
     jit.pipeline.realize(Halide::Realization({buf.out, buf.lse, buf.diag, buf.candidates, buf.pages}));
 }
@@ -80,7 +82,7 @@ SummaryJit::SummaryJit(const SummaryConfig &c)
     SummaryInputs in{k_cache, v_cache, page_table, seq_lens, touched,
                      page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
     stages = define_summary(cfg, in);
-    pipeline = Halide::Pipeline({stages.summary, stages.value_norm});
+    pipeline = Halide::Pipeline({stages.summary, stages.value_norm, stages.key_absmax});
 }
 
 void SummaryJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }

@@ -9,7 +9,7 @@ namespace vashista {
 
 struct DecodeJit {
     DecodeConfig cfg;
-    Halide::ImageParam q, k_cache, v_cache, page_table, seq_lens, summary, value_norm;
+    Halide::ImageParam q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
     Halide::Param<float> scale{"scale"};
     DecodeStages stages;
     Halide::Pipeline pipeline;
@@ -23,7 +23,7 @@ struct DecodeBuffers {
     Halide::Buffer<> k_cache, v_cache;              // 4-D per layout
     Halide::Buffer<int32_t> page_table, seq_lens;   // (j, b), (b)
     Halide::Buffer<> summary;                       // (lane, d, c, blk, h, b)
-    Halide::Buffer<float> value_norm;               // (j, h, b)
+    Halide::Buffer<float> value_norm, key_absmax;   // (j, h, b)
     float scale = 0;
     Halide::Buffer<float> out, lse, diag;           // (d,g,h,b), (g,h,b), (k,g,h,b)
     Halide::Buffer<int32_t> candidates, pages;      // (c,g,h,b), (i,g,h,b)

@@ -69,8 +69,12 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                     }
                 }
     buf.value_norm = Buffer<float>(sum.max_pages, sum.kv_heads, sum.batch);
-    for (size_t i = 0; i < sum.value_norm.size(); ++i)
-        buf.value_norm.data()[i] = float(sum.value_norm[i]) * (1.0f + 1.0f / (1 << 20));
+    buf.key_absmax = Buffer<float>(sum.max_pages, sum.kv_heads, sum.batch);
+    const float margin = float(fp::value_norm_margin(sum.head_dim));
+    for (size_t i = 0; i < sum.value_norm.size(); ++i) {
+        buf.value_norm.data()[i] = float(sum.value_norm[i]) * margin;
+        buf.key_absmax.data()[i] = sum.key_absmax[i];
+    }
     return buf;
 }
 

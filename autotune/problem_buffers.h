@@ -14,11 +14,11 @@ struct ProblemBuffers {
     Halide::Runtime::Buffer<void> k_cache, v_cache;         // 4-D per layout
     Halide::Runtime::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
     Halide::Runtime::Buffer<void> summary;                  // (lane, d, c, blk, h, b)
-    Halide::Runtime::Buffer<float> value_norm;              // (j, h, b)
+    Halide::Runtime::Buffer<float> value_norm, key_absmax;  // (j, h, b)
 };
 
-// Summaries come from the reference, rounded to `summary_dtype`; value norms are
-// inflated by 2^-20 as the summarize kernel does.
+// Summaries come from the reference, rounded outward to `summary_dtype` as the
+// summarize kernel rounds them; value norms are inflated as the kernel inflates them.
 ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype);
 
 }  // namespace vashista

@@ -87,7 +87,7 @@ static std::unique_ptr<Loaded> load_checked(Runner::State &s, const Workload &w,
     auto l = std::make_unique<Loaded>();
     l->out = Buffer<float>(D, G, H, B);
     l->lse = Buffer<float>(G, H, B);
-    l->diag = Buffer<float>(8, G, H, B);
+    l->diag = Buffer<float>(kDiagFields, G, H, B);
     l->cand = Buffer<int32_t>(w.top_tokens, G, H, B);
     l->pages = Buffer<int32_t>(w.top_pages, G, H, B);
     auto &bf = s.buffers;
@@ -97,7 +97,8 @@ static std::unique_ptr<Loaded> load_checked(Runner::State &s, const Workload &w,
         auto fn = reinterpret_cast<runtime::DecodeFn>(symbol);
         l->call = [=, &bf] {
             return fn(bf.q.raw_buffer(), bf.k_cache.raw_buffer(), bf.v_cache.raw_buffer(), bf.page_table.raw_buffer(),
-                      bf.seq_lens.raw_buffer(), bf.summary.raw_buffer(), bf.value_norm.raw_buffer(), st->scale,
+                      bf.seq_lens.raw_buffer(), bf.summary.raw_buffer(), bf.value_norm.raw_buffer(),
+                      bf.key_absmax.raw_buffer(), st->scale,
                       p->out.raw_buffer(), p->lse.raw_buffer(), p->diag.raw_buffer(), p->cand.raw_buffer(),
                       p->pages.raw_buffer());
         };

@@ -1,5 +1,5 @@
 # vashista_add_kernel_library(<name>
-#     [TARGET <halide target>]             default: host
+#     [TARGET <halide target>]             default: host-large_buffers (caches past 2 GiB)
 #     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...])
 #
 # Compiles each variant ahead of time from the generators and writes a dispatch table,
@@ -15,8 +15,8 @@ include_guard(GLOBAL)
 function(_vashista_defaults out kind)
     if (kind STREQUAL "decode")
         set(d head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4 kv_type=bfloat16 summary_type=
-              layout=HND solver=softmax routing=bound group_routing=per_head solver_steps=6 solver_eta=0.2
-              solver_tau=1.0 schedule_file=)
+              layout=HND solver=softmax routing=bound group_routing=per_head sink_pages=0 local_pages=0
+              solver_steps=6 solver_eta=0.2 solver_tau=1.0 schedule_file=)
     elseif (kind STREQUAL "dense")
         set(d head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
     else ()
@@ -79,7 +79,7 @@ endfunction()
 function(vashista_add_kernel_library NAME)
     cmake_parse_arguments(ARG "" "TARGET" "DECODE;DENSE;SUMMARIZE" ${ARGN})
     if (NOT ARG_TARGET)
-        set(ARG_TARGET host)
+        set(ARG_TARGET host-large_buffers)
     endif ()
     set(rt ${NAME}_halide_runtime)
     add_halide_runtime(${rt} TARGETS ${ARG_TARGET})
@@ -116,7 +116,7 @@ function(vashista_add_kernel_library NAME)
                 _vashista_enum(sol solver ${s_solver})
                 _vashista_enum(rout routing ${s_routing})
                 _vashista_enum(grp group ${s_group_routing})
-                string(APPEND decode_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, ${s_solver_steps}, ${s_solver_eta}f, ${s_solver_tau}f, ${fn}},\n")
+                string(APPEND decode_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${s_sink_pages}, ${s_local_pages}, ${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, ${s_solver_steps}, ${s_solver_eta}f, ${s_solver_tau}f, ${fn}},\n")
             elseif (kind STREQUAL "dense")
                 string(APPEND dense_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${s_group_size}, ${kv}, ${lay}, ${fn}},\n")
             else ()

@@ -13,11 +13,40 @@ using Halide::Tuple;
 
 namespace {
 
+using Halide::Float;
+
 Expr u32(uint64_t v) { return Halide::Internal::make_const(Halide::UInt(32), v); }
-Expr neg_inf() { return Expr(-std::numeric_limits<float>::infinity()); }
+Expr u16(uint64_t v) { return Halide::Internal::make_const(Halide::UInt(16), v); }
+Expr f64(double v) { return Expr(v); }
+Expr neg_inf(Type t = Float(32)) {
+    return t == Float(64) ? Expr(-std::numeric_limits<double>::infinity())
+                          : Expr(-std::numeric_limits<float>::infinity());
+}
 Expr as_f32(Expr e) { return cast<float>(e); }
+// IEEE semantics for the certificate's arithmetic: without it, code generation may
+// assume no NaN or infinity occurs, and the bound relies on both.
+Expr strict(Expr e) { return Halide::strict_float(e); }
+
+// The softmax temperature of the solver: N * eta for eg, else 1.
+float solver_temperature(const DecodeConfig &cfg) {
+    return cfg.solver == Solver::EG ? float(cfg.solver_steps) * cfg.solver_eta : 1.0f;
+}
 
 }  // namespace
+
+Expr round_outward(Expr x, Type t, bool up) {
+    if (t == Float(32)) return x;
+    Expr nearest = cast(t, x);
+    Expr bits = Halide::reinterpret(Halide::UInt(16), nearest);
+    Expr wrong_side = up ? as_f32(nearest) < x : as_f32(nearest) > x;
+    Expr negative = (bits & u16(0x8000)) != u16(0);
+    Expr zero = (bits & u16(0x7fff)) == u16(0);
+    // One step up: toward +inf; down: toward -inf. From either zero, the smallest
+    // subnormal of the needed sign.
+    Expr step = up ? select(zero, u16(0x0001), negative, bits - u16(1), bits + u16(1))
+                   : select(zero, u16(0x8001), negative, bits + u16(1), bits - u16(1));
+    return Halide::reinterpret(t, select(wrong_side, step, bits));
+}
 
 Expr order_key(Expr score) {
     // +0 for -0, so equal scores give equal keys.
@@ -124,8 +153,12 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         st.route_score(i, g, h, b) =
             Halide::max(st.route_score(i, g, h, b), scale * st.head_page_score(i, rg, h, b));
     }
+    // Sink and local pages take the largest key, so they are always routed (ties among
+    // them to the lower page); every other existing page its score's key.
+    Expr always_routed = i < cfg.sink_pages || i >= n_pages - cfg.local_pages;
     st.route_key = Func("route_key");
-    st.route_key(i, g, h, b) = select(i < n_pages, order_key(st.route_score(i, g, h, b)), u32(0));
+    st.route_key(i, g, h, b) =
+        select(i >= n_pages, u32(0), always_routed, u32(0xffffffffu), order_key(st.route_score(i, g, h, b)));
     st.route = top_k(st.route_key, in.max_pages, P, "route", i, g, h, b);
 
     Expr gr = per_head ? Expr(g) : Expr(0);
@@ -156,35 +189,56 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     Expr cand_slot = st.select.index(c, g, h, b);
     Expr cand_valid = cand_slot >= 0;
     Expr safe_slot = clamp(cand_slot, 0, P * S - 1);
-    st.cand_score = Func("cand_score");
-    st.cand_score(c, g, h, b) = select(cand_valid, score_at(safe_slot), neg_inf());
     st.cand_location = Func("cand_location");
     st.cand_location(c, g, h, b) = Tuple(physical_page(slot_page(safe_slot)), safe_slot % S);
     st.candidates = Func("candidates");
     st.candidates(c, g, h, b) = select(cand_valid, slot_page(safe_slot) * S + safe_slot % S, -1);
+    // The candidates are scored again in f64: products of f32 and stored key values are
+    // exact there, so the solver's weights carry no f32 dot-product error.
+    st.cand_dot = Func("cand_dot");
+    {
+        Expr page = st.cand_location(c, g, h, b)[0], offset = st.cand_location(c, g, h, b)[1];
+        st.cand_dot(c, g, h, b) = f64(0);
+        st.cand_dot(c, g, h, b) += cast<double>(in.q(rd, g, h, b)) *
+                                   cast<double>(as_f32(kv_element(in.k_cache, cfg.layout, rd, offset, h, page)));
+    }
+    st.cand_score = Func("cand_score");
+    st.cand_score(c, g, h, b) =
+        strict(select(cand_valid, cast<double>(scale) * st.cand_dot(c, g, h, b), neg_inf(Float(64))));
 
     // 3. Solver.
     RDom rc(0, KC, "rc");
     st.max_score = Func("max_score");
-    st.max_score(g, h, b) = neg_inf();
-    st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), st.cand_score(rc, g, h, b));
+    st.max_score(g, h, b) = neg_inf(Float(64));
+    st.max_score(g, h, b) = strict(Halide::max(st.max_score(g, h, b), st.cand_score(rc, g, h, b)));
     Expr m = st.max_score(g, h, b);
     Expr s_c = st.cand_score(c, g, h, b);
-    Expr valid_c = s_c > neg_inf();
+    Expr valid_c = s_c > neg_inf(Float(64));
 
-    // eg from uniform after N steps of size eta is softmax(N * eta * s).
-    const float beta = cfg.solver == Solver::EG ? cfg.solver_steps * cfg.solver_eta : 1.0f;
+    // eg from uniform after N steps of size eta is softmax(N * eta * s). The other
+    // solvers' weights (beta = 1) serve the LSE and the leakage diagnostic.
+    const bool softmax_family = cfg.solver == Solver::Softmax || cfg.solver == Solver::EG;
+    const float beta = solver_temperature(cfg);
+    const Expr beta64 = f64(beta);
     st.weight = Func("weight");
-    st.weight(c, g, h, b) = select(valid_c, Halide::exp(beta * (s_c - m)), 0.0f);
+    st.weight(c, g, h, b) = strict(select(valid_c, Halide::exp(beta64 * (s_c - m)), f64(0)));
     st.weight_sum = Func("weight_sum");
-    st.weight_sum(g, h, b) = 0.0f;
+    st.weight_sum(g, h, b) = f64(0);
     st.weight_sum(g, h, b) += st.weight(rc, g, h, b);
+
+    // fw and sparsemax iterate in f32 on the f64 scores rounded once.
+    Func cand_score32("cand_score32");
+    cand_score32(c, g, h, b) = cast<float>(s_c);
+    Expr s32_c = cand_score32(c, g, h, b);
+    Expr m32 = cast<float>(m);
 
     st.alpha = Func("alpha");
     Expr fw_gap = Expr(0.0f);
-    if (cfg.solver == Solver::Softmax || cfg.solver == Solver::EG) {
-        st.alpha(c, g, h, b) = st.weight(c, g, h, b) / st.weight_sum(g, h, b);
+    Expr sparsemax_theta;  // f32, sparsemax only
+    if (softmax_family) {
+        st.alpha(c, g, h, b) = cast<float>(st.weight(c, g, h, b) / st.weight_sum(g, h, b));
     } else if (cfg.solver == Solver::FW) {
+        st.solver_steps.push_back(cand_score32);
         // max <alpha, s> - tau/2 ||alpha||^2 over the simplex, from the argmax vertex.
         const float tau = cfg.solver_tau;
         auto first_argmax = [&](const Func &value, const std::string &name) {
@@ -196,13 +250,13 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
             st.solver_steps.push_back(arg);
             return arg;
         };
-        Func start = first_argmax(st.cand_score, "fw_start");
+        Func start = first_argmax(cand_score32, "fw_start");
         Func iterate("fw_alpha_0");
         iterate(c, g, h, b) = select(c == start(g, h, b)[0], 1.0f, 0.0f);
         st.solver_steps.push_back(iterate);
         auto gradient_of = [&](const Func &a, int t) {
             Func grad("fw_gradient_" + std::to_string(t));
-            grad(c, g, h, b) = select(valid_c, s_c - tau * a(c, g, h, b), neg_inf());
+            grad(c, g, h, b) = select(valid_c, s32_c - tau * a(c, g, h, b), neg_inf());
             st.solver_steps.push_back(grad);
             return grad;
         };
@@ -220,21 +274,21 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         Func vertex = first_argmax(grad, "fw_vertex_final");
         Func inner("fw_inner");  // <grad, alpha> over candidates
         inner(g, h, b) = 0.0f;
-        inner(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(),
+        inner(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
                                  grad(rc, g, h, b) * iterate(rc, g, h, b), 0.0f);
         st.solver_steps.push_back(inner);
         fw_gap = vertex(g, h, b)[1] - inner(g, h, b);
         st.alpha(c, g, h, b) = iterate(c, g, h, b);
     } else {
+        st.solver_steps.push_back(cand_score32);
         // sparsemax: alpha = max(z - theta, 0), z = s / tau, sum alpha = 1. theta is
         // bracketed by bisection on f(theta) = sum max(z - theta, 0) - 1, then solved
         // exactly on the support it brackets.
         const float tau = cfg.solver_tau;
-        Expr z_c = select(valid_c, s_c / tau, neg_inf());
         Func z("sparsemax_z");
-        z(c, g, h, b) = z_c;
+        z(c, g, h, b) = select(valid_c, s32_c / tau, neg_inf());
         Func bracket("sparsemax_bracket_0");
-        bracket(g, h, b) = Tuple(m / tau - 1.0f, m / tau);
+        bracket(g, h, b) = Tuple(m32 / tau - 1.0f, m32 / tau);
         st.solver_steps.push_back(z);
         st.solver_steps.push_back(bracket);
         for (int t = 1; t <= 30; ++t) {
@@ -260,10 +314,12 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         theta(g, h, b) = (support(g, h, b)[1] - 1.0f) / as_f32(support(g, h, b)[0]);
         st.solver_steps.push_back(support);
         st.solver_steps.push_back(theta);
+        sparsemax_theta = theta(g, h, b);
         st.alpha(c, g, h, b) = select(valid_c, Halide::max(z(c, g, h, b) - theta(g, h, b), 0.0f), 0.0f);
     }
 
-    // 4. Output and LSE of the candidate scores.
+    // 4. Output and LSE of the candidate scores (at the solver's temperature for
+    // softmax and eg: (1/beta) log sum exp(beta s), so partial results merge).
     st.out = Func("out");
     {
         Expr page = st.cand_location(rc, g, h, b)[0];
@@ -272,67 +328,153 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         st.out(d, g, h, b) += st.alpha(rc, g, h, b) * as_f32(kv_element(in.v_cache, cfg.layout, d, offset, h, page));
     }
     st.lse = Func("lse");
-    if (beta == 1.0f) {
-        st.lse(g, h, b) = m + Halide::log(st.weight_sum(g, h, b));
+    if (softmax_family) {
+        st.lse(g, h, b) = cast<float>(m + Halide::log(st.weight_sum(g, h, b)) / beta64);
     } else {
         Func unscaled("lse_sum");
-        unscaled(g, h, b) = 0.0f;
-        unscaled(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(),
-                                    Halide::exp(st.cand_score(rc, g, h, b) - m), 0.0f);
+        unscaled(g, h, b) = f64(0);
+        unscaled(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
+                                    Halide::exp(st.cand_score(rc, g, h, b) - m), f64(0));
         st.solver_steps.push_back(unscaled);
-        st.lse(g, h, b) = m + Halide::log(unscaled(g, h, b));
+        st.lse(g, h, b) = cast<float>(m + Halide::log(unscaled(g, h, b)));
     }
 
-    // Diagnostics. Mass outside the candidates, relative to Z_C, from the exact scores
-    // of selected pages' other tokens and n_p * exp(u_p - m) for unselected pages.
-    // Written as masked sums and maxima (no predicated RDom) so they vectorize.
+    // Diagnostics and the certificate. The argument, in exact arithmetic on the stored
+    // inputs (s_t = scale q.k_t, o = dense softmax at temperature beta, C the candidates):
+    //  - Every f32 score s^_t of a token of page p, and every f32 page bound u^_p, is
+    //    within e_p = scale ||q||_1 max|k_d| gamma_{D+1} of its exact value (a dot
+    //    product of D terms in any order, then the scale; |k_d| and the box's |lo|, |hi|
+    //    are at most key_absmax(p)). The f64 candidate scores are within e64 likewise.
+    //  - Leakage: each term exp(beta (s_t - m)) is at most exp(beta (s^_t + e_p - m32)
+    //    + margin), margin = 8 u beta (|s^_t| + e_p + |m32|) covering the f32 evaluation of
+    //    the argument and m32 = fl32(m); the f32 exp and sum of n terms add at most
+    //    (1 + eps_exp)(1 + gamma_{n+2}). Z_C >= Z^_C exp(-beta e64)(1 - gamma64 - eps64).
+    //    So L <= L^ and the dense mass outside C is delta <= L^ / (1 + L^).
+    //  - The kernel's output o^ differs from the exact softmax over C, o_C, by at most
+    //    R = (kappa + gamma_{K_c+1} (1 + kappa)) V_C: kappa bounds each weight's relative
+    //    error (f64 exp and sum of perturbed scores, the cast of alpha to f32), gamma the
+    //    f32 sum of alpha_i v_i, V_C the largest value norm of the selected pages.
+    //  - o_C - o = delta (o_C - o_out), so ||o^ - o|| <= R + delta (V_out + ||o^|| + R).
+    //  The bound is evaluated in f64 and rounded up to f32. Anything non-finite on the way
+    //  (scores or values past f32's range) makes the head uncertified (Overflow).
+    const double u = fp::kUnit32;
+    st.q_l1 = Func("q_l1");
+    st.q_l1(g, h, b) = 0.0f;
+    st.q_l1(g, h, b) += Halide::abs(in.q(rd, g, h, b));
+    Expr q_l1_up = st.q_l1(g, h, b) * float(1 + 2 * fp::gamma32(D));
+    Expr error_per_key = scale * q_l1_up * float(fp::score_error32(D));  // e_p / key_absmax(p)
+    // (Strict IEEE evaluation per term; the reductions' + and max stay plain so they
+    // can be split into vector lanes.)
+    auto upper_term = [&](Expr score, Expr error) {  // exp(beta (s - m)) >= exact, per token
+        Expr margin = float(8 * u) * beta * (Halide::abs(score) + error + Halide::abs(m32));
+        return strict(Halide::exp(beta * (score + error - m32) + margin));
+    };
+    auto upper_score = [&](Expr score, Expr error) {  // >= the exact score
+        return strict(score + error + float(4 * u) * (Halide::abs(score) + error));
+    };
     st.inside_stats = Func("inside_stats");
     {
         RDom rt(0, P * S, "rt");
-        Expr outside = slot_valid(rt) && !st.select.kept(rt, g, h, b);
+        Expr valid = slot_valid(rt);
+        Expr outside = valid && !st.select.kept(rt, g, h, b);
         Expr s = score_at(rt);
-        Expr vnorm = in.value_norm(clamp(slot_page(rt), 0, in.max_pages - 1), h, b);
-        st.inside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f);
+        Expr page = clamp(slot_page(rt), 0, in.max_pages - 1);
+        Expr vnorm = in.value_norm(page, h, b);
+        Expr error = error_per_key * in.key_absmax(page, h, b);
+        st.inside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.inside_stats(g, h, b) =
-            Tuple(st.inside_stats(g, h, b)[0] + select(outside, Halide::exp(beta * (s - m)), 0.0f),
+            Tuple(st.inside_stats(g, h, b)[0] + select(outside, upper_term(s, error), 0.0f),
                   Halide::max(st.inside_stats(g, h, b)[1], select(outside, s, neg_inf())),
-                  Halide::max(st.inside_stats(g, h, b)[2], select(outside, vnorm, 0.0f)));
+                  Halide::max(st.inside_stats(g, h, b)[2], select(outside, vnorm, 0.0f)),
+                  Halide::max(st.inside_stats(g, h, b)[3], select(valid, vnorm, 0.0f)),
+                  Halide::max(st.inside_stats(g, h, b)[4], select(outside, upper_score(s, error), neg_inf())));
     }
     st.outside_stats = Func("outside_stats");
     {
         RDom rp(0, in.max_pages, "rp");
-        Expr outside = rp < n_pages && !st.route.kept(rp, gr, h, b);
-        Expr u = scale * st.head_page_score(rp, g, h, b);
+        Expr exists = rp < n_pages;
+        Expr outside = exists && !st.route.kept(rp, gr, h, b);
+        Expr u_p = scale * st.head_page_score(rp, g, h, b);
         Expr tokens = as_f32(Halide::min(S, seq_len - rp * S));
-        st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f);
+        Expr kabs = in.key_absmax(rp, h, b);
+        Expr error = error_per_key * kabs;
+        st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.outside_stats(g, h, b) =
-            Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * Halide::exp(beta * (u - m)), 0.0f),
-                  Halide::max(st.outside_stats(g, h, b)[1], select(outside, u, neg_inf())),
-                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, in.value_norm(rp, h, b), 0.0f)));
+            Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * upper_term(u_p, error), 0.0f),
+                  Halide::max(st.outside_stats(g, h, b)[1], select(outside, u_p, neg_inf())),
+                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, in.value_norm(rp, h, b), 0.0f)),
+                  Halide::max(st.outside_stats(g, h, b)[3], select(exists, kabs, 0.0f)),
+                  Halide::max(st.outside_stats(g, h, b)[4], select(outside, upper_score(u_p, error), neg_inf())));
     }
     st.out_norm = Func("out_norm");
     {
         RDom ro(0, D, "ro");
-        st.out_norm(g, h, b) = 0.0f;
-        st.out_norm(g, h, b) += st.out(ro, g, h, b) * st.out(ro, g, h, b);
+        st.out_norm(g, h, b) = f64(0);
+        st.out_norm(g, h, b) += cast<double>(st.out(ro, g, h, b)) * cast<double>(st.out(ro, g, h, b));
     }
     Func min_score("min_score");
-    min_score(g, h, b) = std::numeric_limits<float>::infinity();
-    min_score(g, h, b) = Halide::min(min_score(g, h, b),
-                                     select(st.cand_score(rc, g, h, b) > neg_inf(),
-                                            st.cand_score(rc, g, h, b),
-                                            std::numeric_limits<float>::infinity()));
+    min_score(g, h, b) = Expr(std::numeric_limits<double>::infinity());
+    min_score(g, h, b) = strict(Halide::min(min_score(g, h, b),
+                                            select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
+                                                   st.cand_score(rc, g, h, b),
+                                                   Expr(std::numeric_limits<double>::infinity()))));
     st.solver_steps.push_back(min_score);
 
-    Expr leakage = (st.inside_stats(g, h, b)[0] + st.outside_stats(g, h, b)[0]) / st.weight_sum(g, h, b);
-    Expr delta = 1.0f - 1.0f / (1.0f + leakage);  // L / (1 + L), 1 when L = inf
+    Expr inside = st.inside_stats(g, h, b)[0], outside = st.outside_stats(g, h, b)[0];
+    Expr inflate_inside = f64((1 + fp::kExp32) * (1 + fp::gamma32(P * S + 2)));
+    Expr n_out = cast<double>(in.max_pages) + 2;
+    Expr inflate_outside = f64(1 + fp::kExp32) * (1 + n_out * f64(u) / (1 - n_out * f64(u)));
+    Expr key_absmax_seq = cast<double>(st.outside_stats(g, h, b)[3]);
+    Expr e64 = cast<double>(scale) * cast<double>(q_l1_up) * key_absmax_seq * f64(fp::score_error64(D));
+    Expr z_low = st.weight_sum(g, h, b) * Halide::exp(-beta64 * e64) * f64(1 - fp::gamma64(KC + 2) - fp::kExp64);
+    Expr leakage = (cast<double>(inside) * inflate_inside + cast<double>(outside) * inflate_outside) / z_low;
+    Expr delta = 1 - 1 / (1 + leakage);  // L / (1 + L), 1 when L = inf
+    Expr largest_candidate = Halide::max(Halide::abs(m), Halide::abs(min_score(g, h, b)));
+    Expr rho = Halide::exp(beta64 * (e64 + f64(8 * fp::kUnit64) * largest_candidate)) * f64(1 + fp::kExp64) - 1;
+    Expr g64 = f64(fp::gamma64(KC + 2));
+    Expr kappa = select(rho < f64(0.5), (1 + rho) * (1 + g64) / ((1 - rho) * (1 - g64)) * f64(1 + u) - 1,
+                        Expr(std::numeric_limits<double>::infinity()));
+    Expr value_candidates = cast<double>(st.inside_stats(g, h, b)[3]);
+    Expr rounding = (kappa + f64(fp::gamma32(KC + 1)) * (1 + kappa)) * value_candidates;
     Expr value_out = Halide::max(st.inside_stats(g, h, b)[2], st.outside_stats(g, h, b)[2]);
-    Expr bound = delta * (value_out + Halide::sqrt(st.out_norm(g, h, b)));
+    Expr bound64 = delta * (cast<double>(value_out) + Halide::sqrt(st.out_norm(g, h, b)) + rounding) + rounding;
+    Expr bound = cast<float>(bound64 * f64(1 + 4 * u));
     Expr outside_max = Halide::max(st.inside_stats(g, h, b)[1], st.outside_stats(g, h, b)[1]);
-    Expr gap = min_score(g, h, b) - outside_max;
+    Expr gap = cast<float>(min_score(g, h, b)) - outside_max;
+
+    // What the bound means for this solver and routing mode.
+    auto status = [](Certificate c) { return Expr(float(int(c))); };
+    Expr certificate;
+    if (cfg.routing == RoutingMode::Mean) {
+        certificate = status(Certificate::MeanRouting);
+    } else if (softmax_family) {
+        certificate = select(Halide::is_finite(bound), status(Certificate::Certified), status(Certificate::Overflow));
+    } else if (cfg.solver == Solver::Sparsemax) {
+        // Exact when every outside score is at or below C's threshold: then sparsemax over
+        // all tokens has C's support and threshold. theta_low <= the exact threshold of C
+        // is checked by f(theta_low) >= 1 in f64 with the candidates' score error.
+        const double tau = cfg.solver_tau;
+        Expr theta = cast<double>(sparsemax_theta);
+        Expr theta_low = theta - f64(8 * u) * (Halide::abs(theta) + Halide::abs(m) / f64(tau) + 1);
+        Func mass("sparsemax_mass_at_theta_low");
+        mass(g, h, b) = f64(0);
+        mass(g, h, b) += strict(select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
+                                       Halide::max(st.cand_score(rc, g, h, b) / f64(tau) - theta_low, f64(0)), f64(0)));
+        st.solver_steps.push_back(mass);
+        Expr mass_low = mass(g, h, b) * f64(1 - fp::gamma64(KC + 2)) - f64(KC) * e64 / f64(tau);
+        Expr outside_upper = cast<double>(Halide::max(st.inside_stats(g, h, b)[4], st.outside_stats(g, h, b)[4]));
+        Expr exact = mass_low >= f64(1) && outside_upper <= theta_low * f64(tau * (1 - 4 * fp::kUnit64));
+        certificate = select(exact, status(Certificate::Certified), status(Certificate::Solver));
+        bound = Expr(0.0f);
+    } else {
+        certificate = status(Certificate::Solver);
+    }
+    Expr reported_bound = select(certificate == status(Certificate::Certified), bound,
+                                 std::numeric_limits<float>::infinity());
     st.diag = Func("diag");
-    st.diag(k, g, h, b) = Halide::mux(k, {gap, leakage, bound, delta, value_out,
-                                          as_f32(st.select.count(g, h, b)), fw_gap, m});
+    st.diag(k, g, h, b) = Halide::mux(k, {strict(gap), strict(cast<float>(leakage)), strict(reported_bound),
+                                          strict(cast<float>(delta)), strict(value_out),
+                                          as_f32(st.select.count(g, h, b)), fw_gap, m32, strict(certificate)});
 
     Var x("x");
     Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b),
@@ -467,12 +609,20 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     st.value_norm_sq(h, n) = Halide::max(st.value_norm_sq(h, n), token_norm_sq(rs, h, n));
 
     Expr mean = select(tokens > 0, st.key_sum(d, h, n) / as_f32(tokens), 0.0f);
+    // A box narrower than the keys is rounded outward, so it still contains every key.
+    Func lo("key_min_stored"), hi("key_max_stored");
+    lo(d, h, n) = round_outward(st.key_min(d, h, n), cfg.summary_type, false);
+    hi(d, h, n) = round_outward(st.key_max(d, h, n), cfg.summary_type, true);
     st.summary = Func("summary");
-    st.summary(d, c, h, n) = cast(cfg.summary_type,
-                                  Halide::mux(c, {mean, st.key_min(d, h, n), st.key_max(d, h, n)}));
-    // Rounded up by 2^-20 relative so f32 rounding cannot put it below the true norm.
+    st.summary(d, c, h, n) = Halide::mux(c, {cast(cfg.summary_type, mean), lo(d, h, n), hi(d, h, n)});
+    // The largest |x| of the stored box bounds every |k_d| of the page.
+    st.key_absmax = Func("key_absmax");
+    st.key_absmax(h, n) = 0.0f;
+    st.key_absmax(h, n) = Halide::max(st.key_absmax(h, n), Halide::max(Halide::abs(as_f32(lo(rd, h, n))),
+                                                                       Halide::abs(as_f32(hi(rd, h, n)))));
+    // sqrt of the f32 sum of squares, rounded up so it bounds the true norm (fp::value_norm_margin).
     st.value_norm = Func("value_norm");
-    st.value_norm(h, n) = Halide::sqrt(st.value_norm_sq(h, n)) * (1.0f + 1.0f / (1 << 20));
+    st.value_norm(h, n) = Halide::sqrt(st.value_norm_sq(h, n)) * float(fp::value_norm_margin(cfg.head_dim));
     st.summary.bound(d, 0, cfg.head_dim).bound(c, 0, kSummaryChannels);
     return st;
 }

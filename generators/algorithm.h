@@ -11,7 +11,9 @@
 //   seq_lens          (b)
 //   summary           (lane, d, c, blk, h, b)  logical page j = blk*16 + lane;
 //                     c = 0 mean, 1 per-channel min, 2 per-channel max
-//   value_norm        (j, h, b)         max ||v|| over the valid tokens of page j
+//   value_norm        (j, h, b)         upper bound on max ||v|| over the valid tokens of page j
+//   key_absmax        (j, h, b)         max |x| over page j's stored min/max summary: bounds
+//                                       every |k_d| of the page (the scores' rounding terms)
 #pragma once
 
 #include "Halide.h"
@@ -41,6 +43,8 @@ struct DecodeConfig {
     Solver solver = Solver::Softmax;
     RoutingMode routing = RoutingMode::Mean;
     GroupRouting group_routing = GroupRouting::PerHead;
+    int sink_pages = 0;    // first pages of each sequence, always routed (count toward P)
+    int local_pages = 0;   // last pages of each sequence, always routed (count toward P)
     int solver_steps = 6;      // eg: N, fw: N
     float solver_eta = 0.2f;   // eg step size
     float solver_tau = 1.0f;   // fw and sparsemax regularization
@@ -50,7 +54,7 @@ struct DecodeConfig {
 
 // Inputs of a decode step as Funcs, with the extents the definitions need.
 struct DecodeInputs {
-    Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm;
+    Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
     Expr scale;      // score scale, > 0
     Expr max_pages;  // page_table extent along j
     Expr num_pages;  // physical pages in the cache
@@ -80,18 +84,20 @@ struct DecodeStages {
     Func token_score;      // (i=slot, g, h, b): s_t over the selected pages' tokens
     Func token_key;
     TopKStages select;     // top-K_c tokens
-    Func cand_score;       // (c, g, h, b), -inf where no candidate
     Func cand_location;    // (c, g, h, b) -> {physical page, offset}
-    Func max_score;        // m
-    Func weight;           // (c): solver weight before normalization
-    Func weight_sum;
+    Func cand_dot;         // (c, g, h, b): q.k of the candidate, f64
+    Func cand_score;       // (c, g, h, b): s_c in f64, -inf where no candidate
+    Func max_score;        // m (f64)
+    Func weight;           // (c): softmax/eg weight exp(beta (s_c - m)), f64
+    Func weight_sum;       // Z_C (f64)
     std::vector<Func> solver_steps;  // fw iterates / sparsemax bisection steps
     Func alpha;            // (c): solver weights, sum 1
     Func out;              // (d, g, h, b) = sum_c alpha_c v_c
     Func lse;              // (g, h, b) = m + log sum exp(s_c - m)
-    Func inside_stats;     // (g, h, b) non-candidate tokens of selected pages: {leak, max score, max ||v||}
-    Func outside_stats;    // (g, h, b) unselected pages: {leak, max score, max ||v||}
-    Func out_norm;
+    Func q_l1;             // (g, h, b): ||q||_1, for the scores' rounding terms
+    Func inside_stats;     // (g, h, b) selected pages: {leak, max score, max ||v|| outside C, max ||v||}
+    Func outside_stats;    // (g, h, b) unselected pages: {leak, max score, max ||v||, max |k_d| of the sequence}
+    Func out_norm;         // ||o|| (f64)
     Func diag;             // (k, g, h, b), see DiagField
     Func candidates;       // (c, g, h, b): token position or -1
     Func pages;            // (i, g, h, b): logical page or -1
@@ -153,8 +159,9 @@ struct SummaryInputs {
 struct SummaryStages {
     Var d{"d"}, c{"c"}, h{"h"}, n{"n"};
     Func key_sum, key_min, key_max, value_norm_sq;
-    Func summary;     // (d, c, h, n) in the summary type
-    Func value_norm;  // (h, n) f32
+    Func summary;     // (d, c, h, n) in the summary type; min rounded down, max up
+    Func value_norm;  // (h, n) f32, rounded up
+    Func key_absmax;  // (h, n) f32: max |x| over the stored min and max
 };
 
 // Regions of the inputs at a representative shape, for autoschedulers' estimates.
@@ -166,7 +173,7 @@ Halide::Region q_region(const ShapeEstimate &e);          // also out
 Halide::Region kv_cache_region(const ShapeEstimate &e);
 Halide::Region page_table_region(const ShapeEstimate &e);
 Halide::Region summary_region(const ShapeEstimate &e);
-Halide::Region value_norm_region(const ShapeEstimate &e);
+Halide::Region value_norm_region(const ShapeEstimate &e);  // also key_absmax
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent);  // lse (0), diag, candidates, pages
 
 // Estimates of the inputs decode and dense share, on anything that holds them under
@@ -180,6 +187,10 @@ void set_shared_input_estimates(Inputs &in, const ShapeEstimate &e) {
     in.seq_lens.set_estimates({{0, e.batch}});
     in.scale.set_estimate(0.088f);
 }
+
+// x in type t, rounded toward +inf (up) or -inf: exact for f32, one step from the
+// nearest value for bf16 and f16 where the nearest lies on the wrong side.
+Expr round_outward(Expr x, Type t, bool up);
 
 // Maps a float to a uint32 that orders like it; -0 and +0 map alike. Never 0 for
 // a finite input, so 0 can mark "no element".

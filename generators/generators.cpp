@@ -54,6 +54,8 @@ public:
     GeneratorParam<std::string> solver{"solver", "softmax"};
     GeneratorParam<std::string> routing{"routing", "bound"};
     GeneratorParam<std::string> group_routing{"group_routing", "per_head"};
+    GeneratorParam<int> sink_pages{"sink_pages", 0};
+    GeneratorParam<int> local_pages{"local_pages", 0};
     GeneratorParam<int> solver_steps{"solver_steps", 6};
     GeneratorParam<float> solver_eta{"solver_eta", 0.2f};
     GeneratorParam<float> solver_tau{"solver_tau", 1.0f};
@@ -66,6 +68,7 @@ public:
     Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
     Input<Buffer<void, 6>> summary{"summary"};
     Input<Buffer<float, 3>> value_norm{"value_norm"};
+    Input<Buffer<float, 3>> key_absmax{"key_absmax"};
     Input<float> scale{"scale"};
     Output<Buffer<float, 4>> out{"out"};
     Output<Buffer<float, 3>> lse{"lse"};
@@ -92,6 +95,8 @@ public:
         c.solver = parse_solver(solver);
         c.routing = parse_routing(routing);
         c.group_routing = parse_group_routing(group_routing);
+        c.sink_pages = sink_pages;
+        c.local_pages = local_pages;
         c.solver_steps = solver_steps;
         c.solver_eta = solver_eta;
         c.solver_tau = solver_tau;
@@ -100,7 +105,7 @@ public:
 
     void generate() {
         const DecodeConfig cfg = config();
-        DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm,
+        DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax,
                         scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
         DecodeStages st = define_decode(cfg, in);
         out = st.result_out;
@@ -118,6 +123,7 @@ public:
         set_common_estimates(*this, e);
         summary.set_estimates(summary_region(e));
         value_norm.set_estimates(value_norm_region(e));
+        key_absmax.set_estimates(value_norm_region(e));
         diag.set_estimates(per_head_region(e, kDiagFields));
         candidates.set_estimates(per_head_region(e, cfg.top_tokens));
         pages.set_estimates(per_head_region(e, cfg.top_pages));
@@ -181,6 +187,7 @@ public:
     Input<Buffer<int32_t, 2>> touched{"touched"};
     Output<Buffer<void, 4>> summary{"summary"};
     Output<Buffer<float, 2>> value_norm{"value_norm"};
+    Output<Buffer<float, 2>> key_absmax{"key_absmax"};
 
     void configure() {
         k_cache.set_type(parse_type(kv_type));
@@ -200,6 +207,7 @@ public:
         SummaryStages st = define_summary(cfg, in);
         summary = st.summary;
         value_norm = st.value_norm;
+        key_absmax = st.key_absmax;
         if (!using_autoscheduler()) apply_cpu(hand_schedule(cfg), cfg, st);
     }
 };

@@ -2,6 +2,7 @@
 // definitions, the runtime and the reference. No Halide here.
 #pragma once
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -27,8 +28,44 @@ enum DiagField {
     kDiagCandidates = 5,   // number of candidates kept
     kDiagFwGap = 6,        // Frank-Wolfe duality gap (fw solver), else 0
     kDiagMaxScore = 7,     // m = max candidate score
-    kDiagFields = 8
+    kDiagCertificate = 8,  // a Certificate, as a float
+    kDiagFields = 9
 };
+
+// Whether a head's error bound is a theorem about its computed output (method.md,
+// "Which solvers the bound covers"). Anything but Certified reports an infinite bound.
+enum class Certificate {
+    Certified = 0,       // ||o_kernel - o_dense_exact|| <= error bound
+    MeanRouting = 1,     // mean-key page scores are estimates, not upper bounds
+    Solver = 2,          // fw; sparsemax with an outside score above its threshold
+    StaleSummaries = 3,  // the block table maps a page to other keys than were summarized
+    Overflow = 4,        // scores or values beyond what f32 represents: no finite bound
+};
+
+// The floating-point facts the certificate's rounding terms are built from. Kernels
+// and the reference evaluate the same formulas (algorithm.cpp states the argument).
+namespace fp {
+constexpr double kUnit32 = 1.0 / (1 << 24);            // unit roundoff of f32
+constexpr double kUnit64 = 1.0 / 9007199254740992.0;   // 2^-53
+// gamma_n = n u / (1 - n u) bounds the relative error of an n-term sum or dot product in
+// any order of evaluation (products and fused multiply-adds included).
+constexpr double gamma32(double n) { return n * kUnit32 / (1 - n * kUnit32); }
+constexpr double gamma64(double n) { return n * kUnit64 / (1 - n * kUnit64); }
+// Relative error of the f32 exp the kernels call, on arguments in [-87, 88]: test_kernels
+// measures it against long double (below 2^-22 on every target seen), and 2^-20 is used.
+constexpr double kExp32 = 1.0 / (1 << 20);
+// libm's f64 exp is within 1 ulp; 2^-50 is used.
+constexpr double kExp64 = 8 * kUnit64;
+// The factor a page's f32 max value norm sqrt(fl(sum of D squares)) is multiplied by so
+// that it bounds the true norm: the sum is within gamma_D, the square root and the
+// product add 2u; (D + 8) u covers sqrt(1 / (1 - gamma_D)) (1 + 2u) with room.
+constexpr double value_norm_margin(int head_dim) { return 1 + (head_dim + 8) * kUnit32; }
+// Bound on |fl(scale * q.k) - scale * q.k| per unit of scale * ||q||_1 * max |k_d| for an
+// f32 dot product of D terms, then the scale: gamma_{D+1}, and 1% for the rounding of
+// the bound itself.
+constexpr double score_error32(int head_dim) { return 1.01 * gamma32(head_dim + 1); }
+constexpr double score_error64(int head_dim) { return 1.01 * gamma64(head_dim + 1); }
+}  // namespace fp
 
 // The names the generators' parameters, workloads and JSON use; parse_* throws on any
 // other name, naming it.

@@ -5,7 +5,9 @@
 #include "variants.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -96,13 +98,39 @@ void require_pointer(const T *p, const char *name) {
     if (!p) fail(VASHISTA_ERROR_NULL_POINTER, name, " is NULL");
 }
 
+struct FreeDeleter {
+    void operator()(void *p) const { std::free(p); }
+};
+using HostMemory = std::unique_ptr<void, FreeDeleter>;
+
+// A zeroed host buffer of `sizes` (innermost first) in memory owned by `memory`. calloc
+// lets a failed allocation come back as a status; a kernel buffer's strides are int32.
+Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::vector<int64_t> &sizes, const char *what) {
+    int64_t elements = 1;
+    for (int64_t s : sizes) elements *= s;
+    memory.reset(std::calloc(size_t(elements), type.bytes()));
+    if (!memory)
+        fail(VASHISTA_ERROR_OUT_OF_MEMORY, "cannot allocate ", double(elements) * type.bytes(), " bytes for ", what);
+    if (elements > INT32_MAX)
+        fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " hold ", elements, " elements; a kernel buffer addresses at most 2^31 - 1");
+    return Buffer<void>(type, memory.get(), std::vector<int>(sizes.begin(), sizes.end()));
+}
+
 }  // namespace
 
 struct vashista_cache {
     vashista_cache_desc desc;
     std::vector<int32_t> appended;  // tokens appended per sequence
+    HostMemory summary_memory, value_norm_memory, key_absmax_memory;
     Buffer<void> summary;           // (lane, d, c, blk, h, b)
     Buffer<float> value_norm;       // (j, h, b)
+    Buffer<float> key_absmax;       // (j, h, b)
+    // What each (sequence, logical page) summary was computed from: the physical page and
+    // that page's write count, so a remapped block table or a page another sequence
+    // rewrote is seen at decode (vashista_certificate STALE).
+    std::vector<int32_t> summarized_page;       // [b][j], -1 before any append
+    std::vector<uint32_t> summarized_version;   // [b][j]
+    std::vector<uint32_t> page_version;         // [physical page]: appends that wrote into it
     const vashista::runtime::SummarizeVariant *summarize = nullptr;
 
     Buffer<void> kv_buffer(void *data) const {
@@ -217,7 +245,8 @@ const DenseVariant &find_dense(const vashista_cache_desc &d, int32_t group) {
 bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
     bool ok = v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group &&
               v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype && v.layout == d.layout &&
-              v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing;
+              v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing &&
+              v.sink_pages == cfg.sink_pages && v.local_pages == cfg.local_pages;
     if (ok && (cfg.solver == VASHISTA_SOLVER_EG || cfg.solver == VASHISTA_SOLVER_FW))
         ok = v.solver_steps == cfg.solver_steps;
     if (ok && cfg.solver == VASHISTA_SOLVER_EG) ok = std::fabs(v.solver_eta - cfg.solver_eta) < 1e-6f;
@@ -233,7 +262,7 @@ const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, co
          " top_pages=", cfg.top_pages, " top_tokens=", cfg.top_tokens, " group_size=", group, " kv ",
          dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD",
          " solver=", int(cfg.solver), " routing=", int(cfg.routing), " group_routing=", int(cfg.group_routing),
-         "; compiled variants:\n", list_variants());
+         " sink_pages=", cfg.sink_pages, " local_pages=", cfg.local_pages, "; compiled variants:\n", list_variants());
 }
 
 // The narrowest compiled variant with at least twice P and K_c, or null.
@@ -259,12 +288,13 @@ SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float>
     const auto &d = c->desc;
     const int G = v.group_size;
     SparseResult r{Buffer<float>(d.head_dim, G, d.kv_heads, d.batch), Buffer<float>(G, d.kv_heads, d.batch),
-                   Buffer<float>(8, G, d.kv_heads, d.batch), Buffer<int32_t>(v.top_tokens, G, d.kv_heads, d.batch),
+                   Buffer<float>(vashista::kDiagFields, G, d.kv_heads, d.batch), Buffer<int32_t>(v.top_tokens, G, d.kv_heads, d.batch),
                    Buffer<int32_t>(v.top_pages, G, d.kv_heads, d.batch)};
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
     Buffer<int32_t> pt = c->page_table();
     check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
-                      c->summary.raw_buffer(), c->value_norm.raw_buffer(), scale, r.out.raw_buffer(), r.lse.raw_buffer(),
+                      c->summary.raw_buffer(), c->value_norm.raw_buffer(), c->key_absmax.raw_buffer(), scale,
+                      r.out.raw_buffer(), r.lse.raw_buffer(),
                       r.diag.raw_buffer(), r.candidates.raw_buffer(), r.pages.raw_buffer()),
                  v.name);
     return r;
@@ -313,6 +343,32 @@ void validate_config(const vashista_decode_config *cfg) {
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance = ", cfg->tolerance, " must be finite and >= 0");
     if (!(cfg->scale >= 0) || !std::isfinite(cfg->scale))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale = ", cfg->scale, " must be finite and >= 0 (0: 1/sqrt(head_dim))");
+    if (cfg->sink_pages < 0 || cfg->local_pages < 0 || int64_t(cfg->sink_pages) + cfg->local_pages > cfg->top_pages)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->sink_pages = ", cfg->sink_pages, " and local_pages = ",
+             cfg->local_pages, " must be >= 0 and together at most top_pages = ", cfg->top_pages);
+    if ((solver == VASHISTA_SOLVER_FW || solver == VASHISTA_SOLVER_SPARSEMAX) && policy != VASHISTA_POLICY_NONE)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = ", policy, " falls back to dense attention, which ",
+             "computes softmax, not ", solver == VASHISTA_SOLVER_FW ? "fw" : "sparsemax",
+             "; use policy none (0) and read each head's certificate");
+}
+
+// The softmax temperature of the solver: eg's N * eta (as its kernels form it), else 1.
+float solver_temperature(const vashista_decode_config &cfg) {
+    return cfg.solver == VASHISTA_SOLVER_EG ? float(cfg.solver_steps) * cfg.solver_eta : 1.0f;
+}
+
+// Sequences whose summaries describe other keys than the block table now maps: a page
+// remapped since its tokens were appended, or a physical page another sequence rewrote.
+std::vector<char> stale_sequences(const vashista_cache &c, const int32_t *seq_lens) {
+    const auto &d = c.desc;
+    std::vector<char> stale(d.batch, 0);
+    for (int32_t b = 0; b < d.batch; ++b)
+        for (int32_t j = 0; j < (seq_lens[b] + d.page_size - 1) / d.page_size && !stale[b]; ++j) {
+            const size_t at = size_t(b) * d.max_pages + j;
+            const int32_t page = d.page_table[at];
+            stale[b] = page != c.summarized_page[at] || c.page_version[page] != c.summarized_version[at];
+        }
+    return stale;
 }
 
 }  // namespace
@@ -322,7 +378,7 @@ extern "C" {
 void vashista_decode_config_default(vashista_decode_config *config) {
     if (!config) return;
     *config = vashista_decode_config{64, 128, VASHISTA_SOLVER_SOFTMAX, VASHISTA_ROUTING_BOUND, VASHISTA_GROUP_PER_HEAD,
-                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f};
+                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f, 0, 0};
 }
 
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache) {
@@ -333,13 +389,23 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         auto c = std::make_unique<vashista_cache>();
         c->desc = *desc;
         c->summarize = &find_summarize(*desc);
+        const int64_t kv_elements = int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim;
+        if (kv_elements > INT32_MAX)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "the K/V pages hold ", kv_elements,
+                 " elements (num_pages x kv_heads x page_size x head_dim); a kernel buffer addresses at most 2^31 - 1");
+        const int64_t blocks = (desc->max_pages + vashista::kSummaryBlock - 1) / vashista::kSummaryBlock;
+        c->summary = zeroed_buffer(c->summary_memory, halide_type(desc->summary_dtype),
+                                   {vashista::kSummaryBlock, desc->head_dim, vashista::kSummaryChannels, blocks,
+                                    desc->kv_heads, desc->batch},
+                                   "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
+        const std::vector<int64_t> per_page{desc->max_pages, desc->kv_heads, desc->batch};
+        const halide_type_t f32(halide_type_float, 32);
+        c->value_norm = zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (batch x max_pages x kv_heads)");
+        c->key_absmax = zeroed_buffer(c->key_absmax_memory, f32, per_page, "key bounds (batch x max_pages x kv_heads)");
         c->appended.assign(desc->batch, 0);
-        const int blocks = (desc->max_pages + vashista::kSummaryBlock - 1) / vashista::kSummaryBlock;
-        c->summary = Buffer<void>(halide_type(desc->summary_dtype),
-                                  {vashista::kSummaryBlock, desc->head_dim, 3, blocks, desc->kv_heads, desc->batch});
-        std::memset(c->summary.data(), 0, c->summary.size_in_bytes());
-        c->value_norm = Buffer<float>(desc->max_pages, desc->kv_heads, desc->batch);
-        c->value_norm.fill(0.0f);
+        c->summarized_page.assign(size_t(desc->batch) * desc->max_pages, -1);
+        c->summarized_version.assign(size_t(desc->batch) * desc->max_pages, 0);
+        c->page_version.assign(desc->num_pages, 0);
         *cache = c.release();
     });
 }
@@ -375,7 +441,8 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                     fail(VASHISTA_ERROR_NON_FINITE, src == k ? "k" : "v", "[", r / d.kv_heads, "][", r % d.kv_heads, "][",
                          i % d.head_dim, "] is not finite");
                 }
-        // Everything is valid: write the tokens, then summarize the touched pages.
+        // Everything is valid: write the tokens, then summarize the touched pages. The
+        // token count changes only once the summaries are in place.
         for (int32_t t = 0; t < count; ++t) {
             const int32_t pos = start + t;
             const int32_t page = d.page_table[size_t(seq) * d.max_pages + pos / d.page_size];
@@ -386,33 +453,41 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                 std::memcpy(static_cast<uint8_t *>(d.v_pages) + dst, static_cast<const uint8_t *>(v) + src, row);
             }
         }
-        c->appended[seq] = std::max(c->appended[seq], start + count);
-
         const int touched_pages = last - first + 1;
+        for (int i = 0; i < touched_pages; ++i) ++c->page_version[d.page_table[size_t(seq) * d.max_pages + first + i]];
+
+        std::vector<int32_t> lens = c->appended;
+        lens[seq] = std::max(lens[seq], start + count);
         Buffer<int32_t> touched(2, touched_pages);
         for (int i = 0; i < touched_pages; ++i) {
             touched(0, i) = seq;
             touched(1, i) = first + i;
         }
-        Buffer<int32_t> lens(c->appended.data(), d.batch);
-        Buffer<void> rows(halide_type(d.summary_dtype), d.head_dim, 3, d.kv_heads, touched_pages);
-        Buffer<float> norms(d.kv_heads, touched_pages);
+        Buffer<int32_t> lens_buffer(lens.data(), d.batch);
+        Buffer<void> rows(halide_type(d.summary_dtype), d.head_dim, vashista::kSummaryChannels, d.kv_heads, touched_pages);
+        Buffer<float> norms(d.kv_heads, touched_pages), key_bounds(d.kv_heads, touched_pages);
         Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
         Buffer<int32_t> pt = c->page_table();
-        check_kernel(c->summarize->fn(kb.raw_buffer(), vb.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
-                                      touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer()),
+        check_kernel(c->summarize->fn(kb.raw_buffer(), vb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
+                                      touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer(),
+                                      key_bounds.raw_buffer()),
                      c->summarize->name);
+        c->appended[seq] = lens[seq];
         const int bytes = dtype_bytes(d.summary_dtype);
         const uint8_t *src = static_cast<const uint8_t *>(rows.data());
         uint8_t *dst = static_cast<uint8_t *>(c->summary.data());
         const auto &sd = c->summary;
         for (int i = 0; i < touched_pages; ++i) {
             const int j = first + i;
+            const size_t at = size_t(seq) * d.max_pages + j;
+            c->summarized_page[at] = d.page_table[at];
+            c->summarized_version[at] = c->page_version[d.page_table[at]];
             for (int h = 0; h < d.kv_heads; ++h) {
                 c->value_norm(j, h, seq) = norms(h, i);
-                for (int ch = 0; ch < 3; ++ch)
+                c->key_absmax(j, h, seq) = key_bounds(h, i);
+                for (int ch = 0; ch < vashista::kSummaryChannels; ++ch)
                     for (int dd = 0; dd < d.head_dim; ++dd) {
-                        const size_t from = ((size_t(i) * d.kv_heads + h) * 3 + ch) * d.head_dim + dd;
+                        const size_t from = ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
                         const int64_t to = int64_t(j % vashista::kSummaryBlock) * sd.dim(0).stride() +
                                            int64_t(dd) * sd.dim(1).stride() + int64_t(ch) * sd.dim(2).stride() +
                                            int64_t(j / vashista::kSummaryBlock) * sd.dim(3).stride() +
@@ -441,11 +516,26 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
         const float scale = cfg->scale > 0 ? cfg->scale : 1.0f / std::sqrt(float(d.head_dim));
         Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);
         Buffer<int32_t> lens(const_cast<int32_t *>(seq_lens), d.batch);
-        SparseResult r = run_sparse(c, variant, qb, lens, scale);
+        const std::vector<char> stale = stale_sequences(*c, seq_lens);
+        // A sparse result whose summaries were stale certifies nothing.
+        auto run_certified = [&](const DecodeVariant &v) {
+            SparseResult s = run_sparse(c, v, qb, lens, scale);
+            for (int b = 0; b < d.batch; ++b)
+                if (stale[b])
+                    for (int h = 0; h < d.kv_heads; ++h)
+                        for (int g = 0; g < G; ++g) {
+                            s.diag(vashista::kDiagErrorBound, g, h, b) = INFINITY;
+                            s.diag(vashista::kDiagCertificate, g, h, b) = float(VASHISTA_UNCERTIFIED_STALE);
+                        }
+            return s;
+        };
+        SparseResult r = run_certified(variant);
 
-        // Per head: what the step ends as.
+        // Per head: what the step ends as. An uncertified head's bound is +inf: over.
         std::vector<int32_t> taken(size_t(d.batch) * q_heads, VASHISTA_TAKEN_SPARSE);
-        auto over = [&](const SparseResult &s, int g, int h, int b) { return !(s.diag(2, g, h, b) <= cfg->tolerance); };
+        auto over = [&](const SparseResult &s, int g, int h, int b) {
+            return !(s.diag(vashista::kDiagErrorBound, g, h, b) <= cfg->tolerance);
+        };
         std::vector<std::pair<int, int>> dense_heads;  // (b, h) KV heads with a head to recompute
         auto mark_dense = [&](int b, int h) {
             if (dense_heads.empty() || dense_heads.back() != std::make_pair(b, h)) dense_heads.push_back({b, h});
@@ -461,7 +551,7 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
         }
         if (!pending.empty() && cfg->policy == VASHISTA_POLICY_WIDEN) {
             if (const DecodeVariant *wide = find_wider(d, G, *cfg)) {
-                SparseResult w = run_sparse(c, *wide, qb, lens, scale);
+                SparseResult w = run_certified(*wide);
                 std::vector<int> still;
                 for (int i : pending) {
                     const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
@@ -472,7 +562,7 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
                     taken[i] = VASHISTA_TAKEN_WIDENED;
                     for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = w.out(x, g, h, b);
                     r.lse(g, h, b) = w.lse(g, h, b);
-                    for (int x = 0; x < 8; ++x) r.diag(x, g, h, b) = w.diag(x, g, h, b);
+                    for (int x = 0; x < vashista::kDiagFields; ++x) r.diag(x, g, h, b) = w.diag(x, g, h, b);
                 }
                 pending.swap(still);
             }
@@ -482,24 +572,30 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
                 taken[i] = VASHISTA_TAKEN_DENSE;
                 mark_dense(i / G / d.kv_heads, (i / G) % d.kv_heads);
             }
+            // Dense with the solver's meaning: eg is softmax at temperature beta, and its
+            // LSE is (1/beta) log sum exp(beta s), as the sparse kernel reports it.
+            const float beta = solver_temperature(*cfg);
             const DenseVariant &dv = find_dense(d, G);
             Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
-            run_dense(c, dv, qb, lens, scale, dout, dlse, &dense_heads);
+            run_dense(c, dv, qb, lens, scale * beta, dout, dlse, &dense_heads);
             for (int i : pending) {
                 const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
                 for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = dout(x, g, h, b);
-                r.lse(g, h, b) = dlse(g, h, b);
+                r.lse(g, h, b) = dlse(g, h, b) / beta;
             }
         }
-        // Non-finite results mean K/V reached the pages without vashista_append's checks.
+        // A non-finite answer from finite q, k and v: the scores or values exceed f32.
         for (int b = 0; b < d.batch; ++b)
             for (int h = 0; h < d.kv_heads; ++h)
                 for (int g = 0; g < G; ++g) {
                     bool ok = std::isfinite(r.lse(g, h, b));
                     for (int x = 0; ok && x < d.head_dim; ++x) ok = std::isfinite(r.out(x, g, h, b));
                     if (!ok)
-                        fail(VASHISTA_ERROR_NON_FINITE, "the output of sequence ", b, " query head ", h * G + g,
-                             " is not finite: K/V pages hold NaN or Inf written outside vashista_append");
+                        fail(VASHISTA_ERROR_NON_FINITE, "the ",
+                             taken[(size_t(b) * d.kv_heads + h) * G + g] == VASHISTA_TAKEN_DENSE ? "dense" : "sparse",
+                             " output of sequence ", b, " query head ", h * G + g,
+                             " is not finite: its scores (scale * q.k) or weighted values exceed the range of f32 ",
+                             "(or K/V pages written outside vashista_append hold NaN or Inf)");
                 }
         std::memcpy(out, r.out.data(), r.out.size_in_bytes());
         if (lse) std::memcpy(lse, r.lse.data(), r.lse.size_in_bytes());
@@ -509,8 +605,12 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
                 for (int h = 0; h < d.kv_heads; ++h)
                     for (int g = 0; g < G; ++g) {
                         const size_t i = (size_t(b) * d.kv_heads + h) * G + g;
-                        diag[i] = vashista_head_diag{r.diag(0, g, h, b), r.diag(1, g, h, b), r.diag(2, g, h, b),
-                                                     int32_t(r.diag(5, g, h, b)), taken[i], r.diag(6, g, h, b)};
+                        auto field = [&](int k) { return r.diag(k, g, h, b); };
+                        diag[i] = vashista_head_diag{field(vashista::kDiagSupportGap), field(vashista::kDiagLeakage),
+                                                     field(vashista::kDiagErrorBound),
+                                                     int32_t(field(vashista::kDiagCandidates)), taken[i],
+                                                     field(vashista::kDiagFwGap),
+                                                     int32_t(field(vashista::kDiagCertificate))};
                     }
     });
 }

@@ -233,7 +233,11 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         f.vectorize(c, vw, TailStrategy::RoundUp);
     }
     at_head(st.cand_location);
-    for (Func f : {st.max_score, st.weight_sum}) at_head(f);
+    // The f64 rescoring of the candidates: candidates across lanes, D innermost.
+    at_head(st.cand_dot);
+    st.cand_dot.vectorize(c, 8, TailStrategy::GuardWithIf);
+    st.cand_dot.update().reorder(st.cand_dot.rvars(0)[0], c).vectorize(c, 8, TailStrategy::GuardWithIf);
+    for (Func f : {st.max_score, st.weight_sum, st.q_l1}) at_head(f);
     for (Func f : st.solver_steps) at_head(f);
 
     // Output: candidates outer, D vectors unrolled inner.
@@ -304,14 +308,21 @@ void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummarySta
     check(s, cfg);
     Var d = st.d, c = st.c, h = st.h, n = st.n;
     Var hn("hn");
+    // Per-channel sums and extremes once per (head, page); the summary rows and the
+    // page scalars read them.
+    for (Func f : {st.key_sum, st.key_min, st.key_max}) {
+        f.compute_root().fuse(h, n, hn).vectorize(d, s.vector_width);
+        f.update().fuse(h, n, hn).vectorize(d, s.vector_width);
+        if (s.parallel) {
+            f.parallel(hn);
+            f.update().parallel(hn);
+        }
+    }
     st.summary.compute_root().reorder(d, c, h, n).fuse(h, n, hn).vectorize(d, s.vector_width);
     if (s.parallel) st.summary.parallel(hn);
-    for (Func f : {st.key_sum, st.key_min, st.key_max}) {
-        f.compute_at(st.summary, hn).vectorize(d, s.vector_width);
-        f.update().vectorize(d, s.vector_width);
-    }
     st.value_norm.compute_root();
     st.value_norm_sq.compute_at(st.value_norm, st.value_norm.args()[1]);
+    st.key_absmax.compute_root();
     (void)c;
 }
 

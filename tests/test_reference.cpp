@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -29,8 +31,60 @@ TEST_CASE("sparse equals dense when P covers every page and K_c every token", "[
                     for (int i = 0; i < spec.head_dim; ++i) REQUIRE(s.out[i] == Approx(d.out[i]).margin(1e-12));
                     REQUIRE(s.lse == Approx(d.lse).epsilon(1e-12));
                     REQUIRE(s.leakage == 0.0);
-                    REQUIRE(s.error_bound == 0.0);
+                    if (mode == RoutingMode::Mean) {
+                        // mean-key page scores bound nothing: no bound is reported
+                        REQUIRE(s.certificate == Certificate::MeanRouting);
+                        REQUIRE(std::isinf(s.error_bound));
+                    } else {
+                        // nothing outside C: the bound is the f32 rounding term alone
+                        REQUIRE(s.certificate == Certificate::Certified);
+                        REQUIRE(s.error_bound > 0.0);
+                        REQUIRE(s.error_bound < 1e-3);
+                    }
                 }
+}
+
+TEST_CASE("outward rounding gives a box that contains the value, one step wide at most", "[reference]") {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> mantissa(-1, 1);
+    std::uniform_int_distribution<int> exponent(-140, 120);
+    for (DType t : {DType::BF16, DType::F16}) {
+        for (int i = 0; i < 200000; ++i) {
+            const float x = i < 6 ? std::array<float, 6>{0.0f, -0.0f, 1e-45f, -1e-45f, 3e38f, -3e38f}[i]
+                                  : std::ldexp(mantissa(rng), exponent(rng));
+            const float lo = round_toward(t, x, false), hi = round_toward(t, x, true);
+            INFO(dtype_name(t) << " x = " << x << " lo = " << lo << " hi = " << hi);
+            REQUIRE(lo <= x);
+            REQUIRE(hi >= x);
+            REQUIRE(round_to(t, lo) == lo);  // representable
+            REQUIRE(round_to(t, hi) == hi);
+            const float nearest = round_to(t, x);
+            REQUIRE((lo == nearest || hi == nearest));
+        }
+    }
+    REQUIRE(round_toward(DType::F32, 0.1f, true) == 0.1f);
+}
+
+TEST_CASE("sink and local pages are always routed and count toward P", "[reference]") {
+    ProblemSpec spec;
+    spec.seq_lens = {200, 40};
+    spec.kind = DataKind::Gaussian;
+    Problem p = make_problem(spec);
+    Summaries sum = summarize(p.cache, p.seqs, DType::BF16);
+    SparseOptions opt;
+    opt.top_pages = 4;
+    opt.top_tokens = 16;
+    opt.sink_pages = 1;
+    opt.local_pages = 2;
+    opt.routing = RoutingMode::Bound;
+    for (int b = 0; b < 2; ++b) {
+        const int n_pages = (spec.seq_lens[b] + 15) / 16;
+        HeadResult r = sparse_head(p.cache, p.seqs, p.q, sum, opt, b, 0, 0);
+        REQUIRE(int(r.pages.size()) == std::min(4, n_pages));
+        REQUIRE(r.pages.front() == 0);
+        REQUIRE(r.pages.back() == n_pages - 1);
+        REQUIRE(std::count(r.pages.begin(), r.pages.end(), n_pages - 2) == 1);
+    }
 }
 
 TEST_CASE("eg after N steps of size eta is softmax of N * eta * s", "[reference]") {

@@ -249,7 +249,15 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
         expect(decode(with([](auto &c) { c.tolerance = NAN; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
         expect(decode(with([](auto &c) { c.scale = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale");
         expect(decode(with([](auto &c) { c.top_pages = 63; })), VASHISTA_ERROR_NO_VARIANT, "compiled variants:");
-        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_FW; })), VASHISTA_ERROR_NO_VARIANT, "no decode kernel");
+        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_FW; })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "computes softmax, not fw; use policy none");
+        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_SPARSEMAX; c.policy = VASHISTA_POLICY_WIDEN; })),
+               VASHISTA_ERROR_INVALID_ARGUMENT, "not sparsemax");
+        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_FW; c.policy = VASHISTA_POLICY_NONE; })),
+               VASHISTA_ERROR_NO_VARIANT, "no decode kernel");
+        expect(decode(with([](auto &c) { c.sink_pages = 40; c.local_pages = 30; })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "together at most top_pages = 64");
+        expect(decode(with([](auto &c) { c.local_pages = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "local_pages = -1");
     }
     SECTION("dense arguments") {
         expect(vashista_dense(f.cache, q.data(), QH, lens.data(), -1.0f, out.data(), lse.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "scale = -1");

@@ -47,6 +47,17 @@ typedef enum vashista_policy {
     VASHISTA_POLICY_DENSE = 1, /* dense attention for heads over the tolerance */
     VASHISTA_POLICY_WIDEN = 2  /* retry once with a wider compiled variant, then dense */
 } vashista_policy;
+/* Whether a head's error_bound is a theorem about its sparse output. Anything but
+ * VASHISTA_CERTIFIED reports error_bound = +INFINITY, and policies dense and widen treat
+ * the head as over the tolerance. */
+typedef enum vashista_certificate {
+    VASHISTA_CERTIFIED = 0,               /* ||out_sparse - exact dense|| <= error_bound */
+    VASHISTA_UNCERTIFIED_MEAN_ROUTING = 1, /* mean-key page scores are estimates, not bounds */
+    VASHISTA_UNCERTIFIED_SOLVER = 2,       /* fw; sparsemax with an outside score above its threshold */
+    VASHISTA_UNCERTIFIED_STALE = 3,        /* the block table maps a page to other keys than were summarized */
+    VASHISTA_UNCERTIFIED_OVERFLOW = 4      /* scores or values beyond f32's range: no finite bound */
+} vashista_certificate;
+
 /* What a head's step ended as. */
 typedef enum vashista_policy_taken {
     VASHISTA_TAKEN_SPARSE = 0,       /* sparse result, bound within tolerance */
@@ -95,21 +106,33 @@ typedef struct vashista_decode_config {
     int32_t solver_steps;    /* eg, fw: N */
     float solver_eta;        /* eg */
     float solver_tau;        /* fw, sparsemax */
+    int32_t sink_pages;      /* first pages of each sequence, always routed; count toward P */
+    int32_t local_pages;     /* last pages of each sequence, always routed; count toward P */
 } vashista_decode_config;
 
-/* P = 64, K_c = 128, softmax, bound routing, per-head groups, policy dense, tolerance 1e-3. */
+/* P = 64, K_c = 128, softmax, bound routing, per-head groups, policy dense, tolerance 1e-3,
+ * no sink or local pages. */
 void vashista_decode_config_default(vashista_decode_config *config);
 
+/* Per head, about its sparse step (also for heads whose answer came from dense). */
 typedef struct vashista_head_diag {
     float support_gap;   /* Δ̂ */
-    float leakage;       /* L */
-    float error_bound;   /* bound on ||o_sparse - o_dense|| (bound routing) */
+    float leakage;       /* L: an upper bound in bound routing, an estimate in mean routing */
+    float error_bound;   /* bound on ||o_sparse - o_dense||, f32 rounding included; sparsemax:
+                            0 when it equals sparsemax over all tokens; +INFINITY when uncertified */
     int32_t candidates;
     int32_t policy_taken; /* vashista_policy_taken */
     float fw_gap;
+    int32_t certificate;  /* vashista_certificate */
 } vashista_head_diag;
 
 /* One decode step. q: [batch][q_heads][head_dim] f32, q_heads a multiple of kv_heads.
+ * A head that falls back computes dense attention with its solver's meaning: softmax,
+ * or eg's softmax at temperature N * eta; lse is (1/beta) log sum exp(beta s) with beta
+ * that temperature (1 for softmax), for merging partial results. fw and sparsemax have no
+ * dense kernel: they take policy none. seq_lens[b] pages whose block-table entry changed
+ * since their tokens were appended (or whose physical page another sequence rewrote) are
+ * reported VASHISTA_UNCERTIFIED_STALE.
  * seq_lens: [batch], each in [1, tokens appended]. out: [batch][q_heads][head_dim]
  * f32; lse: [batch][q_heads] (may be NULL); diag: [batch][q_heads] (may be NULL). */
 vashista_status vashista_decode(vashista_cache *cache, const vashista_decode_config *config,

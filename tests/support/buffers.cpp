@@ -25,6 +25,7 @@ DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, con
     buf.seq_lens = Halide::Buffer<int32_t>(std::move(pb.seq_lens));
     buf.summary = Halide::Buffer<>(std::move(pb.summary));
     buf.value_norm = Halide::Buffer<float>(std::move(pb.value_norm));
+    buf.key_absmax = Halide::Buffer<float>(std::move(pb.key_absmax));
     buf.scale = float(scale);
     buf.allocate_outputs(cfg);
     return buf;

@@ -73,8 +73,10 @@ Comparison compare_with_reference(const ref::Problem &p, const DecodeConfig &cfg
                 c.max_lse_err = std::max(c.max_lse_err, le);
                 if (le > tol.lse) note("lse error", b, h, g);
                 const double want[] = {r.support_gap, r.leakage, r.error_bound, r.outside_mass, r.value_out,
-                                       double(r.candidates.size()), r.fw_gap, r.max_score};
-                // The value-norm bound is inflated by 2^-20 in kernels; the rest are exact formulas.
+                                       double(r.candidates.size()), r.fw_gap, r.max_score,
+                                       double(int(r.certificate))};
+                // Kernels evaluate the reference's formulas in f32/f64 and inflate value norms by
+                // fp::value_norm_margin; infinite bounds (uncertified) must match exactly.
                 for (int k = 0; k < kDiagFields; ++k) {
                     double e = excess(buf.diag(k, g, h, b), want[k], tol.diag_rel, tol.diag_abs);
                     c.max_diag_err = std::max(c.max_diag_err, e);

@@ -48,6 +48,18 @@ float from_bits16(DType t, uint16_t bits) {
 
 float round_to(DType t, float x) { return t == DType::F32 ? x : from_bits16(t, to_bits16(t, x)); }
 
+float round_toward(DType t, float x, bool up) {
+    if (t == DType::F32) return x;
+    const uint16_t bits = to_bits16(t, x);
+    const float nearest = from_bits16(t, bits);
+    if (up ? nearest >= x : nearest <= x) return nearest;
+    const bool negative = bits & 0x8000, zero = (bits & 0x7fff) == 0;
+    uint16_t step;
+    if (up) step = zero ? 0x0001 : negative ? bits - 1 : bits + 1;
+    else step = zero ? 0x8001 : negative ? bits + 1 : bits - 1;
+    return from_bits16(t, step);
+}
+
 Cache::Cache(int num_pages_, int kv_heads_, int page_size_, int head_dim_, KvLayout layout_, DType dtype_)
     : num_pages(num_pages_), kv_heads(kv_heads_), page_size(page_size_), head_dim(head_dim_),
       layout(layout_), dtype(dtype_),
@@ -74,6 +86,7 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
     s.lo.assign(rows * D, 0.0f);
     s.hi.assign(rows * D, 0.0f);
     s.value_norm.assign(rows, 0.0);
+    s.key_absmax.assign(rows, 0.0f);
     for (int b = 0; b < s.batch; ++b) {
         const int len = seqs.seq_lens[b];
         for (int j = 0; j * S < len; ++j) {
@@ -92,8 +105,10 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
                     }
                     // The mean as the kernel forms it: an f32 sum divided in f32.
                     s.mean[row * D + d] = round_to(summary_dtype, float(sum) / float(n));
-                    s.lo[row * D + d] = round_to(summary_dtype, lo);
-                    s.hi[row * D + d] = round_to(summary_dtype, hi);
+                    s.lo[row * D + d] = round_toward(summary_dtype, lo, false);
+                    s.hi[row * D + d] = round_toward(summary_dtype, hi, true);
+                    s.key_absmax[row] = std::max({s.key_absmax[row], std::abs(s.lo[row * D + d]),
+                                                  std::abs(s.hi[row * D + d])});
                 }
                 double vmax = 0;
                 for (int t = 0; t < n; ++t) {
@@ -159,7 +174,7 @@ std::vector<double> solve_fw(const std::vector<double> &s, int steps, double tau
     return a;
 }
 
-std::vector<double> solve_sparsemax(const std::vector<double> &s, double tau) {
+std::vector<double> solve_sparsemax(const std::vector<double> &s, double tau, double *threshold) {
     std::vector<double> z(s.size());
     for (size_t i = 0; i < s.size(); ++i) z[i] = s[i] / tau;
     std::vector<double> sorted = z;
@@ -171,6 +186,7 @@ std::vector<double> solve_sparsemax(const std::vector<double> &s, double tau) {
     }
     std::vector<double> a(z.size());
     for (size_t i = 0; i < z.size(); ++i) a[i] = std::max(z[i] - theta, 0.0);
+    if (threshold) *threshold = theta;
     return a;
 }
 
@@ -209,25 +225,31 @@ double page_score(const Summaries &sum, const float *q, int b, int h, int j, Rou
 
 }  // namespace
 
+double solver_temperature(const SparseOptions &opt) {
+    return opt.solver == Solver::EG ? double(float(opt.solver_steps) * float(opt.solver_eta)) : 1.0;
+}
+
 HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries &q, const Summaries &sum,
                        const SparseOptions &opt, int b, int h, int g) {
     HeadResult r;
     const int S = cache.page_size, D = cache.head_dim, len = seqs.seq_lens[b];
     const int n_pages = (len + S - 1) / S;
     const double scale = opt.scale > 0 ? opt.scale : default_scale(D);
+    const double inf = std::numeric_limits<double>::infinity();
     const float *qh = q.head(b, h, g);
 
-    // 1. routing
+    // 1. routing; sink and local pages first, whatever their scores
     std::vector<double> own(n_pages), route(n_pages);
     for (int j = 0; j < n_pages; ++j) {
         own[j] = page_score(sum, qh, b, h, j, opt.routing, scale);
         if (opt.group_routing == GroupRouting::PerHead) {
             route[j] = own[j];
         } else {
-            route[j] = -std::numeric_limits<double>::infinity();
+            route[j] = -inf;
             for (int gg = 0; gg < q.group; ++gg)
                 route[j] = std::max(route[j], page_score(sum, q.head(b, h, gg), b, h, j, opt.routing, scale));
         }
+        if (j < opt.sink_pages || j >= n_pages - opt.local_pages) route[j] = inf;
     }
     r.pages = top_indices(route, opt.top_pages);
     std::vector<char> page_selected(n_pages, 0);
@@ -254,18 +276,16 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
 
     // 3. solver
     std::vector<double> alpha;
-    double beta = 1.0;
+    const double beta = solver_temperature(opt);
+    double theta = 0;
     switch (opt.solver) {
     case Solver::Softmax: alpha = solve_softmax(cs); break;
-    case Solver::EG:
-        alpha = solve_eg(cs, opt.solver_steps, opt.solver_eta);
-        beta = opt.solver_steps * opt.solver_eta;
-        break;
+    case Solver::EG: alpha = solve_eg(cs, opt.solver_steps, double(float(opt.solver_eta))); break;
     case Solver::FW: alpha = solve_fw(cs, opt.solver_steps, opt.solver_tau, &r.fw_gap); break;
-    case Solver::Sparsemax: alpha = solve_sparsemax(cs, opt.solver_tau); break;
+    case Solver::Sparsemax: alpha = solve_sparsemax(cs, opt.solver_tau, &theta); break;
     }
 
-    // 4. output and LSE
+    // 4. output and LSE (at temperature beta for softmax and eg)
     r.out.assign(D, 0.0);
     for (size_t c = 0; c < cs.size(); ++c) {
         const int p = r.candidates[c];
@@ -273,55 +293,125 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         for (int d = 0; d < D; ++d) r.out[d] += alpha[c] * cache.v[cache.offset(page, p % S, h, d)];
     }
     const double m = *std::max_element(cs.begin(), cs.end());
-    double z1 = 0, zb = 0, min_c = std::numeric_limits<double>::infinity();
+    const double lse_beta = opt.solver == Solver::Softmax || opt.solver == Solver::EG ? beta : 1.0;
+    double z_lse = 0, zb = 0, min_c = inf;
     for (double s : cs) {
-        z1 += std::exp(s - m);
+        z_lse += std::exp(lse_beta * (s - m));
         zb += std::exp(beta * (s - m));
         min_c = std::min(min_c, s);
     }
-    r.lse = m + std::log(z1);
+    r.lse = m + std::log(z_lse) / lse_beta;
     r.max_score = m;
 
-    // diagnostics
-    double leak = 0, outside_max = -std::numeric_limits<double>::infinity(), vout = 0;
+    // Diagnostics and the certificate: the formulas of algorithm.cpp, in double.
+    const double u = fp::kUnit32;
+    double q_l1 = 0;
+    for (int d = 0; d < D; ++d) q_l1 += std::abs(double(qh[d]));
+    const double error_per_key = scale * q_l1 * (1 + 2 * fp::gamma32(D)) * fp::score_error32(D);
+    auto upper_term = [&](double s, double e) {
+        return std::exp(beta * (s + e - m) + 8 * u * beta * (std::abs(s) + e + std::abs(m)));
+    };
+    auto upper_score = [&](double s, double e) { return s + e + 4 * u * (std::abs(s) + e); };
+    double leak_in = 0, leak_out = 0, outside_max = -inf, outside_upper = -inf, vout = 0, vcand = 0, kabs_seq = 0;
     for (size_t i = 0; i < pos.size(); ++i) {
+        const size_t row = sum.at(b, h, pos[i] / S);
+        vcand = std::max(vcand, sum.value_norm[row]);
         if (is_candidate[i]) continue;
-        leak += std::exp(beta * (score[i] - m));
+        const double e = error_per_key * sum.key_absmax[row];
+        leak_in += upper_term(score[i], e);
         outside_max = std::max(outside_max, score[i]);
-        vout = std::max(vout, sum.value_norm[sum.at(b, h, pos[i] / S)]);
+        outside_upper = std::max(outside_upper, upper_score(score[i], e));
+        vout = std::max(vout, sum.value_norm[row]);
     }
     for (int j = 0; j < n_pages; ++j) {
+        const size_t row = sum.at(b, h, j);
+        kabs_seq = std::max(kabs_seq, double(sum.key_absmax[row]));
         if (page_selected[j]) continue;
-        const int n = std::min(S, len - j * S);
-        leak += n * std::exp(beta * (own[j] - m));
+        const double e = error_per_key * sum.key_absmax[row];
+        leak_out += std::min(S, len - j * S) * upper_term(own[j], e);
         outside_max = std::max(outside_max, own[j]);
-        vout = std::max(vout, sum.value_norm[sum.at(b, h, j)]);
+        outside_upper = std::max(outside_upper, upper_score(own[j], e));
+        vout = std::max(vout, sum.value_norm[row]);
     }
+    const double n_out = seqs.max_pages + 2.0;
+    const double e64 = scale * q_l1 * (1 + 2 * fp::gamma32(D)) * kabs_seq * fp::score_error64(D);
+    const double z_low = zb * std::exp(-beta * e64) * (1 - fp::gamma64(opt.top_tokens + 2) - fp::kExp64);
+    r.leakage = (leak_in * (1 + fp::kExp32) * (1 + fp::gamma32(opt.top_pages * S + 2)) +
+                 leak_out * (1 + fp::kExp32) * (1 + n_out * u / (1 - n_out * u))) / z_low;
+    r.outside_mass = std::isfinite(r.leakage) ? r.leakage / (1.0 + r.leakage) : 1.0;
     double onorm = 0;
     for (double x : r.out) onorm += x * x;
     onorm = std::sqrt(onorm);
-    r.leakage = leak / zb;
-    r.outside_mass = r.leakage / (1.0 + r.leakage);
-    if (!std::isfinite(r.leakage)) r.outside_mass = 1.0;
+    const double largest = std::max(std::abs(m), std::abs(min_c));
+    const double rho = std::exp(beta * (e64 + 8 * fp::kUnit64 * largest)) * (1 + fp::kExp64) - 1;
+    const double g64 = fp::gamma64(opt.top_tokens + 2);
+    const double kappa = rho < 0.5 ? (1 + rho) * (1 + g64) / ((1 - rho) * (1 - g64)) * (1 + u) - 1 : inf;
+    const double rounding = (kappa + fp::gamma32(opt.top_tokens + 1) * (1 + kappa)) * vcand;
     r.value_out = vout;
-    r.error_bound = r.outside_mass * (vout + onorm);
+    r.error_bound = (r.outside_mass * (vout + onorm + rounding) + rounding) * (1 + 4 * u);
     r.support_gap = min_c - outside_max;
+
+    if (opt.routing == RoutingMode::Mean) {
+        r.certificate = Certificate::MeanRouting;
+    } else if (opt.solver == Solver::Softmax || opt.solver == Solver::EG) {
+        r.certificate = std::isfinite(r.error_bound) && r.error_bound <= std::numeric_limits<float>::max()
+                            ? Certificate::Certified : Certificate::Overflow;
+    } else if (opt.solver == Solver::Sparsemax) {
+        const double tau = opt.solver_tau;
+        const double theta_low = theta - 8 * u * (std::abs(theta) + std::abs(m) / tau + 1);
+        double mass = 0;
+        for (double s : cs) mass += std::max(s / tau - theta_low, 0.0);
+        const double mass_low = mass * (1 - fp::gamma64(opt.top_tokens + 2)) - opt.top_tokens * e64 / tau;
+        const bool exact = mass_low >= 1 && outside_upper <= theta_low * tau * (1 - 4 * fp::kUnit64);
+        r.certificate = exact ? Certificate::Certified : Certificate::Solver;
+        r.error_bound = 0;
+    } else {
+        r.certificate = Certificate::Solver;
+    }
+    if (r.certificate != Certificate::Certified) r.error_bound = inf;
     return r;
 }
 
-DenseResult dense_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, int b, int h, int g) {
-    const int S = cache.page_size, D = cache.head_dim, len = seqs.seq_lens[b];
-    if (scale <= 0) scale = default_scale(D);
-    const float *qh = q.head(b, h, g);
+namespace {
+std::vector<double> all_scores(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, int b, int h,
+                               int g) {
+    const int S = cache.page_size, len = seqs.seq_lens[b];
+    if (scale <= 0) scale = default_scale(cache.head_dim);
     std::vector<double> s(len);
-    for (int t = 0; t < len; ++t) s[t] = scale * dot(qh, cache.k.data(), cache, seqs.page_of(b, t, S), t % S, h);
-    std::vector<double> a = solve_softmax(s);
-    DenseResult r;
-    r.out.assign(D, 0.0);
-    for (int t = 0; t < len; ++t) {
-        const int page = seqs.page_of(b, t, S);
-        for (int d = 0; d < D; ++d) r.out[d] += a[t] * cache.v[cache.offset(page, t % S, h, d)];
+    for (int t = 0; t < len; ++t) s[t] = scale * dot(q.head(b, h, g), cache.k.data(), cache, seqs.page_of(b, t, S), t % S, h);
+    return s;
+}
+
+std::vector<double> weighted_values(const Cache &cache, const Sequences &seqs, const std::vector<double> &a, int b,
+                                    int h) {
+    const int S = cache.page_size, D = cache.head_dim;
+    std::vector<double> out(D, 0.0);
+    for (size_t t = 0; t < a.size(); ++t) {
+        const int page = seqs.page_of(b, int(t), S);
+        for (int d = 0; d < D; ++d) out[d] += a[t] * cache.v[cache.offset(page, int(t) % S, h, d)];
     }
+    return out;
+}
+}  // namespace
+
+DenseResult dense_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, int b, int h, int g,
+                       double beta) {
+    std::vector<double> s = all_scores(cache, seqs, q, scale, b, h, g);
+    std::vector<double> bs(s.size());
+    for (size_t t = 0; t < s.size(); ++t) bs[t] = beta * s[t];
+    DenseResult r;
+    r.out = weighted_values(cache, seqs, solve_softmax(bs), b, h);
+    double m = *std::max_element(bs.begin(), bs.end()), z = 0;
+    for (double x : bs) z += std::exp(x - m);
+    r.lse = (m + std::log(z)) / beta;
+    return r;
+}
+
+DenseResult dense_sparsemax_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, double tau,
+                                 int b, int h, int g) {
+    std::vector<double> s = all_scores(cache, seqs, q, scale, b, h, g);
+    DenseResult r;
+    r.out = weighted_values(cache, seqs, solve_sparsemax(s, tau), b, h);
     double m = *std::max_element(s.begin(), s.end()), z = 0;
     for (double x : s) z += std::exp(x - m);
     r.lse = m + std::log(z);

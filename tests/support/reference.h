@@ -15,6 +15,7 @@ enum class DType { F32, F16, BF16 };
 const char *dtype_name(DType t);
 int dtype_bytes(DType t);
 float round_to(DType t, float x);             // round to nearest even
+float round_toward(DType t, float x, bool up); // round toward +inf (up) or -inf
 uint16_t to_bits16(DType t, float x);         // F16 / BF16 bit pattern
 float from_bits16(DType t, uint16_t bits);
 
@@ -43,10 +44,12 @@ struct Queries {
     const float *head(int b, int h, int g) const { return &q[((size_t(b) * kv_heads + h) * group + g) * head_dim]; }
 };
 
-// Per (sequence, KV head, logical page): summaries rounded to `dtype`, exact value norms.
+// Per (sequence, KV head, logical page): the mean rounded to `dtype`, the box rounded
+// outward (lo down, hi up), the largest |x| of the stored box, exact value norms.
 struct Summaries {
     int batch = 0, kv_heads = 0, max_pages = 0, head_dim = 0;
     std::vector<float> mean, lo, hi;   // [b][h][j][d]
+    std::vector<float> key_absmax;     // [b][h][j]
     std::vector<double> value_norm;    // [b][h][j]
     size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
 };
@@ -59,8 +62,12 @@ struct SparseOptions {
     double solver_eta = 0.2, solver_tau = 1.0;
     RoutingMode routing = RoutingMode::Mean;
     GroupRouting group_routing = GroupRouting::PerHead;
+    int sink_pages = 0, local_pages = 0;
     double scale = 0;  // 0: 1/sqrt(D)
 };
+
+// The softmax temperature of eg, N * eta, formed in f32 as the kernels form it; 1 otherwise.
+double solver_temperature(const SparseOptions &opt);
 
 struct HeadResult {
     std::vector<int> pages;       // selected logical pages, increasing
@@ -68,6 +75,7 @@ struct HeadResult {
     std::vector<double> out;
     double lse = 0, support_gap = 0, leakage = 0, error_bound = 0, outside_mass = 0;
     double value_out = 0, fw_gap = 0, max_score = 0;
+    Certificate certificate = Certificate::Certified;  // error_bound is +inf unless Certified
 };
 HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries &q, const Summaries &sum,
                        const SparseOptions &opt, int b, int h, int g);
@@ -76,13 +84,18 @@ struct DenseResult {
     std::vector<double> out;
     double lse = 0;
 };
-DenseResult dense_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, int b, int h, int g);
+// Dense softmax attention at temperature beta (eg's fallback); lse = (1/beta) log sum exp(beta s).
+DenseResult dense_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, int b, int h, int g,
+                       double beta = 1);
+// Sparsemax over every token of the sequence (what a certified sparsemax head equals).
+DenseResult dense_sparsemax_head(const Cache &cache, const Sequences &seqs, const Queries &q, double scale, double tau,
+                                 int b, int h, int g);
 
 // Solvers on a candidate score vector, exposed for their own checks.
 std::vector<double> solve_softmax(const std::vector<double> &s);
 std::vector<double> solve_eg(const std::vector<double> &s, int steps, double eta);
 std::vector<double> solve_fw(const std::vector<double> &s, int steps, double tau, double *duality_gap);
-std::vector<double> solve_sparsemax(const std::vector<double> &s, double tau);
+std::vector<double> solve_sparsemax(const std::vector<double> &s, double tau, double *threshold = nullptr);
 
 double default_scale(int head_dim);
 
