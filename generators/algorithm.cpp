@@ -234,7 +234,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
 
     st.alpha = Func("alpha");
     Expr fw_gap = Expr(0.0f);
-    Expr sparsemax_theta;  // f32, sparsemax only
+    Expr sparsemax_theta;  // f64, sparsemax only
     if (softmax_family) {
         st.alpha(c, g, h, b) = cast<float>(st.weight(c, g, h, b) / st.weight_sum(g, h, b));
     } else if (cfg.solver == Solver::FW) {
@@ -282,8 +282,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     } else {
         st.solver_steps.push_back(cand_score32);
         // sparsemax: alpha = max(z - theta, 0), z = s / tau, sum alpha = 1. theta is
-        // bracketed by bisection on f(theta) = sum max(z - theta, 0) - 1, then solved
-        // exactly on the support it brackets.
+        // bracketed by bisection in f32 on f(theta) = sum max(z - theta, 0) - 1, then solved
+        // exactly in f64 on the support it brackets.
         const float tau = cfg.solver_tau;
         Func z("sparsemax_z");
         z(c, g, h, b) = select(valid_c, s32_c / tau, neg_inf());
@@ -305,17 +305,17 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
             bracket = next;
         }
         Func support("sparsemax_support");
-        support(g, h, b) = Tuple(0, 0.0f);
-        Expr zr = z(rc, g, h, b);
-        Expr in_support = zr > bracket(g, h, b)[0];
+        support(g, h, b) = Tuple(0, f64(0));
+        Expr in_support = z(rc, g, h, b) > bracket(g, h, b)[0];
+        Expr z64 = st.cand_score(rc, g, h, b) / f64(tau);
         support(g, h, b) = Tuple(support(g, h, b)[0] + select(in_support, 1, 0),
-                                 support(g, h, b)[1] + select(in_support, zr, 0.0f));
+                                 support(g, h, b)[1] + select(in_support, z64, f64(0)));
         Func theta("sparsemax_theta");
-        theta(g, h, b) = (support(g, h, b)[1] - 1.0f) / as_f32(support(g, h, b)[0]);
+        theta(g, h, b) = (support(g, h, b)[1] - 1) / cast<double>(support(g, h, b)[0]);
         st.solver_steps.push_back(support);
         st.solver_steps.push_back(theta);
         sparsemax_theta = theta(g, h, b);
-        st.alpha(c, g, h, b) = select(valid_c, Halide::max(z(c, g, h, b) - theta(g, h, b), 0.0f), 0.0f);
+        st.alpha(c, g, h, b) = select(valid_c, cast<float>(Halide::max(s_c / f64(tau) - theta(g, h, b), f64(0))), 0.0f);
     }
 
     // 4. Output and LSE of the candidate scores (at the solver's temperature for
@@ -451,21 +451,35 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         certificate = select(Halide::is_finite(bound), status(Certificate::Certified), status(Certificate::Overflow));
     } else if (cfg.solver == Solver::Sparsemax) {
         // Exact when every outside score is at or below C's threshold: then sparsemax over
-        // all tokens has C's support and threshold. theta_low <= the exact threshold of C
-        // is checked by f(theta_low) >= 1 in f64 with the candidates' score error.
+        // all tokens has C's support and threshold. The exact threshold of C lies in
+        // [theta - w, theta + w] when f(theta - w) >= 1 >= f(theta + w), checked in f64 with
+        // the candidates' score error (f is decreasing); w covers the f64 solve. The bound
+        // is then the rounding of the computed output alone: each alpha within a_err of
+        // the exact one before its f32 cast, and the f32 sum of alpha_i v_i.
         const double tau = cfg.solver_tau;
-        Expr theta = cast<double>(sparsemax_theta);
-        Expr theta_low = theta - f64(8 * u) * (Halide::abs(theta) + Halide::abs(m) / f64(tau) + 1);
-        Func mass("sparsemax_mass_at_theta_low");
-        mass(g, h, b) = f64(0);
-        mass(g, h, b) += strict(select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
-                                       Halide::max(st.cand_score(rc, g, h, b) / f64(tau) - theta_low, f64(0)), f64(0)));
-        st.solver_steps.push_back(mass);
-        Expr mass_low = mass(g, h, b) * f64(1 - fp::gamma64(KC + 2)) - f64(KC) * e64 / f64(tau);
+        Expr theta = sparsemax_theta;
+        Expr z_max = largest_candidate / f64(tau);
+        Expr w = f64(2 * KC) * e64 / f64(tau) + f64(64 * fp::kUnit64 * (KC + 2)) * (Halide::abs(theta) + z_max + 1);
+        auto mass_at = [&](Expr at, const std::string &name) {
+            Func mass(name);
+            mass(g, h, b) = f64(0);
+            mass(g, h, b) += strict(select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
+                                           Halide::max(st.cand_score(rc, g, h, b) / f64(tau) - at, f64(0)), f64(0)));
+            st.solver_steps.push_back(mass);
+            return mass(g, h, b);
+        };
+        Expr spread = f64(KC) * e64 / f64(tau);
+        Expr bracketed = mass_at(theta - w, "sparsemax_mass_low") * f64(1 - fp::gamma64(KC + 2)) - spread >= f64(1) &&
+                         mass_at(theta + w, "sparsemax_mass_high") * f64(1 + fp::gamma64(KC + 2)) + spread <= f64(1);
         Expr outside_upper = cast<double>(Halide::max(st.inside_stats(g, h, b)[4], st.outside_stats(g, h, b)[4]));
-        Expr exact = mass_low >= f64(1) && outside_upper <= theta_low * f64(tau * (1 - 4 * fp::kUnit64));
-        certificate = select(exact, status(Certificate::Certified), status(Certificate::Solver));
-        bound = Expr(0.0f);
+        Expr exact = bracketed && outside_upper <= (theta - w) * f64(tau * (1 - 4 * fp::kUnit64));
+        Expr a_err = w + e64 / f64(tau) + f64(4 * fp::kUnit64) * (z_max + Halide::abs(theta));
+        Expr spread_alpha = f64(KC) * a_err;
+        Expr sparsemax_rounding = ((spread_alpha + f64(u) * (1 + spread_alpha)) +
+                                   f64(fp::gamma32(KC + 1) * (1 + u)) * (1 + spread_alpha)) * value_candidates;
+        bound = cast<float>(sparsemax_rounding * f64(1 + 4 * u));
+        certificate = select(!exact, status(Certificate::Solver), Halide::is_finite(bound),
+                             status(Certificate::Certified), status(Certificate::Overflow));
     } else {
         certificate = status(Certificate::Solver);
     }

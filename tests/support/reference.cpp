@@ -357,14 +357,24 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         r.certificate = std::isfinite(r.error_bound) && r.error_bound <= std::numeric_limits<float>::max()
                             ? Certificate::Certified : Certificate::Overflow;
     } else if (opt.solver == Solver::Sparsemax) {
-        const double tau = opt.solver_tau;
-        const double theta_low = theta - 8 * u * (std::abs(theta) + std::abs(m) / tau + 1);
-        double mass = 0;
-        for (double s : cs) mass += std::max(s / tau - theta_low, 0.0);
-        const double mass_low = mass * (1 - fp::gamma64(opt.top_tokens + 2)) - opt.top_tokens * e64 / tau;
-        const bool exact = mass_low >= 1 && outside_upper <= theta_low * tau * (1 - 4 * fp::kUnit64);
-        r.certificate = exact ? Certificate::Certified : Certificate::Solver;
-        r.error_bound = 0;
+        const double tau = opt.solver_tau, KC = opt.top_tokens;
+        const double z_max = largest / tau;
+        const double w = 2 * KC * e64 / tau + 64 * fp::kUnit64 * (KC + 2) * (std::abs(theta) + z_max + 1);
+        auto mass_at = [&](double at) {
+            double mass = 0;
+            for (double s : cs) mass += std::max(s / tau - at, 0.0);
+            return mass;
+        };
+        const double spread = KC * e64 / tau;
+        const bool bracketed = mass_at(theta - w) * (1 - fp::gamma64(KC + 2)) - spread >= 1 &&
+                               mass_at(theta + w) * (1 + fp::gamma64(KC + 2)) + spread <= 1;
+        const bool exact = bracketed && outside_upper <= (theta - w) * tau * (1 - 4 * fp::kUnit64);
+        const double a_err = w + e64 / tau + 4 * fp::kUnit64 * (z_max + std::abs(theta));
+        const double spread_alpha = KC * a_err;
+        r.error_bound = ((spread_alpha + u * (1 + spread_alpha)) + fp::gamma32(KC + 1) * (1 + u) * (1 + spread_alpha)) *
+                        vcand * (1 + 4 * u);
+        r.certificate = !exact ? Certificate::Solver
+                      : r.error_bound <= std::numeric_limits<float>::max() ? Certificate::Certified : Certificate::Overflow;
     } else {
         r.certificate = Certificate::Solver;
     }
