@@ -119,7 +119,7 @@ void compile_object(const BuildRequest &r, const std::string &object) {
         }
         jit.pipeline.compile_to_object(object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens,
                                                 jit.summary, jit.value_norm, jit.key_absmax, jit.scale},
-                                       r.name, target);
+                                       r.name, decode_target(target));
     } else {
         DenseConfig cfg = dense_config(w);
         DenseCpuSchedule s = schedule_from_json<DenseCpuSchedule>(r.schedule);

@@ -23,7 +23,7 @@ DecodeJit::DecodeJit(const DecodeConfig &c)
     pipeline = Halide::Pipeline(stages.outputs());
 }
 
-void DecodeJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
+void DecodeJit::compile(const Halide::Target &target) { pipeline.compile_jit(decode_target(target)); }
 
 void DecodeBuffers::allocate_outputs(const DecodeConfig &cfg) {
     const int G = q.dim(1).extent(), H = q.dim(2).extent(), B = q.dim(3).extent();

@@ -100,11 +100,16 @@ function(vashista_add_kernel_library NAME)
                 continue()
             endif ()
             list(APPEND seen ${fn})
+            # Decode kernels need IEEE semantics for their certificate (decode_target()).
+            set(target "${ARG_TARGET}")
+            if (kind STREQUAL "decode" AND NOT target MATCHES "strict_float")
+                string(REPLACE "," "-strict_float," target "${target}-strict_float")
+            endif ()
             add_halide_library(${fn} FROM vashista_generators
                 GENERATOR vashista_${kind}
                 FUNCTION_NAME ${fn}
                 USE_RUNTIME ${rt}
-                TARGETS ${ARG_TARGET}
+                TARGETS ${target}
                 PARAMS ${s_params})
             list(APPEND libs ${fn})
             string(APPEND includes "#include \"${fn}.h\"\n")

@@ -23,10 +23,6 @@ Expr neg_inf(Type t = Float(32)) {
                           : Expr(-std::numeric_limits<float>::infinity());
 }
 Expr as_f32(Expr e) { return cast<float>(e); }
-// IEEE semantics for the certificate's arithmetic: without it, code generation may
-// assume no NaN or infinity occurs, and the bound relies on both.
-Expr strict(Expr e) { return Halide::strict_float(e); }
-
 // The softmax temperature of the solver: N * eta for eg, else 1.
 float solver_temperature(const DecodeConfig &cfg) {
     return cfg.solver == Solver::EG ? float(cfg.solver_steps) * cfg.solver_eta : 1.0f;
@@ -203,14 +199,13 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
                                    cast<double>(as_f32(kv_element(in.k_cache, cfg.layout, rd, offset, h, page)));
     }
     st.cand_score = Func("cand_score");
-    st.cand_score(c, g, h, b) =
-        strict(select(cand_valid, cast<double>(scale) * st.cand_dot(c, g, h, b), neg_inf(Float(64))));
+    st.cand_score(c, g, h, b) = select(cand_valid, cast<double>(scale) * st.cand_dot(c, g, h, b), neg_inf(Float(64)));
 
     // 3. Solver.
     RDom rc(0, KC, "rc");
     st.max_score = Func("max_score");
     st.max_score(g, h, b) = neg_inf(Float(64));
-    st.max_score(g, h, b) = strict(Halide::max(st.max_score(g, h, b), st.cand_score(rc, g, h, b)));
+    st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), st.cand_score(rc, g, h, b));
     Expr m = st.max_score(g, h, b);
     Expr s_c = st.cand_score(c, g, h, b);
     Expr valid_c = s_c > neg_inf(Float(64));
@@ -221,7 +216,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     const float beta = solver_temperature(cfg);
     const Expr beta64 = f64(beta);
     st.weight = Func("weight");
-    st.weight(c, g, h, b) = strict(select(valid_c, Halide::exp(beta64 * (s_c - m)), f64(0)));
+    st.weight(c, g, h, b) = select(valid_c, Halide::exp(beta64 * (s_c - m)), f64(0));
     st.weight_sum = Func("weight_sum");
     st.weight_sum(g, h, b) = f64(0);
     st.weight_sum(g, h, b) += st.weight(rc, g, h, b);
@@ -363,14 +358,12 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     st.q_l1(g, h, b) += Halide::abs(in.q(rd, g, h, b));
     Expr q_l1_up = st.q_l1(g, h, b) * float(1 + 2 * fp::gamma32(D));
     Expr error_per_key = scale * q_l1_up * float(fp::score_error32(D));  // e_p / key_absmax(p)
-    // (Strict IEEE evaluation per term; the reductions' + and max stay plain so they
-    // can be split into vector lanes.)
     auto upper_term = [&](Expr score, Expr error) {  // exp(beta (s - m)) >= exact, per token
         Expr margin = float(8 * u) * beta * (Halide::abs(score) + error + Halide::abs(m32));
-        return strict(Halide::exp(beta * (score + error - m32) + margin));
+        return Halide::exp(beta * (score + error - m32) + margin);
     };
     auto upper_score = [&](Expr score, Expr error) {  // >= the exact score
-        return strict(score + error + float(4 * u) * (Halide::abs(score) + error));
+        return score + error + float(4 * u) * (Halide::abs(score) + error);
     };
     st.inside_stats = Func("inside_stats");
     {
@@ -414,10 +407,10 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     }
     Func min_score("min_score");
     min_score(g, h, b) = Expr(std::numeric_limits<double>::infinity());
-    min_score(g, h, b) = strict(Halide::min(min_score(g, h, b),
-                                            select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
-                                                   st.cand_score(rc, g, h, b),
-                                                   Expr(std::numeric_limits<double>::infinity()))));
+    min_score(g, h, b) = Halide::min(min_score(g, h, b),
+                                     select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
+                                            st.cand_score(rc, g, h, b),
+                                            Expr(std::numeric_limits<double>::infinity())));
     st.solver_steps.push_back(min_score);
 
     Expr inside = st.inside_stats(g, h, b)[0], outside = st.outside_stats(g, h, b)[0];
@@ -463,8 +456,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         auto mass_at = [&](Expr at, const std::string &name) {
             Func mass(name);
             mass(g, h, b) = f64(0);
-            mass(g, h, b) += strict(select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
-                                           Halide::max(st.cand_score(rc, g, h, b) / f64(tau) - at, f64(0)), f64(0)));
+            mass(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
+                                    Halide::max(st.cand_score(rc, g, h, b) / f64(tau) - at, f64(0)), f64(0));
             st.solver_steps.push_back(mass);
             return mass(g, h, b);
         };
@@ -486,9 +479,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     Expr reported_bound = select(certificate == status(Certificate::Certified), bound,
                                  std::numeric_limits<float>::infinity());
     st.diag = Func("diag");
-    st.diag(k, g, h, b) = Halide::mux(k, {strict(gap), strict(cast<float>(leakage)), strict(reported_bound),
-                                          strict(cast<float>(delta)), strict(value_out),
-                                          as_f32(st.select.count(g, h, b)), fw_gap, m32, strict(certificate)});
+    st.diag(k, g, h, b) = Halide::mux(k, {gap, cast<float>(leakage), reported_bound, cast<float>(delta), value_out,
+                                          as_f32(st.select.count(g, h, b)), fw_gap, m32, certificate});
 
     Var x("x");
     Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b),
@@ -516,6 +508,10 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     st.result_candidates.bound(c, 0, KC).bound(g, 0, G);
     st.result_pages.bound(i, 0, P).bound(g, 0, G);
     return st;
+}
+
+Halide::Target decode_target(const Halide::Target &target) {
+    return target.with_feature(Halide::Target::StrictFloat);
 }
 
 int record_length(const DecodeConfig &cfg) {

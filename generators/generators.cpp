@@ -104,6 +104,9 @@ public:
     }
 
     void generate() {
+        if (!get_target().has_feature(Halide::Target::StrictFloat))
+            throw std::invalid_argument("vashista_decode needs the strict_float target feature (its certificate "
+                                        "relies on IEEE infinities and NaN): target " + get_target().to_string());
         const DecodeConfig cfg = config();
         DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax,
                         scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};

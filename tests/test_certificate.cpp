@@ -1,7 +1,9 @@
-// Certificate soundness: over 10^5 heads of random, clustered and adversarial inputs,
-// the kernel's error bound (bound routing) must never be below the true distance from
-// its sparse output to the double-precision dense answer, beyond f32 rounding of the
-// check itself: slack = 2e-5 * (1 + ||o_dense|| + V_out).
+// Certificate soundness (JIT, f32 KV and summaries, D = 16, every diagnostic visible):
+// over 10^5 heads of random, clustered and adversarial inputs, the kernel's error bound
+// (bound routing) is never below the true distance from its sparse output to the
+// double-precision dense answer, beyond the rounding of the check itself:
+// slack = 1e-6 + 1e-5 * ||o_dense||. test_certificate_abi.cpp does the same through the
+// linked library at engine shapes.
 #include "kernel_check.h"
 
 #include <catch2/catch.hpp>
@@ -76,7 +78,7 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
 
     const int batch = 250, heads_per_call = batch * 4 * 4, target_heads = 100000;
     std::mt19937 rng(99);
-    long heads = 0, violations = 0, certified = 0;
+    long heads = 0, violations = 0, certified = 0, halved_violations[4] = {};
     std::vector<double> tightness;  // bound / true error where the error is above rounding
     std::string worst;
     double worst_ratio = 0;
@@ -96,14 +98,24 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
                         dn2 += d.out[x] * d.out[x];
                     }
                     const double err = std::sqrt(err2), bound = buf.diag(kDiagErrorBound, g, h, b);
-                    const double slack = 2e-5 * (1 + std::sqrt(dn2) + buf.diag(kDiagOutsideValueNorm, g, h, b));
+                    const double slack = 1e-6 + 1e-5 * std::sqrt(dn2);
                     if (!(err <= bound + slack)) {
                         ++violations;
-                        if (err / (bound + slack) > worst_ratio) {
+                        if (!(err / (bound + slack) <= worst_ratio)) {
                             worst_ratio = err / (bound + slack);
                             worst = std::string(name(a)) + ": error " + std::to_string(err) + " > bound " + std::to_string(bound);
                         }
                     }
+                    // The bound's terms, each halved: delta (V_out + ||o|| + R) + R.
+                    const double delta = buf.diag(kDiagOutsideMass, g, h, b), v_out = buf.diag(kDiagOutsideValueNorm, g, h, b);
+                    double o = 0;
+                    for (int x = 0; x < 16; ++x) o += double(buf.out(x, g, h, b)) * buf.out(x, g, h, b);
+                    o = std::sqrt(o);
+                    const double r = std::max(0.0, (bound / (1 + 4 * fp::kUnit32) - delta * (v_out + o)) / (1 + delta));
+                    const double halved[] = {0.5 * delta * (v_out + o + r) + r, delta * (0.5 * v_out + o + r) + r,
+                                             delta * (v_out + 0.5 * o + r) + r, delta * (v_out + o + 0.5 * r) + 0.5 * r};
+                    for (int t = 0; t < 4; ++t)
+                        if (!(err <= halved[t] + slack)) ++halved_violations[t];
                     if (bound < 1e-3) ++certified;
                     if (err > slack) tightness.push_back(bound / err);
                     ++heads;
@@ -113,6 +125,8 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     std::sort(tightness.begin(), tightness.end());
     auto pct = [&](double q) { return tightness.empty() ? 0.0 : tightness[size_t(q * (tightness.size() - 1))]; };
     std::printf("certificate: %ld heads, %ld violations, %ld certified below 1e-3\n", heads, violations, certified);
+    std::printf("halving one term: delta %ld, V_out %ld, ||o|| %ld, rounding R %ld violations\n", halved_violations[0],
+                halved_violations[1], halved_violations[2], halved_violations[3]);
     std::printf("tightness bound/true error over %zu heads with error above rounding: "
                 "min %.3g  p10 %.3g  median %.3g  p90 %.3g  max %.3g\n",
                 tightness.size(), pct(0), pct(0.1), pct(0.5), pct(0.9), pct(1));
@@ -120,4 +134,9 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     CHECK(heads >= target_heads);
     CHECK(violations == 0);
     CHECK(tightness.size() > 1000);  // the suite must actually exercise non-trivial errors
+    // Each data-dependent term is needed: halving it breaks the bound somewhere. (The f32
+    // rounding term R is a worst case, about 100x the rounding these inputs produce.)
+    CHECK(halved_violations[0] > 0);
+    CHECK(halved_violations[1] > 0);
+    CHECK(halved_violations[2] > 0);
 }

@@ -311,3 +311,173 @@ TEST_CASE("the certificate holds through the library on 10^5 heads at engine sha
     for (auto &[family, t] : by_family) nontrivial += t.tightness.size();
     CHECK(nontrivial > 10000);
 }
+
+namespace {
+
+// Every head certified by the library is within its bound of float64 dense softmax.
+// Returns the number of certified heads.
+int check_certified(AbiCache &c, const Step &s, double beta = 1) {
+    int certified = 0;
+    const int D = c.p.cache.head_dim;
+    for (int b = 0; b < c.p.seqs.batch; ++b)
+        for (int h = 0; h < c.p.q.kv_heads; ++h)
+            for (int g = 0; g < c.p.q.group; ++g) {
+                const size_t i = (size_t(b) * c.p.q.kv_heads + h) * c.p.q.group + g;
+                if (s.diag[i].certificate != VASHISTA_CERTIFIED) {
+                    REQUIRE(std::isinf(s.diag[i].error_bound));
+                    continue;
+                }
+                ++certified;
+                ref::DenseResult d = ref::dense_head(c.p.cache, c.p.seqs, c.p.q, ref::default_scale(D), b, h, g, beta);
+                double err2 = 0;
+                for (int x = 0; x < D; ++x) err2 += std::pow(double(s.out[i * D + x]) - d.out[x], 2);
+                INFO("sequence " << b << " head " << h * c.p.q.group + g);
+                REQUIRE(std::sqrt(err2) <= s.diag[i].error_bound + 1e-6 + 1e-5 * norm(d.out));
+            }
+    return certified;
+}
+
+ref::Problem small_problem(const Variant &v, std::vector<int> lens, uint64_t seed = 5) {
+    ref::ProblemSpec spec;
+    spec.kv_heads = H;
+    spec.group = v.group;
+    spec.head_dim = v.head_dim;
+    spec.layout = v.layout;
+    spec.dtype = v.kv;
+    spec.seq_lens = std::move(lens);
+    spec.seed = seed;
+    return ref::make_problem(spec);
+}
+
+}  // namespace
+
+TEST_CASE("f32 keys with bf16 summaries: the stored box still contains every key", "[certificate]") {
+    // Every key 256.9375: bf16's nearest value is 256, below it. A box rounded to nearest
+    // puts every page's bound 10.6 below its true scores, so the bound came out tiny while
+    // the answer (the mean of the candidates' values against the mean of all) was far off.
+    const Variant &v = kVariants[2];  // D=128, f32 KV, bf16 summaries
+    ref::Problem p = small_problem(v, {600, 300});
+    for (float &x : p.cache.k) x = 256.9375f;
+    for (float &x : p.q.q) x = 1.0f;
+    AbiCache c(std::move(p));
+    Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
+    REQUIRE(check_certified(c, s) == int(s.diag.size()));
+    for (const auto &d : s.diag) CHECK(d.error_bound > 0.1f);  // no gap: the bound says so
+}
+
+TEST_CASE("a block table changed after append makes its sequence's summaries stale", "[certificate]") {
+    const Variant &v = kVariants[0];
+    AbiCache c(small_problem(v, {300, 200}));
+    auto &pt = c.p.seqs.page_table;
+    const int MP = c.p.seqs.max_pages;
+    auto taken_and_cert = [&](const Step &s, int b, int32_t taken, int32_t cert) {
+        for (int i = 0; i < H * v.group; ++i) {
+            INFO("sequence " << b << " head " << i);
+            CHECK(s.diag[size_t(b) * H * v.group + i].certificate == cert);
+            CHECK(s.diag[size_t(b) * H * v.group + i].policy_taken == taken);
+        }
+    };
+    SECTION("remapped entries") {
+        std::swap(pt[1], pt[2]);  // sequence 0's logical pages 1 and 2 trade physical pages
+        Step none = decode(c, config_for(v, VASHISTA_POLICY_NONE));
+        taken_and_cert(none, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        check_certified(c, none);
+        // Policy dense answers sequence 0 densely over the table as it now is.
+        vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_DENSE);
+        cfg.tolerance = 1e30f;
+        Step dense = decode(c, cfg);
+        taken_and_cert(dense, 0, VASHISTA_TAKEN_DENSE, VASHISTA_UNCERTIFIED_STALE);
+        taken_and_cert(dense, 1, VASHISTA_TAKEN_SPARSE, VASHISTA_CERTIFIED);
+        for (int i = 0; i < H * v.group; ++i) {
+            ref::DenseResult d = ref::dense_head(c.p.cache, c.p.seqs, c.p.q, 0.0, 0, i / v.group, i % v.group);
+            for (int x = 0; x < v.head_dim; ++x) REQUIRE(dense.out[size_t(i) * v.head_dim + x] == Approx(d.out[x]).margin(1e-4));
+        }
+    }
+    SECTION("a shared physical page rewritten by another sequence") {
+        pt[MP + 0] = pt[0];  // sequence 1's first page becomes sequence 0's (a shared prefix)
+        for (int t = 0; t < S; ++t)
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < v.head_dim; ++d)
+                    c.p.cache.k[c.p.cache.offset(pt[0], t, h, d)] = ref::round_to(v.kv, 0.5f * float(d % 7) - 1.0f);
+        c.append(1, 0, S);  // rewrites the shared page: sequence 0's summary of it is stale
+        Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
+        taken_and_cert(s, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        REQUIRE(check_certified(c, s) == H * v.group);  // sequence 1 is fresh and certified
+        c.append(0, 0, S);  // sequence 0 writes it in turn: now sequence 1's summary is stale
+        s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
+        taken_and_cert(s, 1, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        REQUIRE(check_certified(c, s) == H * v.group);
+    }
+}
+
+TEST_CASE("scores and values past f32's range: uncertified, never a NaN bound", "[certificate]") {
+    const Variant &v = kVariants[0];
+    ref::Problem p = small_problem(v, {400, 100});
+    SECTION("a query with one component near 1e30") {
+        for (int i = 0; i < H * v.group; ++i) p.q.q[size_t(i) * v.head_dim] = 1e30f;
+        AbiCache c(std::move(p));
+        Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
+        for (int i = 0; i < H * v.group; ++i) {
+            CHECK(s.diag[i].certificate == VASHISTA_UNCERTIFIED_OVERFLOW);
+            CHECK(std::isinf(s.diag[i].error_bound));
+        }
+        check_certified(c, s);  // sequence 1 (ordinary) stays within its bounds
+    }
+    SECTION("values near bf16's maximum") {
+        for (size_t i = 0; i < p.cache.v.size(); i += 3) p.cache.v[i] = 3.3e38f;
+        AbiCache c(std::move(p));
+        const int n = 2 * H * v.group;
+        std::vector<float> out(size_t(n) * v.head_dim, 7.0f);
+        std::vector<vashista_head_diag> diag(n);
+        const vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_NONE);
+        const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), H * v.group,
+                                                   c.p.seqs.seq_lens.data(), out.data(), nullptr, diag.data());
+        if (st == VASHISTA_OK) {
+            for (const auto &d : diag) {
+                CHECK(d.certificate == VASHISTA_UNCERTIFIED_OVERFLOW);
+                CHECK(std::isinf(d.error_bound));
+            }
+        } else {  // an output that overflowed is an error that names the cause, and writes nothing
+            CHECK(st == VASHISTA_ERROR_NON_FINITE);
+            CHECK_THAT(vashista_last_error(), Catch::Contains("exceed the range of f32"));
+            for (float x : out) REQUIRE(x == 7.0f);
+        }
+    }
+    SECTION("a query of FLT_MAX") {
+        for (float &x : p.q.q) x = 3.4e38f;
+        AbiCache c(std::move(p));
+        const int n = 2 * H * v.group;
+        std::vector<float> out(size_t(n) * v.head_dim, 7.0f);
+        const vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_DENSE);
+        const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), H * v.group,
+                                                   c.p.seqs.seq_lens.data(), out.data(), nullptr, nullptr);
+        INFO(vashista_last_error());
+        REQUIRE(st == VASHISTA_ERROR_NON_FINITE);
+        CHECK_THAT(vashista_last_error(), Catch::Contains("exceed the range of f32"));
+        for (float x : out) REQUIRE(x == 7.0f);
+    }
+}
+
+TEST_CASE("eg heads that fall back compute dense eg: softmax at temperature N * eta", "[certificate]") {
+    for (const Variant &v : {kVariants[3], kVariants[7]}) {
+        INFO(describe(v));
+        AbiCache c(small_problem(v, {700, 90}));
+        vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_DENSE);
+        cfg.tolerance = 0;  // every head falls back
+        Step s = decode(c, cfg);
+        ref::SparseOptions opt;
+        opt.solver = Solver::EG;
+        const double beta = ref::solver_temperature(opt);
+        REQUIRE(beta == Approx(1.2));
+        for (int b = 0; b < 2; ++b)
+            for (int h = 0; h < H; ++h)
+                for (int g = 0; g < v.group; ++g) {
+                    const size_t i = (size_t(b) * H + h) * v.group + g;
+                    REQUIRE(s.diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
+                    ref::DenseResult d = ref::dense_head(c.p.cache, c.p.seqs, c.p.q, 0.0, b, h, g, beta);
+                    for (int x = 0; x < v.head_dim; ++x)
+                        REQUIRE(s.out[i * v.head_dim + x] == Approx(d.out[x]).margin(1e-4));
+                    REQUIRE(s.lse[i] == Approx(d.lse).margin(1e-4 * (1 + std::abs(d.lse))));
+                }
+    }
+}

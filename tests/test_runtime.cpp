@@ -8,7 +8,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <random>
 #include <vector>
 
 using namespace vashista;
@@ -26,7 +28,7 @@ struct Fixture {
     KvLayout layout;
 
     explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted,
-                     KvLayout layout_ = KvLayout::HND)
+                     KvLayout layout_ = KvLayout::HND, const std::function<void(ref::Problem &)> &edit = {})
         : G(group), layout(layout_) {
         ref::ProblemSpec spec;
         spec.kv_heads = H;
@@ -37,6 +39,7 @@ struct Fixture {
         spec.needle_score = 30;
         spec.layout = layout;
         p = ref::make_problem(spec);
+        if (edit) edit(p);
         k_pages.assign(p.cache.k.size() * 2, 0);
         v_pages.assign(p.cache.v.size() * 2, 0);
         vashista_cache_desc desc = describe();
@@ -331,4 +334,99 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     char list[4096];
     REQUIRE(vashista_list_variants(list, sizeof(list)) > 0);
     REQUIRE_THAT(std::string(list), Catch::Contains("decode ") && Catch::Contains("routing=bound"));
+}
+
+TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256; one that fails both goes dense", "[runtime]") {
+    // One 8K sequence. KV head 0's query heads attend to 200 equal needles on 100 pages
+    // (too many for K_c = 128, all inside P = 128, K_c = 256); KV head 1's to 600 needles
+    // on 300 pages (too many for both). Background keys are small.
+    const int T = 8192;
+    const double scale = ref::default_scale(D), a = std::sqrt(30.0 / scale);  // needle score 30
+    Fixture f(4, {T}, ref::DataKind::Gaussian, KvLayout::HND, [&](ref::Problem &p) {
+        std::mt19937 rng(17);
+        std::normal_distribution<float> n(0, 1);
+        for (float &x : p.cache.k) x = ref::round_to(ref::DType::BF16, 0.05f * x);
+        for (int h = 0; h < H; ++h) {
+            std::vector<double> e(D);
+            double n2 = 0;
+            for (double &x : e) n2 += (x = n(rng)) * x;
+            for (double &x : e) x /= std::sqrt(n2);
+            for (int g = 0; g < 4; ++g)
+                for (int d = 0; d < D; ++d) p.q.q[(size_t(h) * 4 + g) * D + d] = float(a * e[d]);
+            const int pages = h == 0 ? 100 : 300, stride = h == 0 ? 2 : 1;
+            for (int j = 0; j < pages; ++j)
+                for (int t : {j * stride * S + 3, j * stride * S + 9})
+                    for (int d = 0; d < D; ++d)
+                        p.cache.k[p.cache.offset(p.seqs.page_of(0, t, S), t % S, h, d)] =
+                            ref::round_to(ref::DType::BF16, float(a * e[d]));
+        }
+    });
+    vashista_decode_config cfg = default_config();
+    cfg.policy = VASHISTA_POLICY_WIDEN;
+    cfg.tolerance = 1e-3f;
+    std::vector<float> out(size_t(8) * D);
+    std::vector<vashista_head_diag> diag(8);
+    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), 8, f.p.seqs.seq_lens.data(), out.data(), nullptr,
+                            diag.data()) == VASHISTA_OK);
+    ref::Summaries sum = ref::summarize(f.p.cache, f.p.seqs, ref::DType::BF16);
+    ref::SparseOptions wide;
+    wide.routing = RoutingMode::Bound;
+    wide.top_pages = 128;
+    wide.top_tokens = 256;
+    for (int i = 0; i < 8; ++i) {
+        INFO("query head " << i << " bound " << diag[i].error_bound);
+        const int h = i / 4, g = i % 4;
+        CHECK(diag[i].certificate == VASHISTA_CERTIFIED);
+        if (h == 0) {
+            REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_WIDENED);
+            CHECK(diag[i].error_bound <= 1e-3f);
+            CHECK(diag[i].candidates == 256);
+            ref::HeadResult r = ref::sparse_head(f.p.cache, f.p.seqs, f.p.q, sum, wide, 0, h, g);
+            for (int d = 0; d < D; ++d) REQUIRE(out[size_t(i) * D + d] == Approx(r.out[d]).margin(1e-4));
+        } else {
+            REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
+            ref::DenseResult r = ref::dense_head(f.p.cache, f.p.seqs, f.p.q, 0.0, 0, h, g);
+            for (int d = 0; d < D; ++d) REQUIRE(out[size_t(i) * D + d] == Approx(r.out[d]).margin(1e-4));
+        }
+    }
+}
+
+TEST_CASE("a cache whose summaries pass 2 GiB decodes; one too large for memory is an error", "[runtime]") {
+    SECTION("2.2 GB of bf16 summaries") {
+        const int KVH = 8, max_pages = 360000, len = 100;
+        std::vector<int32_t> table(max_pages, 0);
+        for (int j = 0; j < 8; ++j) table[j] = j;
+        std::vector<uint16_t> k_pages(size_t(8) * KVH * S * D, 0), v_pages(k_pages.size(), 0);
+        vashista_cache_desc desc{1, KVH, D, S, 8, max_pages, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(), table.data()};
+        vashista_cache *cache = nullptr;
+        INFO(vashista_last_error());
+        REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
+        std::mt19937 rng(3);
+        std::normal_distribution<float> n(0, 1);
+        std::vector<uint16_t> k(size_t(len) * KVH * D), v(k.size());
+        for (auto *x : {&k, &v})
+            for (uint16_t &e : *x) e = ref::to_bits16(ref::DType::BF16, n(rng));
+        REQUIRE(vashista_append(cache, 0, 0, len, k.data(), v.data()) == VASHISTA_OK);
+        std::vector<float> q(size_t(32) * D), sparse(q.size()), dense(q.size());
+        for (float &x : q) x = n(rng);
+        const int32_t lens[] = {len};
+        vashista_decode_config cfg = default_config();
+        std::vector<vashista_head_diag> diag(32);
+        REQUIRE(vashista_decode(cache, &cfg, q.data(), 32, lens, sparse.data(), nullptr, diag.data()) == VASHISTA_OK);
+        REQUIRE(vashista_dense(cache, q.data(), 32, lens, 0.0f, dense.data(), nullptr) == VASHISTA_OK);
+        for (size_t i = 0; i < q.size(); ++i) REQUIRE(sparse[i] == Approx(dense[i]).margin(1e-4));  // K_c covers all
+        for (const auto &d : diag) REQUIRE(d.policy_taken == VASHISTA_TAKEN_SPARSE);
+        vashista_cache_destroy(cache);
+    }
+    SECTION("4096 sequences x 65536 pages") {
+        int32_t table[1] = {0};
+        uint16_t pages[16] = {};
+        vashista_cache_desc desc{4096, 8, D, S, 1, 65536, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND, pages, pages, table};
+        vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
+        REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_MEMORY);
+        REQUIRE(cache == nullptr);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains("cannot allocate") && Catch::Contains("page summaries"));
+    }
 }
