@@ -6,6 +6,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
 using namespace vashista;
 
 namespace {
@@ -35,13 +39,16 @@ std::vector<Case> matrix() {
 
 std::string describe(const DecodeConfig &c) {
     return type_name(c.kv_type) + " " + to_string(c.layout) + " G=" + std::to_string(c.group_size) + " " +
-           to_string(c.solver) + " " + to_string(c.routing) + " " + to_string(c.group_routing);
+           to_string(c.solver) + " " + to_string(c.routing) + " " + to_string(c.group_routing) + " summary " +
+           type_name(c.summary_type) + " sink " + std::to_string(c.sink_pages) + " local " + std::to_string(c.local_pages);
 }
 
 }  // namespace
 
 TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
+    int index = 0;
     for (const Case &k : matrix()) {
+        ++index;
         DecodeConfig cfg;
         cfg.head_dim = 32;
         cfg.page_size = 16;
@@ -49,7 +56,11 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
         cfg.top_tokens = 16;
         cfg.group_size = k.group;
         cfg.kv_type = k.kv;
-        cfg.summary_type = k.kv;
+        // bf16 summaries of f32 keys (rounded outward) in every other f32 case; sink and
+        // local pages on in some cases.
+        cfg.summary_type = k.kv == Halide::Float(32) && index % 2 ? Halide::BFloat(16) : k.kv;
+        cfg.sink_pages = index % 2;
+        cfg.local_pages = index % 3 == 0 ? 1 : 0;
         cfg.layout = k.layout;
         cfg.solver = k.solver;
         cfg.routing = k.routing;
@@ -66,7 +77,7 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
             spec.kind = kind;
             spec.seed = 7 + int(kind);
             ref::Problem p = ref::make_problem(spec);
-            ref::Summaries sum = ref::summarize(p.cache, p.seqs, spec.dtype);
+            ref::Summaries sum = ref::summarize(p.cache, p.seqs, test::ref_dtype(cfg.summary_type));
             DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
             run(*jit, buf);
             test::Tolerance tol;
@@ -106,4 +117,25 @@ TEST_CASE("exact ties go to the lower page and the lower offset", "[kernels]") {
     for (int i = 0; i < 10; ++i) CHECK(buf.candidates(i, 0, 0, 0) == i);
     test::Comparison c = test::compare_with_reference(p, cfg, buf, sum, test::Tolerance{});
     CHECK(c.candidate_mismatches == 0);
+}
+
+TEST_CASE("the kernels' f32 exp is within the relative error the certificate assumes", "[kernels]") {
+    // fp::kExp32 enters every leakage term; measure the exp the kernels compile to.
+    const int n = 1 << 21;
+    Halide::Buffer<float> x(n), y(n);
+    for (int i = 0; i < n; ++i) x(i) = -87.0f + 175.0f * float(i) / float(n - 1);
+    Halide::ImageParam in(Halide::Float(32), 1, "x");
+    Halide::Func f("exp_check");
+    Halide::Var i("i");
+    f(i) = Halide::exp(in(i));
+    f.vectorize(i, 16);
+    in.set(x);
+    f.realize(y, decode_target(Halide::get_host_target()));
+    double worst = 0;
+    for (int k = 0; k < n; ++k) {
+        const long double want = std::exp((long double)x(k));
+        worst = std::max(worst, double(std::fabs((long double)y(k) - want) / want));
+    }
+    std::printf("f32 exp: max relative error %.3g (certificate assumes %.3g)\n", worst, fp::kExp32);
+    CHECK(worst <= fp::kExp32 / 4);
 }

@@ -15,6 +15,8 @@ ref::SparseOptions sparse_options(const DecodeConfig &cfg, double scale) {
     o.solver_tau = cfg.solver_tau;
     o.routing = cfg.routing;
     o.group_routing = cfg.group_routing;
+    o.sink_pages = cfg.sink_pages;
+    o.local_pages = cfg.local_pages;
     o.scale = scale;
     return o;
 }
