@@ -1,5 +1,6 @@
 # vashista_add_kernel_library(<name>
-#     [TARGET <halide target>]             default: host-large_buffers (caches past 2 GiB)
+#     [TARGET <halide target>]             default: host; add -large_buffers for caches whose
+#                                          summaries or pages pass 2^31 - 1 elements
 #     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...])
 #
 # Compiles each variant ahead of time from the generators and writes a dispatch table,
@@ -79,7 +80,12 @@ endfunction()
 function(vashista_add_kernel_library NAME)
     cmake_parse_arguments(ARG "" "TARGET" "DECODE;DENSE;SUMMARIZE" ${ARGN})
     if (NOT ARG_TARGET)
-        set(ARG_TARGET host-large_buffers)
+        set(ARG_TARGET host)
+    endif ()
+    if (ARG_TARGET MATCHES "large_buffers")
+        set(large_buffers true)
+    else ()
+        set(large_buffers false)
     endif ()
     set(rt ${NAME}_halide_runtime)
     add_halide_runtime(${rt} TARGETS ${ARG_TARGET})
@@ -151,6 +157,7 @@ const std::vector<SummarizeVariant> &summarize_variants() {
 @summarize_rows@    };
     return v;
 }
+bool large_buffers() { return @large_buffers@; }
 }  // namespace vashista::runtime
 " @ONLY)
     add_library(${NAME} STATIC "${table}")

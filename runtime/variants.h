@@ -51,5 +51,8 @@ struct SummarizeVariant {
 const std::vector<DecodeVariant> &decode_variants();
 const std::vector<DenseVariant> &dense_variants();
 const std::vector<SummarizeVariant> &summarize_variants();
+// Whether the library's kernels were compiled with Halide's large_buffers feature: then a
+// buffer may hold more than 2^31 - 1 elements (each dimension's stride still fits int32).
+bool large_buffers();
 
 }  // namespace vashista::runtime

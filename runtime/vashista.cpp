@@ -103,16 +103,26 @@ struct FreeDeleter {
 };
 using HostMemory = std::unique_ptr<void, FreeDeleter>;
 
+// Whether the kernels can address a buffer of `elements` whose outermost dimension has
+// extent `outer`: 2^31 - 1 elements, or with large_buffers an int32 outermost stride.
+void require_addressable(int64_t elements, int64_t outer, const char *what) {
+    const bool large = vashista::runtime::large_buffers();
+    if (large ? elements / outer > INT32_MAX : elements > INT32_MAX)
+        fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " hold ", elements, " elements; ",
+             large ? "one dimension's stride is an int32"
+                   : "kernels compiled without Halide's large_buffers feature address at most 2^31 - 1 "
+                     "(build the kernel library with TARGET host-large_buffers)");
+}
+
 // A zeroed host buffer of `sizes` (innermost first) in memory owned by `memory`. calloc
-// lets a failed allocation come back as a status; a kernel buffer's strides are int32.
+// lets a failed allocation come back as a status.
 Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::vector<int64_t> &sizes, const char *what) {
     int64_t elements = 1;
     for (int64_t s : sizes) elements *= s;
     memory.reset(std::calloc(size_t(elements), type.bytes()));
     if (!memory)
         fail(VASHISTA_ERROR_OUT_OF_MEMORY, "cannot allocate ", double(elements) * type.bytes(), " bytes for ", what);
-    if (elements > INT32_MAX)
-        fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " hold ", elements, " elements; a kernel buffer addresses at most 2^31 - 1");
+    require_addressable(elements, sizes.back(), what);
     return Buffer<void>(type, memory.get(), std::vector<int>(sizes.begin(), sizes.end()));
 }
 
@@ -389,10 +399,8 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         auto c = std::make_unique<vashista_cache>();
         c->desc = *desc;
         c->summarize = &find_summarize(*desc);
-        const int64_t kv_elements = int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim;
-        if (kv_elements > INT32_MAX)
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "the K/V pages hold ", kv_elements,
-                 " elements (num_pages x kv_heads x page_size x head_dim); a kernel buffer addresses at most 2^31 - 1");
+        require_addressable(int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim,
+                            desc->num_pages, "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
         const int64_t blocks = (desc->max_pages + vashista::kSummaryBlock - 1) / vashista::kSummaryBlock;
         c->summary = zeroed_buffer(c->summary_memory, halide_type(desc->summary_dtype),
                                    {vashista::kSummaryBlock, desc->head_dim, vashista::kSummaryChannels, blocks,

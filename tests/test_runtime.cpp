@@ -349,7 +349,10 @@ TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256; one that
         for (int h = 0; h < H; ++h) {
             std::vector<double> e(D);
             double n2 = 0;
-            for (double &x : e) n2 += (x = n(rng)) * x;
+            for (double &x : e) {
+                x = n(rng);
+                n2 += x * x;
+            }
             for (double &x : e) x /= std::sqrt(n2);
             for (int g = 0; g < 4; ++g)
                 for (int d = 0; d < D; ++d) p.q.q[(size_t(h) * 4 + g) * D + d] = float(a * e[d]);
@@ -391,7 +394,7 @@ TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256; one that
     }
 }
 
-TEST_CASE("a cache whose summaries pass 2 GiB decodes; one too large for memory is an error", "[runtime]") {
+TEST_CASE("a cache whose summaries pass 2 GiB decodes; one too large to address or allocate is an error", "[runtime]") {
     SECTION("2.2 GB of bf16 summaries") {
         const int KVH = 8, max_pages = 360000, len = 100;
         std::vector<int32_t> table(max_pages, 0);
@@ -418,6 +421,16 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes; one too large for memory 
         for (size_t i = 0; i < q.size(); ++i) REQUIRE(sparse[i] == Approx(dense[i]).margin(1e-4));  // K_c covers all
         for (const auto &d : diag) REQUIRE(d.policy_taken == VASHISTA_TAKEN_SPARSE);
         vashista_cache_destroy(cache);
+    }
+    SECTION("past 2^31 - 1 elements: the kernels cannot address it without large_buffers") {
+        std::vector<int32_t> table(700000, 0);
+        uint16_t pages[16] = {};
+        vashista_cache_desc desc{1, 8, D, S, 1, 700000, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND, pages, pages, table.data()};
+        vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
+        REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
+        REQUIRE(cache == nullptr);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains("page summaries") && Catch::Contains("large_buffers"));
     }
     SECTION("4096 sequences x 65536 pages") {
         int32_t table[1] = {0};
