@@ -465,7 +465,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         Expr bracketed = mass_at(theta - w, "sparsemax_mass_low") * f64(1 - fp::gamma64(KC + 2)) - spread >= f64(1) &&
                          mass_at(theta + w, "sparsemax_mass_high") * f64(1 + fp::gamma64(KC + 2)) + spread <= f64(1);
         Expr outside_upper = cast<double>(Halide::max(st.inside_stats(g, h, b)[4], st.outside_stats(g, h, b)[4]));
-        Expr exact = bracketed && outside_upper <= (theta - w) * f64(tau * (1 - 4 * fp::kUnit64));
+        Expr threshold_low = (theta - w) * f64(tau);  // less its f64 rounding, either sign
+        Expr exact = bracketed && outside_upper <= threshold_low - f64(4 * fp::kUnit64) * Halide::abs(threshold_low);
         Expr a_err = w + e64 / f64(tau) + f64(4 * fp::kUnit64) * (z_max + Halide::abs(theta));
         Expr spread_alpha = f64(KC) * a_err;
         Expr sparsemax_rounding = ((spread_alpha + f64(u) * (1 + spread_alpha)) +

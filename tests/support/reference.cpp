@@ -368,7 +368,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         const double spread = KC * e64 / tau;
         const bool bracketed = mass_at(theta - w) * (1 - fp::gamma64(KC + 2)) - spread >= 1 &&
                                mass_at(theta + w) * (1 + fp::gamma64(KC + 2)) + spread <= 1;
-        const bool exact = bracketed && outside_upper <= (theta - w) * tau * (1 - 4 * fp::kUnit64);
+        const double threshold_low = (theta - w) * tau;
+        const bool exact = bracketed && outside_upper <= threshold_low - 4 * fp::kUnit64 * std::abs(threshold_low);
         const double a_err = w + e64 / tau + 4 * fp::kUnit64 * (z_max + std::abs(theta));
         const double spread_alpha = KC * a_err;
         r.error_bound = ((spread_alpha + u * (1 + spread_alpha)) + fp::gamma32(KC + 1) * (1 + u) * (1 + spread_alpha)) *
