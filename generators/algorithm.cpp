@@ -25,7 +25,7 @@ Expr neg_inf(Type t = Float(32)) {
 Expr as_f32(Expr e) { return cast<float>(e); }
 // The softmax temperature of the solver: N * eta for eg, else 1.
 float solver_temperature(const DecodeConfig &cfg) {
-    return cfg.solver == Solver::EG ? float(cfg.solver_steps) * cfg.solver_eta : 1.0f;
+    return cfg.solver == Solver::EG ? eg_temperature(cfg.solver_steps, cfg.solver_eta) : 1.0f;
 }
 
 }  // namespace

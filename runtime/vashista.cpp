@@ -364,7 +364,7 @@ void validate_config(const vashista_decode_config *cfg) {
 
 // The softmax temperature of the solver: eg's N * eta (as its kernels form it), else 1.
 float solver_temperature(const vashista_decode_config &cfg) {
-    return cfg.solver == VASHISTA_SOLVER_EG ? float(cfg.solver_steps) * cfg.solver_eta : 1.0f;
+    return cfg.solver == VASHISTA_SOLVER_EG ? vashista::eg_temperature(cfg.solver_steps, cfg.solver_eta) : 1.0f;
 }
 
 // Sequences whose summaries describe other keys than the block table now maps: a page

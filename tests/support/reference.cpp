@@ -226,7 +226,7 @@ double page_score(const Summaries &sum, const float *q, int b, int h, int j, Rou
 }  // namespace
 
 double solver_temperature(const SparseOptions &opt) {
-    return opt.solver == Solver::EG ? double(float(opt.solver_steps) * float(opt.solver_eta)) : 1.0;
+    return opt.solver == Solver::EG ? double(eg_temperature(opt.solver_steps, float(opt.solver_eta))) : 1.0;
 }
 
 HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries &q, const Summaries &sum,
