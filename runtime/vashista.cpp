@@ -118,7 +118,9 @@ void require_addressable(int64_t elements, int64_t outer, const char *what) {
 // lets a failed allocation come back as a status.
 Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::vector<int64_t> &sizes, const char *what) {
     int64_t elements = 1;
-    for (int64_t s : sizes) elements *= s;
+    for (int64_t s : sizes)
+        if (__builtin_mul_overflow(elements, s, &elements))
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " would hold more than 2^63 elements");
     memory.reset(std::calloc(size_t(elements), type.bytes()));
     if (!memory)
         fail(VASHISTA_ERROR_OUT_OF_MEMORY, "cannot allocate ", double(elements) * type.bytes(), " bytes for ", what);

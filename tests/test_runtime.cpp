@@ -449,6 +449,16 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes; one too large to address 
         REQUIRE(cache == nullptr);
         REQUIRE_THAT(vashista_last_error(), Catch::Contains("page summaries") && Catch::Contains("large_buffers"));
     }
+    SECTION("sizes whose product overflows 64 bits") {
+        int32_t table[1] = {0};
+        uint16_t pages[16] = {};
+        vashista_cache_desc desc{1 << 30, 8, D, S, 1, 1 << 30, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND, pages, pages, table};
+        vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
+        REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
+        REQUIRE(cache == nullptr);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains("more than 2^63 elements"));
+    }
     SECTION("4096 sequences x 65536 pages") {
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
