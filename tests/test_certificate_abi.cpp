@@ -81,26 +81,9 @@ struct AbiCache {
     AbiCache(const AbiCache &) = delete;
     AbiCache &operator=(const AbiCache &) = delete;
 
-    // Tokens [start, start + n) of sequence b, as [n][H][D] in the KV dtype.
-    std::vector<uint8_t> tokens(const std::vector<float> &src, int b, int start, int n) const {
-        const int D = p.cache.head_dim, bytes = ref::dtype_bytes(p.cache.dtype);
-        std::vector<uint8_t> out(size_t(n) * H * D * bytes);
-        for (int t = 0; t < n; ++t)
-            for (int h = 0; h < H; ++h)
-                for (int d = 0; d < D; ++d) {
-                    const float x = src[p.cache.offset(p.seqs.page_of(b, start + t, S), (start + t) % S, h, d)];
-                    uint8_t *dst = &out[((size_t(t) * H + h) * D + d) * bytes];
-                    if (bytes == 4) {
-                        std::memcpy(dst, &x, 4);
-                    } else {
-                        const uint16_t bits = ref::to_bits16(p.cache.dtype, x);
-                        std::memcpy(dst, &bits, 2);
-                    }
-                }
-        return out;
-    }
     void append(int b, int start, int n) {
-        auto k = tokens(p.cache.k, b, start, n), v = tokens(p.cache.v, b, start, n);
+        auto k = ref::token_bytes(p.cache, p.seqs, p.cache.k, b, start, n);
+        auto v = ref::token_bytes(p.cache, p.seqs, p.cache.v, b, start, n);
         INFO(vashista_last_error());
         REQUIRE(vashista_append(cache, b, start, n, k.data(), v.data()) == VASHISTA_OK);
     }

@@ -57,12 +57,9 @@ struct Fixture {
     }
     // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
     std::vector<uint16_t> tokens(const std::vector<float> &src, int b, int start, int n) {
-        std::vector<uint16_t> out(size_t(n) * H * D);
-        for (int t = 0; t < n; ++t)
-            for (int h = 0; h < H; ++h)
-                for (int d = 0; d < D; ++d)
-                    out[(size_t(t) * H + h) * D + d] = ref::to_bits16(
-                        ref::DType::BF16, src[p.cache.offset(p.seqs.page_of(b, start + t, S), (start + t) % S, h, d)]);
+        const std::vector<uint8_t> bytes = ref::token_bytes(p.cache, p.seqs, src, b, start, n);
+        std::vector<uint16_t> out(bytes.size() / 2);
+        std::memcpy(out.data(), bytes.data(), bytes.size());
         return out;
     }
     void append_all(int b) {

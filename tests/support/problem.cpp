@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -75,6 +76,25 @@ Problem make_problem(const ProblemSpec &spec) {
         }
     }
     return p;
+}
+
+std::vector<uint8_t> token_bytes(const Cache &cache, const Sequences &seqs, const std::vector<float> &src, int b,
+                                 int start, int n) {
+    const int H = cache.kv_heads, D = cache.head_dim, S = cache.page_size, bytes = dtype_bytes(cache.dtype);
+    std::vector<uint8_t> out(size_t(n) * H * D * bytes);
+    for (int t = 0; t < n; ++t)
+        for (int h = 0; h < H; ++h)
+            for (int d = 0; d < D; ++d) {
+                const float x = src[cache.offset(seqs.page_of(b, start + t, S), (start + t) % S, h, d)];
+                uint8_t *dst = &out[((size_t(t) * H + h) * D + d) * bytes];
+                if (bytes == 4) {
+                    std::memcpy(dst, &x, 4);
+                } else {
+                    const uint16_t bits = to_bits16(cache.dtype, x);
+                    std::memcpy(dst, &bits, 2);
+                }
+            }
+    return out;
 }
 
 }  // namespace vashista::ref

@@ -37,4 +37,9 @@ struct Problem {
 
 Problem make_problem(const ProblemSpec &spec);
 
+// Tokens [start, start + n) of sequence b of `src` (the cache's k or v), as
+// vashista_append takes them: [n][kv_heads][head_dim] in the cache's dtype.
+std::vector<uint8_t> token_bytes(const Cache &cache, const Sequences &seqs, const std::vector<float> &src, int b,
+                                 int start, int n);
+
 }  // namespace vashista::ref

@@ -307,7 +307,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     const double u = fp::kUnit32;
     double q_l1 = 0;
     for (int d = 0; d < D; ++d) q_l1 += std::abs(double(qh[d]));
-    const double error_per_key = scale * q_l1 * (1 + 2 * fp::gamma32(D)) * fp::score_error32(D);
+    const double q_l1_up = q_l1 * (1 + 2 * fp::gamma32(D));  // as the kernel bounds its f32 sum
+    const double error_per_key = scale * q_l1_up * fp::score_error32(D);
     auto upper_term = [&](double s, double e) {
         return std::exp(beta * (s + e - m) + 8 * u * beta * (std::abs(s) + e + std::abs(m)));
     };
@@ -334,7 +335,7 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         vout = std::max(vout, sum.value_norm[row]);
     }
     const double n_out = seqs.max_pages + 2.0;
-    const double e64 = scale * q_l1 * (1 + 2 * fp::gamma32(D)) * kabs_seq * fp::score_error64(D);
+    const double e64 = scale * q_l1_up * kabs_seq * fp::score_error64(D);
     const double z_low = zb * std::exp(-beta * e64) * (1 - fp::gamma64(opt.top_tokens + 2) - fp::kExp64);
     r.leakage = (leak_in * (1 + fp::kExp32) * (1 + fp::gamma32(opt.top_pages * S + 2)) +
                  leak_out * (1 + fp::kExp32) * (1 + n_out * u / (1 - n_out * u))) / z_low;
