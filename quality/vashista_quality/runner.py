@@ -1,0 +1,230 @@
+"""Teacher-forced decoding of a real model with the library's attention in the loop.
+
+Several settings run side by side as one batch (each its own KV cache, since a sparse
+step changes the keys and values of every later token): the model's matmuls take the
+batch at once, attention is one library call per setting and layer. The prefix is
+prefilled once, densely, and its pages are shared by every setting's block table.
+"""
+from dataclasses import dataclass, field
+import math
+import time
+
+import numpy as np
+
+from . import abi
+from .model import dense_attention
+
+PAGE = 16
+
+
+@dataclass
+class Setting:
+    """One way of running attention: library dense, or sparse with a compiled variant's
+    parameters and a policy."""
+    name: str
+    dense: bool = False
+    top_pages: int = 64
+    top_tokens: int = 128
+    routing: str = "bound"
+    group_routing: str = "per_head"
+    sink_pages: int = 0
+    local_pages: int = 0
+    solver: str = "softmax"
+    policy: str = "none"
+    tolerance: float = 1e-3
+
+    def params(self):
+        return {k: getattr(self, k) for k in ("top_pages", "top_tokens", "routing", "group_routing",
+                                              "sink_pages", "local_pages", "solver", "policy", "tolerance")}
+
+
+@dataclass
+class Stats:
+    """What one setting's steps measured."""
+    heads: np.ndarray                       # [layers] query heads decoded by the library
+    fallback: np.ndarray                    # [layers] of them answered densely
+    certified: np.ndarray                   # [layers] with a certified bound
+    bytes_read: float = 0.0                 # attention bytes, library layers
+    bytes_dense: float = 0.0                # what dense reads for the same steps
+    nll: list = field(default_factory=list)      # per step, of the forced next token
+    kl: list = field(default_factory=list)       # per step, KL(dense || this setting)
+    top1: list = field(default_factory=list)     # per step, same argmax as dense
+    # Sampled heads: (policy_taken, certificate, bound, |o - o_dense|, |o_dense|), o the answer given.
+    samples: list = field(default_factory=list)
+
+    def tight(self):
+        """(bound, true error, |o_dense|) of the sampled heads answered sparsely under a certificate."""
+        t = [x[2:] for x in self.samples if x[1] == 0 and x[0] != 3]
+        return np.array(t).reshape(-1, 3)
+
+
+def _log_softmax(x):
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+class Session:
+    """A model, a kernel library, a prefilled prefix and settings decoding in lockstep."""
+
+    def __init__(self, model, lib, settings, prefix_tokens, max_new, progress=None, sample_every=16,
+                 dump_layer=None, dump_queries=32):
+        if len(prefix_tokens) % PAGE:
+            raise ValueError(f"prefix of {len(prefix_tokens)} tokens: a multiple of {PAGE} keeps its pages shared")
+        self.model, self.lib, self.settings = model, lib, settings
+        self.progress = progress or (lambda msg: None)
+        self.sample_every = sample_every
+        self.scale = model.attn_scale
+        self.configs = [None if s.dense else lib.decode_config(scale=self.scale, **s.params()) for s in settings]
+        T0 = len(prefix_tokens)
+        self.position = T0
+        t = time.time()
+        kv, logits = model.prefill(prefix_tokens, n_logits=1)
+        self.prefill_s = time.time() - t
+        self.first_logits = logits[-1]
+        self.progress(f"prefill of {T0} tokens: {self.prefill_s:.1f} s")
+        B = len(settings)
+        pre_pages = T0 // PAGE
+        own = math.ceil(max_new / PAGE)
+        self.library_layers = [l for l in range(model.n_layers) if model.window(l) is None]
+        self.caches = {}
+        self.local = {}
+        for l in range(model.n_layers):
+            k, v = kv[l]
+            if model.window(l) is not None:
+                w = model.window(l)
+                self.local[l] = [(k[-w:], v[-w:]) for _ in range(B)]
+                continue
+            pool = abi.PagePool(pre_pages + B * own, model.n_kv_heads, model.head_dim, PAGE)
+            caches = []
+            for b in range(B):
+                pages = np.concatenate([np.arange(pre_pages), pre_pages + b * own + np.arange(own)])
+                c = abi.LayerCache(lib, pool, pages)
+                c.append(k, v)
+                caches.append(c)
+            self.caches[l] = caches
+        L = model.n_layers
+        self.stats = [Stats(np.zeros(L, np.int64), np.zeros(L, np.int64), np.zeros(L, np.int64)) for _ in settings]
+        self.step_index = 0
+        self.dump_layer, self.dump_queries, self.dump_q = dump_layer, dump_queries, []
+
+    # Bytes a step reads for one KV head of a library layer (bf16 keys and values).
+    def _dense_bytes(self, T):
+        return 4 * T * self.model.head_dim
+
+    def _sparse_bytes(self, s, T, cand):
+        """Summaries of every page (mean, min, max rows and two scalars), the keys of the
+        routed pages (each query head's own P pages under per-head routing, an upper bound
+        on their union) and the values of the candidates (their union over the group)."""
+        D, G = self.model.head_dim, self.model.n_heads // self.model.n_kv_heads
+        pages = math.ceil(T / PAGE)
+        routed = min(pages, s.top_pages * (G if s.group_routing == "per_head" else 1))
+        union = np.unique(cand[cand >= 0]).size
+        return pages * (3 * D * 2 + 8) + routed * PAGE * D * 2 + union * D * 2
+
+    def _attend(self, layer, q, k, v):
+        B = q.shape[0]
+        out = np.empty_like(q)
+        if layer in self.local:
+            w = self.model.window(layer)
+            for b in range(B):
+                kk, vv = self.local[layer][b]
+                kk = np.concatenate([kk, k[b:b + 1]])[-w:]
+                vv = np.concatenate([vv, v[b:b + 1]])[-w:]
+                self.local[layer][b] = (kk, vv)
+                out[b] = dense_attention(q[b:b + 1], kk[None], vv[None], self.scale, w)[0]
+            return out
+        G = self.model.n_heads // self.model.n_kv_heads
+        sample = self.step_index % self.sample_every == 0
+        for b, s in enumerate(self.settings):
+            c = self.caches[layer][b]
+            c.append(k[b:b + 1], v[b:b + 1])
+            T = c.tokens
+            st = self.stats[b]
+            st.bytes_dense += self._dense_bytes(T) * self.model.n_kv_heads
+            if s.dense:
+                if layer == self.dump_layer:
+                    self.dump_q = (self.dump_q + [(q[b].copy(), T - 1)])[-self.dump_queries:]
+                out[b] = c.dense(q[b], self.scale)[0]
+                st.bytes_read += self._dense_bytes(T) * self.model.n_kv_heads
+                continue
+            o, _, diag, cand = c.decode(self.configs[b], q[b])
+            out[b] = o
+            fell = diag["policy_taken"] == 3
+            st.heads[layer] += len(diag)
+            st.fallback[layer] += fell.sum()
+            st.certified[layer] += (diag["certificate"] == 0).sum()
+            for h in range(self.model.n_kv_heads):
+                grp = slice(h * G, (h + 1) * G)
+                st.bytes_read += self._sparse_bytes(s, T, cand[grp])
+                if fell[grp].any():
+                    st.bytes_read += self._dense_bytes(T)
+            if sample:
+                od = c.dense(q[b], self.scale)[0].astype(np.float64)
+                err = np.linalg.norm(o - od, axis=1)
+                norm = np.linalg.norm(od, axis=1)
+                st.samples.extend(zip(diag["policy_taken"].tolist(), diag["certificate"].tolist(),
+                                      diag["error_bound"].tolist(), err.tolist(), norm.tolist()))
+        return out
+
+    def dumped(self):
+        """The dump layer's last queries of the dense setting, their positions, and its keys and values."""
+        b = next(b for b, s in enumerate(self.settings) if s.dense)
+        qs = np.stack([q for q, _ in self.dump_q])
+        return qs, np.array([p for _, p in self.dump_q], np.int32), self.caches[self.dump_layer][b].keys_values()
+
+    def step(self, tokens):
+        """Every setting takes its own next token (teacher forcing passes the same one);
+        returns logits [settings, vocab]."""
+        logits = self.model.step(np.asarray(tokens), self.position, self._attend)
+        self.position += 1
+        self.step_index += 1
+        return logits
+
+    def teacher_forced(self, targets, inputs):
+        """Decodes inputs[i] at each step and scores targets[i]; the first dense setting is
+        the reference of KL and top-1 agreement."""
+        t = time.time()
+        n = len(inputs)
+        B = len(self.settings)
+        ref = next(b for b, s in enumerate(self.settings) if s.dense)
+        for i in range(n):
+            lp = _log_softmax(self.step(np.full(B, inputs[i])))
+            p_ref = np.exp(lp[ref])
+            for b in range(B):
+                st = self.stats[b]
+                st.nll.append(float(-lp[b, targets[i]]))
+                st.kl.append(float((p_ref * (lp[ref] - lp[b])).sum()))
+                st.top1.append(bool(lp[b].argmax() == lp[ref].argmax()))
+            if (i + 1) % 32 == 0 or i + 1 == n:
+                el = time.time() - t
+                self.progress(f"step {i + 1}/{n}: {el:.0f} s, about {el / (i + 1) * (n - i - 1):.0f} s left")
+        return time.time() - t
+
+
+def compare(stats, reference):
+    """Per-setting quality against the reference (dense) setting's logits."""
+    kl = np.array(stats.kl)
+    ppl = math.exp(float(np.mean(stats.nll)))
+    ppl_ref = math.exp(float(np.mean(reference.nll)))
+    tight = stats.tight()
+    rel_err = [x[3] / max(x[4], 1e-30) for x in stats.samples]
+    ratio = tight[:, 0] / np.maximum(tight[:, 1], 1e-30) if len(tight) else np.zeros(0)
+    heads = stats.heads.sum()
+    return {
+        "perplexity": ppl,
+        "perplexity_dense": ppl_ref,
+        "perplexity_change": ppl / ppl_ref - 1.0,
+        "top1_agreement": float(np.mean(stats.top1)),
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "bytes_ratio": stats.bytes_read / stats.bytes_dense if stats.bytes_dense else 1.0,
+        "fallback_share": float(stats.fallback.sum() / heads) if heads else 0.0,
+        "certified_share": float(stats.certified.sum() / heads) if heads else 0.0,
+        "fallback_per_layer": [float(f / h) if h else None for f, h in zip(stats.fallback, stats.heads)],
+        "rel_err_median": float(np.median(rel_err)) if rel_err else 0.0,
+        "rel_err_p90": float(np.quantile(rel_err, 0.9)) if rel_err else 0.0,
+        "tightness_median": float(np.median(ratio)) if len(ratio) else None,
+        "tightness_samples": int(len(ratio)),
+        "tight_samples": tight[:: max(1, len(tight) // 400)].tolist(),
+    }
