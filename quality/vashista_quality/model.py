@@ -194,6 +194,8 @@ class Model:
                np.empty((T, self.n_kv_heads, self.value_dim), np.float32))
               for _ in range(self.n_layers)]
         first_out = T - n_logits
+        span = max((T if w is None else min(T, w + chunk - 1)) for w in self._windows)
+        work = np.empty(self.n_heads * min(chunk, T) * span, np.float32)
         kept = []
         for s in range(0, T, chunk):
             e = min(T, s + chunk)
@@ -203,7 +205,7 @@ class Model:
                 def attend(q, k, v, il=il):
                     kv[il][0][s:e] = k
                     kv[il][1][s:e] = v
-                    return self._chunk_attention(il, q, kv[il], s, e)
+                    return self._chunk_attention(il, q, kv[il], s, e, work)
                 h = self._block(il, h, pos, attend)
             if e > first_out:
                 kept.append(h[max(first_out, s) - s:])
@@ -212,12 +214,13 @@ class Model:
         return kv, self._logits(np.concatenate(kept, axis=0))
 
     def step(self, tokens, position, attend):
-        """One decode step for B sequences all at `position`; see the module's API notes.
+        """One decode step for B independent sequences that are all at `position`.
 
-        attend(layer, q, k, v) receives q [B, n_heads, head_dim] (post-RoPE, post q-norm, not
-        scaled) and the new token's k, v [B, n_kv_heads, head_dim]; it stores k, v and returns
-        the attention output [B, n_heads, head_dim] over positions 0..position. Returns logits
-        float32 [B, vocab].
+        tokens: int [B]. attend(layer, q, k, v) receives q float32 [B, n_heads, head_dim]
+        (post-RoPE, post q-norm, not scaled) and the new token's k, v float32 [B, n_kv_heads,
+        head_dim] (k post-RoPE); it stores k, v and returns the attention output float32
+        [B, n_heads, head_dim] over positions 0..position, respecting window(layer).
+        Returns logits float32 [B, vocab].
         """
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         pos = np.full(len(tokens), int(position))
@@ -289,29 +292,38 @@ class Model:
             y = _rms_norm(y, L["post_ffn_norm"], self.eps)
         return h + y
 
-    def _chunk_attention(self, il, q, kv, s, e):
-        """Causal (windowed) attention of the queries at positions s..e-1 over kv[:e], float32."""
+    def _chunk_attention(self, il, q, kv, s, e, work):
+        """Causal (windowed) attention of the queries at positions s..e-1 over kv[:e], float32.
+
+        `work` is a flat float32 buffer for the scores, reused across layers and chunks.
+        """
         C = e - s
         H, KVH, D = self.n_heads, self.n_kv_heads, self.head_dim
         g = H // KVH
         win = self._windows[il]
         lo = 0 if win is None else max(0, s - win + 1)
+        Tk = e - lo
         k = kv[0][lo:e].transpose(1, 2, 0)                       # [KVH, D, Tk]
         v = kv[1][lo:e].transpose(1, 0, 2)                       # [KVH, Tk, Dv]
         qg = q.reshape(C, KVH, g, D).transpose(1, 2, 0, 3).reshape(KVH, g * C, D)
-        s_ = (qg * np.float32(self.attn_scale)) @ k              # [KVH, g*C, Tk]
+        scores = work[:KVH * g * C * Tk].reshape(KVH, g * C, Tk)
+        np.matmul(qg * np.float32(self.attn_scale), k, out=scores)
+        s4 = scores.reshape(KVH, g, C, Tk)
+        # Only the last C keys (the causal triangle) and, with a window, the first C keys
+        # (those that slide out) can be hidden from some query of the chunk.
+        spans = [(max(0, Tk - C), Tk)] + ([(0, min(C, Tk))] if win is not None else [])
         qpos = np.arange(s, e)[:, None]
-        kpos = np.arange(lo, e)[None, :]
-        visible = kpos <= qpos
-        if win is not None:
-            visible &= (qpos - kpos) < win
-        bias = np.where(visible, np.float32(0.0), np.float32(-np.inf))
-        s_ = s_.reshape(KVH, g, C, -1)
-        s_ += bias
-        s_ -= s_.max(axis=-1, keepdims=True)
-        np.exp(s_, out=s_)
-        denom = s_.sum(axis=-1, keepdims=True)
-        out = (s_.reshape(KVH, g * C, -1) @ v).reshape(KVH, g, C, -1) / denom
+        for a, b in spans:
+            kpos = np.arange(lo + a, lo + b)[None, :]
+            hidden = kpos > qpos
+            if win is not None:
+                hidden |= (qpos - kpos) >= win
+            if hidden.any():
+                s4[..., a:b] += np.where(hidden, np.float32(-np.inf), np.float32(0.0))
+        s4 -= s4.max(axis=-1, keepdims=True)
+        np.exp(s4, out=s4)
+        denom = s4.sum(axis=-1, keepdims=True)
+        out = (scores @ v).reshape(KVH, g, C, -1) / denom
         return out.transpose(2, 0, 1, 3).reshape(C, H, -1)
 
 
