@@ -7,7 +7,7 @@ CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
 HALIDE_DIR = $(shell $(VENV)/bin/python -c "import halide; print(halide.install_dir())")/lib64/cmake
 
-.PHONY: all setup configure build run test test-sanitize test-slow bench clean
+.PHONY: all setup configure build run test test-sanitize test-slow bench quality clean
 
 all: build
 
@@ -42,6 +42,20 @@ test-sanitize: setup
 	@# allocator_may_return_null: the library turns a failed allocation into a status, as
 	@# test_runtime checks with a request past what ASan's allocator serves.
 	@ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 $(CTEST) --test-dir build-sanitize --output-on-failure -LE slow
+
+# Real models in the loop (quality/README.md): SmolLM2-135M and Gemma-3-270M decoding a long
+# real text with the library's attention, swept over settings against dense; JSON, plots,
+# tables and layer dumps in $(BUILD)/quality. Installs Gemma and llama.cpp (the outside
+# reference of the dense path) first. About 40 minutes on 2 cores.
+QUALITY_ARGS ?=
+quality: build
+	@tools/setup.sh quality
+	@echo "quality: building the sweep's kernel library"
+	@$(CMAKE) --build $(BUILD) -j $(JOBS) --target vashista_models_shared
+	@echo "quality: the numpy models against llama.cpp"
+	@$(VENV)/bin/python quality/check_model.py
+	@PYTHONPATH=quality $(VENV)/bin/python -m vashista_quality.quality --lib $(BUILD)/lib/libvashista_models.so \
+	    --out $(BUILD)/quality $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(BUILD) build-sanitize

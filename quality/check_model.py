@@ -21,58 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from vashista_quality import llama_reference, model as model_mod  # noqa: E402
+from vashista_quality.metrics import DECISIVE, TOL_F32, TOL_QUANT, agreement as compare, within  # noqa: E402
+from vashista_quality.text import real_text as license_text  # noqa: E402
 
-LICENSES = Path("/usr/share/common-licenses")
-
-# Against llama.cpp on the same quantized weights; llama.cpp rounds matmul inputs to 8 bits,
-# which moves logits by ~0.15 on average, so near-ties (leads of < 0.25 logit were seen) can
-# flip: top-1 must agree at 90% of positions, and at every position where llama.cpp's top
-# token leads the next by more than DECISIVE logits.
-TOL_QUANT = {"top1": 0.90, "decisive": 1.0, "kl": 0.02, "rel": 0.15}
-# Against llama.cpp on float32 weights (f16 KV cache, float32 matmuls).
-TOL_F32 = {"top1": 0.98, "decisive": 1.0, "kl": 1e-4, "rel": 5e-3}
-DECISIVE = 0.5
 # step() against prefill() in this implementation.
 TOL_STEP_REL = 1e-4
 
 
-def license_text(min_chars):
-    """GPL-3, then the other license files in name order, until `min_chars` characters."""
-    files = [LICENSES / "GPL-3"] + sorted(p for p in LICENSES.iterdir()
-                                          if p.is_file() and p.name != "GPL-3")
-    parts, total = [], 0
-    for p in files:
-        parts.append(p.read_text(errors="replace"))
-        total += len(parts[-1])
-        if total >= min_chars:
-            break
-    return "\n\n".join(parts)
-
-
-def compare(ours, ref):
-    """Agreement figures between two logit arrays [n, vocab] (ref taken as the truth)."""
-    ours = ours.astype(np.float64)
-    ref = ref.astype(np.float64)
-    d = np.abs(ours - ref)
-
-    def log_softmax(x):
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-    lp, lq = log_softmax(ref), log_softmax(ours)
-    kl = float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
-    agree = ours.argmax(1) == ref.argmax(1)
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    decisive = (top2[:, 1] - top2[:, 0]) > DECISIVE
-    return {"max": float(d.max()), "mean": float(d.mean()),
-            "rel": float(d.max() / np.abs(ref).max()), "top1": float(agree.mean()),
-            "decisive": float(agree[decisive].mean()) if decisive.any() else 1.0,
-            "n_decisive": int(decisive.sum()), "kl": kl}
-
-
 def report(tag, figures, tol):
-    ok = (figures["top1"] >= tol["top1"] and figures["decisive"] >= tol["decisive"]
-          and figures["kl"] <= tol["kl"] and figures["rel"] <= tol["rel"])
+    ok = within(figures, tol)
     print(f"  {tag}: max|dlogit| {figures['max']:.4f}  mean|dlogit| {figures['mean']:.4f}  "
           f"relative {figures['rel']:.2e}  top-1 {figures['top1']:.3f} "
           f"(lead > {DECISIVE}: {figures['decisive']:.3f} of {figures['n_decisive']})  "

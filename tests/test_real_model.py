@@ -10,7 +10,8 @@ attention over the same bf16 keys and values:
   - every certified head's sparse output lies within its bound of dense (plus 1e-5 |o|,
     the f32 dense kernel's own error);
   - policy dense answers each head within its tolerance or densely;
-  - a layer dump round-trips and `vashista diagnose` reads it; a truncated dump is refused.
+  - a layer dump round-trips (the shipped quality/examples/ one was made here) and
+    `vashista diagnose` reads it; a truncated dump is refused and writes nothing.
 """
 import os
 import sys
@@ -24,10 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "quality"))
 
 from vashista_quality import abi, diagnose, dump, model as models  # noqa: E402
-from vashista_quality.quality import real_text  # noqa: E402
+from vashista_quality.text import real_text  # noqa: E402
 from vashista_quality.runner import Session, Setting  # noqa: E402
 
 LIB = os.environ.get("VASHISTA_TEST_LIB", str(ROOT / "build/lib/libvashista_smollm2_test.so"))
+# Where the test leaves its layer dump (quality/examples/ ships one made here).
+OUT = Path(os.environ.get("VASHISTA_TEST_OUT", tempfile.gettempdir()))
+EXAMPLE = ROOT / "quality/examples/smollm2_layer15.safetensors"
 PREFIX, STEPS = 1024, 6
 SPARSE = dict(top_pages=16, top_tokens=64, sink_pages=1, local_pages=2)
 TOL = 0.5
@@ -86,14 +90,17 @@ class RealModel(unittest.TestCase):
     def test_dump_and_diagnose(self):
         qs, pos, (k, v) = self.session.dumped()
         self.assertEqual(qs.shape, (4, 9, 64))
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "layer15.safetensors"
-            dump.save(path, qs, k, v, pos, {"model": "smollm2", "layer": 15, "scale": self.model.attn_scale},
-                      dtype="BF16")
+        OUT.mkdir(parents=True, exist_ok=True)
+        made = OUT / EXAMPLE.name
+        dump.save(made, qs, k, v, pos, {"model": "smollm2", "layer": 15, "scale": self.model.attn_scale,
+                                        "text": "Debian license texts"}, dtype="BF16")
+        for path in (made, EXAMPLE):
             q2, k2, v2, p2, meta = dump.load(path)
-            np.testing.assert_array_equal(k2, k)  # k already bf16: exact
-            np.testing.assert_array_equal(p2, pos)
+            self.assertEqual(q2.shape, (4, 9, 64), path)
             self.assertEqual(meta["layer"], "15")
+        self.assertTrue(np.array_equal(dump.load(made)[1], k))  # k already bf16: exact
+        with tempfile.TemporaryDirectory() as d:
+            path = made
             report = Path(d) / "report.json"
             rc = diagnose.main([str(path), "--lib", LIB, "--top-pages", "16", "--top-tokens", "64",
                                 "--json", str(report)])
@@ -109,7 +116,9 @@ class RealModel(unittest.TestCase):
             bad.write_bytes(blob[: len(blob) // 2])
             with self.assertRaisesRegex(dump.DumpError, "truncated"):
                 dump.load(bad)
-            self.assertEqual(diagnose.main([str(bad), "--lib", LIB]), 2)
+            out = Path(d) / "bad.json"
+            self.assertEqual(diagnose.main([str(bad), "--lib", LIB, "--json", str(out)]), 2)
+            self.assertFalse(out.exists())
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import abi, dump
+from . import abi, dump, metrics
 from .runner import Session, Setting, compare
 from . import model as models
+from .text import real_text
 
 EDGE = dict(sink_pages=1, local_pages=2)
 
@@ -54,27 +55,37 @@ def settings_for(name):
     return s
 
 
-def real_text():
-    """Long real English text that ships with the OS: Debian's license texts."""
-    root = Path("/usr/share/common-licenses")
-    names = ["GPL-3", "GPL-2", "LGPL-2.1", "GFDL-1.3", "Apache-2.0", "MPL-2.0", "Artistic", "LGPL-3", "GFDL-1.2",
-             "MPL-1.1", "CC0-1.0", "BSD"]
-    parts = [(root / n).read_text(errors="replace") for n in names if (root / n).exists()]
-    if not parts:
-        raise SystemExit(f"vashista quality: no license texts under {root} to read")
-    return "\n\n".join(parts)
-
-
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def teacher_forced(model, lib, settings, tokens, context, steps, dump_layer=None, dump_path=None):
+def llama_cpp_check(model, tokens, ours):
+    """The library-dense run's last next-token distributions against llama.cpp's logits for
+    the same tokens (its own dense attention, same weights): the outside reference."""
+    try:
+        from . import llama_reference
+    except ImportError:
+        log("llama.cpp check skipped: llama-cpp-python is not installed (tools/setup.sh quality)")
+        return {"skipped": "llama-cpp-python not installed"}
+    t = time.time()
+    ref = llama_reference.logits(model.path, tokens, n_logits=len(ours))
+    fig = metrics.agreement(ours, ref)
+    fig["within_tolerance"] = metrics.within(fig, metrics.TOL_QUANT)
+    fig["tolerance"] = metrics.TOL_QUANT
+    fig["positions"] = len(ours)
+    fig["seconds"] = time.time() - t
+    log(f"library dense vs llama.cpp over the last {len(ours)} steps: top-1 {fig['top1']:.3f}, "
+        f"KL {fig['kl']:.2e}, max |dlogit| {fig['max']:.3f} ({'within' if fig['within_tolerance'] else 'OUTSIDE'} "
+        f"tolerance)")
+    return fig
+
+
+def teacher_forced(model, lib, settings, tokens, context, steps, dump_layer=None, dump_path=None, llama_check=64):
     T0 = (context - steps) // 16 * 16
     if len(tokens) < T0 + steps + 1:
         raise SystemExit(f"vashista quality: the text has {len(tokens)} tokens; {T0 + steps + 1} needed")
     s = Session(model, lib, settings, tokens[:T0], steps, progress=log, dump_layer=dump_layer)
-    decode_s = s.teacher_forced(tokens[T0 + 1:T0 + steps + 1], tokens[T0:T0 + steps])
+    decode_s = s.teacher_forced(tokens[T0 + 1:T0 + steps + 1], tokens[T0:T0 + steps], keep_last=llama_check)
     ref = next(st for st, x in zip(s.stats, settings) if x.dense)
     rows = []
     for x, st in zip(settings, s.stats):
@@ -86,8 +97,11 @@ def teacher_forced(model, lib, settings, tokens, context, steps, dump_layer=None
         dump.save(dump_path, qs, k, v, pos, {"model": model.name, "layer": dump_layer, "scale": model.attn_scale,
                                              "text": "Debian license texts"}, dtype="BF16")
         log(f"wrote {dump_path}")
-    return {"prefix_tokens": T0, "steps": steps, "prefill_s": s.prefill_s, "decode_s": decode_s,
-            "library_layers": s.library_layers, "settings": rows}
+    result = {"prefix_tokens": T0, "steps": steps, "prefill_s": s.prefill_s, "decode_s": decode_s,
+              "library_layers": s.library_layers, "settings": rows}
+    if llama_check:
+        result["llama_cpp"] = llama_cpp_check(model, tokens[:T0 + steps], np.stack(s.reference_logits))
+    return result
 
 
 def retrieval(model, lib, settings, filler_tokens, context, depths, rng):
@@ -150,7 +164,8 @@ def plots(result, out_dir):
     ax.set_ylabel("heads answered densely (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(f"{name}: fallback per layer (policy dense)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / f"{name}_fallback_per_layer.png", dpi=110)
     plt.close(fig)
@@ -167,7 +182,8 @@ def plots(result, out_dir):
     ax.set_xlabel("true error |o_sparse - o_dense|")
     ax.set_ylabel("certified bound")
     ax.set_title(f"{name}: bound against true error (sampled heads)")
-    ax.legend(fontsize=6, markerscale=3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, markerscale=3)
     fig.tight_layout()
     fig.savefig(out_dir / f"{name}_bound_vs_error.png", dpi=110)
     plt.close(fig)

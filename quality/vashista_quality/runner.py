@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import abi
+from .metrics import log_softmax
 from .model import dense_attention
 
 PAGE = 16
@@ -56,12 +57,6 @@ class Stats:
         """(bound, true error, |o_dense|) of the sampled heads answered sparsely under a certificate."""
         t = [x[2:] for x in self.samples if x[1] == 0 and x[0] != 3]
         return np.array(t).reshape(-1, 3)
-
-
-def _log_softmax(x):
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 class Session:
@@ -181,16 +176,21 @@ class Session:
         self.step_index += 1
         return logits
 
-    def teacher_forced(self, targets, inputs):
+    def teacher_forced(self, targets, inputs, keep_last=0):
         """Decodes inputs[i] at each step and scores targets[i]; the first dense setting is
-        the reference of KL and top-1 agreement."""
+        the reference of KL and top-1 agreement, and its last `keep_last` logits are kept in
+        self.reference_logits."""
         t = time.time()
         n = len(inputs)
         B = len(self.settings)
         ref = next(b for b, s in enumerate(self.settings) if s.dense)
+        self.reference_logits = []
         for i in range(n):
-            lp = _log_softmax(self.step(np.full(B, inputs[i])))
+            logits = self.step(np.full(B, inputs[i]))
+            lp = log_softmax(logits)
             p_ref = np.exp(lp[ref])
+            if i >= n - keep_last:
+                self.reference_logits.append(logits[ref].copy())
             for b in range(B):
                 st = self.stats[b]
                 st.nll.append(float(-lp[b, targets[i]]))
