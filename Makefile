@@ -45,7 +45,7 @@ test-sanitize: setup
 
 # Real models in the loop (quality/README.md): SmolLM2-135M and Gemma-3-270M decoding a long
 # real text with the library's attention, swept over settings against dense; JSON, plots,
-# tables and layer dumps in $(BUILD)/quality. Installs Gemma and llama.cpp (the outside
+# tables and layer dumps in $(BUILD)/quality-report. Installs Gemma and llama.cpp (the outside
 # reference of the dense path) first. About 40 minutes on 2 cores.
 QUALITY_ARGS ?=
 quality: build
@@ -55,7 +55,7 @@ quality: build
 	@echo "quality: the numpy models against llama.cpp"
 	@$(VENV)/bin/python quality/check_model.py
 	@PYTHONPATH=quality $(VENV)/bin/python -m vashista_quality.quality --lib $(BUILD)/lib/libvashista_models.so \
-	    --out $(BUILD)/quality $(QUALITY_ARGS)
+	    --out $(BUILD)/quality-report $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(BUILD) build-sanitize

@@ -390,7 +390,7 @@ extern "C" {
 void vashista_decode_config_default(vashista_decode_config *config) {
     if (!config) return;
     *config = vashista_decode_config{64, 128, VASHISTA_SOLVER_SOFTMAX, VASHISTA_ROUTING_BOUND, VASHISTA_GROUP_PER_HEAD,
-                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f, 0, 0};
+                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f, 1, 2};
 }
 
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache) {

@@ -88,6 +88,18 @@ vashista_decode_config default_config() {
     return c;
 }
 
+// The reference's options for a softmax config of the runtime.
+ref::SparseOptions options_of(const vashista_decode_config &c) {
+    ref::SparseOptions opt;
+    opt.top_pages = c.top_pages;
+    opt.top_tokens = c.top_tokens;
+    opt.routing = c.routing == VASHISTA_ROUTING_BOUND ? RoutingMode::Bound : RoutingMode::Mean;
+    opt.group_routing = c.group_routing == VASHISTA_GROUP_SHARED ? GroupRouting::Shared : GroupRouting::PerHead;
+    opt.sink_pages = c.sink_pages;
+    opt.local_pages = c.local_pages;
+    return opt;
+}
+
 }  // namespace
 
 TEST_CASE("decode through the library (tuned where the database has a schedule) matches the reference", "[runtime]") {
@@ -102,8 +114,7 @@ TEST_CASE("decode through the library (tuned where the database has a schedule) 
         std::vector<int32_t> cand(size_t(B) * QH * cfg.top_tokens);
         REQUIRE(vashista_decode_with_candidates(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(),
                                                 lse.data(), diag.data(), cand.data()) == VASHISTA_OK);
-        ref::SparseOptions opt;
-        opt.routing = RoutingMode::Bound;
+        const ref::SparseOptions opt = options_of(cfg);
         for (int b = 0; b < B; ++b)
             for (int h = 0; h < H; ++h)
                 for (int g = 0; g < group; ++g) {
@@ -176,8 +187,7 @@ TEST_CASE("summaries update on every append, including partial pages", "[runtime
     std::vector<float> out(size_t(2) * 8 * D);
     std::vector<vashista_head_diag> diag(16);
     REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), 8, f.p.seqs.seq_lens.data(), out.data(), nullptr, diag.data()) == VASHISTA_OK);
-    ref::SparseOptions opt;
-    opt.routing = RoutingMode::Bound;
+    const ref::SparseOptions opt = options_of(cfg);
     ref::HeadResult r = ref::sparse_head(f.p.cache, f.p.seqs, f.p.q, sum, opt, 0, 1, 2);
     for (int d = 0; d < D; ++d) REQUIRE(out[size_t(6) * D + d] == Approx(r.out[d]).margin(1e-4));
     REQUIRE(diag[6].candidates == 41);
@@ -370,10 +380,10 @@ TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256; one that
     REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), 8, f.p.seqs.seq_lens.data(), out.data(), nullptr,
                             diag.data()) == VASHISTA_OK);
     ref::Summaries sum = ref::summarize(f.p.cache, f.p.seqs, ref::DType::BF16);
-    ref::SparseOptions wide;
-    wide.routing = RoutingMode::Bound;
-    wide.top_pages = 128;
-    wide.top_tokens = 256;
+    vashista_decode_config widened = cfg;
+    widened.top_pages = 128;
+    widened.top_tokens = 256;
+    const ref::SparseOptions wide = options_of(widened);
     for (int i = 0; i < 8; ++i) {
         INFO("query head " << i << " bound " << diag[i].error_bound);
         const int h = i / 4, g = i % 4;

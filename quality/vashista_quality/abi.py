@@ -87,17 +87,20 @@ class Library:
         self.lib.vashista_list_variants(buf, n + 1)
         return buf.value.decode().splitlines()
 
-    def decode_config(self, top_pages=64, top_tokens=128, solver="softmax", routing="bound",
-                      group_routing="per_head", policy="dense", tolerance=1e-3, scale=0.0,
-                      sink_pages=0, local_pages=0, **solver_params):
+    def decode_config(self, **settings):
+        """vashista_decode_config_default with `settings` (fields of vashista_decode_config;
+        solver, routing, group_routing and policy by name) changed."""
         c = DecodeConfig()
         self.lib.vashista_decode_config_default(C.byref(c))
-        c.top_pages, c.top_tokens = top_pages, top_tokens
-        c.solver, c.routing = SOLVERS[solver], ROUTINGS[routing]
-        c.group_routing, c.policy = GROUP_ROUTINGS[group_routing], POLICIES[policy]
-        c.tolerance, c.scale = tolerance, scale
-        c.sink_pages, c.local_pages = sink_pages, local_pages
-        for k, v in solver_params.items():
+        names = {"solver": SOLVERS, "routing": ROUTINGS, "group_routing": GROUP_ROUTINGS, "policy": POLICIES}
+        fields = {f for f, _ in DecodeConfig._fields_}
+        for k, v in settings.items():
+            if k not in fields:
+                raise ValueError(f"decode config has no field '{k}' (fields: {', '.join(sorted(fields))})")
+            if k in names:
+                if v not in names[k]:
+                    raise ValueError(f"{k} '{v}' is not one of {', '.join(names[k])}")
+                v = names[k][v]
             setattr(c, k, v)
         return c
 

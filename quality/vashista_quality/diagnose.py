@@ -74,8 +74,8 @@ def main(argv=None):
     ap.add_argument("dump", help="layer dump (safetensors: q, k, v, positions)")
     ap.add_argument("--lib", help="kernel library (.so) with a decode variant for the dump's shape "
                     f"(default: the first of {', '.join(DEFAULT_LIBS)} that exists)")
-    ap.add_argument("--top-pages", type=int, default=16, help="P (default 16)")
-    ap.add_argument("--top-tokens", type=int, default=64, help="K_c (default 64)")
+    ap.add_argument("--top-pages", type=int, default=64, help="P (default 64)")
+    ap.add_argument("--top-tokens", type=int, default=128, help="K_c (default 128)")
     ap.add_argument("--routing", default="bound", choices=sorted(abi.ROUTINGS))
     ap.add_argument("--group-routing", default="per_head", choices=sorted(abi.GROUP_ROUTINGS))
     ap.add_argument("--sink-pages", type=int, default=1)

@@ -29,9 +29,9 @@ def settings_for(name):
     """The sweep: library dense, the (P, K_c) grid with sink and local pages, one change
     at a time around a base, and the base under policy dense at several tolerances."""
     if name == "smollm2":
-        grid = [(32, 128), (64, 128), (64, 256), (64, 512), (128, 512), (128, 1024)]
+        grid = [(32, 128), (64, 128), (64, 256), (64, 512), (128, 512), (128, 1024), (256, 2048)]
         base = (64, 256)
-        shared = [base]
+        shared = [base, (128, 1024)]
         widest = (128, 1024)
     else:
         grid = [(64, 256), (128, 512), (128, 1024), (256, 2048)]
@@ -147,8 +147,11 @@ def plots(result, out_dir):
     ax.axhline(1.0, color="gray", ls=":", lw=1)
     ax.axvline(0.25, color="gray", ls=":", lw=1)
     ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ticks = [0.1, 0.2, 0.25, 0.5, 1, 2]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel("attention bytes read / dense (library layers)")
-    ax.set_ylabel("perplexity change vs dense (%)")
+    ax.set_ylabel("perplexity change vs dense (%, symlog)")
     ax.set_title(f"{name}: quality against bytes (blue: policy none, red: policy dense)")
     fig.tight_layout()
     fig.savefig(out_dir / f"{name}_ppl_vs_bytes.png", dpi=110)
@@ -171,7 +174,7 @@ def plots(result, out_dir):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 6))
-    lo, hi = 1e-9, 1e3
+    lo, hi = 1e-6, 1e3
     for r in rows:
         t = np.array(r["tight_samples"])
         if len(t) and r["policy"] == "none" and r["routing"] == "bound":
@@ -193,10 +196,13 @@ def table(result):
     rows = result["quality"]["settings"]
     ret = result.get("retrieval", [])
     lines = [f"| {result['model']} setting | policy | ppl Δ | top-1 | KL | bytes/dense | fallback | certified | "
-             "bound/err | retrieval |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "bound/err | retrieved where dense did |", "|---|---|---|---|---|---|---|---|---|---|"]
+    dense_name = next(r["setting"] for r in rows if r["dense"])
     for r in rows:
-        found = sum(x["retrieved"][r["setting"]] for x in ret)
-        rt = f"{found}/{len(ret)}" if ret else "-"
+        hits = [x for x in ret if x["retrieved"][dense_name]]
+        found = sum(x["retrieved"][r["setting"]] for x in hits)
+        rt = f"{found}/{len(hits)}" + (f" (dense missed {len(ret) - len(hits)})" if r["dense"] and len(hits) < len(ret)
+                                       else "") if ret else "-"
         if r["dense"]:
             lines.append(f"| dense (ppl {r['perplexity']:.3f}) | - | 0 | 1 | 0 | 1 | - | - | - | {rt} |")
             continue
@@ -245,7 +251,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3")
     ap.add_argument("--lib", default="build/lib/libvashista_models.so", help="kernel library with the sweep's variants")
-    ap.add_argument("--out", default="build/quality", help="folder for JSON, plots, tables and dumps")
+    ap.add_argument("--out", default="build/quality-report", help="folder for JSON, plots, tables and dumps")
     ap.add_argument("--steps", type=int, default=512, help="teacher-forced decode steps (default 512)")
     ap.add_argument("--smollm2-context", type=int, default=8192)
     ap.add_argument("--gemma3-context", type=int, default=16384)

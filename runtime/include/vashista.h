@@ -111,7 +111,8 @@ typedef struct vashista_decode_config {
 } vashista_decode_config;
 
 /* P = 64, K_c = 128, softmax, bound routing, per-head groups, policy dense, tolerance 1e-3,
- * no sink or local pages. */
+ * one sink page and two local pages (on real models, routing without them lost the
+ * attention sink: quality/README.md). */
 void vashista_decode_config_default(vashista_decode_config *config);
 
 /* Per head, about its sparse step (also for heads whose answer came from dense). */
