@@ -5,8 +5,8 @@ done by the kernel library libvashista_smollm2_test.so: a 1024-token prefix of a
 then teacher-forced steps under library dense, sparse with policy none and sparse with
 policy dense. Checked against the runner's reference, the same model with float64 numpy
 attention over the same bf16 keys and values:
-  - library dense gives the reference's logits (|Δ| <= 2e-3 on logits of magnitude ~20;
-    f32 attention against f64) and the same next token;
+  - library dense gives the reference's logits (|Δ| <= 5e-4 on logits of magnitude ~20;
+    3.7e-5 measured, f32 attention against f64) and the same next token;
   - every certified head's sparse output lies within its bound of dense (plus 1e-5 |o|,
     the f32 dense kernel's own error);
   - policy dense answers each head within its tolerance or densely;
@@ -64,7 +64,8 @@ class RealModel(unittest.TestCase):
             self.current = PREFIX + i
             ref = m.step(np.array([self.tokens[PREFIX + i]]), PREFIX + i, attend)[0]
             got = self.logits[i][0]
-            self.assertLessEqual(np.abs(got - ref).max(), 2e-3, f"step {i}")
+            print(f"  step {i}: library dense against the numpy reference: max |dlogit| {np.abs(got - ref).max():.2e}")
+            self.assertLessEqual(np.abs(got - ref).max(), 5e-4, f"step {i}")
             self.assertEqual(int(got.argmax()), int(ref.argmax()), f"step {i}")
 
     def test_certified_heads_within_bound(self):
@@ -74,6 +75,8 @@ class RealModel(unittest.TestCase):
         self.assertEqual(len(t), st.certified.sum())
         self.assertGreater(len(t), 0, "bound routing with softmax certifies heads")
         bound, err, norm = t[:, 0], t[:, 1], t[:, 2]
+        print(f"  {len(t)} certified heads: bound / true error median {np.median(bound / np.maximum(err, 1e-30)):.0f}, "
+              f"worst (err - bound) / |o| {np.max((err - bound) / norm):.2e}")
         self.assertTrue(np.all(err <= bound + 1e-5 * norm), f"worst err - bound {np.max(err - bound):.3g}")
 
     def test_policy_dense_keeps_tolerance(self):

@@ -91,8 +91,8 @@ def main(argv=None):
         return 2
     lib_path = a.lib or next((p for p in DEFAULT_LIBS if Path(p).exists()), None)
     if not lib_path or not Path(lib_path).exists():
-        print(f"vashista diagnose: no kernel library at {lib_path or ' or '.join(DEFAULT_LIBS)} (build it, or pass --lib)",
-              file=sys.stderr)
+        where = lib_path or " or ".join(DEFAULT_LIBS)
+        print(f"vashista diagnose: no kernel library at {where} (build it, or pass --lib)", file=sys.stderr)
         return 2
     scale = float(meta.get("scale", 1.0 / np.sqrt(q.shape[2])))
     try:

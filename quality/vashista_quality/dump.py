@@ -93,8 +93,8 @@ def load(path):
         out[name] = _bf16_to_f32(raw) if dt == "BF16" else raw.astype(np.int32 if dt == "I32" else np.float32)
     q, k, v, pos = out["q"], out["k"], out["v"], out["positions"]
     if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape:
-        raise DumpError(f"{path}: q must be [queries, q_heads, head_dim] and k, v the same [tokens, kv_heads, head_dim]; "
-                        f"got q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+        raise DumpError(f"{path}: q must be [queries, q_heads, head_dim] and k, v the same "
+                        f"[tokens, kv_heads, head_dim]; got q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
     if q.shape[2] != k.shape[2] or k.shape[1] == 0 or q.shape[1] % k.shape[1]:
         raise DumpError(f"{path}: q {list(q.shape)} does not fit k {list(k.shape)}: head_dim must agree and "
                         "q_heads be a multiple of kv_heads")

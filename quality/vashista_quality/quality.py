@@ -98,7 +98,7 @@ def teacher_forced(model, lib, settings, tokens, context, steps, dump_layer=None
                                              "text": "Debian license texts"}, dtype="BF16")
         log(f"wrote {dump_path}")
     result = {"prefix_tokens": T0, "steps": steps, "prefill_s": s.prefill_s, "decode_s": decode_s,
-              "library_layers": s.library_layers, "settings": rows}
+              "full_context_layers": s.full_layers, "settings": rows}
     if llama_check:
         result["llama_cpp"] = llama_cpp_check(model, tokens[:T0 + steps], np.stack(s.reference_logits))
     return result
@@ -150,7 +150,7 @@ def plots(result, out_dir):
     ax.set_yscale("symlog", linthresh=1.0)
     ticks = [0.1, 0.2, 0.25, 0.5, 1, 2]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.set_xlabel("attention bytes read / dense (library layers)")
+    ax.set_xlabel("attention bytes read / dense (full-context layers)")
     ax.set_ylabel("perplexity change vs dense (%, symlog)")
     ax.set_title(f"{name}: quality against bytes (blue: policy none, red: policy dense)")
     fig.tight_layout()

@@ -4,6 +4,11 @@ Several settings run side by side as one batch (each its own KV cache, since a s
 step changes the keys and values of every later token): the model's matmuls take the
 batch at once, attention is one library call per setting and layer. The prefix is
 prefilled once, densely, and its pages are shared by every setting's block table.
+
+Sliding-window layers (Gemma's) are not long-context: each setting attends densely over
+the window through the library, its cache rewritten from token 0 with the window's keys
+and values at every step (the library has no window mask). Sparse settings and the byte
+counts concern the full-context layers.
 """
 from dataclasses import dataclass, field
 import math
@@ -13,7 +18,6 @@ import numpy as np
 
 from . import abi
 from .metrics import log_softmax
-from .model import dense_attention
 
 PAGE = 16
 
@@ -81,14 +85,16 @@ class Session:
         B = len(settings)
         pre_pages = T0 // PAGE
         own = math.ceil(max_new / PAGE)
-        self.library_layers = [l for l in range(model.n_layers) if model.window(l) is None]
+        self.full_layers = [l for l in range(model.n_layers) if model.window(l) is None]
         self.caches = {}
-        self.local = {}
+        self.window = {}  # layer -> per setting [keys, values (float32, the last w tokens), cache]
         for l in range(model.n_layers):
             k, v = kv[l]
             if model.window(l) is not None:
                 w = model.window(l)
-                self.local[l] = [(k[-w:], v[-w:]) for _ in range(B)]
+                self.window[l] = [[k[-w:], v[-w:], abi.LayerCache(lib, abi.PagePool(
+                    math.ceil(w / PAGE), model.n_kv_heads, model.head_dim, PAGE), np.arange(math.ceil(w / PAGE)))]
+                    for _ in range(B)]
                 continue
             pool = abi.PagePool(pre_pages + B * own, model.n_kv_heads, model.head_dim, PAGE)
             caches = []
@@ -103,7 +109,7 @@ class Session:
         self.step_index = 0
         self.dump_layer, self.dump_queries, self.dump_q = dump_layer, dump_queries, []
 
-    # Bytes a step reads for one KV head of a library layer (bf16 keys and values).
+    # Bytes a step reads for one KV head of a full-context layer (bf16 keys and values).
     def _dense_bytes(self, T):
         return 4 * T * self.model.head_dim
 
@@ -120,14 +126,16 @@ class Session:
     def _attend(self, layer, q, k, v):
         B = q.shape[0]
         out = np.empty_like(q)
-        if layer in self.local:
+        if layer in self.window:
             w = self.model.window(layer)
             for b in range(B):
-                kk, vv = self.local[layer][b]
-                kk = np.concatenate([kk, k[b:b + 1]])[-w:]
-                vv = np.concatenate([vv, v[b:b + 1]])[-w:]
-                self.local[layer][b] = (kk, vv)
-                out[b] = dense_attention(q[b:b + 1], kk[None], vv[None], self.scale, w)[0]
+                entry = self.window[layer][b]
+                kk = entry[0] = np.concatenate([entry[0], k[b:b + 1]])[-w:]
+                vv = entry[1] = np.concatenate([entry[1], v[b:b + 1]])[-w:]
+                c = entry[2]
+                c.tokens = 0
+                c.append(kk, vv)
+                out[b] = c.dense(q[b], self.scale)[0]
             return out
         G = self.model.n_heads // self.model.n_kv_heads
         sample = self.step_index % self.sample_every == 0
