@@ -2,6 +2,8 @@
 # Each target installs what it needs first (tools/setup.sh).
 BUILD ?= build
 JOBS ?= $(shell nproc)
+# ON in CI (.ci/run): warnings are errors.
+WERROR ?= OFF
 VENV := .venv
 CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
@@ -16,7 +18,7 @@ setup:
 
 $(BUILD)/CMakeCache.txt: | setup
 	@echo "configure: $(BUILD)"
-	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release \
+	@$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DVASHISTA_WERROR=$(WERROR) \
 	    -DHalide_DIR=$(HALIDE_DIR)/Halide -DHalideHelpers_DIR=$(HALIDE_DIR)/HalideHelpers >/dev/null
 
 configure: setup $(BUILD)/CMakeCache.txt
@@ -31,8 +33,10 @@ run: build
 test: build
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow
 
+# What make test leaves out: the models against llama.cpp (installs Gemma and llama.cpp first).
 test-slow: build
-	@$(CTEST) --test-dir $(BUILD) --output-on-failure -L slow
+	@tools/setup.sh quality
+	@$(CTEST) --test-dir $(BUILD) --output-on-failure --no-tests=error -L slow
 
 # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer, in its own tree.
 test-sanitize: setup

@@ -344,7 +344,7 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     REQUIRE_THAT(std::string(list), Catch::Contains("decode ") && Catch::Contains("routing=bound"));
 }
 
-TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256; one that fails both goes dense", "[runtime]") {
+TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256 and one that fails both goes dense", "[runtime]") {
     // One 8K sequence. KV head 0's query heads attend to 200 equal needles on 100 pages
     // (too many for K_c = 128, all inside P = 128, K_c = 256); KV head 1's to 600 needles
     // on 300 pages (too many for both). Background keys are small.
@@ -402,7 +402,7 @@ TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256; one that
     }
 }
 
-TEST_CASE("a cache whose summaries pass 2 GiB decodes; one too large to address or allocate is an error", "[runtime]") {
+TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to address or allocate is an error", "[runtime]") {
     SECTION("2.2 GB of bf16 summaries") {
         const int KVH = 8, max_pages = 360000, len = 100;
         std::vector<int32_t> table(max_pages, 0);
