@@ -131,8 +131,8 @@ void compile_object(const BuildRequest &r, const std::string &object) {
             set_estimates(jit, w);
             apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
         }
-        jit.pipeline.compile_to_object(object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens, jit.scale},
-                                       r.name, target);
+        jit.pipeline.compile_to_object(
+            object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens, jit.scale}, r.name, target);
     }
 }
 

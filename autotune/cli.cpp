@@ -169,7 +169,8 @@ int cmd_tune(int argc, char **argv) {
         "  --strategy evolutionary|random\n"
         "  --work DIR           scratch folder for candidates (default build/tune)\n"
         "  --verify             rerun the verification round (finalists against the hand schedule)\n") + kWorkloadHelp;
-    const std::set<std::string> names = with_workload_options({"--db", "--trials", "--minutes", "--seed", "--strategy", "--work"});
+    const std::set<std::string> names =
+        with_workload_options({"--db", "--trials", "--minutes", "--seed", "--strategy", "--work"});
     Args a = parse(argc, argv, 2, names, {"--verify"}, help.c_str());
     TuneOptions o;
     o.trials = int_opt(a, "--trials", 40);
@@ -185,9 +186,9 @@ int cmd_tune(int argc, char **argv) {
     for (size_t i = 0; i < ws.size(); ++i) {
         std::fprintf(stderr, "[%zu/%zu] tuning %s\n", i + 1, ws.size(), ws[i].key().c_str());
         TuneResult r = tune_workload(ws[i], o, db, std::cerr);
-        std::fprintf(stderr, "[%zu/%zu] best %.3f ms (hand %.3f ms, %.2fx) after %d trials, %d failed, %d wrong\n", i + 1,
-                     ws.size(), r.best_ms, r.hand_ms, r.best_ms > 0 ? r.hand_ms / r.best_ms : 0.0, r.trials, r.failed,
-                     r.wrong);
+        std::fprintf(stderr, "[%zu/%zu] best %.3f ms (hand %.3f ms, %.2fx) after %d trials, %d failed, %d wrong\n",
+                     i + 1, ws.size(), r.best_ms, r.hand_ms, r.best_ms > 0 ? r.hand_ms / r.best_ms : 0.0, r.trials,
+                     r.failed, r.wrong);
     }
     return 0;
 }
@@ -220,10 +221,11 @@ int cmd_db(int argc, char **argv) {
                 }
             auto best = db.best(key);
             if (best && best->value("kind", "") == "final")
-                std::printf("%s\n   %d ok, %d failed or wrong; verified best %.3f ms against hand %.3f ms in the same run "
-                            "(median paired ratio %.3f)\n",
-                            key.c_str(), ok, bad, (*best)["median_ms"].get<double>(), best->value("hand_ms", 0.0),
-                            best->value("paired_ratio_vs_hand", 1.0));
+                std::printf(
+                    "%s\n   %d ok, %d failed or wrong; verified best %.3f ms against hand %.3f ms in the same run "
+                    "(median paired ratio %.3f)\n",
+                    key.c_str(), ok, bad, (*best)["median_ms"].get<double>(), best->value("hand_ms", 0.0),
+                    best->value("paired_ratio_vs_hand", 1.0));
             else
                 std::printf("%s\n   %d ok, %d failed or wrong; best %.3f ms; hand %.3f ms\n", key.c_str(), ok, bad,
                             best ? (*best)["median_ms"].get<double>() : 0.0, hand);
@@ -252,7 +254,8 @@ int cmd_db(int argc, char **argv) {
         const std::string db_path = opt(a, "--db", kDefaultDb);
         size_t n = 0;
         for (const auto &p : merge_databases({db_path, a.positional[0]}, db_path, &n))
-            if (p.find("no such file") == std::string::npos || p.rfind(db_path, 0) != 0) std::fprintf(stderr, "warning: %s\n", p.c_str());
+            if (p.find("no such file") == std::string::npos || p.rfind(db_path, 0) != 0)
+                std::fprintf(stderr, "warning: %s\n", p.c_str());
         std::printf("%s now holds %zu records\n", db_path.c_str(), n);
         return 0;
     }
@@ -263,7 +266,8 @@ int cmd_db(int argc, char **argv) {
 std::pair<json, BuildResult> build_kind(const Workload &w, const std::string &kind, const json &schedule,
                                         const std::string &work) {
     const bool autosched = kind != "hand" && kind != "tuned";
-    std::fprintf(stderr, "  building %s%s\n", kind.c_str(), autosched ? " (autoscheduler; Adams2019 takes minutes)" : "");
+    std::fprintf(stderr, "  building %s%s\n", kind.c_str(),
+                 autosched ? " (autoscheduler; Adams2019 takes minutes)" : "");
     BuildRequest req{w, schedule, autosched ? kind : "", work + "/bench",
                      "bench_" + std::to_string(std::hash<std::string>{}(w.key() + kind + schedule.dump())), 1800};
     BuildResult built = build_candidate(req);
@@ -290,7 +294,8 @@ int cmd_bench(int argc, char **argv) {
         "  --trials N  --minutes M  --seed S\n"
         "  --reps N        timed runs per schedule, round-robin across schedules (default 15)\n"
         "  --work DIR      scratch folder (default build/tune)\n") + kWorkloadHelp;
-    const std::set<std::string> names = with_workload_options({"--json", "--plot", "--db", "--trials", "--minutes", "--seed", "--work", "--reps"});
+    const std::set<std::string> names =
+        with_workload_options({"--json", "--plot", "--db", "--trials", "--minutes", "--seed", "--work", "--reps"});
     Args a = parse(argc, argv, 2, names, {"--compare-schedulers", "--retune"}, help.c_str());
     if (!a.flags.count("--compare-schedulers")) fail("bench needs --compare-schedulers (see --help)");
     const std::string json_path = opt(a, "--json", "build/compare.json");
@@ -374,7 +379,8 @@ int cmd_bench(int argc, char **argv) {
     std::fprintf(stderr, "wrote %s\n", json_path.c_str());
     const std::string script = std::string(VASHISTA_SOURCE_DIR) + "/tools/plot_compare.py";
     const std::string python = std::string(VASHISTA_SOURCE_DIR) + "/.venv/bin/python";
-    if (fs::exists(python) && std::system(("'" + python + "' '" + script + "' '" + json_path + "' '" + plot + "'").c_str()) == 0)
+    if (fs::exists(python) &&
+        std::system(("'" + python + "' '" + script + "' '" + json_path + "' '" + plot + "'").c_str()) == 0)
         std::fprintf(stderr, "wrote %s\n", plot.c_str());
     else
         std::fprintf(stderr, "warning: no plot written (needs .venv with matplotlib; run tools/setup.sh)\n");
@@ -420,9 +426,11 @@ int cmd_bundle(int argc, char **argv) {
     }
     std::ofstream(dir + "/manifest.json") << manifest.dump(2) << "\n";
     const fs::path runner = fs::path(argv[0]).parent_path() / "vashista-runner";
-    if (!fs::exists(runner)) fail("the runner program " + runner.string() + " is missing; build target vashista-runner");
+    if (!fs::exists(runner))
+        fail("the runner program " + runner.string() + " is missing; build target vashista-runner");
     fs::copy_file(runner, fs::path(dir) / "vashista-runner", fs::copy_options::overwrite_existing);
-    std::printf("wrote %s: %zu candidates, manifest.json, vashista-runner\n", dir.c_str(), manifest["candidates"].size());
+    std::printf("wrote %s: %zu candidates, manifest.json, vashista-runner\n", dir.c_str(),
+                manifest["candidates"].size());
     return 0;
 }
 
@@ -451,7 +459,8 @@ int cmd_build_lib(int argc, char **argv) {
     for (const auto &w : ws) {
         auto best = db.best(w.key());
         std::string spec = "head_dim=" + std::to_string(w.head_dim) + ":page_size=" + std::to_string(w.page_size) +
-                           ":group_size=" + std::to_string(w.group_size) + ":kv_type=" + w.kv_type + ":layout=" + w.layout;
+                           ":group_size=" + std::to_string(w.group_size) + ":kv_type=" + w.kv_type +
+                           ":layout=" + w.layout;
         if (w.generator == "decode")
             spec += ":top_pages=" + std::to_string(w.top_pages) + ":top_tokens=" + std::to_string(w.top_tokens) +
                     ":summary_type=" + w.summary_type + ":solver=" + w.solver + ":routing=" + w.routing +
@@ -472,9 +481,11 @@ int cmd_build_lib(int argc, char **argv) {
     std::ofstream cm(out / "CMakeLists.txt");
     cm << "cmake_minimum_required(VERSION 3.28)\nproject(" << name << " LANGUAGES C CXX)\n"
        << "find_package(Halide 21 REQUIRED)\n"
-       << "set(VASHISTA_BUILD_TESTS OFF)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR << "\" vashista EXCLUDE_FROM_ALL)\n"
+       << "set(VASHISTA_BUILD_TESTS OFF)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR
+       << "\" vashista EXCLUDE_FROM_ALL)\n"
        << "vashista_add_kernel_library(" << name << " TARGET " << opt(a, "--target", "host") << "\n  DECODE\n"
-       << decode.str() << "  DENSE\n" << (dense.str().empty() ? "    \"kv_type=bfloat16\"\n" : dense.str())
+       << decode.str() << "  DENSE\n"
+       << (dense.str().empty() ? "    \"kv_type=bfloat16\"\n" : dense.str())
        << "  SUMMARIZE\n    \"kv_type=bfloat16\")\n"
        << "set_target_properties(" << name << " PROPERTIES EXCLUDE_FROM_ALL OFF)\n";
     cm.close();
@@ -482,10 +493,11 @@ int cmd_build_lib(int argc, char **argv) {
     const std::string cmake = venv + "/bin/cmake";
     const std::string halide = venv + "/lib/python3.11/site-packages/halide/lib64/cmake";
     const std::string configure = "'" + cmake + "' -S '" + out.string() + "' -B '" + (out / "build").string() +
-                                  "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + halide + "/Halide' -DHalideHelpers_DIR='" +
-                                  halide + "/HalideHelpers' >/dev/null";
+                                  "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + halide +
+                                  "/Halide' -DHalideHelpers_DIR='" + halide + "/HalideHelpers' >/dev/null";
     if (std::system(configure.c_str()) != 0) fail("configuring " + (out / "build").string() + " failed");
-    if (std::system(("'" + cmake + "' --build '" + (out / "build").string() + "' --target " + name + " -j 2").c_str()) != 0)
+    if (std::system(
+            ("'" + cmake + "' --build '" + (out / "build").string() + "' --target " + name + " -j 2").c_str()) != 0)
         fail("building " + name + " failed");
     // One self-contained archive: the dispatch table and runtime, every variant, the
     // Halide runtime.
@@ -497,7 +509,8 @@ int cmd_build_lib(int argc, char **argv) {
     mri << "save\nend\n";
     std::ofstream(out / "merge.mri") << mri.str();
     fs::remove(out / ("lib" + name + ".a"));
-    if (std::system(("ar -M < '" + (out / "merge.mri").string() + "'").c_str()) != 0) fail("merging the archives failed");
+    if (std::system(("ar -M < '" + (out / "merge.mri").string() + "'").c_str()) != 0)
+        fail("merging the archives failed");
     fs::remove(out / "merge.mri");
     fs::copy_file(fs::path(VASHISTA_SOURCE_DIR) / "runtime/include/vashista.h", out / "vashista.h",
                   fs::copy_options::overwrite_existing);

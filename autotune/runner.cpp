@@ -50,7 +50,8 @@ Runner::Runner(const Workload &w, MeasureOptions options) : workload_(w), option
         for (int h = 0; h < w.kv_heads; ++h)
             for (int g = 0; g < w.group_size; ++g) {
                 if (w.generator == "decode")
-                    s.sparse.push_back(ref::sparse_head(s.problem.cache, s.problem.seqs, s.problem.q, s.summaries, opt, b, h, g));
+                    s.sparse.push_back(
+                        ref::sparse_head(s.problem.cache, s.problem.seqs, s.problem.q, s.summaries, opt, b, h, g));
                 else
                     s.dense.push_back(ref::dense_head(s.problem.cache, s.problem.seqs, s.problem.q, 0.0, b, h, g));
             }

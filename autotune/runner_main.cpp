@@ -45,7 +45,8 @@ int main(int argc, char **argv) {
         const json rec = make_record(w, c["schedule"], c.value("kind", "search"), built, m, c.value("trial", int(i)),
                                      c.value("seed", 1), version);
         out << rec.dump() << "\n" << std::flush;
-        std::fprintf(stderr, "  %zu/%zu %s: %s %s\n", i + 1, cands.size(), w.key().c_str(), rec["status"].get<std::string>().c_str(),
+        std::fprintf(stderr, "  %zu/%zu %s: %s %s\n", i + 1, cands.size(), w.key().c_str(),
+                     rec["status"].get<std::string>().c_str(),
                      rec.contains("median_ms") ? (std::to_string(rec["median_ms"].get<double>()) + " ms").c_str() : "");
     }
     std::printf("wrote %s/results.jsonl\n", dir.c_str());

@@ -53,7 +53,8 @@ public:
 // with a `random_fraction` of fresh random points to keep exploring.
 class EvolutionaryStrategy : public Strategy {
 public:
-    EvolutionaryStrategy(SearchSpace space, uint64_t seed, int initial = 8, int elite = 6, double random_fraction = 0.15)
+    EvolutionaryStrategy(SearchSpace space, uint64_t seed, int initial = 8, int elite = 6,
+                         double random_fraction = 0.15)
         : Strategy(std::move(space), seed), initial_(initial), elite_(elite), random_fraction_(random_fraction) {}
     json propose() override;
 

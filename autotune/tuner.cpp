@@ -59,7 +59,8 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
         if (cost == kFailed) ++result.failed;
     }
     result.trials = result.resumed;
-    if (result.resumed) log << "resuming " << key << ": " << result.resumed << " trials already in " << db.path() << "\n";
+    if (result.resumed)
+        log << "resuming " << key << ": " << result.resumed << " trials already in " << db.path() << "\n";
 
     const std::string runtime = build_runtime(opt.work_dir, w.target);
     load_runtime(runtime);
@@ -73,7 +74,8 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
         const bool first = !hand_done;
         json point = first ? hand : strategy->propose();
         hand_done = true;
-        BuildRequest req{w, point, "", opt.work_dir + "/candidates", candidate_name(w, point, "search"), opt.build_timeout_s};
+        BuildRequest req{
+            w, point, "", opt.work_dir + "/candidates", candidate_name(w, point, "search"), opt.build_timeout_s};
         BuildResult built = build_candidate(req);
         Measurement m;
         if (built.status == "ok") m = runner.measure(built.library, built.function);
@@ -97,12 +99,14 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
         if (opt.minutes > 0) eta = std::min(eta, std::max(0.0, opt.minutes * 60 - elapsed()));
         std::ostringstream line;
         line << "  trial " << result.trials << "/" << opt.trials << "  failed " << result.failed << "  best "
-             << std::fixed << std::setprecision(3) << (best < kFailed ? best : 0.0) << " ms  hand "
-             << result.hand_ms << " ms  last " << (cost < kFailed ? std::to_string(cost).substr(0, 6) : record["status"].get<std::string>())
-             << "  ETA " << clock(eta);
+             << std::fixed << std::setprecision(3) << (best < kFailed ? best : 0.0) << " ms  hand " << result.hand_ms
+             << " ms  last "
+             << (cost < kFailed ? std::to_string(cost).substr(0, 6) : record["status"].get<std::string>()) << "  ETA "
+             << clock(eta);
         std::fprintf(stderr, tty ? "\r%-100s" : "%s\n", line.str().c_str());
-        if (record["status"] != "ok" && !tty) std::fprintf(stderr, "    %s: %s\n", record["status"].get<std::string>().c_str(),
-                                                          record.value("error", "").substr(0, 300).c_str());
+        if (record["status"] != "ok" && !tty)
+            std::fprintf(stderr, "    %s: %s\n", record["status"].get<std::string>().c_str(),
+                         record.value("error", "").substr(0, 300).c_str());
     }
     if (tty) std::fprintf(stderr, "\n");
     result.best_ms = best < kFailed ? best : 0;
@@ -135,7 +139,8 @@ json verify_finalists(const Workload &w, const TuneOptions &opt, Database &db, R
     std::vector<json> built_schedules;
     BuildOutcome outcome{"ok", "", 0};
     for (const json &sched : entrants) {
-        BuildRequest req{w, sched, "", opt.work_dir + "/candidates", candidate_name(w, sched, "final"), opt.build_timeout_s};
+        BuildRequest req{
+            w, sched, "", opt.work_dir + "/candidates", candidate_name(w, sched, "final"), opt.build_timeout_s};
         BuildResult b = build_candidate(req);
         if (b.status != "ok") continue;
         outcome.seconds += b.seconds;

@@ -59,7 +59,8 @@ double measure_read_bandwidth_gbps() {
             pool.emplace_back([&, w] {
                 const size_t lo = n * w / threads, hi = n * (w + 1) / threads;
                 uint64_t a = 0, b = 0, c = 0, d = 0;
-                for (size_t i = lo; i + 4 <= hi; i += 4) a += data[i], b += data[i + 1], c += data[i + 2], d += data[i + 3];
+                for (size_t i = lo; i + 4 <= hi; i += 4)
+                    a += data[i], b += data[i + 1], c += data[i + 2], d += data[i + 3];
                 sums[w] = a + b + c + d;
             });
         for (auto &th : pool) th.join();

@@ -114,11 +114,13 @@ int main(int argc, char **argv) {
         std::vector<vashista_head_diag> diag(H * G);
         bench::Flusher flusher;
         auto sparse_ms = bench::time_cold(opt.reps, flusher, [&] {
-            check(vashista_decode(cache, &cfg, p.q.q.data(), H * G, seq_lens, sparse_out.data(), lse.data(), diag.data()),
-                  "vashista_decode");
+            check(
+                vashista_decode(cache, &cfg, p.q.q.data(), H * G, seq_lens, sparse_out.data(), lse.data(), diag.data()),
+                "vashista_decode");
         });
         auto dense_ms = bench::time_cold(opt.reps, flusher, [&] {
-            check(vashista_dense(cache, p.q.q.data(), H * G, seq_lens, 0.0f, dense_out.data(), nullptr), "vashista_dense");
+            check(vashista_dense(cache, p.q.q.data(), H * G, seq_lens, 0.0f, dense_out.data(), nullptr),
+                  "vashista_dense");
         });
 
         // Against the double-precision dense reference.
@@ -164,12 +166,14 @@ int main(int argc, char **argv) {
         std::printf("dense step   %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", dense_ms.median,
                     dense_ms.min, dense_ms.max, dense_bytes / bandwidth * 1e-6, dense_bytes * 1e-6);
         std::printf("speedup      %8.2fx\n", dense_ms.median / sparse_ms.median);
-        std::printf("max |sparse - dense_ref| = %.3g   max |dense - dense_ref| = %.3g   largest certified bound = %.3g\n",
-                    max_err, max_dense_err, max_bound);
+        std::printf(
+            "max |sparse - dense_ref| = %.3g   max |dense - dense_ref| = %.3g   largest certified bound = %.3g\n",
+            max_err, max_dense_err, max_bound);
         std::printf("support gap: min %.2f  median %.2f  max %.2f\n", gaps.front(), gaps[gaps.size() / 2], gaps.back());
         std::printf("policy (dense, tolerance %.0e): %d heads sparse, %d widened, %d dense fallback, %d reported\n",
                     double(cfg.tolerance), heads_sparse, heads_widened, heads_dense, heads_reported);
-        std::printf("%s\n", correct ? "correct: every head within its certificate" : "WRONG: a head exceeds its certificate");
+        std::printf("%s\n",
+                    correct ? "correct: every head within its certificate" : "WRONG: a head exceeds its certificate");
         records.push_back({{"T", T}, {"sparse_ms", sparse_ms.median}, {"sparse_ms_min", sparse_ms.min},
                            {"sparse_ms_max", sparse_ms.max}, {"dense_ms", dense_ms.median},
                            {"dense_ms_min", dense_ms.min}, {"dense_ms_max", dense_ms.max},

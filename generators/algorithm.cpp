@@ -553,7 +553,8 @@ DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in) {
     st.chunk_sum(g, ch, h, b) += st.weight(tok, g, h, b);
     st.chunk_acc = Func("chunk_acc");
     st.chunk_acc(d, g, ch, h, b) = 0.0f;
-    Expr value = token(tok, [&](Expr page, Expr off) { return as_f32(kv_element(in.v_cache, cfg.layout, d, off, h, page)); });
+    Expr value =
+        token(tok, [&](Expr page, Expr off) { return as_f32(kv_element(in.v_cache, cfg.layout, d, off, h, page)); });
     st.chunk_acc(d, g, ch, h, b) += select(valid, st.weight(tok, g, h, b) * value, 0.0f);
 
     Var x("x");

@@ -116,7 +116,8 @@ void require_addressable(int64_t elements, int64_t outer, const char *what) {
 
 // A zeroed host buffer of `sizes` (innermost first) in memory owned by `memory`. calloc
 // lets a failed allocation come back as a status.
-Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::vector<int64_t> &sizes, const char *what) {
+Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::vector<int64_t> &sizes,
+                           const char *what) {
     int64_t elements = 1;
     for (int64_t s : sizes)
         if (__builtin_mul_overflow(elements, s, &elements))
@@ -187,8 +188,11 @@ void validate_desc(const vashista_cache_desc *d) {
     positive(d->page_size, "desc->page_size");
     positive(d->num_pages, "desc->num_pages");
     positive(d->max_pages, "desc->max_pages");
-    if (!valid_dtype(raw(d->kv_dtype))) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", raw(d->kv_dtype), " is not a vashista_dtype");
-    if (!valid_dtype(raw(d->summary_dtype))) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = ", raw(d->summary_dtype), " is not a vashista_dtype");
+    if (!valid_dtype(raw(d->kv_dtype)))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", raw(d->kv_dtype), " is not a vashista_dtype");
+    if (!valid_dtype(raw(d->summary_dtype)))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = ", raw(d->summary_dtype),
+             " is not a vashista_dtype");
     if (raw(d->layout) != VASHISTA_LAYOUT_HND && raw(d->layout) != VASHISTA_LAYOUT_NHD)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", raw(d->layout), " is not HND (0) or NHD (1)");
 }
@@ -216,14 +220,16 @@ struct Shape {
     int32_t batch, group;
 };
 
-Shape validate_step(const vashista_cache *c, const float *q, int32_t q_heads, const int32_t *seq_lens, const float *out) {
+Shape validate_step(const vashista_cache *c, const float *q, int32_t q_heads, const int32_t *seq_lens,
+                    const float *out) {
     require_pointer(c, "cache");
     require_pointer(q, "q");
     require_pointer(seq_lens, "seq_lens");
     require_pointer(out, "out");
     const auto &d = c->desc;
     if (q_heads <= 0 || q_heads % d.kv_heads != 0)
-        fail(VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = ", q_heads, " is not a positive multiple of kv_heads = ", d.kv_heads);
+        fail(VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = ", q_heads,
+             " is not a positive multiple of kv_heads = ", d.kv_heads);
     for (int32_t b = 0; b < d.batch; ++b) {
         const int32_t len = seq_lens[b];
         if (len < 1 || int64_t(len) > int64_t(d.max_pages) * d.page_size)
@@ -238,23 +244,24 @@ Shape validate_step(const vashista_cache *c, const float *q, int32_t q_heads, co
     for (size_t i = 0; i < n; ++i)
         if (!std::isfinite(q[i])) {
             const size_t row = i / d.head_dim;
-            fail(VASHISTA_ERROR_NON_FINITE, "q[", row / q_heads, "][", row % q_heads, "][", i % d.head_dim, "] = ", q[i],
-                 " is not finite");
+            fail(VASHISTA_ERROR_NON_FINITE, "q[", row / q_heads, "][", row % q_heads, "][", i % d.head_dim,
+                 "] = ", q[i], " is not finite");
         }
     return {d.batch, q_heads / d.kv_heads};
 }
 
 const DenseVariant &find_dense(const vashista_cache_desc &d, int32_t group) {
     for (const auto &v : dense_variants())
-        if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group && v.kv_dtype == d.kv_dtype &&
-            v.layout == d.layout)
+        if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group &&
+            v.kv_dtype == d.kv_dtype && v.layout == d.layout)
             return v;
     fail(VASHISTA_ERROR_NO_VARIANT, "no dense kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
          " group_size=", group, " kv ", dtype_name(d.kv_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD",
          "; compiled variants:\n", list_variants());
 }
 
-bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
+bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_t group,
+                    const vashista_decode_config &cfg) {
     bool ok = v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group &&
               v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype && v.layout == d.layout &&
               v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing &&
@@ -269,19 +276,22 @@ bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_
 
 const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
     for (const auto &v : decode_variants())
-        if (decode_matches(v, d, group, cfg) && v.top_pages == cfg.top_pages && v.top_tokens == cfg.top_tokens) return v;
+        if (decode_matches(v, d, group, cfg) && v.top_pages == cfg.top_pages && v.top_tokens == cfg.top_tokens)
+            return v;
     fail(VASHISTA_ERROR_NO_VARIANT, "no decode kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
          " top_pages=", cfg.top_pages, " top_tokens=", cfg.top_tokens, " group_size=", group, " kv ",
-         dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD",
-         " solver=", int(cfg.solver), " routing=", int(cfg.routing), " group_routing=", int(cfg.group_routing),
-         " sink_pages=", cfg.sink_pages, " local_pages=", cfg.local_pages, "; compiled variants:\n", list_variants());
+         dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype),
+         d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", " solver=", int(cfg.solver), " routing=", int(cfg.routing),
+         " group_routing=", int(cfg.group_routing), " sink_pages=", cfg.sink_pages, " local_pages=", cfg.local_pages,
+         "; compiled variants:\n", list_variants());
 }
 
 // The narrowest compiled variant with at least twice P and K_c, or null.
 const DecodeVariant *find_wider(const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
     const DecodeVariant *best = nullptr;
     for (const auto &v : decode_variants())
-        if (decode_matches(v, d, group, cfg) && v.top_pages >= 2 * cfg.top_pages && v.top_tokens >= 2 * cfg.top_tokens &&
+        if (decode_matches(v, d, group, cfg) && v.top_pages >= 2 * cfg.top_pages &&
+            v.top_tokens >= 2 * cfg.top_tokens &&
             (!best || v.top_pages * v.top_tokens < best->top_pages * best->top_tokens))
             best = &v;
     return best;
@@ -296,11 +306,13 @@ struct SparseResult {
     Buffer<int32_t> candidates, pages;
 };
 
-SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float> &qb, Buffer<int32_t> &lens, float scale) {
+SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float> &qb, Buffer<int32_t> &lens,
+                        float scale) {
     const auto &d = c->desc;
     const int G = v.group_size;
     SparseResult r{Buffer<float>(d.head_dim, G, d.kv_heads, d.batch), Buffer<float>(G, d.kv_heads, d.batch),
-                   Buffer<float>(vashista::kDiagFields, G, d.kv_heads, d.batch), Buffer<int32_t>(v.top_tokens, G, d.kv_heads, d.batch),
+                   Buffer<float>(vashista::kDiagFields, G, d.kv_heads, d.batch),
+                   Buffer<int32_t>(v.top_tokens, G, d.kv_heads, d.batch),
                    Buffer<int32_t>(v.top_pages, G, d.kv_heads, d.batch)};
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
     Buffer<int32_t> pt = c->page_table();
@@ -339,8 +351,10 @@ void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buff
 
 void validate_config(const vashista_decode_config *cfg) {
     require_pointer(cfg, "config");
-    if (cfg->top_pages < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = ", cfg->top_pages, " must be >= 1");
-    if (cfg->top_tokens < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = ", cfg->top_tokens, " must be >= 1");
+    if (cfg->top_pages < 1)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = ", cfg->top_pages, " must be >= 1");
+    if (cfg->top_tokens < 1)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = ", cfg->top_tokens, " must be >= 1");
     const int solver = raw(cfg->solver), routing = raw(cfg->routing), group = raw(cfg->group_routing),
               policy = raw(cfg->policy);
     if (solver < VASHISTA_SOLVER_SOFTMAX || solver > VASHISTA_SOLVER_SPARSEMAX)
@@ -354,7 +368,8 @@ void validate_config(const vashista_decode_config *cfg) {
     if (!(cfg->tolerance >= 0) || !std::isfinite(cfg->tolerance))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance = ", cfg->tolerance, " must be finite and >= 0");
     if (!(cfg->scale >= 0) || !std::isfinite(cfg->scale))
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale = ", cfg->scale, " must be finite and >= 0 (0: 1/sqrt(head_dim))");
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale = ", cfg->scale,
+             " must be finite and >= 0 (0: 1/sqrt(head_dim))");
     if (cfg->sink_pages < 0 || cfg->local_pages < 0 || int64_t(cfg->sink_pages) + cfg->local_pages > cfg->top_pages)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->sink_pages = ", cfg->sink_pages, " and local_pages = ",
              cfg->local_pages, " must be >= 0 and together at most top_pages = ", cfg->top_pages);
@@ -410,7 +425,8 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
                                    "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
         const std::vector<int64_t> per_page{desc->max_pages, desc->kv_heads, desc->batch};
         const halide_type_t f32(halide_type_float, 32);
-        c->value_norm = zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (batch x max_pages x kv_heads)");
+        c->value_norm =
+            zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (batch x max_pages x kv_heads)");
         c->key_absmax = zeroed_buffer(c->key_absmax_memory, f32, per_page, "key bounds (batch x max_pages x kv_heads)");
         c->appended.assign(desc->batch, 0);
         c->summarized_page.assign(size_t(desc->batch) * desc->max_pages, -1);
@@ -427,16 +443,19 @@ int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq) {
     return cache->appended[seq];
 }
 
-vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, int32_t count, const void *k, const void *v) {
+vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, int32_t count, const void *k,
+                                const void *v) {
     return guarded([&] {
         require_pointer(c, "cache");
         require_pointer(k, "k");
         require_pointer(v, "v");
         const auto &d = c->desc;
-        if (seq < 0 || seq >= d.batch) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
+        if (seq < 0 || seq >= d.batch)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
         if (count < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "count = ", count, " must be >= 1");
         if (start < 0 || start > c->appended[seq])
-            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "start = ", start, " is not in [0, tokens appended = ", c->appended[seq], "]");
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "start = ", start,
+                 " is not in [0, tokens appended = ", c->appended[seq], "]");
         if (int64_t(start) + count > int64_t(d.max_pages) * d.page_size)
             fail(VASHISTA_ERROR_OUT_OF_RANGE, "start + count = ", int64_t(start) + count,
                  " exceeds max_pages * page_size = ", int64_t(d.max_pages) * d.page_size);
@@ -448,8 +467,8 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
             for (size_t i = 0; i < n; ++i)
                 if (non_finite(src + i * dtype_bytes(d.kv_dtype), d.kv_dtype)) {
                     const size_t r = i / d.head_dim;
-                    fail(VASHISTA_ERROR_NON_FINITE, src == k ? "k" : "v", "[", r / d.kv_heads, "][", r % d.kv_heads, "][",
-                         i % d.head_dim, "] is not finite");
+                    fail(VASHISTA_ERROR_NON_FINITE, src == k ? "k" : "v", "[", r / d.kv_heads, "][", r % d.kv_heads,
+                         "][", i % d.head_dim, "] is not finite");
                 }
         // Everything is valid: write the tokens, then summarize the touched pages. The
         // token count changes only once the summaries are in place.
@@ -474,7 +493,8 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
             touched(1, i) = first + i;
         }
         Buffer<int32_t> lens_buffer(lens.data(), d.batch);
-        Buffer<void> rows(halide_type(d.summary_dtype), d.head_dim, vashista::kSummaryChannels, d.kv_heads, touched_pages);
+        Buffer<void> rows(halide_type(d.summary_dtype), d.head_dim, vashista::kSummaryChannels, d.kv_heads,
+                          touched_pages);
         Buffer<float> norms(d.kv_heads, touched_pages), key_bounds(d.kv_heads, touched_pages);
         Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
         Buffer<int32_t> pt = c->page_table();
@@ -497,7 +517,8 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                 c->key_absmax(j, h, seq) = key_bounds(h, i);
                 for (int ch = 0; ch < vashista::kSummaryChannels; ++ch)
                     for (int dd = 0; dd < d.head_dim; ++dd) {
-                        const size_t from = ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
+                        const size_t from =
+                            ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
                         const int64_t to = int64_t(j % vashista::kSummaryBlock) * sd.dim(0).stride() +
                                            int64_t(dd) * sd.dim(1).stride() + int64_t(ch) * sd.dim(2).stride() +
                                            int64_t(j / vashista::kSummaryBlock) * sd.dim(3).stride() +

@@ -93,7 +93,8 @@ const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
         [](const DecodeCpuSchedule &s, const DecodeConfig &cfg) -> std::string {
             if (!s.route_split && s.route_block != 64) return "route_block only applies with route_split = 1";
             std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
-            if (e.empty()) e = divides("out_unroll * vector_width", s.out_unroll * s.vector_width, "head_dim", cfg.head_dim);
+            if (e.empty())
+                e = divides("out_unroll * vector_width", s.out_unroll * s.vector_width, "head_dim", cfg.head_dim);
             return e;
         }};
     return s;
@@ -111,7 +112,8 @@ const Space<DenseCpuSchedule, DenseConfig> &DenseCpuSchedule::space() {
         },
         [](const DenseCpuSchedule &s, const DenseConfig &cfg) -> std::string {
             std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
-            if (e.empty()) e = divides("acc_unroll * vector_width", s.acc_unroll * s.vector_width, "head_dim", cfg.head_dim);
+            if (e.empty())
+                e = divides("acc_unroll * vector_width", s.acc_unroll * s.vector_width, "head_dim", cfg.head_dim);
             return e;
         }};
     return s;

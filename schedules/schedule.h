@@ -82,7 +82,8 @@ Schedule schedule_from_json(const nlohmann::json &j) {
             if (it.key() == knob.name) found = &knob;
         if (!found) throw std::invalid_argument("unknown schedule knob '" + it.key() + "'");
         if (!it.value().is_number_integer())
-            throw std::invalid_argument("schedule knob '" + it.key() + "' must be an integer, got " + it.value().dump());
+            throw std::invalid_argument("schedule knob '" + it.key() + "' must be an integer, got " +
+                                        it.value().dump());
         int v = it.value().template get<int>();
         std::string err = knob_domain_error(found->name, v, found->domain);
         if (!err.empty()) throw std::invalid_argument(err);

@@ -105,7 +105,8 @@ TEST_CASE("workloads and records round-trip through JSON", "[autotune]") {
     w.tokens = 4096;
     Workload back = Workload::from_json(json::parse(w.to_json().dump()));
     CHECK(back.key() == w.key());
-    CHECK_THROWS_WITH(Workload::from_json({{"generator", "prefill"}}), Catch::Contains("'prefill' is not decode or dense"));
+    CHECK_THROWS_WITH(Workload::from_json({{"generator", "prefill"}}),
+                      Catch::Contains("'prefill' is not decode or dense"));
     CHECK(shard(default_workloads("host"), "1/2").size() == 1);
     CHECK(shard(default_workloads("host"), "0/2").size() == 2);
     CHECK_THROWS_WITH(shard(default_workloads("host"), "2/2"), Catch::Contains("is not i/n"));

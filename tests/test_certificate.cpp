@@ -103,17 +103,20 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
                         ++violations;
                         if (!(err / (bound + slack) <= worst_ratio)) {
                             worst_ratio = err / (bound + slack);
-                            worst = std::string(name(a)) + ": error " + std::to_string(err) + " > bound " + std::to_string(bound);
+                            worst = std::string(name(a)) + ": error " + std::to_string(err) + " > bound " +
+                                    std::to_string(bound);
                         }
                     }
                     // The bound's terms, each halved: delta (V_out + ||o|| + R) + R.
-                    const double delta = buf.diag(kDiagOutsideMass, g, h, b), v_out = buf.diag(kDiagOutsideValueNorm, g, h, b);
+                    const double delta = buf.diag(kDiagOutsideMass, g, h, b),
+                                 v_out = buf.diag(kDiagOutsideValueNorm, g, h, b);
                     double o = 0;
                     for (int x = 0; x < 16; ++x) o += double(buf.out(x, g, h, b)) * buf.out(x, g, h, b);
                     o = std::sqrt(o);
                     const double r = std::max(0.0, (bound / (1 + 4 * fp::kUnit32) - delta * (v_out + o)) / (1 + delta));
                     const double halved[] = {0.5 * delta * (v_out + o + r) + r, delta * (0.5 * v_out + o + r) + r,
-                                             delta * (v_out + 0.5 * o + r) + r, delta * (v_out + o + 0.5 * r) + 0.5 * r};
+                                             delta * (v_out + 0.5 * o + r) + r,
+                                             delta * (v_out + o + 0.5 * r) + 0.5 * r};
                     for (int t = 0; t < 4; ++t)
                         if (!(err <= halved[t] + slack)) ++halved_violations[t];
                     if (bound < 1e-3) ++certified;

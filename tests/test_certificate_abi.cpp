@@ -6,8 +6,8 @@
 // most its bound plus a slack for the rounding of this check: 1e-6 + 1e-5 * ||o_dense||,
 // which does not grow with V_out. An uncertified head must report an infinite bound.
 // sparsemax: a certified head's output is within its bound (the f32 rounding of the
-// computed output; 0 in exact arithmetic) of sparsemax over all tokens. The families include inputs built to break the bound (near and exact ties,
-// no gap, huge score ranges, one dominant key channel, dominant values).
+// computed output; 0 in exact arithmetic) of sparsemax over all tokens. The families include inputs built to break the
+// bound (near and exact ties, no gap, huge score ranges, one dominant key channel, dominant values).
 #include "problem.h"
 #include "vashista.h"
 
@@ -110,7 +110,8 @@ struct Step {
 
 Step decode(AbiCache &c, const vashista_decode_config &cfg) {
     const int n = c.p.seqs.batch * c.p.q.kv_heads * c.p.q.group;
-    Step s{std::vector<float>(size_t(n) * c.p.cache.head_dim), std::vector<float>(n), std::vector<vashista_head_diag>(n)};
+    Step s{std::vector<float>(size_t(n) * c.p.cache.head_dim), std::vector<float>(n),
+           std::vector<vashista_head_diag>(n)};
     const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), c.p.q.kv_heads * c.p.q.group,
                                                c.p.seqs.seq_lens.data(), s.out.data(), s.lse.data(), s.diag.data());
     INFO(vashista_last_error());
@@ -240,7 +241,8 @@ TEST_CASE("the certificate holds through the library on 10^5 heads at engine sha
                             for (int x = 0; x < v.head_dim; ++x)
                                 err2 += std::pow(double(s.out[i * v.head_dim + x]) - d.out[x], 2);
                             const double err = std::sqrt(err2), slack = 1e-6 + 1e-5 * norm(d.out);
-                            Tally &t = v.solver == Solver::Sparsemax ? sparsemax_by_family[name(f)] : by_family[name(f)];
+                            Tally &t =
+                                v.solver == Solver::Sparsemax ? sparsemax_by_family[name(f)] : by_family[name(f)];
                             ++t.heads;
                             if (v.solver != Solver::Sparsemax) ++softmax_heads;
                             if (dg.certificate != VASHISTA_CERTIFIED) {
@@ -374,7 +376,8 @@ TEST_CASE("a block table changed after append makes its sequence's summaries sta
         taken_and_cert(dense, 1, VASHISTA_TAKEN_SPARSE, VASHISTA_CERTIFIED);
         for (int i = 0; i < H * v.group; ++i) {
             ref::DenseResult d = ref::dense_head(c.p.cache, c.p.seqs, c.p.q, 0.0, 0, i / v.group, i % v.group);
-            for (int x = 0; x < v.head_dim; ++x) REQUIRE(dense.out[size_t(i) * v.head_dim + x] == Approx(d.out[x]).margin(1e-4));
+            for (int x = 0; x < v.head_dim; ++x)
+                REQUIRE(dense.out[size_t(i) * v.head_dim + x] == Approx(d.out[x]).margin(1e-4));
         }
     }
     SECTION("a shared physical page rewritten by another sequence") {

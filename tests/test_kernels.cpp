@@ -40,7 +40,8 @@ std::vector<Case> matrix() {
 std::string describe(const DecodeConfig &c) {
     return type_name(c.kv_type) + " " + to_string(c.layout) + " G=" + std::to_string(c.group_size) + " " +
            to_string(c.solver) + " " + to_string(c.routing) + " " + to_string(c.group_routing) + " summary " +
-           type_name(c.summary_type) + " sink " + std::to_string(c.sink_pages) + " local " + std::to_string(c.local_pages);
+           type_name(c.summary_type) + " sink " + std::to_string(c.sink_pages) + " local " +
+           std::to_string(c.local_pages);
 }
 
 }  // namespace

@@ -50,9 +50,17 @@ struct Fixture {
     ~Fixture() { vashista_cache_destroy(cache); }
 
     vashista_cache_desc describe() {
-        return vashista_cache_desc{p.seqs.batch, H, D, S, p.cache.num_pages, p.seqs.max_pages, VASHISTA_DTYPE_BF16,
-                                   VASHISTA_DTYPE_BF16, layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
-                                   k_pages.data(), v_pages.data(),
+        return vashista_cache_desc{p.seqs.batch,
+                                   H,
+                                   D,
+                                   S,
+                                   p.cache.num_pages,
+                                   p.seqs.max_pages,
+                                   VASHISTA_DTYPE_BF16,
+                                   VASHISTA_DTYPE_BF16,
+                                   layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
+                                   k_pages.data(),
+                                   v_pages.data(),
                                    p.seqs.page_table.data()};
     }
     // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
@@ -135,7 +143,8 @@ TEST_CASE("dense through the library matches the reference", "[runtime]") {
     Fixture f(4, {1000, 33});
     const int QH = H * 4;
     std::vector<float> out(size_t(2) * QH * D), lse(2 * QH);
-    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, out.data(), lse.data()) == VASHISTA_OK);
+    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, out.data(), lse.data()) ==
+            VASHISTA_OK);
     for (int b = 0; b < 2; ++b)
         for (int h = 0; h < H; ++h)
             for (int g = 0; g < 4; ++g) {
@@ -152,7 +161,8 @@ TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtim
     Fixture f(4, {3000, 500}, ref::DataKind::Gaussian, layout);  // no structure: wide bounds
     const int QH = H * 4, n = 2 * QH;
     std::vector<float> dense(size_t(n) * D), out(size_t(n) * D);
-    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) == VASHISTA_OK);
+    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) ==
+            VASHISTA_OK);
     std::vector<vashista_head_diag> diag(n);
     for (vashista_policy policy : {VASHISTA_POLICY_NONE, VASHISTA_POLICY_DENSE, VASHISTA_POLICY_WIDEN}) {
         vashista_decode_config cfg = default_config();
@@ -167,7 +177,8 @@ TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtim
                 REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_REPORTED);
             } else {
                 REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
-                for (int d = 0; d < D; ++d) REQUIRE(out[size_t(i) * D + d] == Approx(dense[size_t(i) * D + d]).margin(1e-6));
+                for (int d = 0; d < D; ++d)
+                    REQUIRE(out[size_t(i) * D + d] == Approx(dense[size_t(i) * D + d]).margin(1e-6));
             }
         }
     }
@@ -186,7 +197,8 @@ TEST_CASE("summaries update on every append, including partial pages", "[runtime
     cfg.policy = VASHISTA_POLICY_NONE;
     std::vector<float> out(size_t(2) * 8 * D);
     std::vector<vashista_head_diag> diag(16);
-    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), 8, f.p.seqs.seq_lens.data(), out.data(), nullptr, diag.data()) == VASHISTA_OK);
+    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), 8, f.p.seqs.seq_lens.data(), out.data(), nullptr,
+                            diag.data()) == VASHISTA_OK);
     const ref::SparseOptions opt = options_of(cfg);
     ref::HeadResult r = ref::sparse_head(f.p.cache, f.p.seqs, f.p.q, sum, opt, 0, 1, 2);
     for (int d = 0; d < D; ++d) REQUIRE(out[size_t(6) * D + d] == Approx(r.out[d]).margin(1e-4));
@@ -202,8 +214,9 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
     std::vector<float> out(size_t(2) * QH * D, 7.0f), lse(2 * QH, 7.0f);
     std::vector<vashista_head_diag> diag(2 * QH);
     std::memset(diag.data(), 0x5a, diag.size() * sizeof(vashista_head_diag));
-    const std::vector<uint8_t> diag_before(reinterpret_cast<uint8_t *>(diag.data()),
-                                           reinterpret_cast<uint8_t *>(diag.data()) + diag.size() * sizeof(vashista_head_diag));
+    const std::vector<uint8_t> diag_before(
+        reinterpret_cast<uint8_t *>(diag.data()),
+        reinterpret_cast<uint8_t *>(diag.data()) + diag.size() * sizeof(vashista_head_diag));
     auto untouched = [&] {
         for (float x : out) REQUIRE(x == 7.0f);
         for (float x : lse) REQUIRE(x == 7.0f);
@@ -221,11 +234,16 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
     const vashista_decode_config ok = default_config();
 
     SECTION("decode arguments") {
-        expect(vashista_decode(nullptr, &ok, q.data(), QH, lens.data(), out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "cache is NULL");
-        expect(vashista_decode(f.cache, nullptr, q.data(), QH, lens.data(), out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "config is NULL");
-        expect(vashista_decode(f.cache, &ok, nullptr, QH, lens.data(), out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "q is NULL");
-        expect(vashista_decode(f.cache, &ok, q.data(), QH, nullptr, out.data(), nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "seq_lens is NULL");
-        expect(vashista_decode(f.cache, &ok, q.data(), QH, lens.data(), nullptr, nullptr, nullptr), VASHISTA_ERROR_NULL_POINTER, "out is NULL");
+        expect(vashista_decode(nullptr, &ok, q.data(), QH, lens.data(), out.data(), nullptr, nullptr),
+               VASHISTA_ERROR_NULL_POINTER, "cache is NULL");
+        expect(vashista_decode(f.cache, nullptr, q.data(), QH, lens.data(), out.data(), nullptr, nullptr),
+               VASHISTA_ERROR_NULL_POINTER, "config is NULL");
+        expect(vashista_decode(f.cache, &ok, nullptr, QH, lens.data(), out.data(), nullptr, nullptr),
+               VASHISTA_ERROR_NULL_POINTER, "q is NULL");
+        expect(vashista_decode(f.cache, &ok, q.data(), QH, nullptr, out.data(), nullptr, nullptr),
+               VASHISTA_ERROR_NULL_POINTER, "seq_lens is NULL");
+        expect(vashista_decode(f.cache, &ok, q.data(), QH, lens.data(), nullptr, nullptr, nullptr),
+               VASHISTA_ERROR_NULL_POINTER, "out is NULL");
         expect(decode(ok, 7), VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = 7 is not a positive multiple of kv_heads = 2");
         expect(decode(ok, 6), VASHISTA_ERROR_NO_VARIANT, "group_size=3");
         q[5] = std::numeric_limits<float>::quiet_NaN();
@@ -250,12 +268,18 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
     }
     SECTION("decode configuration") {
         auto with = [&](auto change) { vashista_decode_config c = ok; change(c); return c; };
-        expect(decode(with([](auto &c) { c.top_pages = 0; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = 0");
-        expect(decode(with([](auto &c) { c.top_tokens = -3; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_tokens = -3");
-        expect(decode(with([](auto &c) { store_raw(c.solver, 9); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = 9");
-        expect(decode(with([](auto &c) { store_raw(c.routing, 5); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = 5");
-        expect(decode(with([](auto &c) { store_raw(c.group_routing, 3); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = 3");
-        expect(decode(with([](auto &c) { store_raw(c.policy, 7); })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = 7");
+        expect(decode(with([](auto &c) { c.top_pages = 0; })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "config->top_pages = 0");
+        expect(decode(with([](auto &c) { c.top_tokens = -3; })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "config->top_tokens = -3");
+        expect(decode(with([](auto &c) { store_raw(c.solver, 9); })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "config->solver = 9");
+        expect(decode(with([](auto &c) { store_raw(c.routing, 5); })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "config->routing = 5");
+        expect(decode(with([](auto &c) { store_raw(c.group_routing, 3); })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "config->group_routing = 3");
+        expect(decode(with([](auto &c) { store_raw(c.policy, 7); })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "config->policy = 7");
         expect(decode(with([](auto &c) { c.tolerance = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
         expect(decode(with([](auto &c) { c.tolerance = NAN; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance");
         expect(decode(with([](auto &c) { c.scale = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale");
@@ -271,8 +295,10 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
         expect(decode(with([](auto &c) { c.local_pages = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "local_pages = -1");
     }
     SECTION("dense arguments") {
-        expect(vashista_dense(f.cache, q.data(), QH, lens.data(), -1.0f, out.data(), lse.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "scale = -1");
-        expect(vashista_dense(f.cache, nullptr, QH, lens.data(), 0.0f, out.data(), lse.data()), VASHISTA_ERROR_NULL_POINTER, "q is NULL");
+        expect(vashista_dense(f.cache, q.data(), QH, lens.data(), -1.0f, out.data(), lse.data()),
+               VASHISTA_ERROR_INVALID_ARGUMENT, "scale = -1");
+        expect(vashista_dense(f.cache, nullptr, QH, lens.data(), 0.0f, out.data(), lse.data()),
+               VASHISTA_ERROR_NULL_POINTER, "q is NULL");
     }
     SECTION("NaN written into the pages outside append is caught") {
         // Corrupt every key of sequence 0: its scores turn NaN and reach the output.
@@ -303,19 +329,25 @@ TEST_CASE("bad appends get a clear error and write nothing", "[runtime][validati
     expect(vashista_append(nullptr, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NULL_POINTER, "cache is NULL");
     expect(vashista_append(f.cache, 1, 50, 3, nullptr, v.data()), VASHISTA_ERROR_NULL_POINTER, "k is NULL");
     expect(vashista_append(f.cache, 1, 50, 3, k.data(), nullptr), VASHISTA_ERROR_NULL_POINTER, "v is NULL");
-    expect(vashista_append(f.cache, 2, 50, 3, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "seq = 2 is not in [0, batch = 2)");
+    expect(vashista_append(f.cache, 2, 50, 3, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "seq = 2 is not in [0, batch = 2)");
     expect(vashista_append(f.cache, 1, 50, 0, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "count = 0");
-    expect(vashista_append(f.cache, 1, 51, 3, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT, "start = 51 is not in [0, tokens appended = 50]");
-    expect(vashista_append(f.cache, 1, 50, f.p.seqs.max_pages * S, k.data(), v.data()), VASHISTA_ERROR_OUT_OF_RANGE, "exceeds max_pages * page_size");
+    expect(vashista_append(f.cache, 1, 51, 3, k.data(), v.data()), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "start = 51 is not in [0, tokens appended = 50]");
+    expect(vashista_append(f.cache, 1, 50, f.p.seqs.max_pages * S, k.data(), v.data()), VASHISTA_ERROR_OUT_OF_RANGE,
+           "exceeds max_pages * page_size");
     const int32_t saved = f.p.seqs.page_table[f.p.seqs.max_pages + 3];
     f.p.seqs.page_table[f.p.seqs.max_pages + 3] = 9001;
-    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_OUT_OF_RANGE, "page_table[1][3] = 9001");
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_OUT_OF_RANGE,
+           "page_table[1][3] = 9001");
     f.p.seqs.page_table[f.p.seqs.max_pages + 3] = saved;
     k[2 * D + 7] = 0x7f80;  // bf16 +Inf at token 0, head 2? (token 1, head 0, d 7 for H=2)
-    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NON_FINITE, "k[1][0][7] is not finite");
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NON_FINITE,
+           "k[1][0][7] is not finite");
     k[2 * D + 7] = 0;
     v[0] = 0xffc1;  // bf16 NaN
-    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NON_FINITE, "v[0][0][0] is not finite");
+    expect(vashista_append(f.cache, 1, 50, 3, k.data(), v.data()), VASHISTA_ERROR_NON_FINITE,
+           "v[0][0][0] is not finite");
 }
 
 TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
@@ -336,7 +368,8 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     expect(with([](auto &d) { d.batch = 0; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->batch = 0");
     expect(with([](auto &d) { d.num_pages = -4; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->num_pages = -4");
     expect(with([](auto &d) { store_raw(d.kv_dtype, 8); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = 8");
-    expect(with([](auto &d) { store_raw(d.summary_dtype, -1); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = -1");
+    expect(with([](auto &d) { store_raw(d.summary_dtype, -1); }), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "desc->summary_dtype = -1");
     expect(with([](auto &d) { store_raw(d.layout, 2); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = 2");
     expect(with([](auto &d) { d.head_dim = 64; }), VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=64");
     char list[4096];
@@ -344,7 +377,8 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     REQUIRE_THAT(std::string(list), Catch::Contains("decode ") && Catch::Contains("routing=bound"));
 }
 
-TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256 and one that fails both goes dense", "[runtime]") {
+TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256 and one that fails both goes dense",
+          "[runtime]") {
     // One 8K sequence. KV head 0's query heads attend to 200 equal needles on 100 pages
     // (too many for K_c = 128, all inside P = 128, K_c = 256); KV head 1's to 600 needles
     // on 300 pages (too many for both). Background keys are small.
@@ -402,7 +436,8 @@ TEST_CASE("widen: a head that fails at P=64, K_c=128 passes at 128/256 and one t
     }
 }
 
-TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to address or allocate is an error", "[runtime]") {
+TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to address or allocate is an error",
+          "[runtime]") {
     SECTION("2.2 GB of bf16 summaries") {
         const int KVH = 8, max_pages = 360000, len = 100;
         std::vector<int32_t> table(max_pages, 0);

@@ -24,8 +24,10 @@ TEST_CASE("schedules round-trip through JSON", "[schedules]") {
 TEST_CASE("invalid schedules are rejected with the knob named", "[schedules]") {
     REQUIRE_THROWS_WITH(schedule_from_json<DecodeCpuSchedule>(nlohmann::json{{"vector_width", 12}}),
                         Catch::Contains("vector_width") && Catch::Contains("12"));
-    REQUIRE_THROWS_WITH(schedule_from_json<DecodeCpuSchedule>(nlohmann::json{{"tile", 4}}), Catch::Contains("unknown schedule knob 'tile'"));
-    REQUIRE_THROWS_WITH(schedule_from_json<DecodeCpuSchedule>(nlohmann::json{{"parallel", "yes"}}), Catch::Contains("integer"));
+    REQUIRE_THROWS_WITH(schedule_from_json<DecodeCpuSchedule>(nlohmann::json{{"tile", 4}}),
+                        Catch::Contains("unknown schedule knob 'tile'"));
+    REQUIRE_THROWS_WITH(schedule_from_json<DecodeCpuSchedule>(nlohmann::json{{"parallel", "yes"}}),
+                        Catch::Contains("integer"));
     DecodeConfig cfg;
     cfg.head_dim = 40;  // 32 lanes cannot split it
     DecodeCpuSchedule s;
@@ -82,8 +84,10 @@ TEST_CASE("20 random schedules of the fused decode give the same candidates and 
         b.candidates.for_each_element([&](const int *pos) {
             if (b.candidates(pos) != base.candidates(pos)) ++mismatches;
         });
-        b.out.for_each_element([&](const int *pos) { out_diff = std::max<double>(out_diff, std::abs(b.out(pos) - base.out(pos))); });
-        b.lse.for_each_element([&](const int *pos) { lse_diff = std::max<double>(lse_diff, std::abs(b.lse(pos) - base.lse(pos))); });
+        b.out.for_each_element(
+            [&](const int *pos) { out_diff = std::max<double>(out_diff, std::abs(b.out(pos) - base.out(pos))); });
+        b.lse.for_each_element(
+            [&](const int *pos) { lse_diff = std::max<double>(lse_diff, std::abs(b.lse(pos) - base.lse(pos))); });
         CHECK(mismatches == 0);
         CHECK(out_diff <= 1e-5);  // f32 reassociation only
         CHECK(lse_diff <= 1e-5);

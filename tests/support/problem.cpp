@@ -29,7 +29,8 @@ Problem make_problem(const ProblemSpec &spec) {
     p.seqs.page_table.assign(size_t(B) * p.seqs.max_pages, 0);
     int next = 0;
     for (int b = 0; b < B; ++b)
-        for (int j = 0; j * S < spec.seq_lens[b]; ++j) p.seqs.page_table[size_t(b) * p.seqs.max_pages + j] = physical[next++];
+        for (int j = 0; j * S < spec.seq_lens[b]; ++j)
+            p.seqs.page_table[size_t(b) * p.seqs.max_pages + j] = physical[next++];
     // Unused block-table entries point at a real page, as engines leave them.
     for (int b = 0; b < B; ++b)
         for (int j = (spec.seq_lens[b] + S - 1) / S; j < p.seqs.max_pages; ++j)

@@ -375,8 +375,9 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         const double spread_alpha = KC * a_err;
         r.error_bound = ((spread_alpha + u * (1 + spread_alpha)) + fp::gamma32(KC + 1) * (1 + u) * (1 + spread_alpha)) *
                         vcand * (1 + 4 * u);
-        r.certificate = !exact ? Certificate::Solver
-                      : r.error_bound <= std::numeric_limits<float>::max() ? Certificate::Certified : Certificate::Overflow;
+        r.certificate = !exact                                               ? Certificate::Solver
+                        : r.error_bound <= std::numeric_limits<float>::max() ? Certificate::Certified
+                                                                             : Certificate::Overflow;
     } else {
         r.certificate = Certificate::Solver;
     }
@@ -390,7 +391,8 @@ std::vector<double> all_scores(const Cache &cache, const Sequences &seqs, const 
     const int S = cache.page_size, len = seqs.seq_lens[b];
     if (scale <= 0) scale = default_scale(cache.head_dim);
     std::vector<double> s(len);
-    for (int t = 0; t < len; ++t) s[t] = scale * dot(q.head(b, h, g), cache.k.data(), cache, seqs.page_of(b, t, S), t % S, h);
+    for (int t = 0; t < len; ++t)
+        s[t] = scale * dot(q.head(b, h, g), cache.k.data(), cache, seqs.page_of(b, t, S), t % S, h);
     return s;
 }
 
