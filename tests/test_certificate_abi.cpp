@@ -6,8 +6,9 @@
 // most its bound plus a slack for the rounding of this check: 1e-6 + 1e-5 * ||o_dense||,
 // which does not grow with V_out. An uncertified head must report an infinite bound.
 // sparsemax: a certified head's output is within its bound (the f32 rounding of the
-// computed output; 0 in exact arithmetic) of sparsemax over all tokens. The families include inputs built to break the
-// bound (near and exact ties, no gap, huge score ranges, one dominant key channel, dominant values).
+// computed output; 0 in exact arithmetic) of sparsemax over all tokens. The families
+// include inputs built to break the bound (near and exact ties, no gap, huge score
+// ranges, one dominant key channel, dominant values).
 #include "problem.h"
 #include "vashista.h"
 

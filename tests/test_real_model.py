@@ -83,10 +83,10 @@ class RealModel(unittest.TestCase):
         st = self.session.stats[2]
         self.assertEqual(len(st.samples), st.heads.sum())
         for taken, cert, bound, err, norm in st.samples:
-            if taken == 3:  # answered densely: library dense's output
+            if taken == abi.TAKEN_DENSE:  # library dense's output
                 self.assertLessEqual(err, 1e-6 * norm)
             else:
-                self.assertEqual(cert, 0)
+                self.assertEqual(cert, abi.CERTIFIED)
                 self.assertLessEqual(bound, TOL)
                 self.assertLessEqual(err, bound + 1e-5 * norm)
 

@@ -17,7 +17,10 @@ ROUTINGS = {"mean": 0, "bound": 1}
 GROUP_ROUTINGS = {"per_head": 0, "shared": 1}
 POLICIES = {"none": 0, "dense": 1, "widen": 2}
 TAKEN = ("sparse", "reported", "widened", "dense")
+TAKEN_DENSE = TAKEN.index("dense")
 CERTIFICATES = ("certified", "mean_routing", "solver", "stale", "overflow")
+CERTIFIED = CERTIFICATES.index("certified")
+PAGE_SIZE = 16  # the page size of the kernel libraries these caches use
 
 
 class CacheDesc(C.Structure):
@@ -120,7 +123,7 @@ class PagePool:
     caches may share: pages a caller gives identical contents (a common prefix) serve them
     all. Callers hand out page ids."""
 
-    def __init__(self, num_pages, kv_heads, head_dim, page_size=16):
+    def __init__(self, num_pages, kv_heads, head_dim, page_size=PAGE_SIZE):
         shape = (num_pages, kv_heads, page_size, head_dim)
         self.k = np.zeros(shape, np.uint16)
         self.v = np.zeros(shape, np.uint16)
@@ -147,12 +150,15 @@ class LayerCache:
             self.lib.lib.vashista_cache_destroy(self.handle)
             self.handle = None
 
-    def append(self, k, v):
-        """k, v: float32 [count, kv_heads, head_dim], appended after the tokens so far."""
+    def append(self, k, v, start=None):
+        """k, v: float32 [count, kv_heads, head_dim], written at token `start` (default: after
+        the tokens so far; an earlier start rewrites from there, and the cache then ends at
+        start + count)."""
+        start = self.tokens if start is None else start
         kb, vb = to_bf16(k), to_bf16(v)
-        self.lib.check(self.lib.lib.vashista_append(self.handle, 0, self.tokens, kb.shape[0], _ptr(kb), _ptr(vb)),
+        self.lib.check(self.lib.lib.vashista_append(self.handle, 0, start, kb.shape[0], _ptr(kb), _ptr(vb)),
                        "vashista_append")
-        self.tokens += kb.shape[0]
+        self.tokens = start + kb.shape[0]
 
     def keys_values(self):
         """The stored (bf16-rounded) keys and values as float32 [tokens, kv_heads, head_dim]."""
@@ -189,5 +195,5 @@ class LayerCache:
         return out, lse
 
 
-def pages_for(tokens, page_size=16):
+def pages_for(tokens, page_size=PAGE_SIZE):
     return math.ceil(tokens / page_size)

@@ -18,19 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from . import abi, dump
+from .model import dense_attention64
 
 DEFAULT_LIBS = ("build/lib/libvashista_models.so", "build/lib/libvashista_smollm2_test.so")
-
-
-def dense_f64(q, k, v, scale):
-    """q [H, D]; k, v [T, KVH, D] -> (out [H, D], weights [H, T]) in float64."""
-    H, D = q.shape
-    G = H // k.shape[1]
-    s = np.einsum("hgd,thd->hgt", q.reshape(-1, G, D).astype(np.float64), k.astype(np.float64)) * scale
-    w = np.exp(s - s.max(-1, keepdims=True))
-    w /= w.sum(-1, keepdims=True)
-    o = np.einsum("hgt,thd->hgd", w, v.astype(np.float64))
-    return o.reshape(H, D), w.reshape(H, -1)
 
 
 def diagnose(lib, q, k, v, positions, scale, top_pages, top_tokens, tolerance, **settings):
@@ -44,13 +34,13 @@ def diagnose(lib, q, k, v, positions, scale, top_pages, top_tokens, tolerance, *
     rows = {f: np.zeros((Q, H)) for f in ("gap", "mass", "bound", "err", "certified")}
     for i, p in enumerate(positions):
         o, _, diag, cand = cache.decode(cfg, q[i], seq_len=int(p) + 1)
-        od, w = dense_f64(q[i], ks[:p + 1], vs[:p + 1], scale)
+        od, w = (x[0] for x in dense_attention64(q[i][None], ks[None, :p + 1], vs[None, :p + 1], scale))
         norm = np.maximum(np.linalg.norm(od, axis=1), 1e-30)
         rows["gap"][i] = diag["support_gap"]
         rows["mass"][i] = [w[h, c[c >= 0]].sum() for h, c in enumerate(cand)]
         rows["bound"][i] = diag["error_bound"] / norm
         rows["err"][i] = np.linalg.norm(o - od, axis=1) / norm
-        rows["certified"][i] = diag["certificate"] == 0
+        rows["certified"][i] = diag["certificate"] == abi.CERTIFIED
     heads = []
     for h in range(H):
         safe = bool(np.all(rows["certified"][:, h] == 1) and np.all(rows["bound"][:, h] <= tolerance))

@@ -14,15 +14,13 @@ import struct
 
 import numpy as np
 
+from .abi import from_bf16, to_bf16
+
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I32": np.dtype("<i4")}
 
 
 class DumpError(ValueError):
     pass
-
-
-def _bf16_to_f32(raw):
-    return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
 def save(path, q, k, v, positions, metadata=None, dtype="F32"):
@@ -31,8 +29,7 @@ def save(path, q, k, v, positions, metadata=None, dtype="F32"):
     for name, a in (("q", q), ("k", k), ("v", v)):
         a = np.ascontiguousarray(a, dtype=np.float32)
         if dtype == "BF16":
-            b = a.view(np.uint32)
-            tensors[name] = ("BF16", a.shape, ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype("<u2").tobytes())
+            tensors[name] = ("BF16", a.shape, to_bf16(a).astype("<u2").tobytes())
         else:
             tensors[name] = ("F32", a.shape, a.astype("<f4").tobytes())
     p = np.ascontiguousarray(positions, dtype="<i4")
@@ -90,7 +87,7 @@ def load(path):
         if b > len(data):
             raise DumpError(f"{path}: tensor '{name}' ends at byte {b} of a {len(data)}-byte data section: truncated")
         raw = np.frombuffer(data[a:b], dtype=np.dtype("<u2") if dt == "BF16" else _DTYPES[dt]).reshape(shape)
-        out[name] = _bf16_to_f32(raw) if dt == "BF16" else raw.astype(np.int32 if dt == "I32" else np.float32)
+        out[name] = from_bf16(raw) if dt == "BF16" else raw.astype(np.int32 if dt == "I32" else np.float32)
     q, k, v, pos = out["q"], out["k"], out["v"], out["positions"]
     if q.ndim != 3 or k.ndim != 3 or v.shape != k.shape:
         raise DumpError(f"{path}: q must be [queries, q_heads, head_dim] and k, v the same "

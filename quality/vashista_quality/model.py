@@ -62,12 +62,13 @@ def _gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
 
 
-def dense_attention(q, k_all, v_all, scale, window=None):
+def dense_attention64(q, k_all, v_all, scale, window=None):
     """Softmax attention of one query per sequence over its whole cache, in float64.
 
     q: [B, H, D]; k_all, v_all: [B, T, KVH, D] holding positions 0..T-1, the query being at
     position T-1. `window` (llama.cpp's convention) keeps keys at positions p with
-    (T-1) - p < window. Query head h reads KV head h // (H // KVH). Returns float32 [B, H, D].
+    (T-1) - p < window. Query head h reads KV head h // (H // KVH). Returns float64
+    (out [B, H, Dv], weights [B, H, T'] over the positions kept, the last T' of T).
     """
     B, H, D = q.shape
     T, KVH = k_all.shape[1], k_all.shape[2]
@@ -79,7 +80,12 @@ def dense_attention(q, k_all, v_all, scale, window=None):
     s -= s.max(axis=-1, keepdims=True)
     p = np.exp(s)
     p /= p.sum(axis=-1, keepdims=True)
-    return (p @ v).reshape(B, H, v.shape[-1]).astype(np.float32)
+    return (p @ v).reshape(B, H, v.shape[-1]), p.reshape(B, H, -1)
+
+
+def dense_attention(q, k_all, v_all, scale, window=None):
+    """dense_attention64's output as float32 [B, H, Dv]: an `attend` for Model.step."""
+    return dense_attention64(q, k_all, v_all, scale, window)[0].astype(np.float32)
 
 
 class Model:

@@ -9,7 +9,6 @@ depths, a layer dump for `vashista diagnose`, JSON, plots and a markdown table.
 """
 import argparse
 import json
-import math
 import re
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import abi, dump, metrics
-from .runner import Session, Setting, compare
+from .runner import PAGE, Session, Setting, compare
 from . import model as models
 from .text import real_text
 
@@ -81,16 +80,15 @@ def llama_cpp_check(model, tokens, ours):
 
 
 def teacher_forced(model, lib, settings, tokens, context, steps, dump_layer=None, dump_path=None, llama_check=64):
-    T0 = (context - steps) // 16 * 16
+    T0 = (context - steps) // PAGE * PAGE
     if len(tokens) < T0 + steps + 1:
         raise SystemExit(f"vashista quality: the text has {len(tokens)} tokens; {T0 + steps + 1} needed")
     s = Session(model, lib, settings, tokens[:T0], steps, progress=log, dump_layer=dump_layer)
     decode_s = s.teacher_forced(tokens[T0 + 1:T0 + steps + 1], tokens[T0:T0 + steps], keep_last=llama_check)
-    ref = next(st for st, x in zip(s.stats, settings) if x.dense)
     rows = []
     for x, st in zip(settings, s.stats):
         r = {"setting": x.name, "dense": x.dense, **({} if x.dense else x.params())}
-        r.update(compare(st, ref))
+        r.update(compare(st, s.stats[s.reference]))
         rows.append(r)
     if dump_path is not None:
         qs, pos, (k, v) = s.dumped()
@@ -112,7 +110,7 @@ def retrieval(model, lib, settings, filler_tokens, context, depths, rng):
         needle = model.tokenize(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n", bos=False)
         question = model.tokenize("\nWhat is the pass key? The pass key is", bos=False)
         room = context - len(needle) - len(question) - 1
-        room -= (room + len(needle) + len(question) + 1) % 16
+        room -= (room + len(needle) + len(question) + 1) % PAGE
         at = int(room * depth)
         prompt = [model.bos_token] + filler_tokens[:at] + needle + filler_tokens[at:room] + question
         s = Session(model, lib, settings, prompt, 8, progress=lambda m: None)
@@ -127,8 +125,8 @@ def retrieval(model, lib, settings, filler_tokens, context, depths, rng):
         results.append({"depth": depth, "key": key, "tokens": len(prompt),
                         "answers": {x.name: a for x, a in zip(settings, answers)},
                         "retrieved": {x.name: f for x, f in zip(settings, found)}})
-        log(f"retrieval at depth {depth:.0%}: dense {'found' if found[0] else 'missed'} the key; "
-            f"{sum(found[1:])}/{len(found) - 1} sparse settings found it")
+        log(f"retrieval at depth {depth:.0%}: dense {'found' if found[s.reference] else 'missed'} the key; "
+            f"{sum(found) - found[s.reference]}/{len(found) - 1} sparse settings found it")
     return results
 
 
@@ -233,7 +231,7 @@ def run_model(name, args, lib):
     result["quality"]["seconds"] = time.time() - t
     if args.retrieval_depths:
         t = time.time()
-        filler = model.tokenize(text, bos=False)
+        filler = tokens[1:]  # the same text without its BOS
         rng = np.random.default_rng(5)
         result["retrieval"] = retrieval(model, lib, settings, filler, args.retrieval_context[name],
                                         args.retrieval_depths, rng)
@@ -259,20 +257,22 @@ def main(argv=None):
     ap.add_argument("--retrieval-depths", default="0.1,0.5,0.9", help="pass-key depths ('' to skip)")
     ap.add_argument("--only", help="regex: run only the settings whose name matches (and dense)")
     a = ap.parse_args(argv)
+    names = a.models.split(",")
+    unknown = [n for n in names if n not in ("smollm2", "gemma3")]
+    if unknown:
+        print(f"vashista quality: unknown model '{unknown[0]}' (smollm2, gemma3)", file=sys.stderr)
+        return 2
+    if not Path(a.lib).exists():
+        print(f"vashista quality: no kernel library at {a.lib} (make quality builds it)", file=sys.stderr)
+        return 2
     a.out = Path(a.out)
     a.out.mkdir(parents=True, exist_ok=True)
     a.context = {"smollm2": a.smollm2_context, "gemma3": a.gemma3_context}
     a.retrieval_context = {"smollm2": min(a.smollm2_context, 4096), "gemma3": min(a.gemma3_context, 8192)}
     a.retrieval_depths = [float(x) for x in a.retrieval_depths.split(",") if x]
     a.gguf = {"gemma3": a.gemma3_gguf}
-    if not Path(a.lib).exists():
-        print(f"vashista quality: no kernel library at {a.lib} (make quality builds it)", file=sys.stderr)
-        return 2
     lib = abi.Library(a.lib)
-    for name in a.models.split(","):
-        if name not in ("smollm2", "gemma3"):
-            print(f"vashista quality: unknown model '{name}' (smollm2, gemma3)", file=sys.stderr)
-            return 2
+    for name in names:
         run_model(name, a, lib)
     return 0
 

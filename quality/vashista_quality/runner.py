@@ -19,7 +19,7 @@ import numpy as np
 from . import abi
 from .metrics import log_softmax
 
-PAGE = 16
+PAGE = abi.PAGE_SIZE
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Stats:
 
     def tight(self):
         """(bound, true error, |o_dense|) of the sampled heads answered sparsely under a certificate."""
-        t = [x[2:] for x in self.samples if x[1] == 0 and x[0] != 3]
+        t = [x[2:] for x in self.samples if x[1] == abi.CERTIFIED and x[0] != abi.TAKEN_DENSE]
         return np.array(t).reshape(-1, 3)
 
 
@@ -71,6 +71,7 @@ class Session:
         if len(prefix_tokens) % PAGE:
             raise ValueError(f"prefix of {len(prefix_tokens)} tokens: a multiple of {PAGE} keeps its pages shared")
         self.model, self.lib, self.settings = model, lib, settings
+        self.reference = next(b for b, s in enumerate(settings) if s.dense)  # KL, top-1 and dumps are against it
         self.progress = progress or (lambda msg: None)
         self.sample_every = sample_every
         self.scale = model.attn_scale
@@ -92,11 +93,12 @@ class Session:
             k, v = kv[l]
             if model.window(l) is not None:
                 w = model.window(l)
-                self.window[l] = [[k[-w:], v[-w:], abi.LayerCache(lib, abi.PagePool(
-                    math.ceil(w / PAGE), model.n_kv_heads, model.head_dim, PAGE), np.arange(math.ceil(w / PAGE)))]
-                    for _ in range(B)]
+                n = math.ceil(w / PAGE)
+                self.window[l] = [[k[-w:], v[-w:],
+                                   abi.LayerCache(lib, abi.PagePool(n, model.n_kv_heads, model.head_dim), np.arange(n))]
+                                  for _ in range(B)]
                 continue
-            pool = abi.PagePool(pre_pages + B * own, model.n_kv_heads, model.head_dim, PAGE)
+            pool = abi.PagePool(pre_pages + B * own, model.n_kv_heads, model.head_dim)
             caches = []
             for b in range(B):
                 pages = np.concatenate([np.arange(pre_pages), pre_pages + b * own + np.arange(own)])
@@ -132,10 +134,8 @@ class Session:
                 entry = self.window[layer][b]
                 kk = entry[0] = np.concatenate([entry[0], k[b:b + 1]])[-w:]
                 vv = entry[1] = np.concatenate([entry[1], v[b:b + 1]])[-w:]
-                c = entry[2]
-                c.tokens = 0
-                c.append(kk, vv)
-                out[b] = c.dense(q[b], self.scale)[0]
+                entry[2].append(kk, vv, start=0)
+                out[b] = entry[2].dense(q[b], self.scale)[0]
             return out
         G = self.model.n_heads // self.model.n_kv_heads
         sample = self.step_index % self.sample_every == 0
@@ -146,17 +146,17 @@ class Session:
             st = self.stats[b]
             st.bytes_dense += self._dense_bytes(T) * self.model.n_kv_heads
             if s.dense:
-                if layer == self.dump_layer:
+                if layer == self.dump_layer and b == self.reference:
                     self.dump_q = (self.dump_q + [(q[b].copy(), T - 1)])[-self.dump_queries:]
                 out[b] = c.dense(q[b], self.scale)[0]
                 st.bytes_read += self._dense_bytes(T) * self.model.n_kv_heads
                 continue
             o, _, diag, cand = c.decode(self.configs[b], q[b])
             out[b] = o
-            fell = diag["policy_taken"] == 3
+            fell = diag["policy_taken"] == abi.TAKEN_DENSE
             st.heads[layer] += len(diag)
             st.fallback[layer] += fell.sum()
-            st.certified[layer] += (diag["certificate"] == 0).sum()
+            st.certified[layer] += (diag["certificate"] == abi.CERTIFIED).sum()
             for h in range(self.model.n_kv_heads):
                 grp = slice(h * G, (h + 1) * G)
                 st.bytes_read += self._sparse_bytes(s, T, cand[grp])
@@ -172,9 +172,9 @@ class Session:
 
     def dumped(self):
         """The dump layer's last queries of the dense setting, their positions, and its keys and values."""
-        b = next(b for b, s in enumerate(self.settings) if s.dense)
         qs = np.stack([q for q, _ in self.dump_q])
-        return qs, np.array([p for _, p in self.dump_q], np.int32), self.caches[self.dump_layer][b].keys_values()
+        return (qs, np.array([p for _, p in self.dump_q], np.int32),
+                self.caches[self.dump_layer][self.reference].keys_values())
 
     def step(self, tokens):
         """Every setting takes its own next token (teacher forcing passes the same one);
@@ -185,13 +185,12 @@ class Session:
         return logits
 
     def teacher_forced(self, targets, inputs, keep_last=0):
-        """Decodes inputs[i] at each step and scores targets[i]; the first dense setting is
-        the reference of KL and top-1 agreement, and its last `keep_last` logits are kept in
-        self.reference_logits."""
+        """Decodes inputs[i] at each step and scores targets[i], against the reference
+        setting; its last `keep_last` logits are kept in self.reference_logits."""
         t = time.time()
         n = len(inputs)
         B = len(self.settings)
-        ref = next(b for b, s in enumerate(self.settings) if s.dense)
+        ref = self.reference
         self.reference_logits = []
         for i in range(n):
             logits = self.step(np.full(B, inputs[i]))
