@@ -16,9 +16,11 @@ DecodeJit::DecodeJit(const DecodeConfig &c)
       seq_lens(Int(32), 1, "seq_lens"),
       summary(c.summary_type, 6, "summary"),
       value_norm(Float(32), 3, "value_norm"),
-      key_absmax(Float(32), 3, "key_absmax") {
-    DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax,
-                    scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+      key_absmax(Float(32), 3, "key_absmax"),
+      sketch(Halide::UInt(8), 5, "sketch"),
+      sketch_scale(Halide::BFloat(16), 5, "sketch_scale") {
+    DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax, sketch,
+                    sketch_scale, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
     stages = define_decode(cfg, in);
     pipeline = Halide::Pipeline(stages.outputs());
 }
@@ -43,6 +45,10 @@ void run(DecodeJit &jit, DecodeBuffers &buf) {
     jit.summary.set(buf.summary);
     jit.value_norm.set(buf.value_norm);
     jit.key_absmax.set(buf.key_absmax);
+    if (jit.cfg.routing == RoutingMode::Sketch) {
+        jit.sketch.set(buf.sketch);
+        jit.sketch_scale.set(buf.sketch_scale);
+    }
     jit.scale.set(buf.scale);
     jit.pipeline.realize(Halide::Realization({buf.out, buf.lse, buf.diag, buf.candidates, buf.pages}));
 }
@@ -71,6 +77,21 @@ void DenseJit::run(const DecodeBuffers &in, Buffer<float> &out, Buffer<float> &l
     scale.set(in.scale);
     pipeline.realize(Halide::Realization({out, lse}));
 }
+
+SketchJit::SketchJit(const SketchConfig &c)
+    : cfg(c),
+      k_cache(c.kv_type, 4, "k_cache"),
+      page_table(Int(32), 2, "page_table"),
+      seq_lens(Int(32), 1, "seq_lens"),
+      touched(Int(32), 2, "touched") {
+    SummaryInputs in{k_cache, Halide::Func(), page_table, seq_lens, touched,
+                     page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+    stages = define_sketch(cfg, in);
+    apply_cpu(hand_schedule(cfg), cfg, stages);
+    pipeline = Halide::Pipeline({stages.codes, stages.scale});
+}
+
+void SketchJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
 
 SummaryJit::SummaryJit(const SummaryConfig &c)
     : cfg(c),

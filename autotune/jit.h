@@ -10,6 +10,7 @@ namespace vashista {
 struct DecodeJit {
     DecodeConfig cfg;
     Halide::ImageParam q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
+    Halide::ImageParam sketch, sketch_scale;  // read in sketch routing only
     Halide::Param<float> scale{"scale"};
     DecodeStages stages;
     Halide::Pipeline pipeline;
@@ -24,6 +25,8 @@ struct DecodeBuffers {
     Halide::Buffer<int32_t> page_table, seq_lens;   // (j, b), (b)
     Halide::Buffer<> summary;                       // (lane, d, c, blk, h, b)
     Halide::Buffer<float> value_norm, key_absmax;   // (j, h, b)
+    Halide::Buffer<uint8_t> sketch;                 // (s, byte, j, h, b)
+    Halide::Buffer<> sketch_scale;                  // (s, group, j, h, b) bf16
     float scale = 0;
     Halide::Buffer<float> out, lse, diag;           // (d,g,h,b), (g,h,b), (k,g,h,b)
     Halide::Buffer<int32_t> candidates, pages;      // (c,g,h,b), (i,g,h,b)
@@ -44,6 +47,15 @@ struct DenseJit {
     void compile(const Halide::Target &target);
     // Writes out (d,g,h,b) and lse (g,h,b).
     void run(const DecodeBuffers &in, Halide::Buffer<float> &out, Halide::Buffer<float> &lse);
+};
+
+struct SketchJit {
+    SketchConfig cfg;
+    Halide::ImageParam k_cache, page_table, seq_lens, touched;
+    SketchStages stages;
+    Halide::Pipeline pipeline;
+    explicit SketchJit(const SketchConfig &cfg);
+    void compile(const Halide::Target &target);
 };
 
 struct SummaryJit {

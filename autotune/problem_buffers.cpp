@@ -75,6 +75,33 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
         buf.value_norm.data()[i] = float(sum.value_norm[i]) * margin;
         buf.key_absmax.data()[i] = sum.key_absmax[i];
     }
+    // The token sketch, codes packed as the sketch kernel packs them (algorithm.h).
+    const halide_type_t bf16(halide_type_bfloat, 16);
+    if (sum.sketch_bits == 0) {
+        buf.sketch = Buffer<uint8_t>(1, 1, 1, 1, 1);
+        buf.sketch_scale = Buffer<void>(bf16, {1, 1, 1, 1, 1});
+        buf.sketch.fill(0);
+        std::memset(buf.sketch_scale.data(), 0, buf.sketch_scale.size_in_bytes());
+        return buf;
+    }
+    const int S = sum.page_size, D = sum.head_dim, bits = sum.sketch_bits, bytes = D * bits / 8;
+    const int groups = D / sum.sketch_group;
+    buf.sketch = Buffer<uint8_t>(S, bytes, sum.max_pages, sum.kv_heads, sum.batch);
+    buf.sketch_scale = Buffer<void>(bf16, {S, groups, sum.max_pages, sum.kv_heads, sum.batch});
+    for (int b = 0; b < sum.batch; ++b)
+        for (int h = 0; h < sum.kv_heads; ++h)
+            for (int j = 0; j < sum.max_pages; ++j)
+                for (int s = 0; s < S; ++s) {
+                    const size_t tok = sum.token_at(b, h, j, s);
+                    const int8_t *code = &sum.sketch_code[tok * D];
+                    for (int x = 0; x < bytes; ++x)
+                        buf.sketch(s, x, j, h, b) = bits == 8 ? uint8_t(code[x])
+                                                              : uint8_t((code[2 * x] & 15) | ((code[2 * x + 1] & 15) << 4));
+                    for (int x = 0; x < groups; ++x) {
+                        const size_t flat = (((size_t(b) * sum.kv_heads + h) * sum.max_pages + j) * groups + x) * S + s;
+                        store(buf.sketch_scale, flat, sum.sketch_scale[tok * groups + x], ref::DType::BF16);
+                    }
+                }
     return buf;
 }
 

@@ -15,6 +15,8 @@ struct ProblemBuffers {
     Halide::Runtime::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
     Halide::Runtime::Buffer<void> summary;                  // (lane, d, c, blk, h, b)
     Halide::Runtime::Buffer<float> value_norm, key_absmax;  // (j, h, b)
+    Halide::Runtime::Buffer<uint8_t> sketch;                // (s, byte, j, h, b); 1 element without one
+    Halide::Runtime::Buffer<void> sketch_scale;             // (s, group, j, h, b) bf16
 };
 
 // Summaries come from the reference, rounded outward to `summary_dtype` as the

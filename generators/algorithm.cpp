@@ -119,15 +119,90 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     const int D = cfg.head_dim, S = cfg.page_size, P = cfg.top_pages, KC = cfg.top_tokens,
               G = cfg.group_size;
     const bool per_head = cfg.group_routing == GroupRouting::PerHead;
+    const bool sketch = cfg.routing == RoutingMode::Sketch;
+    if (sketch) {
+        const std::string err = sketch_config_error(D, cfg.sketch_bits, cfg.sketch_group);
+        if (!err.empty()) throw std::invalid_argument(err);
+    }
     Expr seq_len = in.seq_lens(b);
     Expr n_pages = (seq_len + (S - 1)) / S;
     Expr scale = in.scale;
+    const double u = fp::kUnit32;
+    // The softmax temperature: eg's N * eta, else 1 (the leakage terms use it).
+    const float beta = solver_temperature(cfg);
+    RDom rd(0, D, "rd");
+
+    // Sketch routing: a_t = scale * sum_grp sigma_grp * sum_{d in grp} q_d code_d, and
+    // ub_t = a_t + scale * W_t * sketch_width_factor, W_t = sum_grp sigma_grp ||q_grp||_1,
+    // an upper bound on the exact score s_t (method_types.h states the argument).
+    struct SketchScores {
+        Func inner, dot, width, token;
+    };
+    auto define_sketch_scores = [&](const std::string &name, std::vector<Var> token_vars, Expr s_at, Expr page_at) {
+        const int gs = cfg.sketch_group, groups = D / gs;
+        Expr page = clamp(page_at, 0, in.max_pages - 1);
+        auto code = [&](Expr dd) -> Expr {
+            if (cfg.sketch_bits == 8)
+                return as_f32(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, dd, page, h, b)));
+            Expr byte = in.sketch(s_at, dd / 2, page, h, b);
+            Expr nibble = cast<int>((byte >> cast<uint8_t>((dd % 2) * 4)) & cast<uint8_t>(15));
+            return as_f32(select(nibble >= 8, nibble - 16, nibble));
+        };
+        auto sigma = [&](Expr grp) { return as_f32(in.sketch_scale(s_at, grp, page, h, b)); };
+        std::vector<Var> head = token_vars;
+        head.insert(head.end(), {g, h, b});
+        std::vector<Var> inner_vars = head;
+        inner_vars.insert(inner_vars.begin() + 1, st.x);
+        SketchScores f{Func(name + "_inner"), Func(name + "_dot"), Func(name + "_width"), Func(name + "_token")};
+        RDom rc(0, gs, name + "_rc"), rg(0, groups, name + "_rg");
+        f.inner(inner_vars) = 0.0f;
+        std::vector<Expr> inner_at(inner_vars.begin(), inner_vars.end());
+        f.inner(inner_at) += in.q(st.x * gs + rc, g, h, b) * code(st.x * gs + rc);
+        std::vector<Expr> inner_r = inner_at;
+        inner_r[1] = rg;
+        std::vector<Expr> head_at(head.begin(), head.end());
+        f.dot(head) = 0.0f;
+        f.dot(head_at) += sigma(rg) * f.inner(inner_r);
+        f.width(head) = 0.0f;
+        f.width(head_at) += sigma(rg) * st.q_group_l1(rg, g, h, b);
+        Expr a = scale * f.dot(head);
+        Expr e = scale * f.width(head) * float(fp::sketch_width_factor(D, gs, cfg.sketch_bits));
+        f.token(head) = Tuple(a, a + e + float(4 * u) * (Halide::abs(a) + e));
+        return f;
+    };
+    if (sketch) {
+        const int gs = cfg.sketch_group;
+        st.q_group_l1 = Func("q_group_l1");
+        RDom rq(0, gs, "rq");
+        st.q_group_l1(st.x, g, h, b) = 0.0f;
+        st.q_group_l1(st.x, g, h, b) += Halide::abs(in.q(st.x * gs + rq, g, h, b));
+        SketchScores scan = define_sketch_scores("sketch", {st.s, i}, st.s, i);
+        st.sketch_inner = scan.inner;
+        st.sketch_dot = scan.dot;
+        st.sketch_width = scan.width;
+        st.sketch_token = scan.token;
+        // Per page, one pass over its tokens: {max a_t, M = max ub_t, sum exp(beta (ub_t - M))}
+        // with the sum rescaled as M grows.
+        RDom rs(0, S, "rs");
+        Expr valid = i * S + rs < seq_len;
+        Expr a = st.sketch_token(rs, i, g, h, b)[0], ub = st.sketch_token(rs, i, g, h, b)[1];
+        st.page_leak = Func("page_leak");
+        st.page_leak(i, g, h, b) = Tuple(neg_inf(), neg_inf(), 0.0f);
+        Expr m_old = st.page_leak(i, g, h, b)[1];
+        Expr m_new = Halide::max(m_old, select(valid, ub, neg_inf()));
+        Expr sum_new = st.page_leak(i, g, h, b)[2] * Halide::exp(beta * (m_old - m_new)) +
+                       Halide::exp(beta * (ub - m_new));
+        st.page_leak(i, g, h, b) = Tuple(Halide::max(st.page_leak(i, g, h, b)[0], select(valid, a, neg_inf())),
+                                         m_new, select(valid, sum_new, st.page_leak(i, g, h, b)[2]));
+    }
 
     // 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
-    // (bound); both are multiplied by scale > 0 where used.
+    // (bound), multiplied by scale > 0 where used; in sketch routing the largest a_t of
+    // the page, scaled already.
     st.head_page_score = Func("head_page_score");
-    RDom rd(0, D, "rd");
-    {
+    if (sketch) {
+        st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
+    } else {
         Expr blk = i / kSummaryBlock, lane = i % kSummaryBlock;
         Expr qd = in.q(rd, g, h, b);
         st.head_page_score(i, g, h, b) = 0.0f;
@@ -140,14 +215,16 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
             st.head_page_score(i, g, h, b) += Halide::max(qd * lo, qd * hi);
         }
     }
+    auto page_score = [&](Expr page, Expr head) {  // scaled
+        return sketch ? st.head_page_score(page, head, h, b) : scale * st.head_page_score(page, head, h, b);
+    };
     st.route_score = Func("route_score");
     if (per_head) {
-        st.route_score(i, g, h, b) = scale * st.head_page_score(i, g, h, b);
+        st.route_score(i, g, h, b) = page_score(i, g);
     } else {
         RDom rg(0, G, "rg");
         st.route_score(i, g, h, b) = neg_inf();
-        st.route_score(i, g, h, b) =
-            Halide::max(st.route_score(i, g, h, b), scale * st.head_page_score(i, rg, h, b));
+        st.route_score(i, g, h, b) = Halide::max(st.route_score(i, g, h, b), page_score(i, rg));
     }
     // Sink and local pages take the largest key, so they are always routed (ties among
     // them to the lower page); every other existing page its score's key.
@@ -170,14 +247,25 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     auto physical_page = [&](Expr logical) {
         return clamp(in.page_table(clamp(logical, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
     };
-    st.token_score = Func("token_score");  // q.k_t; s_t = scale * token_score
-    {
+    // The selected pages' token scores: exact (q.k_t, s_t = scale * token_score), or in
+    // sketch routing a_t and ub_t from the sketch, the keys left unread.
+    if (sketch) {
+        // (s, i = page rank): the tokens of one selected page across vector lanes.
+        SketchScores slots = define_sketch_scores("slot", {st.s, i}, st.s, slot_page(i * S));
+        st.slot_inner = slots.inner;
+        st.slot_dot = slots.dot;
+        st.slot_width = slots.width;
+        st.slot_token = slots.token;
+    } else {
+        st.token_score = Func("token_score");
         Expr slot = i;
         Expr kd = as_f32(kv_element(in.k_cache, cfg.layout, rd, slot % S, h, physical_page(slot_page(slot))));
         st.token_score(i, g, h, b) = 0.0f;
         st.token_score(i, g, h, b) += in.q(rd, g, h, b) * kd;
     }
-    auto score_at = [&](Expr slot) { return scale * st.token_score(slot, g, h, b); };
+    auto score_at = [&](Expr slot) {
+        return sketch ? st.slot_token(slot % S, slot / S, g, h, b)[0] : scale * st.token_score(slot, g, h, b);
+    };
     st.token_key = Func("token_key");
     st.token_key(i, g, h, b) = select(slot_valid(i), order_key(score_at(i)), u32(0));
     st.select = top_k(st.token_key, P * S, KC, "select", i, g, h, b);
@@ -213,7 +301,6 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     // eg from uniform after N steps of size eta is softmax(N * eta * s). The other
     // solvers' weights (beta = 1) serve the LSE and the leakage diagnostic.
     const bool softmax_family = cfg.solver == Solver::Softmax || cfg.solver == Solver::EG;
-    const float beta = solver_temperature(cfg);
     const Expr beta64 = f64(beta);
     st.weight = Func("weight");
     st.weight(c, g, h, b) = select(valid_c, Halide::exp(beta64 * (s_c - m)), f64(0));
@@ -350,9 +437,13 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     //    error (f64 exp and sum of perturbed scores, the cast of alpha to f32), gamma the
     //    f32 sum of alpha_i v_i, V_C the largest value norm of the selected pages.
     //  - o_C - o = delta (o_C - o_out), so ||o^ - o|| <= R + delta (V_out + ||o^|| + R).
+    //  - Sketch routing replaces each non-candidate token's s^_t + e_p by its ub_t, and an
+    //    unselected page's n_p exp(beta (u_p - m)) by exp(beta (M_p - m)) times its one-pass
+    //    sum of exp(beta (ub_t - M_p)) (fp::page_sum_inflation).
+    //  - An f32 exp below about e^-87 is subnormal or 0: each term is within its computed
+    //    value times (1 + eps) plus 2^-126 (fp::kExpFloor), counted once per outside token.
     //  The bound is evaluated in f64 and rounded up to f32. Anything non-finite on the way
     //  (scores or values past f32's range) makes the head uncertified (Overflow).
-    const double u = fp::kUnit32;
     st.q_l1 = Func("q_l1");
     st.q_l1(g, h, b) = 0.0f;
     st.q_l1(g, h, b) += Halide::abs(in.q(rd, g, h, b));
@@ -370,10 +461,11 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         RDom rt(0, P * S, "rt");
         Expr valid = slot_valid(rt);
         Expr outside = valid && !st.select.kept(rt, g, h, b);
-        Expr s = score_at(rt);
+        // Sketch: ub_t already bounds the exact score.
+        Expr s = sketch ? st.slot_token(rt % S, rt / S, g, h, b)[1] : score_at(rt);
         Expr page = clamp(slot_page(rt), 0, in.max_pages - 1);
         Expr vnorm = in.value_norm(page, h, b);
-        Expr error = error_per_key * in.key_absmax(page, h, b);
+        Expr error = sketch ? Expr(0.0f) : error_per_key * in.key_absmax(page, h, b);
         st.inside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.inside_stats(g, h, b) =
             Tuple(st.inside_stats(g, h, b)[0] + select(outside, upper_term(s, error), 0.0f),
@@ -387,10 +479,11 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         RDom rp(0, in.max_pages, "rp");
         Expr exists = rp < n_pages;
         Expr outside = exists && !st.route.kept(rp, gr, h, b);
-        Expr u_p = scale * st.head_page_score(rp, g, h, b);
-        Expr tokens = as_f32(Halide::min(S, seq_len - rp * S));
+        // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
+        Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scale * st.head_page_score(rp, g, h, b);
+        Expr tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
         Expr kabs = in.key_absmax(rp, h, b);
-        Expr error = error_per_key * kabs;
+        Expr error = sketch ? Expr(0.0f) : error_per_key * kabs;
         st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.outside_stats(g, h, b) =
             Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * upper_term(u_p, error), 0.0f),
@@ -417,10 +510,13 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     Expr inflate_inside = f64((1 + fp::kExp32) * (1 + fp::gamma32(P * S + 2)));
     Expr n_out = cast<double>(in.max_pages) + 2;
     Expr inflate_outside = f64(1 + fp::kExp32) * (1 + n_out * f64(u) / (1 - n_out * f64(u)));
+    if (sketch) inflate_outside = inflate_outside * f64(fp::page_sum_inflation(S));
+    // The exp floor, for every valid token outside the candidates.
+    Expr floor = f64(fp::kExpFloor) * cast<double>(seq_len - st.select.count(g, h, b));
     Expr key_absmax_seq = cast<double>(st.outside_stats(g, h, b)[3]);
     Expr e64 = cast<double>(scale) * cast<double>(q_l1_up) * key_absmax_seq * f64(fp::score_error64(D));
     Expr z_low = st.weight_sum(g, h, b) * Halide::exp(-beta64 * e64) * f64(1 - fp::gamma64(KC + 2) - fp::kExp64);
-    Expr leakage = (cast<double>(inside) * inflate_inside + cast<double>(outside) * inflate_outside) / z_low;
+    Expr leakage = (cast<double>(inside) * inflate_inside + cast<double>(outside) * inflate_outside + floor) / z_low;
     Expr delta = 1 - 1 / (1 + leakage);  // L / (1 + L), 1 when L = inf
     Expr largest_candidate = Halide::max(Halide::abs(m), Halide::abs(min_score(g, h, b)));
     Expr rho = Halide::exp(beta64 * (e64 + f64(8 * fp::kUnit64) * largest_candidate)) * f64(1 + fp::kExp64) - 1;
@@ -483,7 +579,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     st.diag(k, g, h, b) = Halide::mux(k, {gap, cast<float>(leakage), reported_bound, cast<float>(delta), value_out,
                                           as_f32(st.select.count(g, h, b)), fw_gap, m32, certificate});
 
-    Var x("x");
+    Var x = st.x;
     Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b),
                            x == D, st.lse(g, h, b),
                            st.diag(clamp(x - D - 1, 0, kDiagFields - 1), g, h, b));
@@ -637,6 +733,59 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     st.value_norm(h, n) = Halide::sqrt(st.value_norm_sq(h, n)) * float(fp::value_norm_margin(cfg.head_dim));
     st.summary.bound(d, 0, cfg.head_dim).bound(c, 0, kSummaryChannels);
     return st;
+}
+
+std::string sketch_config_error(int head_dim, int bits, int group) {
+    if (!valid_sketch_bits(bits)) return "sketch_bits = " + std::to_string(bits) + " is not 4 or 8";
+    if (group < 1 || head_dim % group != 0)
+        return "sketch_group = " + std::to_string(group) + " does not divide head_dim = " + std::to_string(head_dim);
+    if (head_dim * bits % 8 != 0) return "head_dim * sketch_bits is not a whole number of bytes";
+    return "";
+}
+
+SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in) {
+    const std::string err = sketch_config_error(cfg.head_dim, cfg.bits, cfg.group);
+    if (!err.empty()) throw std::invalid_argument(err);
+    SketchStages st;
+    Var s = st.s, x = st.x, h = st.h, n = st.n, d("d");
+    const int S = cfg.page_size, gs = cfg.group, qmax = sketch_max_code(cfg.bits);
+    Expr seq = clamp(in.touched(0, n), 0, in.batch - 1);
+    Expr logical = clamp(in.touched(1, n), 0, in.max_pages - 1);
+    Expr page = clamp(in.page_table(logical, seq), 0, in.num_pages - 1);
+    Expr tokens = clamp(in.seq_lens(seq) - logical * S, 0, S);
+    st.key = Func("sketch_key");
+    st.key(d, s, h, n) = select(s < tokens, as_f32(kv_element(in.k_cache, cfg.layout, d, s, h, page)), 0.0f);
+    RDom rc(0, gs, "rc");
+    st.absmax = Func("sketch_absmax");
+    st.absmax(s, x, h, n) = 0.0f;
+    st.absmax(s, x, h, n) = Halide::max(st.absmax(s, x, h, n), Halide::abs(st.key(x * gs + rc, s, h, n)));
+    // sigma rounded up, so |k / sigma| <= max code (to f32 rounding): every code fits.
+    st.scale = Func("sketch_scale");
+    st.scale(s, x, h, n) = round_outward(st.absmax(s, x, h, n) / float(qmax), Halide::BFloat(16), true);
+    st.code = Func("sketch_code");
+    {
+        Expr sigma = as_f32(st.scale(s, d / gs, h, n));
+        Expr q = cast<int>(Halide::round(st.key(d, s, h, n) / sigma));
+        st.code(d, s, h, n) = select(sigma > 0.0f, clamp(q, -qmax, qmax), 0);
+    }
+    st.codes = Func("sketch_codes");
+    Var byte("byte");
+    if (cfg.bits == 8) {
+        st.codes(s, byte, h, n) = cast<uint8_t>(st.code(byte, s, h, n));
+    } else {
+        Expr low = st.code(2 * byte, s, h, n) & 15, high = st.code(2 * byte + 1, s, h, n) & 15;
+        st.codes(s, byte, h, n) = cast<uint8_t>(low | (high << 4));
+    }
+    st.codes.bound(s, 0, S).bound(byte, 0, sketch_code_bytes(cfg.head_dim, cfg.bits));
+    st.scale.bound(s, 0, S).bound(x, 0, cfg.head_dim / gs);
+    return st;
+}
+
+Halide::Region sketch_region(const ShapeEstimate &e, int bits) {
+    return {{0, e.page_size}, {0, sketch_code_bytes(e.head_dim, bits)}, {0, e.pages}, {0, e.kv_heads}, {0, e.batch}};
+}
+Halide::Region sketch_scale_region(const ShapeEstimate &e, int group) {
+    return {{0, e.page_size}, {0, e.head_dim / group}, {0, e.pages}, {0, e.kv_heads}, {0, e.batch}};
 }
 
 Halide::Region q_region(const ShapeEstimate &e) {

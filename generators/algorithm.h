@@ -14,6 +14,10 @@
 //   value_norm        (j, h, b)         upper bound on max ||v|| over the valid tokens of page j
 //   key_absmax        (j, h, b)         max |x| over page j's stored min/max summary: bounds
 //                                       every |k_d| of the page (the scores' rounding terms)
+//   sketch            (s, byte, j, h, b) uint8: the b-bit codes of token j*S + s, D*b/8 bytes
+//                                       (bits 8: one int8 per channel; bits 4: channel 2i in
+//                                       the low nibble of byte i, 2i+1 in the high one)
+//   sketch_scale      (s, grp, j, h, b) bf16: sigma of each group of g channels, rounded up
 #pragma once
 
 #include "Halide.h"
@@ -48,6 +52,8 @@ struct DecodeConfig {
     int solver_steps = 6;      // eg: N, fw: N
     float solver_eta = 0.2f;   // eg step size
     float solver_tau = 1.0f;   // fw and sparsemax regularization
+    int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
+    int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
     // heads that route together: G for per_head, 1 for shared
     int routing_groups() const { return group_routing == GroupRouting::PerHead ? group_size : 1; }
 };
@@ -55,6 +61,7 @@ struct DecodeConfig {
 // Inputs of a decode step as Funcs, with the extents the definitions need.
 struct DecodeInputs {
     Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
+    Func sketch, sketch_scale;  // read in sketch routing only
     Expr scale;      // score scale, > 0
     Expr max_pages;  // page_table extent along j
     Expr num_pages;  // physical pages in the cache
@@ -76,8 +83,18 @@ struct TopKStages {
 
 // Every named stage of the fused decode step, so schedules can place each one.
 struct DecodeStages {
-    Var d{"d"}, i{"i"}, g{"g"}, h{"h"}, b{"b"}, c{"c"}, k{"k"};
-    Func head_page_score;  // (i=page, g, h, b): scale * q.m_p (mean) or u_p (bound)
+    Var d{"d"}, i{"i"}, g{"g"}, h{"h"}, b{"b"}, c{"c"}, k{"k"}, s{"s"}, x{"x"};
+    Func head_page_score;  // (i=page, g, h, b): q.m_p (mean), u_p / scale (bound),
+                           // max over the page's tokens of a_t (sketch)
+    // Sketch routing: the scan of every token's sketch, per (s, page i, g, h, b):
+    // sketch_inner (s, x=group, i, g, h, b) = sum over the group's channels of q_d code_d;
+    // sketch_dot = sum over groups of sigma * inner; sketch_width = sum over groups of
+    // sigma ||q_group||_1; sketch_token = {a_t, ub_t}; page_leak (i, g, h, b) = {max ub_t,
+    // sum exp(beta (ub_t - max))} over the page's valid tokens. The same quantities for the
+    // slots of the selected pages (slot_*), for candidate keys and the inside leakage.
+    Func q_group_l1;       // (x=group, g, h, b)
+    Func sketch_inner, sketch_dot, sketch_width, sketch_token, page_leak;
+    Func slot_inner, slot_dot, slot_width, slot_token;
     Func route_score;      // (i, gr, h, b): per head, or max over the group (shared)
     Func route_key;
     TopKStages route;      // top-P pages
@@ -164,6 +181,32 @@ struct SummaryStages {
     Func key_absmax;  // (h, n) f32: max |x| over the stored min and max
 };
 
+// The token sketch of touched pages (method.md, "Token-sketch bounds"): per token and
+// group of g channels sigma = absmax / (2^(b-1) - 1) rounded up to bf16, codes
+// round(k / sigma) in b bits. `touched` as for summaries.
+struct SketchConfig {
+    int head_dim = 128;
+    int page_size = 16;
+    int bits = kSketchBitsDefault;
+    int group = kSketchGroupDefault;
+    Type kv_type = Halide::BFloat(16);
+    KvLayout layout = KvLayout::HND;
+};
+
+struct SketchStages {
+    Var s{"s"}, x{"x"}, h{"h"}, n{"n"};
+    Func key;     // (d, s, h, n) the touched page's keys in f32, 0 past seq_len
+    Func absmax;  // (s, x, h, n) max |k| over group x
+    Func scale;   // (s, x, h, n) bf16 sigma, rounded up
+    Func code;    // (d, s, h, n) int32 code
+    Func codes;   // (s, byte, h, n) uint8, the packed codes
+};
+SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in);
+// Bytes of one token's codes.
+inline int sketch_code_bytes(int head_dim, int bits) { return head_dim * bits / 8; }
+// Why (bits, group) cannot sketch head_dim, or "" when they can.
+std::string sketch_config_error(int head_dim, int bits, int group);
+
 // Regions of the inputs at a representative shape, for autoschedulers' estimates.
 struct ShapeEstimate {
     int head_dim = 128, page_size = 16, group = 4, kv_heads = 8, batch = 1, pages = 2048;
@@ -174,6 +217,8 @@ Halide::Region kv_cache_region(const ShapeEstimate &e);
 Halide::Region page_table_region(const ShapeEstimate &e);
 Halide::Region summary_region(const ShapeEstimate &e);
 Halide::Region value_norm_region(const ShapeEstimate &e);  // also key_absmax
+Halide::Region sketch_region(const ShapeEstimate &e, int bits);
+Halide::Region sketch_scale_region(const ShapeEstimate &e, int group);
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent);  // lse (0), diag, candidates, pages
 
 // Estimates of the inputs decode and dense share, on anything that holds them under

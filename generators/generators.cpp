@@ -59,6 +59,8 @@ public:
     GeneratorParam<int> solver_steps{"solver_steps", 6};
     GeneratorParam<float> solver_eta{"solver_eta", 0.2f};
     GeneratorParam<float> solver_tau{"solver_tau", 1.0f};
+    GeneratorParam<int> sketch_bits{"sketch_bits", kSketchBitsDefault};
+    GeneratorParam<int> sketch_group{"sketch_group", kSketchGroupDefault};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
 
     Input<Buffer<float, 4>> q{"q"};
@@ -69,6 +71,8 @@ public:
     Input<Buffer<void, 6>> summary{"summary"};
     Input<Buffer<float, 3>> value_norm{"value_norm"};
     Input<Buffer<float, 3>> key_absmax{"key_absmax"};
+    Input<Buffer<uint8_t, 5>> sketch{"sketch"};
+    Input<Buffer<void, 5>> sketch_scale{"sketch_scale"};
     Input<float> scale{"scale"};
     Output<Buffer<float, 4>> out{"out"};
     Output<Buffer<float, 3>> lse{"lse"};
@@ -80,6 +84,7 @@ public:
         k_cache.set_type(parse_type(kv_type));
         v_cache.set_type(parse_type(kv_type));
         summary.set_type(parse_type(summary_type));
+        sketch_scale.set_type(Halide::BFloat(16));
     }
 
     DecodeConfig config() const {
@@ -100,6 +105,8 @@ public:
         c.solver_steps = solver_steps;
         c.solver_eta = solver_eta;
         c.solver_tau = solver_tau;
+        c.sketch_bits = sketch_bits;
+        c.sketch_group = sketch_group;
         return c;
     }
 
@@ -108,8 +115,8 @@ public:
             throw std::invalid_argument("vashista_decode needs the strict_float target feature (its certificate "
                                         "relies on IEEE infinities and NaN): target " + get_target().to_string());
         const DecodeConfig cfg = config();
-        DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax,
-                        scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+        DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax, sketch,
+                        sketch_scale, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
         DecodeStages st = define_decode(cfg, in);
         out = st.result_out;
         lse = st.result_lse;
@@ -127,6 +134,8 @@ public:
         summary.set_estimates(summary_region(e));
         value_norm.set_estimates(value_norm_region(e));
         key_absmax.set_estimates(value_norm_region(e));
+        sketch.set_estimates(sketch_region(e, cfg.sketch_bits));
+        sketch_scale.set_estimates(sketch_scale_region(e, cfg.sketch_group));
         diag.set_estimates(per_head_region(e, kDiagFields));
         candidates.set_estimates(per_head_region(e, cfg.top_tokens));
         pages.set_estimates(per_head_region(e, cfg.top_pages));
@@ -215,9 +224,49 @@ public:
     }
 };
 
+// The token sketch of touched pages: codes (s, byte, h, n) and scales (s, group, h, n).
+class SketchGenerator : public Generator<SketchGenerator> {
+public:
+    GeneratorParam<int> head_dim{"head_dim", 128};
+    GeneratorParam<int> page_size{"page_size", 16};
+    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
+    GeneratorParam<std::string> layout{"layout", "HND"};
+    GeneratorParam<int> sketch_bits{"sketch_bits", kSketchBitsDefault};
+    GeneratorParam<int> sketch_group{"sketch_group", kSketchGroupDefault};
+
+    Input<Buffer<void, 4>> k_cache{"k_cache"};
+    Input<Buffer<int32_t, 2>> page_table{"page_table"};
+    Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
+    Input<Buffer<int32_t, 2>> touched{"touched"};
+    Output<Buffer<uint8_t, 4>> codes{"codes"};
+    Output<Buffer<void, 4>> scales{"scales"};
+
+    void configure() {
+        k_cache.set_type(parse_type(kv_type));
+        scales.set_type(Halide::BFloat(16));
+    }
+
+    void generate() {
+        SketchConfig cfg;
+        cfg.head_dim = head_dim;
+        cfg.page_size = page_size;
+        cfg.kv_type = parse_type(kv_type);
+        cfg.layout = parse_layout(layout);
+        cfg.bits = sketch_bits;
+        cfg.group = sketch_group;
+        SummaryInputs in{k_cache, Func(), page_table, seq_lens, touched,
+                         page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+        SketchStages st = define_sketch(cfg, in);
+        codes = st.codes;
+        scales = st.scale;
+        if (!using_autoscheduler()) apply_cpu(hand_schedule(cfg), cfg, st);
+    }
+};
+
 }  // namespace
 }  // namespace vashista
 
 HALIDE_REGISTER_GENERATOR(vashista::DecodeGenerator, vashista_decode)
 HALIDE_REGISTER_GENERATOR(vashista::DenseGenerator, vashista_dense)
 HALIDE_REGISTER_GENERATOR(vashista::SummaryGenerator, vashista_summarize)
+HALIDE_REGISTER_GENERATOR(vashista::SketchGenerator, vashista_sketch)

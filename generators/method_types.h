@@ -2,6 +2,7 @@
 // definitions, the runtime and the reference. No Halide here.
 #pragma once
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -9,11 +10,19 @@ namespace vashista {
 
 enum class KvLayout { HND, NHD };
 enum class Solver { Softmax, EG, FW, Sparsemax };
-enum class RoutingMode { Mean, Bound };
+enum class RoutingMode { Mean, Bound, Sketch };
 enum class GroupRouting { PerHead, Shared };
 
 // Pages per summary block: routing scores 16 pages per vector with no horizontal sums.
 constexpr int kSummaryBlock = 16;
+// Token-sketch routing (method.md, "Token-sketch bounds"): the defaults of its bits and
+// channels per scale group, and the bit widths the kernels decode (8: one signed byte
+// per channel; 4: two channels per byte, the even channel in the low nibble).
+constexpr int kSketchBitsDefault = 8;
+constexpr int kSketchGroupDefault = 16;
+inline bool valid_sketch_bits(int bits) { return bits == 4 || bits == 8; }
+inline int sketch_max_code(int bits) { return (1 << (bits - 1)) - 1; }
+
 // Summary channels, in the order of the c dimension.
 enum SummaryChannel { kSummaryMean = 0, kSummaryMin = 1, kSummaryMax = 2, kSummaryChannels = 3 };
 
@@ -65,6 +74,29 @@ constexpr double value_norm_margin(int head_dim) { return 1 + (head_dim + 8) * k
 // the bound itself.
 constexpr double score_error32(int head_dim) { return 1.01 * gamma32(head_dim + 1); }
 constexpr double score_error64(int head_dim) { return 1.01 * gamma64(head_dim + 1); }
+// A sketch code is round(fl(k / sigma)) with |k / sigma| <= max code + 1/2: the f32
+// quotient is within 2^-17 of the exact one, so |k - sigma * code| <= sigma (1/2 + 2^-17).
+constexpr double kSketchResidual = 0.5 + 1.0 / (1 << 16);
+// ub_t - a_t per unit of scale * sum_groups sigma_grp * ||q_grp||_1 (method.md): the
+// quantization residual, plus the f32 evaluation of the nested sketch dot product (at most
+// D + D / g + 2 roundings of terms bounded by max code * |q_d| * sigma), plus the f32
+// evaluation of the width itself (two sums, one of D and one of D / g terms), with 1% for
+// the rounding of this factor and its product.
+constexpr double sketch_width_factor(int head_dim, int group, int bits) {
+    return 1.01 * (kSketchResidual + (1 << (bits - 1)) * gamma32(head_dim + head_dim / group + 2)) *
+           (1 + 2 * gamma32(head_dim + head_dim / group + 2));
+}
+// Bound on the ratio of a page's exact sum of exp(beta (ub_t - M_p)) to its one-pass f32
+// value (sketch routing): S steps, each one or two f32 exps (2^-20) of arguments with at
+// most two f32 roundings (2^-15 for |argument| <= 104; a smaller argument's term is below
+// 2^-149 of the page's largest, which the 2^-15 covers), one product and one sum.
+inline double page_sum_inflation(int page_size) {
+    return std::pow(1 + 2 * kExp32 + 1.0 / (1 << 15) + 4 * kUnit32, page_size + 1);
+}
+// exp of an f32 argument below about -87 is subnormal or 0 (relative error unbounded):
+// each leakage term is bounded by its computed value times (1 + eps) plus this floor.
+constexpr double kExpFloor = 1.0 / (double(1 << 30) * double(1 << 30) * double(1 << 30) * double(1 << 30) *
+                                    double(1 << 6));  // 2^-126
 }  // namespace fp
 
 // eg after N steps of size eta from uniform is softmax(N * eta * s): its temperature,
@@ -83,7 +115,9 @@ inline const char *to_string(Solver v) {
     }
     return "?";
 }
-inline const char *to_string(RoutingMode v) { return v == RoutingMode::Mean ? "mean" : "bound"; }
+inline const char *to_string(RoutingMode v) {
+    return v == RoutingMode::Mean ? "mean" : v == RoutingMode::Bound ? "bound" : "sketch";
+}
 inline const char *to_string(GroupRouting v) { return v == GroupRouting::PerHead ? "per_head" : "shared"; }
 
 namespace detail {
@@ -107,7 +141,7 @@ inline Solver parse_solver(const std::string &s) {
     return detail::parse_name(s, v, "solver");
 }
 inline RoutingMode parse_routing(const std::string &s) {
-    static const RoutingMode v[] = {RoutingMode::Mean, RoutingMode::Bound};
+    static const RoutingMode v[] = {RoutingMode::Mean, RoutingMode::Bound, RoutingMode::Sketch};
     return detail::parse_name(s, v, "routing");
 }
 inline GroupRouting parse_group_routing(const std::string &s) {

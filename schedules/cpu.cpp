@@ -73,6 +73,29 @@ void vectorize_dot(Func f, Var token, Var g, int lanes, bool group_inner) {
     f.update().atomic().vectorize(ri);
 }
 
+// The sketch scores of a page's tokens (s across vector lanes), placed by the caller: per
+// page i, the per-group inner sums, their sigma-weighted sum and the width. With
+// `group_inner` the heads of the group inside the page, unrolled, so each code load serves
+// all of them; else one head at a time. The reductions keep their order (no rfactor): the
+// scan and the selected pages' scores give the same bits.
+void schedule_sketch_scores(Func token, Func dot, Func width, Func inner, Var s, Var i, Var g, bool group_inner) {
+    token.vectorize(s);
+    if (group_inner) {
+        token.reorder(s, g, i).unroll(g);
+    } else {
+        token.reorder(s, i, g);
+    }
+    for (Func f : {dot, width, inner}) {
+        f.compute_at(token, i).vectorize(s);
+        RVar r = f.rvars(0)[0];
+        if (group_inner) {
+            f.update().reorder(s, g, r).vectorize(s).unroll(g);
+        } else {
+            f.update().reorder(s, r).vectorize(s);
+        }
+    }
+}
+
 }  // namespace
 
 const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
@@ -131,6 +154,15 @@ const Space<SummaryCpuSchedule, SummaryConfig> &SummaryCpuSchedule::space() {
     return s;
 }
 
+const Space<SketchCpuSchedule, SketchConfig> &SketchCpuSchedule::space() {
+    static const Space<SketchCpuSchedule, SketchConfig> s{
+        {{"parallel", {0, 1}, &SketchCpuSchedule::parallel}},
+        [](const SketchCpuSchedule &, const SketchConfig &) -> std::string { return ""; }};
+    return s;
+}
+
+SketchCpuSchedule hand_schedule(const SketchConfig &) { return SketchCpuSchedule{}; }
+
 DecodeCpuSchedule hand_schedule(const DecodeConfig &cfg) {
     DecodeCpuSchedule s;
     while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0 && s.out_unroll > 1) s.out_unroll /= 2;
@@ -171,10 +203,36 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
     if (s.parallel) rec.parallel(hb);
     auto at_head = [&](Func f) { f.compute_at(rec, hb); };
 
-    // Routing: 16 pages of one summary block per vector, every head of the group
-    // accumulating from the same load. Either inside the head's task, or (route_split)
-    // as its own parallel loop over blocks of pages, for when few heads leave cores idle.
-    {
+    // Sketch routing: the scan of every token's sketch, a page's 16 tokens per vector and
+    // every head of the group from the same code load, in blocks of pages whose per-page
+    // reductions run across pages (page_lanes per vector). Inside the head's task, or
+    // (route_split) as its own parallel loop over blocks of pages.
+    if (cfg.routing == RoutingMode::Sketch) {
+        Var io("io"), ii("ii"), ib("ib"), task("route_task");
+        Func leak = st.page_leak;
+        RVar rs = leak.rvars(0)[0];
+        at_head(st.q_group_l1);
+        if (s.route_split) {
+            leak.compute_root().split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .fuse(ib, h, task).fuse(task, b, task);
+            leak.update()
+                .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf)
+                .reorder(ii, rs, g, io, ib, h, b)
+                .vectorize(ii)
+                .fuse(ib, h, task)
+                .fuse(task, b, task);
+            if (s.parallel) {
+                leak.parallel(task);
+                leak.update().parallel(task);
+            }
+        } else {
+            at_head(leak);
+            leak.update().split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf).reorder(ii, rs, g, io).vectorize(ii);
+        }
+        st.sketch_token.compute_at(leak, io);
+        schedule_sketch_scores(st.sketch_token, st.sketch_dot, st.sketch_width, st.sketch_inner, st.s, i, g, true);
+    } else {
         Var io("io"), ii("ii"), ib("ib"), task("route_task");
         RVar rd = st.head_page_score.rvars(0)[0];
         Func hps = st.head_page_score;
@@ -226,8 +284,17 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
 
     // Token scores: D split into vector lanes; with shared routing every head of the
     // group uses each key load.
-    at_head(st.token_score);
-    vectorize_dot(st.token_score, i, g, s.dot_lanes, s.group_inner);
+    if (cfg.routing == RoutingMode::Sketch) {
+        // The selected pages' sketch, one page rank at a time; with shared routing every
+        // head of the group reads the same pages, and each code load serves all of them.
+        at_head(st.slot_token);
+        const bool shared = cfg.group_routing == GroupRouting::Shared;
+        schedule_sketch_scores(st.slot_token, st.slot_dot, st.slot_width, st.slot_inner, st.s, i, g,
+                               shared && s.group_inner);
+    } else {
+        at_head(st.token_score);
+        vectorize_dot(st.token_score, i, g, s.dot_lanes, s.group_inner);
+    }
     schedule_top_k(st.select, st.token_key);
 
     for (Func f : {st.cand_score, st.weight, st.alpha}) {
@@ -304,6 +371,17 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
     st.merged_acc.update().vectorize(d, vw);
     for (Func f : {st.max_score, st.sum}) f.compute_root();
     (void)t;
+}
+
+void apply_cpu(const SketchCpuSchedule &s, const SketchConfig &cfg, SketchStages &st) {
+    check(s, cfg);
+    Var sv = st.s, h = st.h, n = st.n;
+    Var hn("hn");
+    for (Func f : {st.scale, st.codes}) {
+        f.compute_root().fuse(h, n, hn).vectorize(sv, std::min(16, cfg.page_size), TailStrategy::GuardWithIf);
+        if (s.parallel) f.parallel(hn);
+    }
+    st.absmax.compute_at(st.scale, hn);
 }
 
 void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st) {

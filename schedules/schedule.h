@@ -61,6 +61,11 @@ struct SummaryCpuSchedule {
     static const Space<SummaryCpuSchedule, SummaryConfig> &space();
 };
 
+struct SketchCpuSchedule {
+    int parallel = 1;
+    static const Space<SketchCpuSchedule, SketchConfig> &space();
+};
+
 // JSON round trip over a space's knobs. from_json rejects unknown knobs and values
 // outside a domain, naming them.
 template <typename Schedule>
@@ -108,11 +113,13 @@ Schedule random_point(const Shape &shape, Rng &rng) {
 DecodeCpuSchedule hand_schedule(const DecodeConfig &cfg);
 DenseCpuSchedule hand_schedule(const DenseConfig &cfg);
 SummaryCpuSchedule hand_schedule(const SummaryConfig &cfg);
+SketchCpuSchedule hand_schedule(const SketchConfig &cfg);
 
 // Turn a schedule into Halide directives. Throws std::invalid_argument on a point that
 // violates its space's constraints.
 void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st);
 void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &st);
 void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st);
+void apply_cpu(const SketchCpuSchedule &s, const SketchConfig &cfg, SketchStages &st);
 
 }  // namespace vashista

@@ -29,7 +29,7 @@ std::vector<Case> matrix() {
     std::vector<Case> cases;
     int i = 0;
     for (Solver s : {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax})
-        for (RoutingMode r : {RoutingMode::Mean, RoutingMode::Bound})
+        for (RoutingMode r : {RoutingMode::Mean, RoutingMode::Bound, RoutingMode::Sketch})
             for (GroupRouting gr : {GroupRouting::PerHead, GroupRouting::Shared}) {
                 cases.push_back({dtypes[i % 3], i % 2 ? KvLayout::NHD : KvLayout::HND, groups[(i / 2) % 3], s, r, gr});
                 ++i;
@@ -39,7 +39,11 @@ std::vector<Case> matrix() {
 
 std::string describe(const DecodeConfig &c) {
     return type_name(c.kv_type) + " " + to_string(c.layout) + " G=" + std::to_string(c.group_size) + " " +
-           to_string(c.solver) + " " + to_string(c.routing) + " " + to_string(c.group_routing) + " summary " +
+           to_string(c.solver) + " " + to_string(c.routing) +
+           (c.routing == RoutingMode::Sketch ? " bits " + std::to_string(c.sketch_bits) + " group " +
+                                                   std::to_string(c.sketch_group)
+                                             : std::string()) +
+           " " + to_string(c.group_routing) + " summary " +
            type_name(c.summary_type) + " sink " + std::to_string(c.sink_pages) + " local " +
            std::to_string(c.local_pages);
 }
@@ -66,6 +70,9 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
         cfg.solver = k.solver;
         cfg.routing = k.routing;
         cfg.group_routing = k.group_routing;
+        // Sketch routing: 8- and 4-bit codes, scale groups of 8, 16 and 32 channels.
+        cfg.sketch_bits = index % 2 ? 4 : 8;
+        cfg.sketch_group = 8 << (index % 3);
         auto jit = test::compile_decode(cfg);
         for (ref::DataKind kind : {ref::DataKind::Gaussian, ref::DataKind::Dyadic, ref::DataKind::Planted}) {
             ref::ProblemSpec spec;
@@ -78,7 +85,8 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
             spec.kind = kind;
             spec.seed = 7 + int(kind);
             ref::Problem p = ref::make_problem(spec);
-            ref::Summaries sum = ref::summarize(p.cache, p.seqs, test::ref_dtype(cfg.summary_type));
+            ref::Summaries sum = ref::summarize(p.cache, p.seqs, test::ref_dtype(cfg.summary_type), cfg.sketch_bits,
+                                                cfg.sketch_group);
             DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
             run(*jit, buf);
             test::Tolerance tol;

@@ -26,6 +26,8 @@ DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, con
     buf.summary = Halide::Buffer<>(std::move(pb.summary));
     buf.value_norm = Halide::Buffer<float>(std::move(pb.value_norm));
     buf.key_absmax = Halide::Buffer<float>(std::move(pb.key_absmax));
+    buf.sketch = Halide::Buffer<uint8_t>(std::move(pb.sketch));
+    buf.sketch_scale = Halide::Buffer<>(std::move(pb.sketch_scale));
     buf.scale = float(scale);
     buf.allocate_outputs(cfg);
     return buf;

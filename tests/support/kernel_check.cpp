@@ -1,7 +1,13 @@
 #include "kernel_check.h"
 
+#include <catch2/catch.hpp>
+
 #include <cmath>
 #include <sstream>
+
+// Catch2 shows a Halide error's message instead of "Unknown exception" (Halide::Error does
+// not derive from std::exception). Here, in a file every JIT test links, so it registers.
+CATCH_TRANSLATE_EXCEPTION(const Halide::Error &e) { return e.what(); }
 
 namespace vashista::test {
 
@@ -17,6 +23,8 @@ ref::SparseOptions sparse_options(const DecodeConfig &cfg, double scale) {
     o.group_routing = cfg.group_routing;
     o.sink_pages = cfg.sink_pages;
     o.local_pages = cfg.local_pages;
+    o.sketch_bits = cfg.sketch_bits;
+    o.sketch_group = cfg.sketch_group;
     o.scale = scale;
     return o;
 }

@@ -74,7 +74,8 @@ size_t Cache::offset(int page, int slot, int head, int d) const {
 
 double default_scale(int head_dim) { return 1.0 / std::sqrt(double(head_dim)); }
 
-Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype) {
+Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype, int sketch_bits,
+                    int sketch_group) {
     Summaries s;
     s.batch = seqs.batch;
     s.kv_heads = cache.kv_heads;
@@ -120,6 +121,34 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
                     vmax = std::max(vmax, std::sqrt(sq));
                 }
                 s.value_norm[row] = vmax;
+            }
+        }
+    }
+    s.page_size = S;
+    if (valid_sketch_bits(sketch_bits) && sketch_group >= 1 && D % sketch_group == 0) {
+        s.sketch_bits = sketch_bits;
+        s.sketch_group = sketch_group;
+        const int groups = D / sketch_group, qmax = sketch_max_code(sketch_bits);
+        s.sketch_code.assign(rows * S * D, 0);
+        s.sketch_scale.assign(rows * S * groups, 0.0f);
+        for (int b = 0; b < s.batch; ++b) {
+            const int len = seqs.seq_lens[b];
+            for (int t = 0; t < len; ++t) {
+                const int j = t / S, page = seqs.page_of(b, t, S);
+                for (int h = 0; h < s.kv_heads; ++h) {
+                    const size_t tok = s.token_at(b, h, j, t % S);
+                    for (int grp = 0; grp < groups; ++grp) {
+                        float absmax = 0;
+                        for (int d = grp * sketch_group; d < (grp + 1) * sketch_group; ++d)
+                            absmax = std::max(absmax, std::abs(cache.k[cache.offset(page, t % S, h, d)]));
+                        const float sigma = round_toward(DType::BF16, absmax / float(qmax), true);
+                        s.sketch_scale[tok * groups + grp] = sigma;
+                        for (int d = grp * sketch_group; d < (grp + 1) * sketch_group; ++d) {
+                            const float q = std::nearbyint(cache.k[cache.offset(page, t % S, h, d)] / sigma);
+                            s.sketch_code[tok * D + d] = sigma > 0 ? int8_t(std::clamp(q, -float(qmax), float(qmax))) : 0;
+                        }
+                    }
+                }
             }
         }
     }
@@ -223,6 +252,31 @@ double page_score(const Summaries &sum, const float *q, int b, int h, int j, Rou
     return scale * acc;
 }
 
+// a_t and ub_t of token (j, s) from the sketch, in f32 in the kernels' order: per group the
+// sum of q_d code_d over its channels, then sum of sigma * that over groups, then the scale.
+struct SketchScore {
+    float a, ub;
+};
+SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int j, int s, float scale) {
+    const int D = sum.head_dim, gs = sum.sketch_group, groups = D / gs;
+    const size_t tok = sum.token_at(b, h, j, s);
+    float dot = 0, width = 0;
+    for (int grp = 0; grp < groups; ++grp) {
+        float inner = 0, q_l1 = 0;
+        for (int d = grp * gs; d < (grp + 1) * gs; ++d) {
+            inner += q[d] * float(sum.sketch_code[tok * D + d]);
+            q_l1 += std::abs(q[d]);
+        }
+        const float sigma = sum.sketch_scale[tok * groups + grp];
+        dot += sigma * inner;
+        width += sigma * q_l1;
+    }
+    const float a = scale * dot;
+    const float e = scale * width * float(fp::sketch_width_factor(D, gs, sum.sketch_bits));
+    const float u4 = float(4 * fp::kUnit32);
+    return {a, a + e + u4 * (std::abs(a) + e)};
+}
+
 }  // namespace
 
 double solver_temperature(const SparseOptions &opt) {
@@ -237,17 +291,28 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     const double scale = opt.scale > 0 ? opt.scale : default_scale(D);
     const double inf = std::numeric_limits<double>::infinity();
     const float *qh = q.head(b, h, g);
+    const bool sketch = opt.routing == RoutingMode::Sketch;
+    if (sketch && (sum.sketch_bits != opt.sketch_bits || sum.sketch_group != opt.sketch_group))
+        throw std::invalid_argument("the summaries' sketch (bits " + std::to_string(sum.sketch_bits) + ", group " +
+                                    std::to_string(sum.sketch_group) + ") is not the one the options ask for");
+    // Sketch routing: a page's score is its largest a_t; ub_t bounds each token's score.
+    auto sketch_of = [&](const float *qq, int j, int s) { return sketch_score(sum, qq, b, h, j, s, float(scale)); };
+    auto own_score = [&](const float *qq, int j) {
+        if (!sketch) return page_score(sum, qq, b, h, j, opt.routing, scale);
+        double best = -inf;
+        for (int s = 0; s < S && j * S + s < len; ++s) best = std::max(best, double(sketch_of(qq, j, s).a));
+        return best;
+    };
 
     // 1. routing; sink and local pages first, whatever their scores
     std::vector<double> own(n_pages), route(n_pages);
     for (int j = 0; j < n_pages; ++j) {
-        own[j] = page_score(sum, qh, b, h, j, opt.routing, scale);
+        own[j] = own_score(qh, j);
         if (opt.group_routing == GroupRouting::PerHead) {
             route[j] = own[j];
         } else {
             route[j] = -inf;
-            for (int gg = 0; gg < q.group; ++gg)
-                route[j] = std::max(route[j], page_score(sum, q.head(b, h, gg), b, h, j, opt.routing, scale));
+            for (int gg = 0; gg < q.group; ++gg) route[j] = std::max(route[j], own_score(q.head(b, h, gg), j));
         }
         if (j < opt.sink_pages || j >= n_pages - opt.local_pages) route[j] = inf;
     }
@@ -256,13 +321,21 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     for (int j : r.pages) page_selected[j] = 1;
 
     // 2. candidates
+    // Exact scores, or in sketch routing a_t for selection and ub_t for the leakage; the
+    // candidates are scored exactly either way.
     std::vector<int> pos;
-    std::vector<double> score;
+    std::vector<double> score, upper;
     for (int j : r.pages) {
         const int page = seqs.page_table[size_t(b) * seqs.max_pages + j];
         for (int t = 0; t < S && j * S + t < len; ++t) {
             pos.push_back(j * S + t);
-            score.push_back(scale * dot(qh, cache.k.data(), cache, page, t, h));
+            if (sketch) {
+                const SketchScore sk = sketch_of(qh, j, t);
+                score.push_back(sk.a);
+                upper.push_back(sk.ub);
+            } else {
+                score.push_back(scale * dot(qh, cache.k.data(), cache, page, t, h));
+            }
         }
     }
     std::vector<int> keep = top_indices(score, opt.top_tokens);
@@ -271,7 +344,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     for (int i : keep) {
         is_candidate[i] = 1;
         r.candidates.push_back(pos[i]);
-        cs.push_back(score[i]);
+        const int page = seqs.page_of(b, pos[i], S);
+        cs.push_back(sketch ? scale * dot(qh, cache.k.data(), cache, page, pos[i] % S, h) : score[i]);
     }
 
     // 3. solver
@@ -318,27 +392,39 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         const size_t row = sum.at(b, h, pos[i] / S);
         vcand = std::max(vcand, sum.value_norm[row]);
         if (is_candidate[i]) continue;
-        const double e = error_per_key * sum.key_absmax[row];
-        leak_in += upper_term(score[i], e);
-        outside_max = std::max(outside_max, score[i]);
-        outside_upper = std::max(outside_upper, upper_score(score[i], e));
+        const double s = sketch ? upper[i] : score[i];
+        const double e = sketch ? 0 : error_per_key * sum.key_absmax[row];
+        leak_in += upper_term(s, e);
+        outside_max = std::max(outside_max, s);
+        outside_upper = std::max(outside_upper, upper_score(s, e));
         vout = std::max(vout, sum.value_norm[row]);
     }
     for (int j = 0; j < n_pages; ++j) {
         const size_t row = sum.at(b, h, j);
         kabs_seq = std::max(kabs_seq, double(sum.key_absmax[row]));
         if (page_selected[j]) continue;
-        const double e = error_per_key * sum.key_absmax[row];
-        leak_out += std::min(S, len - j * S) * upper_term(own[j], e);
-        outside_max = std::max(outside_max, own[j]);
-        outside_upper = std::max(outside_upper, upper_score(own[j], e));
+        // A page's term: n_p exp(beta (u_p - m)), or in sketch routing exp(beta (M_p - m))
+        // times the sum of exp(beta (ub_t - M_p)) over its tokens, M_p = max ub_t.
+        double u_p = own[j], tokens = std::min(S, len - j * S);
+        const double e = sketch ? 0 : error_per_key * sum.key_absmax[row];
+        if (sketch) {
+            u_p = -inf;
+            for (int t = 0; t < S && j * S + t < len; ++t) u_p = std::max(u_p, double(sketch_of(qh, j, t).ub));
+            tokens = 0;
+            for (int t = 0; t < S && j * S + t < len; ++t) tokens += std::exp(beta * (sketch_of(qh, j, t).ub - u_p));
+        }
+        leak_out += tokens * upper_term(u_p, e);
+        outside_max = std::max(outside_max, u_p);
+        outside_upper = std::max(outside_upper, upper_score(u_p, e));
         vout = std::max(vout, sum.value_norm[row]);
     }
     const double n_out = seqs.max_pages + 2.0;
     const double e64 = scale * q_l1_up * kabs_seq * fp::score_error64(D);
     const double z_low = zb * std::exp(-beta * e64) * (1 - fp::gamma64(opt.top_tokens + 2) - fp::kExp64);
+    const double page_sum = sketch ? fp::page_sum_inflation(S) : 1.0;
+    const double floor = fp::kExpFloor * double(len - int(cs.size()));
     r.leakage = (leak_in * (1 + fp::kExp32) * (1 + fp::gamma32(opt.top_pages * S + 2)) +
-                 leak_out * (1 + fp::kExp32) * (1 + n_out * u / (1 - n_out * u))) / z_low;
+                 leak_out * (1 + fp::kExp32) * (1 + n_out * u / (1 - n_out * u)) * page_sum + floor) / z_low;
     r.outside_mass = std::isfinite(r.leakage) ? r.leakage / (1.0 + r.leakage) : 1.0;
     double onorm = 0;
     for (double x : r.out) onorm += x * x;

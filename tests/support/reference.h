@@ -51,9 +51,16 @@ struct Summaries {
     std::vector<float> mean, lo, hi;   // [b][h][j][d]
     std::vector<float> key_absmax;     // [b][h][j]
     std::vector<double> value_norm;    // [b][h][j]
+    // The token sketch (sketch routing; bits 0 when head_dim does not fit the group):
+    // per (b, h, j, s) the codes of the D channels and sigma of each group, rounded up to bf16.
+    int page_size = 0, sketch_bits = 0, sketch_group = 0;
+    std::vector<int8_t> sketch_code;   // [b][h][j][s][d]
+    std::vector<float> sketch_scale;   // [b][h][j][s][group]
     size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
+    size_t token_at(int b, int h, int j, int s) const { return at(b, h, j) * page_size + s; }
 };
-Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype);
+Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype,
+                    int sketch_bits = kSketchBitsDefault, int sketch_group = kSketchGroupDefault);
 
 struct SparseOptions {
     int top_pages = 64, top_tokens = 128;
@@ -63,6 +70,7 @@ struct SparseOptions {
     RoutingMode routing = RoutingMode::Mean;
     GroupRouting group_routing = GroupRouting::PerHead;
     int sink_pages = 0, local_pages = 0;
+    int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // must match the summaries'
     double scale = 0;  // 0: 1/sqrt(D)
 };
 
