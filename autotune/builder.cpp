@@ -77,6 +77,8 @@ void set_estimates(DecodeJit &jit, const Workload &w) {
     jit.summary.set_estimates(summary_region(e));
     jit.value_norm.set_estimates(value_norm_region(e));
     jit.key_absmax.set_estimates(value_norm_region(e));
+    jit.sketch.set_estimates(sketch_region(e, jit.cfg.sketch_bits));
+    jit.sketch_scale.set_estimates(sketch_scale_region(e, jit.cfg.sketch_group));
     auto &st = jit.stages;
     st.result_out.set_estimates(q_region(e));
     st.result_lse.set_estimates(per_head_region(e, 0));
@@ -118,7 +120,8 @@ void compile_object(const BuildRequest &r, const std::string &object) {
             apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
         }
         jit.pipeline.compile_to_object(object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens,
-                                                jit.summary, jit.value_norm, jit.key_absmax, jit.scale},
+                                                jit.summary, jit.value_norm, jit.key_absmax, jit.sketch,
+                                                jit.sketch_scale, jit.scale},
                                        r.name, decode_target(target));
     } else {
         DenseConfig cfg = dense_config(w);

@@ -99,7 +99,7 @@ static std::unique_ptr<Loaded> load_checked(Runner::State &s, const Workload &w,
         l->call = [=, &bf] {
             return fn(bf.q.raw_buffer(), bf.k_cache.raw_buffer(), bf.v_cache.raw_buffer(), bf.page_table.raw_buffer(),
                       bf.seq_lens.raw_buffer(), bf.summary.raw_buffer(), bf.value_norm.raw_buffer(),
-                      bf.key_absmax.raw_buffer(), st->scale,
+                      bf.key_absmax.raw_buffer(), bf.sketch.raw_buffer(), bf.sketch_scale.raw_buffer(), st->scale,
                       p->out.raw_buffer(), p->lse.raw_buffer(), p->diag.raw_buffer(), p->cand.raw_buffer(),
                       p->pages.raw_buffer());
         };

@@ -48,6 +48,24 @@ Stats time_cold(int reps, Flusher &flusher, F &&run) {
     return summarize(ms);
 }
 
+// One warm-up each, then `reps` rounds running every function once, each after a flush
+// (round-robin, so drift between runs hits all alike); milliseconds per function.
+template <typename F>
+std::vector<Stats> time_cold_round_robin(int reps, Flusher &flusher, const std::vector<F> &runs) {
+    std::vector<std::vector<double>> ms(runs.size());
+    for (const F &run : runs) run();
+    for (int i = 0; i < reps; ++i)
+        for (size_t k = 0; k < runs.size(); ++k) {
+            flusher.flush();
+            Timer t;
+            runs[k]();
+            ms[k].push_back(t.seconds() * 1e3);
+        }
+    std::vector<Stats> out;
+    for (auto &m : ms) out.push_back(summarize(m));
+    return out;
+}
+
 double measure_read_bandwidth_gbps();
 std::vector<int> parse_int_list(const std::string &s);
 [[noreturn]] void usage_error(const std::string &message);

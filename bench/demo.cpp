@@ -1,6 +1,7 @@
-// The decode demo behind `make run`: sparse vs dense decode on the built-in default
-// shape (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128) over synthetic KV with
-// planted structure, cold cache, median of repeats. Exits non-zero if a sparse answer
+// The decode demo behind `make run`: sparse (bound routing, and sketch routing with an
+// 8-bit sketch in groups of 16 channels) vs dense decode on the built-in default shape
+// (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128) over synthetic KV with planted
+// structure, cold cache, round-robin, median of repeats. Exits non-zero if a sparse answer
 // is wrong: farther from the double-precision dense reference than its own certificate
 // allows (plus rounding), or if the dense kernel disagrees with the reference.
 #include "bench_util.h"
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -86,7 +88,7 @@ int main(int argc, char **argv) {
         std::vector<uint8_t> k_pages(p.cache.k.size() * 2), v_pages(p.cache.v.size() * 2);
         vashista_cache_desc desc{1, H, D, S, p.cache.num_pages, p.seqs.max_pages, VASHISTA_DTYPE_BF16,
                                  VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(),
-                                 p.seqs.page_table.data()};
+                                 p.seqs.page_table.data(), kSketchBitsDefault, kSketchGroupDefault};
         vashista_cache *cache = nullptr;
         check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
         bench::Timer append_timer;
@@ -105,37 +107,60 @@ int main(int argc, char **argv) {
             }
             check(vashista_append(cache, 0, start, n, kc.data(), vc.data()), "vashista_append");
         }
-        std::printf("appended %d tokens with summaries: %.2f s\n", T, append_timer.seconds());
+        std::printf("appended %d tokens with summaries and sketch: %.2f s\n", T, append_timer.seconds());
 
         vashista_decode_config cfg;
         vashista_decode_config_default(&cfg);
+        vashista_decode_config sketch_cfg = cfg;
+        sketch_cfg.routing = VASHISTA_ROUTING_SKETCH;
         const int32_t seq_lens[1] = {T};
-        std::vector<float> sparse_out(size_t(H) * G * D), dense_out(sparse_out.size()), lse(H * G);
-        std::vector<vashista_head_diag> diag(H * G);
+        std::vector<float> sparse_out(size_t(H) * G * D), sketch_out(sparse_out.size()), dense_out(sparse_out.size());
+        std::vector<float> lse(H * G);
+        std::vector<vashista_head_diag> diag(H * G), sketch_diag(H * G);
         bench::Flusher flusher;
-        auto sparse_ms = bench::time_cold(opt.reps, flusher, [&] {
-            check(
-                vashista_decode(cache, &cfg, p.q.q.data(), H * G, seq_lens, sparse_out.data(), lse.data(), diag.data()),
-                "vashista_decode");
-        });
-        auto dense_ms = bench::time_cold(opt.reps, flusher, [&] {
-            check(vashista_dense(cache, p.q.q.data(), H * G, seq_lens, 0.0f, dense_out.data(), nullptr),
-                  "vashista_dense");
-        });
+        const std::vector<std::function<void()>> steps = {
+            [&] {
+                check(vashista_decode(cache, &cfg, p.q.q.data(), H * G, seq_lens, sparse_out.data(), lse.data(),
+                                      diag.data()),
+                      "vashista_decode");
+            },
+            [&] {
+                check(vashista_decode(cache, &sketch_cfg, p.q.q.data(), H * G, seq_lens, sketch_out.data(), lse.data(),
+                                      sketch_diag.data()),
+                      "vashista_decode (sketch)");
+            },
+            [&] {
+                check(vashista_dense(cache, p.q.q.data(), H * G, seq_lens, 0.0f, dense_out.data(), nullptr),
+                      "vashista_dense");
+            }};
+        const std::vector<bench::Stats> times = bench::time_cold_round_robin(opt.reps, flusher, steps);
+        const bench::Stats &sparse_ms = times[0], &sketch_ms = times[1], &dense_ms = times[2];
 
         // Against the double-precision dense reference.
         double max_err = 0, max_dense_err = 0, max_bound = 0, worst_excess = -1e30;
+        double sketch_max_err = 0, sketch_max_bound = 0;
+        int sketch_heads_sparse = 0;
         std::vector<double> gaps;
         int heads_sparse = 0, heads_dense = 0, heads_reported = 0, heads_widened = 0;
         for (int h = 0; h < H; ++h)
             for (int g = 0; g < G; ++g) {
                 const int i = h * G + g;
                 ref::DenseResult r = ref::dense_head(p.cache, p.seqs, p.q, 0.0, 0, h, g);
-                double err = 0, derr = 0;
+                double err = 0, derr = 0, serr = 0;
                 for (int d = 0; d < D; ++d) {
                     err = std::max(err, std::abs(sparse_out[size_t(i) * D + d] - r.out[d]));
                     derr = std::max(derr, std::abs(dense_out[size_t(i) * D + d] - r.out[d]));
+                    serr = std::max(serr, std::abs(sketch_out[size_t(i) * D + d] - r.out[d]));
                 }
+                // The sketch step's heads within their certificates too.
+                const auto &sd = sketch_diag[i];
+                const bool sketch_sparse = sd.policy_taken != VASHISTA_TAKEN_DENSE;
+                sketch_max_err = std::max(sketch_max_err, serr);
+                if (sketch_sparse) {
+                    ++sketch_heads_sparse;
+                    sketch_max_bound = std::max<double>(sketch_max_bound, sd.error_bound);
+                }
+                worst_excess = std::max(worst_excess, serr - ((sketch_sparse ? sd.error_bound : 0.0) + 2e-4));
                 max_err = std::max(max_err, err);
                 max_dense_err = std::max(max_dense_err, derr);
                 const auto &hd = diag[i];
@@ -161,11 +186,20 @@ int main(int argc, char **argv) {
         const double M = double(p.cache.num_pages);
         const double sparse_bytes = H * M * D * 2 * 2 + H * G * (double(P) * S * D * 2 + double(KC) * D * 2);
         const double dense_bytes = double(T) * H * D * 2 * 2;
+        // Sketch: every token's codes and scales, two f32 page scalars per page and KV head,
+        // K and V of the K_c candidates per query head.
+        const double sketch_bytes = double(T) * H * (D * kSketchBitsDefault / 8 + 2.0 * D / kSketchGroupDefault) +
+                                    H * M * 8 + H * G * double(KC) * D * 2 * 2;
         std::printf("sparse step  %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", sparse_ms.median,
                     sparse_ms.min, sparse_ms.max, sparse_bytes / bandwidth * 1e-6, sparse_bytes * 1e-6);
         std::printf("dense step   %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", dense_ms.median,
                     dense_ms.min, dense_ms.max, dense_bytes / bandwidth * 1e-6, dense_bytes * 1e-6);
-        std::printf("speedup      %8.2fx\n", dense_ms.median / sparse_ms.median);
+        std::printf("sketch step  %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", sketch_ms.median,
+                    sketch_ms.min, sketch_ms.max, sketch_bytes / bandwidth * 1e-6, sketch_bytes * 1e-6);
+        std::printf("speedup      %8.2fx (bound routing), %.2fx (sketch routing) over dense\n",
+                    dense_ms.median / sparse_ms.median, dense_ms.median / sketch_ms.median);
+        std::printf("sketch: %d of %d heads certified at tolerance %.0e (largest bound %.3g), max |sketch - dense_ref| "
+                    "= %.3g\n", sketch_heads_sparse, H * G, double(cfg.tolerance), sketch_max_bound, sketch_max_err);
         std::printf(
             "max |sparse - dense_ref| = %.3g   max |dense - dense_ref| = %.3g   largest certified bound = %.3g\n",
             max_err, max_dense_err, max_bound);
@@ -178,6 +212,12 @@ int main(int argc, char **argv) {
                            {"sparse_ms_max", sparse_ms.max}, {"dense_ms", dense_ms.median},
                            {"dense_ms_min", dense_ms.min}, {"dense_ms_max", dense_ms.max},
                            {"speedup", dense_ms.median / sparse_ms.median}, {"max_abs_err", max_err},
+                           {"sketch_ms", sketch_ms.median}, {"sketch_ms_min", sketch_ms.min},
+                           {"sketch_ms_max", sketch_ms.max}, {"sketch_speedup", dense_ms.median / sketch_ms.median},
+                           {"sketch_floor_ms", sketch_bytes / bandwidth * 1e-6}, {"sketch_bytes", sketch_bytes},
+                           {"sketch_heads_certified", sketch_heads_sparse}, {"sketch_max_abs_err", sketch_max_err},
+                           {"sketch_error_bound", sketch_max_bound}, {"sparse_bytes", sparse_bytes},
+                           {"dense_bytes", dense_bytes},
                            {"dense_max_abs_err", max_dense_err}, {"error_bound", max_bound},
                            {"support_gap_min", gaps.front()}, {"support_gap_median", gaps[gaps.size() / 2]},
                            {"heads_sparse", heads_sparse}, {"heads_widened", heads_widened},

@@ -2,6 +2,8 @@
 #     [TARGET <halide target>]             default: host; add -large_buffers for caches whose
 #                                          summaries or pages pass 2^31 - 1 elements
 #     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...]
+#     [SKETCH <spec>...]                   the token sketch vashista_append keeps for caches
+#                                          made with sketch_bits (sketch routing)
 #     [SHARED])                            also a shared library <name>_shared (file
 #                                          lib<name>.so in build/lib) exporting the C ABI,
 #                                          for engines and tools that load it at run time
@@ -20,9 +22,11 @@ function(_vashista_defaults out kind)
     if (kind STREQUAL "decode")
         set(d head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4 kv_type=bfloat16 summary_type=
               layout=HND solver=softmax routing=bound group_routing=per_head sink_pages=0 local_pages=0
-              solver_steps=6 solver_eta=0.2 solver_tau=1.0 schedule_file=)
+              solver_steps=6 solver_eta=0.2 solver_tau=1.0 sketch_bits=8 sketch_group=16 schedule_file=)
     elseif (kind STREQUAL "dense")
         set(d head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
+    elseif (kind STREQUAL "sketch")
+        set(d head_dim=128 page_size=16 kv_type=bfloat16 layout=HND sketch_bits=8 sketch_group=16)
     else ()
         set(d head_dim=128 page_size=16 kv_type=bfloat16 summary_type= layout=HND)
     endif ()
@@ -72,6 +76,7 @@ function(_vashista_enum out kind value)
     set(map_solver_sparsemax VASHISTA_SOLVER_SPARSEMAX)
     set(map_routing_mean VASHISTA_ROUTING_MEAN)
     set(map_routing_bound VASHISTA_ROUTING_BOUND)
+    set(map_routing_sketch VASHISTA_ROUTING_SKETCH)
     set(map_group_per_head VASHISTA_GROUP_PER_HEAD)
     set(map_group_shared VASHISTA_GROUP_SHARED)
     if (NOT DEFINED map_${kind}_${value})
@@ -81,7 +86,7 @@ function(_vashista_enum out kind value)
 endfunction()
 
 function(vashista_add_kernel_library NAME)
-    cmake_parse_arguments(ARG "SHARED" "TARGET" "DECODE;DENSE;SUMMARIZE" ${ARGN})
+    cmake_parse_arguments(ARG "SHARED" "TARGET" "DECODE;DENSE;SUMMARIZE;SKETCH" ${ARGN})
     if (NOT ARG_TARGET)
         set(ARG_TARGET host)
     endif ()
@@ -97,8 +102,9 @@ function(vashista_add_kernel_library NAME)
     set(decode_rows "")
     set(dense_rows "")
     set(summarize_rows "")
+    set(sketch_rows "")
     set(seen "")
-    foreach (kind IN ITEMS decode dense summarize)
+    foreach (kind IN ITEMS decode dense summarize sketch)
         string(TOUPPER "${kind}" KIND)
         foreach (spec IN LISTS ARG_${KIND})
             _vashista_parse_spec(s ${kind} "${spec}")
@@ -133,10 +139,14 @@ function(vashista_add_kernel_library NAME)
                 string(APPEND decode_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, "
                        "${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${s_sink_pages}, ${s_local_pages}, "
                        "${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, "
-                       "${s_solver_steps}, ${s_solver_eta}f, ${s_solver_tau}f, ${fn}},\n")
+                       "${s_solver_steps}, ${s_solver_eta}f, ${s_solver_tau}f, ${s_sketch_bits}, ${s_sketch_group}, "
+                       "${fn}},\n")
             elseif (kind STREQUAL "dense")
                 string(APPEND dense_rows "        {\"${readable}\", "
                        "${s_head_dim}, ${s_page_size}, ${s_group_size}, ${kv}, ${lay}, ${fn}},\n")
+            elseif (kind STREQUAL "sketch")
+                string(APPEND sketch_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, ${kv}, ${lay}, "
+                       "${s_sketch_bits}, ${s_sketch_group}, ${fn}},\n")
             else ()
                 _vashista_enum(sum dtype ${s_summary_type})
                 string(APPEND summarize_rows "        {\"${readable}\", "
@@ -163,6 +173,11 @@ const std::vector<DenseVariant> &dense_variants() {
 const std::vector<SummarizeVariant> &summarize_variants() {
     static const std::vector<SummarizeVariant> v = {
 @summarize_rows@    };
+    return v;
+}
+const std::vector<SketchVariant> &sketch_variants() {
+    static const std::vector<SketchVariant> v = {
+@sketch_rows@    };
     return v;
 }
 bool large_buffers() { return @large_buffers@; }

@@ -202,8 +202,6 @@ struct SketchStages {
     Func codes;   // (s, byte, h, n) uint8, the packed codes
 };
 SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in);
-// Bytes of one token's codes.
-inline int sketch_code_bytes(int head_dim, int bits) { return head_dim * bits / 8; }
 // Why (bits, group) cannot sketch head_dim, or "" when they can.
 std::string sketch_config_error(int head_dim, int bits, int group);
 

@@ -22,6 +22,8 @@ constexpr int kSketchBitsDefault = 8;
 constexpr int kSketchGroupDefault = 16;
 inline bool valid_sketch_bits(int bits) { return bits == 4 || bits == 8; }
 inline int sketch_max_code(int bits) { return (1 << (bits - 1)) - 1; }
+// Bytes of one token's codes.
+inline int sketch_code_bytes(int head_dim, int bits) { return head_dim * bits / 8; }
 
 // Summary channels, in the order of the c dimension.
 enum SummaryChannel { kSummaryMean = 0, kSummaryMin = 1, kSummaryMax = 2, kSummaryChannels = 3 };

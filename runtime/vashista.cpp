@@ -138,6 +138,11 @@ struct vashista_cache {
     Buffer<void> summary;           // (lane, d, c, blk, h, b)
     Buffer<float> value_norm;       // (j, h, b)
     Buffer<float> key_absmax;       // (j, h, b)
+    // The token sketch (sketch routing), or one zero element of each when the cache keeps none.
+    HostMemory sketch_memory, sketch_scale_memory;
+    Buffer<void> sketch;            // (s, byte, j, h, b) uint8
+    Buffer<void> sketch_scale;      // (s, group, j, h, b) bf16
+    const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
     // What each (sequence, logical page) summary was computed from: the physical page and
     // that page's write count, so a remapped block table or a page another sequence
     // rewrote is seen at decode (vashista_certificate STALE).
@@ -171,6 +176,7 @@ std::string list_variants() {
     for (const auto &v : decode_variants()) os << "decode " << v.name << "\n";
     for (const auto &v : dense_variants()) os << "dense " << v.name << "\n";
     for (const auto &v : summarize_variants()) os << "summarize " << v.name << "\n";
+    for (const auto &v : sketch_variants()) os << "sketch " << v.name << "\n";
     return os.str();
 }
 
@@ -195,6 +201,21 @@ void validate_desc(const vashista_cache_desc *d) {
              " is not a vashista_dtype");
     if (raw(d->layout) != VASHISTA_LAYOUT_HND && raw(d->layout) != VASHISTA_LAYOUT_NHD)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", raw(d->layout), " is not HND (0) or NHD (1)");
+    if (d->sketch_bits != 0 && !vashista::valid_sketch_bits(d->sketch_bits))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_bits = ", d->sketch_bits, " is not 0 (no sketch), 4 or 8");
+    if (d->sketch_bits != 0 && (d->sketch_group < 1 || d->head_dim % d->sketch_group != 0))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_group = ", d->sketch_group,
+             " does not divide head_dim = ", d->head_dim);
+}
+
+const SketchVariant &find_sketch(const vashista_cache_desc &d) {
+    for (const auto &v : sketch_variants())
+        if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.kv_dtype == d.kv_dtype &&
+            v.layout == d.layout && v.sketch_bits == d.sketch_bits && v.sketch_group == d.sketch_group)
+            return v;
+    fail(VASHISTA_ERROR_NO_VARIANT, "no sketch kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
+         " kv ", dtype_name(d.kv_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", " sketch_bits=",
+         d.sketch_bits, " sketch_group=", d.sketch_group, "; compiled variants:\n", list_variants());
 }
 
 const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
@@ -266,6 +287,8 @@ bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_
               v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype && v.layout == d.layout &&
               v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing &&
               v.sink_pages == cfg.sink_pages && v.local_pages == cfg.local_pages;
+    if (ok && cfg.routing == VASHISTA_ROUTING_SKETCH)
+        ok = v.sketch_bits == d.sketch_bits && v.sketch_group == d.sketch_group;
     if (ok && (cfg.solver == VASHISTA_SOLVER_EG || cfg.solver == VASHISTA_SOLVER_FW))
         ok = v.solver_steps == cfg.solver_steps;
     if (ok && cfg.solver == VASHISTA_SOLVER_EG) ok = std::fabs(v.solver_eta - cfg.solver_eta) < 1e-6f;
@@ -283,6 +306,9 @@ const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, co
          dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype),
          d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", " solver=", int(cfg.solver), " routing=", int(cfg.routing),
          " group_routing=", int(cfg.group_routing), " sink_pages=", cfg.sink_pages, " local_pages=", cfg.local_pages,
+         cfg.routing == VASHISTA_ROUTING_SKETCH ? " sketch_bits=" + std::to_string(d.sketch_bits) +
+                                                      " sketch_group=" + std::to_string(d.sketch_group)
+                                                : std::string(),
          "; compiled variants:\n", list_variants());
 }
 
@@ -317,7 +343,8 @@ SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float>
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
     Buffer<int32_t> pt = c->page_table();
     check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
-                      c->summary.raw_buffer(), c->value_norm.raw_buffer(), c->key_absmax.raw_buffer(), scale,
+                      c->summary.raw_buffer(), c->value_norm.raw_buffer(), c->key_absmax.raw_buffer(),
+                      c->sketch.raw_buffer(), c->sketch_scale.raw_buffer(), scale,
                       r.out.raw_buffer(), r.lse.raw_buffer(),
                       r.diag.raw_buffer(), r.candidates.raw_buffer(), r.pages.raw_buffer()),
                  v.name);
@@ -359,8 +386,8 @@ void validate_config(const vashista_decode_config *cfg) {
               policy = raw(cfg->policy);
     if (solver < VASHISTA_SOLVER_SOFTMAX || solver > VASHISTA_SOLVER_SPARSEMAX)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = ", solver, " is not a vashista_solver");
-    if (routing != VASHISTA_ROUTING_MEAN && routing != VASHISTA_ROUTING_BOUND)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", routing, " is not mean (0) or bound (1)");
+    if (routing < VASHISTA_ROUTING_MEAN || routing > VASHISTA_ROUTING_SKETCH)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", routing, " is not mean (0), bound (1) or sketch (2)");
     if (group != VASHISTA_GROUP_PER_HEAD && group != VASHISTA_GROUP_SHARED)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = ", group, " is not per_head (0) or shared (1)");
     if (policy < VASHISTA_POLICY_NONE || policy > VASHISTA_POLICY_WIDEN)
@@ -428,6 +455,21 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         c->value_norm =
             zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (batch x max_pages x kv_heads)");
         c->key_absmax = zeroed_buffer(c->key_absmax_memory, f32, per_page, "key bounds (batch x max_pages x kv_heads)");
+        const halide_type_t u8(halide_type_uint, 8), bf16(halide_type_bfloat, 16);
+        if (desc->sketch_bits) {
+            c->sketch_kernel = &find_sketch(*desc);
+            const int64_t bytes = vashista::sketch_code_bytes(desc->head_dim, desc->sketch_bits);
+            c->sketch = zeroed_buffer(c->sketch_memory, u8,
+                                      {desc->page_size, bytes, desc->max_pages, desc->kv_heads, desc->batch},
+                                      "the token sketch (batch x max_pages x page_size x kv_heads x code bytes)");
+            c->sketch_scale = zeroed_buffer(
+                c->sketch_scale_memory, bf16,
+                {desc->page_size, desc->head_dim / desc->sketch_group, desc->max_pages, desc->kv_heads, desc->batch},
+                "the token sketch's scales (batch x max_pages x page_size x kv_heads x groups)");
+        } else {
+            c->sketch = zeroed_buffer(c->sketch_memory, u8, {1, 1, 1, 1, 1}, "a placeholder sketch");
+            c->sketch_scale = zeroed_buffer(c->sketch_scale_memory, bf16, {1, 1, 1, 1, 1}, "a placeholder sketch");
+        }
         c->appended.assign(desc->batch, 0);
         c->summarized_page.assign(size_t(desc->batch) * desc->max_pages, -1);
         c->summarized_version.assign(size_t(desc->batch) * desc->max_pages, 0);
@@ -502,6 +544,18 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                                       touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer(),
                                       key_bounds.raw_buffer()),
                      c->summarize->name);
+        // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
+        const int code_bytes = d.sketch_bits ? vashista::sketch_code_bytes(d.head_dim, d.sketch_bits) : 0;
+        const int groups = d.sketch_bits ? d.head_dim / d.sketch_group : 0;
+        Buffer<uint8_t> codes;
+        Buffer<void> scales;
+        if (c->sketch_kernel) {
+            codes = Buffer<uint8_t>(d.page_size, code_bytes, d.kv_heads, touched_pages);
+            scales = Buffer<void>(halide_type_t(halide_type_bfloat, 16), d.page_size, groups, d.kv_heads, touched_pages);
+            check_kernel(c->sketch_kernel->fn(kb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
+                                              touched.raw_buffer(), codes.raw_buffer(), scales.raw_buffer()),
+                         c->sketch_kernel->name);
+        }
         c->appended[seq] = lens[seq];
         const int bytes = dtype_bytes(d.summary_dtype);
         const uint8_t *src = static_cast<const uint8_t *>(rows.data());
@@ -525,6 +579,16 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                                            int64_t(h) * sd.dim(4).stride() + int64_t(seq) * sd.dim(5).stride();
                         std::memcpy(dst + to * bytes, src + from * bytes, bytes);
                     }
+                if (c->sketch_kernel) {  // (s, byte) and (s, group) blocks are contiguous on both sides
+                    uint8_t *code_dst = static_cast<uint8_t *>(c->sketch.data()) +
+                                        (((size_t(seq) * d.kv_heads + h) * d.max_pages + j) * code_bytes) * d.page_size;
+                    std::memcpy(code_dst, &codes(0, 0, h, i), size_t(d.page_size) * code_bytes);
+                    uint8_t *scale_dst = static_cast<uint8_t *>(c->sketch_scale.data()) +
+                                         (((size_t(seq) * d.kv_heads + h) * d.max_pages + j) * groups) * d.page_size * 2;
+                    const uint8_t *scale_src = static_cast<const uint8_t *>(scales.data()) +
+                                               ((size_t(i) * d.kv_heads + h) * groups) * d.page_size * 2;
+                    std::memcpy(scale_dst, scale_src, size_t(d.page_size) * groups * 2);
+                }
             }
         }
     });
@@ -543,6 +607,9 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
         validate_config(cfg);
         const auto &d = c->desc;
         const int G = shape.group;
+        if (cfg->routing == VASHISTA_ROUTING_SKETCH && d.sketch_bits == 0)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = sketch (2) needs a cache that keeps a token ",
+                 "sketch: create it with desc->sketch_bits = 8 or 4 and desc->sketch_group");
         const DecodeVariant &variant = find_decode(d, G, *cfg);
         const float scale = cfg->scale > 0 ? cfg->scale : 1.0f / std::sqrt(float(d.head_dim));
         Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);

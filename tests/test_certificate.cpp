@@ -1,7 +1,8 @@
 // Certificate soundness (JIT, f32 KV and summaries, D = 16, every diagnostic visible):
-// over 10^5 heads of random, clustered and adversarial inputs, the kernel's error bound
-// (bound routing) is never below the true distance from its sparse output to the
-// double-precision dense answer, beyond the rounding of the check itself:
+// over 10^5 heads of random, clustered and adversarial inputs per routing (bound; sketch
+// with 8-bit and 4-bit codes), the kernel's error bound is never below the true distance
+// from its sparse output to the double-precision dense answer, beyond the rounding of the
+// check itself:
 // slack = 1e-6 + 1e-5 * ||o_dense||. test_certificate_abi.cpp does the same through the
 // linked library at engine shapes.
 #include "kernel_check.h"
@@ -17,7 +18,8 @@ using namespace vashista;
 
 namespace {
 
-enum class Adversary { Gaussian, Planted, NearTies, NoGap, HugeRange, DominantValue, Clustered };
+enum class Adversary { Gaussian, Planted, NearTies, NoGap, HugeRange, DominantValue, Clustered, Outliers, HalfSteps };
+constexpr int kAdversaries = 9;
 const char *name(Adversary a) {
     switch (a) {
     case Adversary::Gaussian: return "gaussian";
@@ -27,6 +29,8 @@ const char *name(Adversary a) {
     case Adversary::HugeRange: return "huge-range";
     case Adversary::DominantValue: return "dominant-value";
     case Adversary::Clustered: return "clustered";
+    case Adversary::Outliers: return "outliers";
+    case Adversary::HalfSteps: return "half-steps";
     }
     return "?";
 }
@@ -60,12 +64,28 @@ ref::Problem make(Adversary a, uint64_t seed, int batch, std::mt19937 &rng) {
         for (size_t t = 0; t < p.cache.k.size() / 16; ++t)
             for (int d = 0; d < 16; ++d) p.cache.k[t * 16 + d] = centres[(t % 4) * 16 + d] + 0.05f * n(rng);
     }
+    if (a == Adversary::Outliers)  // one channel per 4 far larger: a sketch's sigma hides the rest
+        for (size_t i = 0; i < p.cache.k.size(); i += 4) p.cache.k[i] *= 60.0f;
+    if (a == Adversary::HalfSteps) {
+        // Keys half a quantization step off the 8-bit grid of their token's group (the
+        // sketch's largest residual), queries aligned with the residuals' signs.
+        for (size_t t = 0; t < p.cache.k.size() / 16; ++t) {
+            float *k = &p.cache.k[t * 16];
+            float absmax = 0;
+            for (int d = 0; d < 16; ++d) absmax = std::max(absmax, std::abs(k[d]));
+            const float sigma = absmax / 127;
+            for (int d = 1; d < 16; ++d) k[d] = (std::floor(k[d] / sigma) + 0.5f) * sigma;
+        }
+        for (float &x : p.q.q) x = std::abs(x) * 3;
+    }
     return p;
 }
 
 }  // namespace
 
-TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
+namespace {
+
+void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group = 8) {
     DecodeConfig cfg;
     cfg.head_dim = 16;
     cfg.page_size = 8;
@@ -73,7 +93,9 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     cfg.top_tokens = 8;
     cfg.group_size = 4;
     cfg.kv_type = cfg.summary_type = Halide::Float(32);
-    cfg.routing = RoutingMode::Bound;
+    cfg.routing = routing;
+    cfg.sketch_bits = sketch_bits;
+    cfg.sketch_group = sketch_group;
     auto jit = test::compile_decode(cfg);
 
     const int batch = 250, heads_per_call = batch * 4 * 4, target_heads = 100000;
@@ -83,9 +105,9 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     std::string worst;
     double worst_ratio = 0;
     for (uint64_t call = 0; heads < target_heads; ++call) {
-        const Adversary a = Adversary(call % 7);
+        const Adversary a = Adversary(call % kAdversaries);
         ref::Problem p = make(a, 1000 + call, batch, rng);
-        ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32);
+        ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32, sketch_bits, sketch_group);
         DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
         run(*jit, buf);
         for (int b = 0; b < batch; ++b)
@@ -127,7 +149,12 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     }
     std::sort(tightness.begin(), tightness.end());
     auto pct = [&](double q) { return tightness.empty() ? 0.0 : tightness[size_t(q * (tightness.size() - 1))]; };
-    std::printf("certificate: %ld heads, %ld violations, %ld certified below 1e-3\n", heads, violations, certified);
+    std::printf("certificate (%s routing%s): %ld heads, %ld violations, %ld certified below 1e-3\n",
+                to_string(routing),
+                routing == RoutingMode::Sketch
+                    ? (", " + std::to_string(sketch_bits) + "-bit, group " + std::to_string(sketch_group)).c_str()
+                    : "",
+                heads, violations, certified);
     std::printf("halving one term: delta %ld, V_out %ld, ||o|| %ld, rounding R %ld violations\n", halved_violations[0],
                 halved_violations[1], halved_violations[2], halved_violations[3]);
     std::printf("tightness bound/true error over %zu heads with error above rounding: "
@@ -142,4 +169,16 @@ TEST_CASE("the error bound holds on 10^5 heads", "[certificate]") {
     CHECK(halved_violations[0] > 0);
     CHECK(halved_violations[1] > 0);
     CHECK(halved_violations[2] > 0);
+}
+
+}  // namespace
+
+TEST_CASE("the error bound holds on 10^5 heads, bound routing", "[certificate]") { check_soundness(RoutingMode::Bound); }
+
+TEST_CASE("the error bound holds on 10^5 heads, 8-bit sketch routing", "[certificate]") {
+    check_soundness(RoutingMode::Sketch, 8, 8);
+}
+
+TEST_CASE("the error bound holds on 10^5 heads, 4-bit sketch routing", "[certificate]") {
+    check_soundness(RoutingMode::Sketch, 4, 16);
 }

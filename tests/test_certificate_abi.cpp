@@ -37,6 +37,7 @@ struct Variant {
     GroupRouting group_routing;
     Solver solver;
     int sink, local;
+    int sketch_bits = 0;  // 0: bound routing; 8 or 4: sketch routing, scales per 16 channels
 };
 const Variant kVariants[] = {
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 0, 0},
@@ -49,12 +50,15 @@ const Variant kVariants[] = {
     {64, 1, ref::DType::BF16, KvLayout::NHD, GroupRouting::PerHead, Solver::EG, 0, 0},
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Sparsemax, 0, 0},
     {64, 3, ref::DType::F32, KvLayout::HND, GroupRouting::PerHead, Solver::Sparsemax, 0, 0},
+    {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 1, 2, 8},
+    {64, 3, ref::DType::F16, KvLayout::NHD, GroupRouting::Shared, Solver::EG, 0, 0, 4},
 };
 
 std::string describe(const Variant &v) {
     return "D=" + std::to_string(v.head_dim) + " G=" + std::to_string(v.group) + " " + ref::dtype_name(v.kv) + " " +
            to_string(v.layout) + " " + to_string(v.group_routing) + " " + to_string(v.solver) +
-           " sink=" + std::to_string(v.sink) + " local=" + std::to_string(v.local);
+           " sink=" + std::to_string(v.sink) + " local=" + std::to_string(v.local) +
+           (v.sketch_bits ? " sketch " + std::to_string(v.sketch_bits) + "-bit" : std::string(" bound"));
 }
 
 vashista_dtype abi_dtype(ref::DType t) {
@@ -67,14 +71,14 @@ struct AbiCache {
     std::vector<uint8_t> k_pages, v_pages;
     vashista_cache *cache = nullptr;
 
-    explicit AbiCache(ref::Problem problem) : p(std::move(problem)) {
+    explicit AbiCache(ref::Problem problem, int sketch_bits = 0) : p(std::move(problem)) {
         const int bytes = ref::dtype_bytes(p.cache.dtype);
         k_pages.assign(p.cache.k.size() * bytes, 0);
         v_pages.assign(p.cache.v.size() * bytes, 0);
         vashista_cache_desc desc{p.seqs.batch, p.cache.kv_heads, p.cache.head_dim, S, p.cache.num_pages,
                                  p.seqs.max_pages, abi_dtype(p.cache.dtype), VASHISTA_DTYPE_BF16,
                                  p.cache.layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
-                                 k_pages.data(), v_pages.data(), p.seqs.page_table.data()};
+                                 k_pages.data(), v_pages.data(), p.seqs.page_table.data(), sketch_bits, sketch_bits ? kSketchGroupDefault : 0};
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
         for (int b = 0; b < p.seqs.batch; ++b) append(b, 0, p.seqs.seq_lens[b]);
     }
@@ -100,6 +104,7 @@ vashista_decode_config config_for(const Variant &v, vashista_policy policy) {
     c.group_routing = v.group_routing == GroupRouting::Shared ? VASHISTA_GROUP_SHARED : VASHISTA_GROUP_PER_HEAD;
     c.sink_pages = v.sink;
     c.local_pages = v.local;
+    c.routing = v.sketch_bits ? VASHISTA_ROUTING_SKETCH : VASHISTA_ROUTING_BOUND;
     c.policy = policy;
     return c;
 }
@@ -223,7 +228,7 @@ TEST_CASE("the certificate holds through the library on 10^5 heads at engine sha
         for (const Variant &v : kVariants) {
             for (Family f : kFamilies) {
                 const int batch = v.head_dim == 128 ? 8 : 12;
-                AbiCache c(make(f, v, seed++, batch));
+                AbiCache c(make(f, v, seed++, batch), v.sketch_bits);
                 Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
                 const double scale = ref::default_scale(v.head_dim);
                 ref::SparseOptions opt;

@@ -28,9 +28,12 @@ struct Fixture {
 
     KvLayout layout;
 
+    int sketch_bits = 0;  // the token sketch the cache keeps (groups of 16 channels), 0 for none
+
     explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted,
-                     KvLayout layout_ = KvLayout::HND, const std::function<void(ref::Problem &)> &edit = {})
-        : G(group), layout(layout_) {
+                     KvLayout layout_ = KvLayout::HND, const std::function<void(ref::Problem &)> &edit = {},
+                     int sketch_bits_ = 0)
+        : G(group), layout(layout_), sketch_bits(sketch_bits_) {
         ref::ProblemSpec spec;
         spec.kv_heads = H;
         spec.group = group;
@@ -61,7 +64,9 @@ struct Fixture {
                                    layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
                                    k_pages.data(),
                                    v_pages.data(),
-                                   p.seqs.page_table.data()};
+                                   p.seqs.page_table.data(),
+                                   sketch_bits,
+                                   sketch_bits ? kSketchGroupDefault : 0};
     }
     // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
     std::vector<uint16_t> tokens(const std::vector<float> &src, int b, int start, int n) {
@@ -101,7 +106,9 @@ ref::SparseOptions options_of(const vashista_decode_config &c) {
     ref::SparseOptions opt;
     opt.top_pages = c.top_pages;
     opt.top_tokens = c.top_tokens;
-    opt.routing = c.routing == VASHISTA_ROUTING_BOUND ? RoutingMode::Bound : RoutingMode::Mean;
+    opt.routing = c.routing == VASHISTA_ROUTING_BOUND    ? RoutingMode::Bound
+                  : c.routing == VASHISTA_ROUTING_SKETCH ? RoutingMode::Sketch
+                                                         : RoutingMode::Mean;
     opt.group_routing = c.group_routing == VASHISTA_GROUP_SHARED ? GroupRouting::Shared : GroupRouting::PerHead;
     opt.sink_pages = c.sink_pages;
     opt.local_pages = c.local_pages;
@@ -111,12 +118,17 @@ ref::SparseOptions options_of(const vashista_decode_config &c) {
 }  // namespace
 
 TEST_CASE("decode through the library (tuned where the database has a schedule) matches the reference", "[runtime]") {
-    for (int group : {1, 4}) {
-        Fixture f(group);
+    // Bound routing for G = 1 and 4; sketch routing (the sketch kept on append) for G = 4.
+    for (int group : {1, 4, 0}) {
+        const bool sketch = group == 0;
+        if (sketch) group = 4;
+        Fixture f(group, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, {}, sketch ? 8 : 0);
         const int B = f.p.seqs.batch, QH = H * group;
         ref::Summaries sum = ref::summarize(f.p.cache, f.p.seqs, ref::DType::BF16);
         vashista_decode_config cfg = default_config();
         cfg.policy = VASHISTA_POLICY_NONE;
+        if (sketch) cfg.routing = VASHISTA_ROUTING_SKETCH;
+        INFO((sketch ? "sketch" : "bound") << " routing, G = " << group);
         std::vector<float> out(size_t(B) * QH * D), lse(B * QH);
         std::vector<vashista_head_diag> diag(B * QH);
         std::vector<int32_t> cand(size_t(B) * QH * cfg.top_tokens);
@@ -276,6 +288,8 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
                "config->solver = 9");
         expect(decode(with([](auto &c) { store_raw(c.routing, 5); })), VASHISTA_ERROR_INVALID_ARGUMENT,
                "config->routing = 5");
+        expect(decode(with([](auto &c) { c.routing = VASHISTA_ROUTING_SKETCH; })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "needs a cache that keeps a token sketch");
         expect(decode(with([](auto &c) { store_raw(c.group_routing, 3); })), VASHISTA_ERROR_INVALID_ARGUMENT,
                "config->group_routing = 3");
         expect(decode(with([](auto &c) { store_raw(c.policy, 7); })), VASHISTA_ERROR_INVALID_ARGUMENT,
@@ -372,6 +386,11 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
            "desc->summary_dtype = -1");
     expect(with([](auto &d) { store_raw(d.layout, 2); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = 2");
     expect(with([](auto &d) { d.head_dim = 64; }), VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=64");
+    expect(with([](auto &d) { d.sketch_bits = 5; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_bits = 5");
+    expect(with([](auto &d) { d.sketch_bits = 8, d.sketch_group = 48; }), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "desc->sketch_group = 48 does not divide head_dim = 128");
+    expect(with([](auto &d) { d.sketch_bits = 4, d.sketch_group = 16; }), VASHISTA_ERROR_NO_VARIANT,
+           "no sketch kernel for head_dim=128");
     char list[4096];
     REQUIRE(vashista_list_variants(list, sizeof(list)) > 0);
     REQUIRE_THAT(std::string(list), Catch::Contains("decode ") && Catch::Contains("routing=bound"));
@@ -444,7 +463,7 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         for (int j = 0; j < 8; ++j) table[j] = j;
         std::vector<uint16_t> k_pages(size_t(8) * KVH * S * D, 0), v_pages(k_pages.size(), 0);
         vashista_cache_desc desc{1, KVH, D, S, 8, max_pages, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(), table.data()};
+                                 VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(), table.data(), 0, 0};
         vashista_cache *cache = nullptr;
         INFO(vashista_last_error());
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
@@ -485,7 +504,7 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         std::vector<int32_t> table(700000, 0);
         uint16_t pages[16] = {};
         vashista_cache_desc desc{1, 8, D, S, 1, 700000, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, pages, pages, table.data()};
+                                 VASHISTA_LAYOUT_HND, pages, pages, table.data(), 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
         REQUIRE(cache == nullptr);
@@ -495,7 +514,7 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
         vashista_cache_desc desc{1 << 30, 8, D, S, 1, 1 << 30, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, pages, pages, table};
+                                 VASHISTA_LAYOUT_HND, pages, pages, table, 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
         REQUIRE(cache == nullptr);
@@ -505,7 +524,7 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
         vashista_cache_desc desc{4096, 8, D, S, 1, 65536, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, pages, pages, table};
+                                 VASHISTA_LAYOUT_HND, pages, pages, table, 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_MEMORY);
         REQUIRE(cache == nullptr);

@@ -13,7 +13,7 @@ import numpy as np
 F32, F16, BF16 = 0, 1, 2
 HND, NHD = 0, 1
 SOLVERS = {"softmax": 0, "eg": 1, "fw": 2, "sparsemax": 3}
-ROUTINGS = {"mean": 0, "bound": 1}
+ROUTINGS = {"mean": 0, "bound": 1, "sketch": 2}
 GROUP_ROUTINGS = {"per_head": 0, "shared": 1}
 POLICIES = {"none": 0, "dense": 1, "widen": 2}
 TAKEN = ("sparse", "reported", "widened", "dense")
@@ -27,7 +27,8 @@ class CacheDesc(C.Structure):
     _fields_ = [("batch", C.c_int32), ("kv_heads", C.c_int32), ("head_dim", C.c_int32),
                 ("page_size", C.c_int32), ("num_pages", C.c_int32), ("max_pages", C.c_int32),
                 ("kv_dtype", C.c_int), ("summary_dtype", C.c_int), ("layout", C.c_int),
-                ("k_pages", C.c_void_p), ("v_pages", C.c_void_p), ("page_table", C.c_void_p)]
+                ("k_pages", C.c_void_p), ("v_pages", C.c_void_p), ("page_table", C.c_void_p),
+                ("sketch_bits", C.c_int32), ("sketch_group", C.c_int32)]
 
 
 class DecodeConfig(C.Structure):
@@ -132,15 +133,17 @@ class PagePool:
 
 class LayerCache:
     """One sequence's cache for one layer: a block table over a PagePool, and the
-    library's summaries of it."""
+    library's summaries of it (and a token sketch of sketch_bits, 0 for none, in groups
+    of sketch_group channels, for sketch routing)."""
 
-    def __init__(self, lib, pool, pages):
+    def __init__(self, lib, pool, pages, sketch_bits=0, sketch_group=16):
         self.lib, self.pool = lib, pool
         self.page_table = np.ascontiguousarray(pages, dtype=np.int32).reshape(1, -1)
         d = CacheDesc(batch=1, kv_heads=pool.kv_heads, head_dim=pool.head_dim, page_size=pool.page_size,
                       num_pages=pool.num_pages, max_pages=self.page_table.shape[1], kv_dtype=BF16,
                       summary_dtype=BF16, layout=HND, k_pages=_ptr(pool.k), v_pages=_ptr(pool.v),
-                      page_table=_ptr(self.page_table))
+                      page_table=_ptr(self.page_table), sketch_bits=sketch_bits,
+                      sketch_group=sketch_group if sketch_bits else 0)
         self.handle = C.c_void_p()
         lib.check(lib.lib.vashista_cache_create(C.byref(d), C.byref(self.handle)), "vashista_cache_create")
         self.tokens = 0

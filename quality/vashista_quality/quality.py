@@ -47,6 +47,17 @@ def settings_for(name):
           Setting(f"P{P} K{K} eg", top_pages=P, top_tokens=K, solver="eg", **EDGE)]
     if name == "smollm2":
         s.append(Setting(f"P{P} K{K} local 4", top_pages=P, top_tokens=K, sink_pages=1, local_pages=4))
+    # Token-sketch routing (8-bit codes, scales per 16 channels unless named): candidates
+    # by sketch score, certified from per-token upper bounds.
+    sk = dict(routing="sketch", sketch_bits=8, sketch_group=16, **EDGE)
+    s += [Setting("P128 K512 sketch", top_pages=128, top_tokens=512, **sk),
+          Setting("P128 K1024 sketch", top_pages=128, top_tokens=1024, **sk),
+          Setting("P128 K512 sketch dense@0.1", top_pages=128, top_tokens=512, policy="dense", tolerance=0.1, **sk),
+          Setting("P128 K1024 sketch dense@0.1", top_pages=128, top_tokens=1024, policy="dense", tolerance=0.1,
+                  **sk)]
+    if name == "smollm2":
+        s += [Setting("P128 K1024 sketch g32", top_pages=128, top_tokens=1024, **{**sk, "sketch_group": 32}),
+              Setting("P128 K1024 sketch 4-bit", top_pages=128, top_tokens=1024, **{**sk, "sketch_bits": 4})]
     for tol in (0.01, 0.1, 1.0):
         s.append(Setting(f"P{P} K{K} dense@{tol:g}", top_pages=P, top_tokens=K, policy="dense", tolerance=tol, **EDGE))
     s.append(Setting(f"P{widest[0]} K{widest[1]} dense@0.1", top_pages=widest[0], top_tokens=widest[1],
@@ -175,7 +186,7 @@ def plots(result, out_dir):
     lo, hi = 1e-6, 1e3
     for r in rows:
         t = np.array(r["tight_samples"])
-        if len(t) and r["policy"] == "none" and r["routing"] == "bound":
+        if len(t) and r["policy"] == "none" and r["routing"] in ("bound", "sketch"):
             ax.scatter(np.maximum(t[:, 1], lo), t[:, 0], s=4, alpha=0.5, label=r["setting"])
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1)
     ax.set_xscale("log")
@@ -194,7 +205,8 @@ def table(result):
     rows = result["quality"]["settings"]
     ret = result.get("retrieval", [])
     lines = [f"| {result['model']} setting | policy | ppl Δ | top-1 | KL | bytes/dense | fallback | certified | "
-             "bound/err | retrieved where dense did |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "certified at 1% / 10% of \\|o\\| | bound/err | retrieved where dense did |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     dense_name = next(r["setting"] for r in rows if r["dense"])
     for r in rows:
         hits = [x for x in ret if x["retrieved"][dense_name]]
@@ -202,13 +214,15 @@ def table(result):
         rt = f"{found}/{len(hits)}" + (f" (dense missed {len(ret) - len(hits)})" if r["dense"] and len(hits) < len(ret)
                                        else "") if ret else "-"
         if r["dense"]:
-            lines.append(f"| dense (ppl {r['perplexity']:.3f}) | - | 0 | 1 | 0 | 1 | - | - | - | {rt} |")
+            lines.append(f"| dense (ppl {r['perplexity']:.3f}) | - | 0 | 1 | 0 | 1 | - | - | - | - | {rt} |")
             continue
         pol = r["policy"] if r["policy"] == "none" else f"dense, tol {r['tolerance']:g}"
         tm = r["tightness_median"]
+        cr = r["certified_rel"]
+        rel = " / ".join("-" if cr[t] is None else f"{100 * cr[t]:.0f}%" for t in ("0.01", "0.1"))
         lines.append(f"| {r['setting']} | {pol} | {100 * r['perplexity_change']:+.2f}% | {r['top1_agreement']:.3f} | "
                      f"{r['kl_mean']:.2e} | {r['bytes_ratio']:.3f} | {100 * r['fallback_share']:.1f}% | "
-                     f"{100 * r['certified_share']:.0f}% | {'-' if tm is None else f'{tm:.0f}'} | {rt} |")
+                     f"{100 * r['certified_share']:.0f}% | {rel} | {'-' if tm is None else f'{tm:.0f}'} | {rt} |")
     return "\n".join(lines) + "\n"
 
 

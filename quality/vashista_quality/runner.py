@@ -20,6 +20,8 @@ from . import abi
 from .metrics import log_softmax
 
 PAGE = abi.PAGE_SIZE
+# Relative tolerances the certified share is reported at: bound <= tau * |o_dense|.
+CERTIFY_AT = (0.01, 0.1)
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Setting:
     solver: str = "softmax"
     policy: str = "none"
     tolerance: float = 1e-3
+    sketch_bits: int = 0       # sketch routing: the caches keep a token sketch of these bits
+    sketch_group: int = 16     # channels per sketch scale
 
     def params(self):
         return {k: getattr(self, k) for k in ("top_pages", "top_tokens", "routing", "group_routing",
@@ -54,12 +58,12 @@ class Stats:
     nll: list = field(default_factory=list)      # per step, of the forced next token
     kl: list = field(default_factory=list)       # per step, KL(dense || this setting)
     top1: list = field(default_factory=list)     # per step, same argmax as dense
-    # Sampled heads: (policy_taken, certificate, bound, |o - o_dense|, |o_dense|), o the answer given.
+    # Sampled heads: (policy_taken, certificate, bound, |o - o_dense|, |o_dense|, layer), o the answer given.
     samples: list = field(default_factory=list)
 
     def tight(self):
         """(bound, true error, |o_dense|) of the sampled heads answered sparsely under a certificate."""
-        t = [x[2:] for x in self.samples if x[1] == abi.CERTIFIED and x[0] != abi.TAKEN_DENSE]
+        t = [x[2:5] for x in self.samples if x[1] == abi.CERTIFIED and x[0] != abi.TAKEN_DENSE]
         return np.array(t).reshape(-1, 3)
 
 
@@ -102,7 +106,8 @@ class Session:
             caches = []
             for b in range(B):
                 pages = np.concatenate([np.arange(pre_pages), pre_pages + b * own + np.arange(own)])
-                c = abi.LayerCache(lib, pool, pages)
+                s = settings[b]
+                c = abi.LayerCache(lib, pool, pages, s.sketch_bits if s.routing == "sketch" else 0, s.sketch_group)
                 c.append(k, v)
                 caches.append(c)
             self.caches[l] = caches
@@ -118,11 +123,16 @@ class Session:
     def _sparse_bytes(self, s, T, cand):
         """Summaries of every page (mean, min, max rows and two scalars), the keys of the
         routed pages (each query head's own P pages under per-head routing, an upper bound
-        on their union) and the values of the candidates (their union over the group)."""
+        on their union) and the values of the candidates (their union over the group);
+        in sketch routing, the sketch instead of summaries and routed keys."""
         D, G = self.model.head_dim, self.model.n_heads // self.model.n_kv_heads
         pages = math.ceil(T / PAGE)
-        routed = min(pages, s.top_pages * (G if s.group_routing == "per_head" else 1))
         union = np.unique(cand[cand >= 0]).size
+        if s.routing == "sketch":
+            # Every token's sketch (codes and bf16 scales), two page scalars, and the keys
+            # (exact rescoring) and values of the candidates.
+            return T * (D * s.sketch_bits // 8 + 2 * D // s.sketch_group) + pages * 8 + union * D * 2 * 2
+        routed = min(pages, s.top_pages * (G if s.group_routing == "per_head" else 1))
         return pages * (3 * D * 2 + 8) + routed * PAGE * D * 2 + union * D * 2
 
     def _attend(self, layer, q, k, v):
@@ -167,7 +177,8 @@ class Session:
                 err = np.linalg.norm(o - od, axis=1)
                 norm = np.linalg.norm(od, axis=1)
                 st.samples.extend(zip(diag["policy_taken"].tolist(), diag["certificate"].tolist(),
-                                      diag["error_bound"].tolist(), err.tolist(), norm.tolist()))
+                                      diag["error_bound"].tolist(), err.tolist(), norm.tolist(),
+                                      [layer] * len(err)))
         return out
 
     def dumped(self):
@@ -218,6 +229,14 @@ def compare(stats, reference):
     rel_err = [x[3] / max(x[4], 1e-30) for x in stats.samples]
     ratio = tight[:, 0] / np.maximum(tight[:, 1], 1e-30) if len(tight) else np.zeros(0)
     heads = stats.heads.sum()
+
+    # Sampled heads whose certified bound is within tau of |o_dense|, overall and per layer.
+    def certified_at(tau, layer=None):
+        xs = [x for x in stats.samples if layer is None or x[5] == layer]
+        ok = [x[1] == abi.CERTIFIED and x[2] <= tau * x[4] for x in xs]
+        return float(np.mean(ok)) if ok else None
+
+    layers = sorted({x[5] for x in stats.samples})
     return {
         "perplexity": ppl,
         "perplexity_dense": ppl_ref,
@@ -229,6 +248,8 @@ def compare(stats, reference):
         "fallback_share": float(stats.fallback.sum() / heads) if heads else 0.0,
         "certified_share": float(stats.certified.sum() / heads) if heads else 0.0,
         "fallback_per_layer": [float(f / h) if h else None for f, h in zip(stats.fallback, stats.heads)],
+        "certified_rel": {f"{tau:g}": certified_at(tau) for tau in CERTIFY_AT},
+        "certified_rel_per_layer": {f"{tau:g}": {int(l): certified_at(tau, l) for l in layers} for tau in CERTIFY_AT},
         "rel_err_median": float(np.median(rel_err)) if rel_err else 0.0,
         "rel_err_p90": float(np.quantile(rel_err, 0.9)) if rel_err else 0.0,
         "tightness_median": float(np.median(ratio)) if len(ratio) else None,

@@ -40,7 +40,14 @@ typedef enum vashista_solver {
     VASHISTA_SOLVER_FW = 2,
     VASHISTA_SOLVER_SPARSEMAX = 3
 } vashista_solver;
-typedef enum vashista_routing { VASHISTA_ROUTING_MEAN = 0, VASHISTA_ROUTING_BOUND = 1 } vashista_routing;
+/* MEAN: pages by q . mean key (no certificate); BOUND: pages by their key box's upper bound;
+ * SKETCH: tokens by a b-bit sketch of their keys, certified from per-token upper bounds (the
+ * cache must keep a sketch: vashista_cache_desc.sketch_bits). */
+typedef enum vashista_routing {
+    VASHISTA_ROUTING_MEAN = 0,
+    VASHISTA_ROUTING_BOUND = 1,
+    VASHISTA_ROUTING_SKETCH = 2
+} vashista_routing;
 typedef enum vashista_group_routing { VASHISTA_GROUP_PER_HEAD = 0, VASHISTA_GROUP_SHARED = 1 } vashista_group_routing;
 typedef enum vashista_policy {
     VASHISTA_POLICY_NONE = 0,  /* report the bound only */
@@ -79,6 +86,11 @@ typedef struct vashista_cache_desc {
     void *k_pages;              /* caller-owned, num_pages pages in `layout` */
     void *v_pages;
     const int32_t *page_table;  /* caller-owned [batch][max_pages]; read at each call */
+    /* The token sketch for sketch routing, kept by vashista_append: 0 for none, or 8 or 4
+     * bits per key channel with one scale per sketch_group channels (sketch_group divides
+     * head_dim). D * bits / 8 + 2 * D / sketch_group bytes per token and KV head. */
+    int32_t sketch_bits;
+    int32_t sketch_group;
 } vashista_cache_desc;
 
 typedef struct vashista_cache vashista_cache;
