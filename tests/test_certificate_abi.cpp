@@ -51,7 +51,7 @@ const Variant kVariants[] = {
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Sparsemax, 0, 0},
     {64, 3, ref::DType::F32, KvLayout::HND, GroupRouting::PerHead, Solver::Sparsemax, 0, 0},
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 1, 2, 8},
-    {64, 3, ref::DType::F16, KvLayout::NHD, GroupRouting::Shared, Solver::EG, 0, 0, 4},
+    {64, 3, ref::DType::F16, KvLayout::HND, GroupRouting::Shared, Solver::EG, 0, 0, 4},
 };
 
 std::string describe(const Variant &v) {

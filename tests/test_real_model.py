@@ -82,7 +82,7 @@ class RealModel(unittest.TestCase):
     def test_policy_dense_keeps_tolerance(self):
         st = self.session.stats[2]
         self.assertEqual(len(st.samples), st.heads.sum())
-        for taken, cert, bound, err, norm in st.samples:
+        for taken, cert, bound, err, norm, _layer in st.samples:
             if taken == abi.TAKEN_DENSE:  # library dense's output
                 self.assertLessEqual(err, 1e-6 * norm)
             else:
