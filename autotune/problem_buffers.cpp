@@ -94,9 +94,10 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                 for (int s = 0; s < S; ++s) {
                     const size_t tok = sum.token_at(b, h, j, s);
                     const int8_t *code = &sum.sketch_code[tok * D];
-                    for (int x = 0; x < bytes; ++x)
-                        buf.sketch(s, x, j, h, b) = bits == 8 ? uint8_t(code[x])
-                                                              : uint8_t((code[2 * x] & 15) | ((code[2 * x + 1] & 15) << 4));
+                    for (int x = 0; x < bytes; ++x) {
+                        const int packed = bits == 8 ? code[x] : (code[2 * x] & 15) | ((code[2 * x + 1] & 15) << 4);
+                        buf.sketch(s, x, j, h, b) = uint8_t(packed);
+                    }
                     for (int x = 0; x < groups; ++x) {
                         const size_t flat = (((size_t(b) * sum.kv_heads + h) * sum.max_pages + j) * groups + x) * S + s;
                         store(buf.sketch_scale, flat, sum.sketch_scale[tok * groups + x], ref::DType::BF16);

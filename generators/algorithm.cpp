@@ -181,19 +181,20 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         st.sketch_dot = scan.dot;
         st.sketch_width = scan.width;
         st.sketch_token = scan.token;
-        // Per page, one pass over its tokens: {max a_t, M = max ub_t, sum exp(beta (ub_t - M))}
-        // with the sum rescaled as M grows.
-        RDom rs(0, S, "rs");
-        Expr valid = i * S + rs < seq_len;
-        Expr a = st.sketch_token(rs, i, g, h, b)[0], ub = st.sketch_token(rs, i, g, h, b)[1];
+        // Per page: {max a_t, M = max ub_t, sum exp(beta (ub_t - M))} over its valid tokens,
+        // in two passes over them (phase 0: the maxima; phase 1: the sum).
+        RDom rs(0, S, 0, 2, "rs");
+        Expr valid = i * S + rs.x < seq_len;
+        Expr a = st.sketch_token(rs.x, i, g, h, b)[0], ub = st.sketch_token(rs.x, i, g, h, b)[1];
         st.page_leak = Func("page_leak");
         st.page_leak(i, g, h, b) = Tuple(neg_inf(), neg_inf(), 0.0f);
-        Expr m_old = st.page_leak(i, g, h, b)[1];
-        Expr m_new = Halide::max(m_old, select(valid, ub, neg_inf()));
-        Expr sum_new = st.page_leak(i, g, h, b)[2] * Halide::exp(beta * (m_old - m_new)) +
-                       Halide::exp(beta * (ub - m_new));
-        st.page_leak(i, g, h, b) = Tuple(Halide::max(st.page_leak(i, g, h, b)[0], select(valid, a, neg_inf())),
-                                         m_new, select(valid, sum_new, st.page_leak(i, g, h, b)[2]));
+        Expr max_a = st.page_leak(i, g, h, b)[0], max_ub = st.page_leak(i, g, h, b)[1];
+        Expr sum = st.page_leak(i, g, h, b)[2];
+        Expr first = rs.y == 0;
+        st.page_leak(i, g, h, b) =
+            Tuple(select(first, Halide::max(max_a, select(valid, a, neg_inf())), max_a),
+                  select(first, Halide::max(max_ub, select(valid, ub, neg_inf())), max_ub),
+                  select(first || !valid, sum, sum + Halide::exp(beta * (ub - max_ub))));
     }
 
     // 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
@@ -438,8 +439,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     //    f32 sum of alpha_i v_i, V_C the largest value norm of the selected pages.
     //  - o_C - o = delta (o_C - o_out), so ||o^ - o|| <= R + delta (V_out + ||o^|| + R).
     //  - Sketch routing replaces each non-candidate token's s^_t + e_p by its ub_t, and an
-    //    unselected page's n_p exp(beta (u_p - m)) by exp(beta (M_p - m)) times its one-pass
-    //    sum of exp(beta (ub_t - M_p)) (fp::page_sum_inflation).
+    //    unselected page's n_p exp(beta (u_p - m)) by exp(beta (M_p - m)) times its sum of
+    //    exp(beta (ub_t - M_p)) (fp::page_sum_inflation).
     //  - An f32 exp below about e^-87 is subnormal or 0: each term is within its computed
     //    value times (1 + eps) plus 2^-126 (fp::kExpFloor), counted once per outside token.
     //  The bound is evaluated in f64 and rounded up to f32. Anything non-finite on the way

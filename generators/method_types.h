@@ -88,10 +88,10 @@ constexpr double sketch_width_factor(int head_dim, int group, int bits) {
     return 1.01 * (kSketchResidual + (1 << (bits - 1)) * gamma32(head_dim + head_dim / group + 2)) *
            (1 + 2 * gamma32(head_dim + head_dim / group + 2));
 }
-// Bound on the ratio of a page's exact sum of exp(beta (ub_t - M_p)) to its one-pass f32
-// value (sketch routing): S steps, each one or two f32 exps (2^-20) of arguments with at
-// most two f32 roundings (2^-15 for |argument| <= 104; a smaller argument's term is below
-// 2^-149 of the page's largest, which the 2^-15 covers), one product and one sum.
+// Bound on the ratio of a page's exact sum of exp(beta (ub_t - M_p)) to its f32 value
+// (sketch routing): S terms, each an f32 exp (2^-20) of an argument with two f32 roundings
+// (2^-15 for |argument| <= 104; a smaller argument's term is below 2^-149 of the page's
+// largest, which the 2^-15 covers), summed in f32; with room for one rescaling per term.
 inline double page_sum_inflation(int page_size) {
     return std::pow(1 + 2 * kExp32 + 1.0 / (1 << 15) + 4 * kUnit32, page_size + 1);
 }

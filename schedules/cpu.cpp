@@ -78,21 +78,32 @@ void vectorize_dot(Func f, Var token, Var g, int lanes, bool group_inner) {
 // `group_inner` the heads of the group inside the page, unrolled, so each code load serves
 // all of them; else one head at a time. The reductions keep their order (no rfactor): the
 // scan and the selected pages' scores give the same bits.
-void schedule_sketch_scores(Func token, Func dot, Func width, Func inner, Var s, Var i, Var g, bool group_inner) {
+void schedule_sketch_scores(Func token, Func dot, Func width, Func inner, Var s, Var x, Var i, Var g, int groups,
+                            bool group_inner) {
     token.vectorize(s);
     if (group_inner) {
         token.reorder(s, g, i).unroll(g);
     } else {
         token.reorder(s, i, g);
     }
+    // The per-group sums run over their channels with several groups' and heads' accumulators
+    // in registers (independent chains, so the adds' latency hides); dot and width run over
+    // the groups with the heads' accumulators held across them.
+    const int groups_at_once = groups % 2 == 0 ? 2 : 1;  // 4 was slower (register pressure)
+    Var xo("xo"), xi("xi");
     for (Func f : {dot, width, inner}) {
         f.compute_at(token, i).vectorize(s);
         RVar r = f.rvars(0)[0];
-        if (group_inner) {
-            f.update().reorder(s, g, r).vectorize(s).unroll(g);
+        auto u = f.update();
+        if (f.name() == inner.name()) {
+            u.split(x, xo, xi, groups_at_once);
+            group_inner ? u.reorder(s, g, xi, r, xo) : u.reorder(s, xi, r, xo);
+            u.unroll(xi);
         } else {
-            f.update().reorder(s, r).vectorize(s);
+            group_inner ? u.reorder(s, g, r) : u.reorder(s, r);
         }
+        u.vectorize(s);
+        if (group_inner) u.unroll(g);
     }
 }
 
@@ -210,7 +221,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
     if (cfg.routing == RoutingMode::Sketch) {
         Var io("io"), ii("ii"), ib("ib"), task("route_task");
         Func leak = st.page_leak;
-        RVar rs = leak.rvars(0)[0];
+        RVar rs = leak.rvars(0)[0], phase = leak.rvars(0)[1];
         at_head(st.q_group_l1);
         if (s.route_split) {
             leak.compute_root().split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
@@ -218,8 +229,9 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
             leak.update()
                 .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
                 .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf)
-                .reorder(ii, rs, g, io, ib, h, b)
+                .reorder(ii, rs, phase, g, io, ib, h, b)
                 .vectorize(ii)
+                .unroll(phase)
                 .fuse(ib, h, task)
                 .fuse(task, b, task);
             if (s.parallel) {
@@ -228,10 +240,15 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
             }
         } else {
             at_head(leak);
-            leak.update().split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf).reorder(ii, rs, g, io).vectorize(ii);
+            leak.update()
+                .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf)
+                .reorder(ii, rs, phase, g, io)
+                .vectorize(ii)
+                .unroll(phase);
         }
         st.sketch_token.compute_at(leak, io);
-        schedule_sketch_scores(st.sketch_token, st.sketch_dot, st.sketch_width, st.sketch_inner, st.s, i, g, true);
+        schedule_sketch_scores(st.sketch_token, st.sketch_dot, st.sketch_width, st.sketch_inner, st.s, st.x, i, g,
+                               cfg.head_dim / cfg.sketch_group, true);
     } else {
         Var io("io"), ii("ii"), ib("ib"), task("route_task");
         RVar rd = st.head_page_score.rvars(0)[0];
@@ -289,8 +306,8 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         // head of the group reads the same pages, and each code load serves all of them.
         at_head(st.slot_token);
         const bool shared = cfg.group_routing == GroupRouting::Shared;
-        schedule_sketch_scores(st.slot_token, st.slot_dot, st.slot_width, st.slot_inner, st.s, i, g,
-                               shared && s.group_inner);
+        schedule_sketch_scores(st.slot_token, st.slot_dot, st.slot_width, st.slot_inner, st.s, st.x, i, g,
+                               cfg.head_dim / cfg.sketch_group, shared && s.group_inner);
     } else {
         at_head(st.token_score);
         vectorize_dot(st.token_score, i, g, s.dot_lanes, s.group_inner);

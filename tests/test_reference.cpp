@@ -156,3 +156,56 @@ TEST_CASE("bf16 and f16 rounding is round-to-nearest-even", "[reference]") {
     REQUIRE(round_to(DType::F16, 1.0f + 1.0f / 2048) == 1.0f);
     REQUIRE(from_bits16(DType::BF16, to_bits16(DType::BF16, -2.5f)) == -2.5f);
 }
+
+TEST_CASE("the sketch's upper bound holds for every token and needs its whole width", "[reference]") {
+    // Keys half a quantization step off their group's 8-bit grid (the largest residual),
+    // queries aligned with the residuals: ub_t >= s_t everywhere, and a_t + (ub_t - a_t) / 2
+    // falls below s_t for some token, so the residual term is needed.
+    for (int bits : {8, 4}) {
+        ProblemSpec spec;
+        spec.kv_heads = 2;
+        spec.group = 2;
+        spec.head_dim = 64;
+        spec.seq_lens = {300, 77};
+        spec.dtype = DType::F32;
+        Problem p = make_problem(spec);
+        const int D = 64, gs = 16, qmax = sketch_max_code(bits);
+        for (size_t t = 0; t < p.cache.k.size() / D; ++t)
+            for (int grp = 0; grp < D / gs; ++grp) {
+                float *k = &p.cache.k[t * D + grp * gs];
+                float absmax = 0;
+                for (int d = 0; d < gs; ++d) absmax = std::max(absmax, std::abs(k[d]));
+                const float sigma = round_toward(DType::BF16, absmax / float(qmax), true);
+                for (int d = 1; d < gs; ++d) k[d] = (std::floor(k[d] / sigma) + 0.5f) * sigma;
+            }
+        Summaries sum = summarize(p.cache, p.seqs, DType::F32, bits, gs);
+        const float scale = float(default_scale(D));
+        long tokens = 0, half_violations = 0;
+        double worst = -1e30;
+        for (int b = 0; b < 2; ++b)
+            for (int h = 0; h < 2; ++h)
+                for (int g = 0; g < 2; ++g) {
+                    std::vector<float> q(p.q.head(b, h, g), p.q.head(b, h, g) + D);
+                    for (int t = 0; t < p.seqs.seq_lens[b]; ++t) {
+                        const int page = p.seqs.page_of(b, t, 16);
+                        std::vector<float> qq = q;  // signs aligned with this token's residuals
+                        double exact = 0;
+                        for (int d = 0; d < D; ++d) {
+                            const float k = p.cache.k[p.cache.offset(page, t % 16, h, d)];
+                            const size_t tok = sum.token_at(b, h, t / 16, t % 16);
+                            const float r = k - sum.sketch_scale[tok * (D / gs) + d / gs] * sum.sketch_code[tok * D + d];
+                            qq[d] = std::abs(q[d]) * (r >= 0 ? 1.0f : -1.0f);
+                            exact += double(qq[d]) * k;
+                        }
+                        exact *= scale;
+                        const SketchScore sk = sketch_score(sum, qq.data(), b, h, t / 16, t % 16, scale);
+                        worst = std::max(worst, exact - double(sk.ub));
+                        if (sk.a + 0.5 * (double(sk.ub) - sk.a) < exact) ++half_violations;
+                        ++tokens;
+                    }
+                }
+        INFO(bits << "-bit sketch, " << tokens << " tokens");
+        CHECK(worst <= 0);
+        CHECK(half_violations > tokens / 2);
+    }
+}

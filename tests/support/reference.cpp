@@ -252,11 +252,8 @@ double page_score(const Summaries &sum, const float *q, int b, int h, int j, Rou
     return scale * acc;
 }
 
-// a_t and ub_t of token (j, s) from the sketch, in f32 in the kernels' order: per group the
-// sum of q_d code_d over its channels, then sum of sigma * that over groups, then the scale.
-struct SketchScore {
-    float a, ub;
-};
+}  // namespace
+
 SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int j, int s, float scale) {
     const int D = sum.head_dim, gs = sum.sketch_group, groups = D / gs;
     const size_t tok = sum.token_at(b, h, j, s);
@@ -276,8 +273,6 @@ SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int
     const float u4 = float(4 * fp::kUnit32);
     return {a, a + e + u4 * (std::abs(a) + e)};
 }
-
-}  // namespace
 
 double solver_temperature(const SparseOptions &opt) {
     return opt.solver == Solver::EG ? double(eg_temperature(opt.solver_steps, float(opt.solver_eta))) : 1.0;

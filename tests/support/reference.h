@@ -62,6 +62,14 @@ struct Summaries {
 Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype,
                     int sketch_bits = kSketchBitsDefault, int sketch_group = kSketchGroupDefault);
 
+// a_t and ub_t of token (j, s) of sequence b, KV head h, from the summaries' sketch, in
+// f32 in the kernels' order (per group the sum of q_d code_d, then the sum of sigma times
+// that over groups, then the scale). ub_t >= scale * q.k_t exactly.
+struct SketchScore {
+    float a, ub;
+};
+SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int j, int s, float scale);
+
 struct SparseOptions {
     int top_pages = 64, top_tokens = 128;
     Solver solver = Solver::Softmax;
