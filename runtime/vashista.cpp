@@ -394,6 +394,9 @@ void validate_config(const vashista_decode_config *cfg) {
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = ", policy, " is not none (0), dense (1) or widen (2)");
     if (!(cfg->tolerance >= 0) || !std::isfinite(cfg->tolerance))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->tolerance = ", cfg->tolerance, " must be finite and >= 0");
+    if (cfg->relative_tolerance != 0 && cfg->relative_tolerance != 1)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->relative_tolerance = ", cfg->relative_tolerance,
+             " is not 0 (absolute) or 1 (relative to the output's norm)");
     if (!(cfg->scale >= 0) || !std::isfinite(cfg->scale))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale = ", cfg->scale,
              " must be finite and >= 0 (0: 1/sqrt(head_dim))");
@@ -432,7 +435,7 @@ extern "C" {
 void vashista_decode_config_default(vashista_decode_config *config) {
     if (!config) return;
     *config = vashista_decode_config{64, 128, VASHISTA_SOLVER_SOFTMAX, VASHISTA_ROUTING_BOUND, VASHISTA_GROUP_PER_HEAD,
-                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f, 1, 2};
+                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f, 1, 2, 0};
 }
 
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache) {
@@ -632,7 +635,12 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
         // Per head: what the step ends as. An uncertified head's bound is +inf: over.
         std::vector<int32_t> taken(size_t(d.batch) * q_heads, VASHISTA_TAKEN_SPARSE);
         auto over = [&](const SparseResult &s, int g, int h, int b) {
-            return !(s.diag(vashista::kDiagErrorBound, g, h, b) <= cfg->tolerance);
+            const float bound = s.diag(vashista::kDiagErrorBound, g, h, b);
+            if (!cfg->relative_tolerance) return !(bound <= cfg->tolerance);
+            // ||o_dense|| >= ||o_sparse|| - bound, so this bounds the error relative to dense.
+            double norm = 0;
+            for (int x = 0; x < d.head_dim; ++x) norm += double(s.out(x, g, h, b)) * s.out(x, g, h, b);
+            return !(double(bound) <= double(cfg->tolerance) * (std::sqrt(norm) - double(bound)));
         };
         std::vector<std::pair<int, int>> dense_heads;  // (b, h) KV heads with a head to recompute
         auto mark_dense = [&](int b, int h) {

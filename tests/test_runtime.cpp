@@ -197,6 +197,52 @@ TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtim
   }
 }
 
+TEST_CASE("a relative tolerance accepts exactly the heads whose bound is within it of the output", "[runtime]") {
+    Fixture f(4, {3000, 500}, ref::DataKind::Planted);
+    const int QH = H * 4, n = 2 * QH;
+    std::vector<float> none_out(size_t(n) * D), out(size_t(n) * D), dense(size_t(n) * D);
+    std::vector<vashista_head_diag> none_diag(n), diag(n);
+    vashista_decode_config cfg = default_config();
+    cfg.policy = VASHISTA_POLICY_NONE;
+    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), none_out.data(), nullptr,
+                            none_diag.data()) == VASHISTA_OK);
+    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) ==
+            VASHISTA_OK);
+    // A tolerance between the heads' relative bounds, so that some pass and some do not.
+    std::vector<double> relative(n);
+    for (int i = 0; i < n; ++i) {
+        double norm = 0;
+        for (int d = 0; d < D; ++d) norm += double(none_out[size_t(i) * D + d]) * none_out[size_t(i) * D + d];
+        relative[i] = none_diag[i].error_bound / (std::sqrt(norm) - none_diag[i].error_bound);
+    }
+    std::vector<double> sorted = relative;
+    std::sort(sorted.begin(), sorted.end());
+    cfg.policy = VASHISTA_POLICY_DENSE;
+    cfg.relative_tolerance = 1;
+    int k = n / 2;
+    while (k + 1 < n && !(sorted[k] < sorted[k + 1])) ++k;
+    REQUIRE(k + 1 < n);
+    cfg.tolerance = float((sorted[k] + sorted[k + 1]) / 2);  // no head at the boundary
+    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), nullptr,
+                            diag.data()) == VASHISTA_OK);
+    int sparse = 0;
+    for (int i = 0; i < n; ++i) {
+        INFO("head " << i << " relative bound " << relative[i] << " tolerance " << cfg.tolerance);
+        const bool pass = relative[i] <= double(cfg.tolerance);
+        REQUIRE(diag[i].policy_taken == (pass ? VASHISTA_TAKEN_SPARSE : VASHISTA_TAKEN_DENSE));
+        sparse += pass;
+        for (int d = 0; d < D; ++d)
+            REQUIRE(out[size_t(i) * D + d] ==
+                    Approx(pass ? none_out[size_t(i) * D + d] : dense[size_t(i) * D + d]).margin(1e-6));
+    }
+    CHECK(sparse > 0);
+    CHECK(sparse < n);
+    cfg.relative_tolerance = 2;
+    REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), nullptr,
+                            diag.data()) == VASHISTA_ERROR_INVALID_ARGUMENT);
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("config->relative_tolerance = 2"));
+}
+
 TEST_CASE("summaries update on every append, including partial pages", "[runtime]") {
     // After appending one more token, decode must equal the reference for the new length.
     Fixture f(4, {40, 40});

@@ -36,7 +36,7 @@ class DecodeConfig(C.Structure):
                 ("routing", C.c_int), ("group_routing", C.c_int), ("policy", C.c_int),
                 ("tolerance", C.c_float), ("scale", C.c_float), ("solver_steps", C.c_int32),
                 ("solver_eta", C.c_float), ("solver_tau", C.c_float), ("sink_pages", C.c_int32),
-                ("local_pages", C.c_int32)]
+                ("local_pages", C.c_int32), ("relative_tolerance", C.c_int32)]
 
 
 class HeadDiag(C.Structure):

@@ -120,6 +120,9 @@ typedef struct vashista_decode_config {
     float solver_tau;        /* fw, sparsemax */
     int32_t sink_pages;      /* first pages of each sequence, always routed; count toward P */
     int32_t local_pages;     /* last pages of each sequence, always routed; count toward P */
+    int32_t relative_tolerance; /* 1: accept a head when bound <= tolerance * ||out|| of the exact
+                                   dense answer (checked as bound <= tolerance * (||out_sparse|| -
+                                   bound)); 0: bound <= tolerance */
 } vashista_decode_config;
 
 /* P = 64, K_c = 128, softmax, bound routing, per-head groups, policy dense, tolerance 1e-3,
