@@ -48,16 +48,19 @@ def settings_for(name):
     if name == "smollm2":
         s.append(Setting(f"P{P} K{K} local 4", top_pages=P, top_tokens=K, sink_pages=1, local_pages=4))
     # Token-sketch routing (8-bit codes, scales per 16 channels unless named): candidates
-    # by sketch score, certified from per-token upper bounds.
+    # by sketch score, certified from per-token upper bounds; P >= K_c makes them the
+    # global top K_c. Policy dense at 10% of the output's norm (relative tolerance).
     sk = dict(routing="sketch", sketch_bits=8, sketch_group=16, **EDGE)
-    s += [Setting("P128 K512 sketch", top_pages=128, top_tokens=512, **sk),
-          Setting("P128 K1024 sketch", top_pages=128, top_tokens=1024, **sk),
-          Setting("P128 K512 sketch dense@0.1", top_pages=128, top_tokens=512, policy="dense", tolerance=0.1, **sk),
-          Setting("P128 K1024 sketch dense@0.1", top_pages=128, top_tokens=1024, policy="dense", tolerance=0.1,
-                  **sk)]
+    rel = dict(policy="dense", tolerance=0.1, relative_tolerance=1)
+    for p, k in [(128, 512), (128, 1024), (512, 1024), (512, 2048)]:
+        s.append(Setting(f"P{p} K{k} sketch", top_pages=p, top_tokens=k, **sk))
+    for p, k in [(128, 1024), (512, 1024), (512, 2048)]:
+        s.append(Setting(f"P{p} K{k} sketch dense@10%", top_pages=p, top_tokens=k, **sk, **rel))
     if name == "smollm2":
         s += [Setting("P128 K1024 sketch g32", top_pages=128, top_tokens=1024, **{**sk, "sketch_group": 32}),
               Setting("P128 K1024 sketch 4-bit", top_pages=128, top_tokens=1024, **{**sk, "sketch_bits": 4})]
+    s.append(Setting(f"P{widest[0]} K{widest[1]} dense@10%", top_pages=widest[0], top_tokens=widest[1], **rel,
+                     **EDGE))
     for tol in (0.01, 0.1, 1.0):
         s.append(Setting(f"P{P} K{K} dense@{tol:g}", top_pages=P, top_tokens=K, policy="dense", tolerance=tol, **EDGE))
     s.append(Setting(f"P{widest[0]} K{widest[1]} dense@0.1", top_pages=widest[0], top_tokens=widest[1],
@@ -216,7 +219,9 @@ def table(result):
         if r["dense"]:
             lines.append(f"| dense (ppl {r['perplexity']:.3f}) | - | 0 | 1 | 0 | 1 | - | - | - | - | {rt} |")
             continue
-        pol = r["policy"] if r["policy"] == "none" else f"dense, tol {r['tolerance']:g}"
+        pol = r["policy"] if r["policy"] == "none" else (
+            f"dense, {100 * r['tolerance']:g}% of \\|o\\|" if r.get("relative_tolerance") else
+            f"dense, tol {r['tolerance']:g}")
         tm = r["tightness_median"]
         cr = r["certified_rel"]
         rel = " / ".join("-" if cr[t] is None else f"{100 * cr[t]:.0f}%" for t in ("0.01", "0.1"))

@@ -39,12 +39,13 @@ class Setting:
     solver: str = "softmax"
     policy: str = "none"
     tolerance: float = 1e-3
+    relative_tolerance: int = 0   # 1: tolerance is relative to the output's norm
     sketch_bits: int = 0       # sketch routing: the caches keep a token sketch of these bits
     sketch_group: int = 16     # channels per sketch scale
 
     def params(self):
-        return {k: getattr(self, k) for k in ("top_pages", "top_tokens", "routing", "group_routing",
-                                              "sink_pages", "local_pages", "solver", "policy", "tolerance")}
+        return {k: getattr(self, k) for k in ("top_pages", "top_tokens", "routing", "group_routing", "sink_pages",
+                                              "local_pages", "solver", "policy", "tolerance", "relative_tolerance")}
 
 
 @dataclass
