@@ -50,7 +50,7 @@ test-sanitize: setup
 # Real models in the loop (quality/README.md): SmolLM2-135M and Gemma-3-270M decoding a long
 # real text with the library's attention, swept over settings against dense; JSON, plots,
 # tables and layer dumps in $(BUILD)/quality-report. Installs Gemma and llama.cpp (the outside
-# reference of the dense path) first. 15 minutes on 2 cores, plus ~10 to build llama.cpp once.
+# reference of the dense path) first. About 35 minutes on 2 cores, plus ~10 to build llama.cpp once.
 QUALITY_ARGS ?=
 quality: build
 	@tools/setup.sh quality
