@@ -222,8 +222,8 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         Var io("io"), ii("ii"), ib("ib"), task("route_task");
         Func leak = st.page_leak;
         RVar rs = leak.rvars(0)[0], phase = leak.rvars(0)[1];
-        at_head(st.q_group_l1);
         if (s.route_split) {
+            st.q_group_l1.compute_root();  // the scan runs outside the heads' tasks
             leak.compute_root().split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
                 .fuse(ib, h, task).fuse(task, b, task);
             leak.update()
@@ -239,6 +239,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
                 leak.update().parallel(task);
             }
         } else {
+            at_head(st.q_group_l1);
             at_head(leak);
             leak.update()
                 .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf)
