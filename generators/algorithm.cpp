@@ -199,7 +199,11 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
 
     // 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
     // (bound), multiplied by scale > 0 where used; in sketch routing the largest a_t of
-    // the page, scaled already.
+    // the page, scaled already. Sketch candidates are then the top K_c tokens by a_t of
+    // the top P pages: the top K_c of all tokens whenever P >= K_c (ties aside: a page
+    // holding one of them scores at least the K_c-th a_t, and at most K_c pages do); with
+    // P < K_c, the top K_c of the routed pages' tokens, a choice made here. The leakage
+    // counts every other token either way, so the certificate does not depend on it.
     st.head_page_score = Func("head_page_score");
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
