@@ -548,13 +548,13 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                                       key_bounds.raw_buffer()),
                      c->summarize->name);
         // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
-        const int code_bytes = d.sketch_bits ? vashista::sketch_code_bytes(d.head_dim, d.sketch_bits) : 0;
-        const int groups = d.sketch_bits ? d.head_dim / d.sketch_group : 0;
         Buffer<uint8_t> codes;
         Buffer<void> scales;
         if (c->sketch_kernel) {
-            codes = Buffer<uint8_t>(d.page_size, code_bytes, d.kv_heads, touched_pages);
-            scales = Buffer<void>(halide_type_t(halide_type_bfloat, 16), d.page_size, groups, d.kv_heads, touched_pages);
+            codes = Buffer<uint8_t>(d.page_size, vashista::sketch_code_bytes(d.head_dim, d.sketch_bits), d.kv_heads,
+                                    touched_pages);
+            scales = Buffer<void>(halide_type_t(halide_type_bfloat, 16), d.page_size, d.head_dim / d.sketch_group,
+                                  d.kv_heads, touched_pages);
             check_kernel(c->sketch_kernel->fn(kb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
                                               touched.raw_buffer(), codes.raw_buffer(), scales.raw_buffer()),
                          c->sketch_kernel->name);
@@ -582,15 +582,10 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                                            int64_t(h) * sd.dim(4).stride() + int64_t(seq) * sd.dim(5).stride();
                         std::memcpy(dst + to * bytes, src + from * bytes, bytes);
                     }
-                if (c->sketch_kernel) {  // (s, byte) and (s, group) blocks are contiguous on both sides
-                    uint8_t *code_dst = static_cast<uint8_t *>(c->sketch.data()) +
-                                        (((size_t(seq) * d.kv_heads + h) * d.max_pages + j) * code_bytes) * d.page_size;
-                    std::memcpy(code_dst, &codes(0, 0, h, i), size_t(d.page_size) * code_bytes);
-                    uint8_t *scale_dst = static_cast<uint8_t *>(c->sketch_scale.data()) +
-                                         (((size_t(seq) * d.kv_heads + h) * d.max_pages + j) * groups) * d.page_size * 2;
-                    const uint8_t *scale_src = static_cast<const uint8_t *>(scales.data()) +
-                                               ((size_t(i) * d.kv_heads + h) * groups) * d.page_size * 2;
-                    std::memcpy(scale_dst, scale_src, size_t(d.page_size) * groups * 2);
+                if (c->sketch_kernel) {
+                    c->sketch.sliced(4, seq).sliced(3, h).sliced(2, j).copy_from(codes.sliced(3, i).sliced(2, h));
+                    c->sketch_scale.sliced(4, seq).sliced(3, h).sliced(2, j).copy_from(
+                        scales.sliced(3, i).sliced(2, h));
                 }
             }
         }
