@@ -84,7 +84,7 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
         std::memset(buf.sketch_scale.data(), 0, buf.sketch_scale.size_in_bytes());
         return buf;
     }
-    const int S = sum.page_size, D = sum.head_dim, bits = sum.sketch_bits, bytes = D * bits / 8;
+    const int S = sum.page_size, D = sum.head_dim, bits = sum.sketch_bits, bytes = sketch_code_bytes(D, bits);
     const int groups = D / sum.sketch_group;
     buf.sketch = Buffer<uint8_t>(S, bytes, sum.max_pages, sum.kv_heads, sum.batch);
     buf.sketch_scale = Buffer<void>(bf16, {S, groups, sum.max_pages, sum.kv_heads, sum.batch});

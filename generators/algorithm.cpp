@@ -740,14 +740,6 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     return st;
 }
 
-std::string sketch_config_error(int head_dim, int bits, int group) {
-    if (!valid_sketch_bits(bits)) return "sketch_bits = " + std::to_string(bits) + " is not 4 or 8";
-    if (group < 1 || head_dim % group != 0)
-        return "sketch_group = " + std::to_string(group) + " does not divide head_dim = " + std::to_string(head_dim);
-    if (head_dim * bits % 8 != 0) return "head_dim * sketch_bits is not a whole number of bytes";
-    return "";
-}
-
 SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in) {
     const std::string err = sketch_config_error(cfg.head_dim, cfg.bits, cfg.group);
     if (!err.empty()) throw std::invalid_argument(err);

@@ -202,8 +202,6 @@ struct SketchStages {
     Func codes;   // (s, byte, h, n) uint8, the packed codes
 };
 SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in);
-// Why (bits, group) cannot sketch head_dim, or "" when they can.
-std::string sketch_config_error(int head_dim, int bits, int group);
 
 // Regions of the inputs at a representative shape, for autoschedulers' estimates.
 struct ShapeEstimate {

@@ -24,6 +24,14 @@ inline bool valid_sketch_bits(int bits) { return bits == 4 || bits == 8; }
 inline int sketch_max_code(int bits) { return (1 << (bits - 1)) - 1; }
 // Bytes of one token's codes.
 inline int sketch_code_bytes(int head_dim, int bits) { return head_dim * bits / 8; }
+// Why (bits, group) cannot sketch head_dim, or "" when they can.
+inline std::string sketch_config_error(int head_dim, int bits, int group) {
+    if (!valid_sketch_bits(bits)) return "sketch_bits = " + std::to_string(bits) + " is not 4 or 8";
+    if (group < 1 || head_dim % group != 0)
+        return "sketch_group = " + std::to_string(group) + " does not divide head_dim = " + std::to_string(head_dim);
+    if (head_dim * bits % 8 != 0) return "head_dim * sketch_bits is not a whole number of bytes";
+    return "";
+}
 
 // Summary channels, in the order of the c dimension.
 enum SummaryChannel { kSummaryMean = 0, kSummaryMin = 1, kSummaryMax = 2, kSummaryChannels = 3 };

@@ -125,7 +125,7 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
         }
     }
     s.page_size = S;
-    if (valid_sketch_bits(sketch_bits) && sketch_group >= 1 && D % sketch_group == 0) {
+    if (sketch_config_error(D, sketch_bits, sketch_group).empty()) {
         s.sketch_bits = sketch_bits;
         s.sketch_group = sketch_group;
         const int groups = D / sketch_group, qmax = sketch_max_code(sketch_bits);
@@ -298,6 +298,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         for (int s = 0; s < S && j * S + s < len; ++s) best = std::max(best, double(sketch_of(qq, j, s).a));
         return best;
     };
+    std::vector<SketchScore> mine;  // this head's a_t and ub_t of every token (sketch routing)
+    for (int t = 0; sketch && t < len; ++t) mine.push_back(sketch_of(qh, t / S, t % S));
 
     // 1. routing; sink and local pages first, whatever their scores
     std::vector<double> own(n_pages), route(n_pages);
@@ -325,9 +327,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         for (int t = 0; t < S && j * S + t < len; ++t) {
             pos.push_back(j * S + t);
             if (sketch) {
-                const SketchScore sk = sketch_of(qh, j, t);
-                score.push_back(sk.a);
-                upper.push_back(sk.ub);
+                score.push_back(mine[j * S + t].a);
+                upper.push_back(mine[j * S + t].ub);
             } else {
                 score.push_back(scale * dot(qh, cache.k.data(), cache, page, t, h));
             }
@@ -404,9 +405,9 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         const double e = sketch ? 0 : error_per_key * sum.key_absmax[row];
         if (sketch) {
             u_p = -inf;
-            for (int t = 0; t < S && j * S + t < len; ++t) u_p = std::max(u_p, double(sketch_of(qh, j, t).ub));
+            for (int t = j * S; t < std::min(len, (j + 1) * S); ++t) u_p = std::max(u_p, double(mine[t].ub));
             tokens = 0;
-            for (int t = 0; t < S && j * S + t < len; ++t) tokens += std::exp(beta * (sketch_of(qh, j, t).ub - u_p));
+            for (int t = j * S; t < std::min(len, (j + 1) * S); ++t) tokens += std::exp(beta * (mine[t].ub - u_p));
         }
         leak_out += tokens * upper_term(u_p, e);
         outside_max = std::max(outside_max, u_p);
