@@ -34,20 +34,6 @@ private:
     volatile unsigned sink_ = 0;
 };
 
-// One warm-up, then `reps` runs each after a flush; milliseconds.
-template <typename F>
-Stats time_cold(int reps, Flusher &flusher, F &&run) {
-    run();
-    std::vector<double> ms;
-    for (int i = 0; i < reps; ++i) {
-        flusher.flush();
-        Timer t;
-        run();
-        ms.push_back(t.seconds() * 1e3);
-    }
-    return summarize(ms);
-}
-
 // One warm-up each, then `reps` rounds running every function once, each after a flush
 // (round-robin, so drift between runs hits all alike); milliseconds per function.
 template <typename F>

@@ -188,8 +188,8 @@ int main(int argc, char **argv) {
         const double dense_bytes = double(T) * H * D * 2 * 2;
         // Sketch: every token's codes and scales, two f32 page scalars per page and KV head,
         // K and V of the K_c candidates per query head.
-        const double sketch_bytes = double(T) * H * (D * kSketchBitsDefault / 8 + 2.0 * D / kSketchGroupDefault) +
-                                    H * M * 8 + H * G * double(KC) * D * 2 * 2;
+        const double sketch_token_bytes = sketch_code_bytes(D, kSketchBitsDefault) + 2.0 * D / kSketchGroupDefault;
+        const double sketch_bytes = double(T) * H * sketch_token_bytes + H * M * 8 + H * G * double(KC) * D * 2 * 2;
         std::printf("sparse step  %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", sparse_ms.median,
                     sparse_ms.min, sparse_ms.max, sparse_bytes / bandwidth * 1e-6, sparse_bytes * 1e-6);
         std::printf("dense step   %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", dense_ms.median,
