@@ -19,6 +19,7 @@ DecodeJit::DecodeJit(const DecodeConfig &c)
       key_absmax(Float(32), 3, "key_absmax"),
       sketch(Halide::UInt(8), 5, "sketch"),
       sketch_scale(Halide::BFloat(16), 5, "sketch_scale") {
+    require_dense_sketch_rows(sketch, cfg.page_size);
     DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax, sketch,
                     sketch_scale, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
     stages = define_decode(cfg, in);

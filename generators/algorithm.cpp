@@ -132,21 +132,28 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     const float beta = solver_temperature(cfg);
     RDom rd(0, D, "rd");
 
-    // Sketch routing: a_t = scale * sum_grp sigma_grp * sum_{d in grp} q_d code_d, and
-    // ub_t = a_t + scale * W_t * sketch_width_factor, W_t = sum_grp sigma_grp ||q_grp||_1,
-    // an upper bound on the exact score s_t (method_types.h states the argument).
+    // Sketch routing: the query is quantized per group of g channels to int16 codes n_d
+    // with step s_grp, so a group's sum I_grp = sum_{d in grp} n_d code_d is an exact
+    // integer dot product, and
+    //   a_t  = scale * sum_grp sigma_grp * (s_grp * I_grp),
+    //   ub_t = a_t + scale * W_t * sketch_width_factor,  W_t = sum_grp sigma_grp w_grp,
+    // with w_grp = ||q_grp||_1 + sketch_query_weight * s_grp, an upper bound on the exact
+    // score s_t (method_types.h states the argument).
     struct SketchScores {
         Func inner, dot, width, token;
     };
     auto define_sketch_scores = [&](const std::string &name, std::vector<Var> token_vars, Expr s_at, Expr page_at) {
         const int gs = cfg.sketch_group, groups = D / gs;
         Expr page = clamp(page_at, 0, in.max_pages - 1);
-        auto code = [&](Expr dd) -> Expr {
+        // Channel 2 * pair + e of the token's sketch, as int16.
+        auto code = [&](Expr pair, Expr e) -> Expr {
             if (cfg.sketch_bits == 8)
-                return as_f32(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, dd, page, h, b)));
-            Expr byte = in.sketch(s_at, dd / 2, page, h, b);
-            Expr nibble = cast<int>((byte >> cast<uint8_t>((dd % 2) * 4)) & cast<uint8_t>(15));
-            return as_f32(select(nibble >= 8, nibble - 16, nibble));
+                return cast<int16_t>(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, 2 * pair + e, page, h, b)));
+            // 4 bits: the byte's low nibble is the even channel; each nibble moved to the
+            // top of an int8 and back with its sign.
+            Expr byte = Halide::reinterpret(Halide::Int(8), in.sketch(s_at, pair, page, h, b));
+            Expr low = (byte << cast<int8_t>(4)) >> cast<int8_t>(4), high = byte >> cast<int8_t>(4);
+            return cast<int16_t>(select(e == 0, low, high));
         };
         auto sigma = [&](Expr grp) { return as_f32(in.sketch_scale(s_at, grp, page, h, b)); };
         std::vector<Var> head = token_vars;
@@ -154,17 +161,20 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         std::vector<Var> inner_vars = head;
         inner_vars.insert(inner_vars.begin() + 1, st.x);
         SketchScores f{Func(name + "_inner"), Func(name + "_dot"), Func(name + "_width"), Func(name + "_token")};
-        RDom rc(0, gs, name + "_rc"), rg(0, groups, name + "_rg");
-        f.inner(inner_vars) = 0.0f;
+        // rc.x: the channel within a pair (adjacent, so a pair of int16 products sums in
+        // one instruction), rc.y: the pair within the group.
+        RDom rc(0, 2, 0, gs / 2, name + "_rc"), rg(0, groups, name + "_rg");
+        f.inner(inner_vars) = 0;
         std::vector<Expr> inner_at(inner_vars.begin(), inner_vars.end());
-        f.inner(inner_at) += in.q(st.x * gs + rc, g, h, b) * code(st.x * gs + rc);
+        Expr pair = st.x * (gs / 2) + rc.y;
+        f.inner(inner_at) += cast<int32_t>(st.q_code(2 * pair + rc.x, g, h, b)) * cast<int32_t>(code(pair, rc.x));
         std::vector<Expr> inner_r = inner_at;
         inner_r[1] = rg;
         std::vector<Expr> head_at(head.begin(), head.end());
         f.dot(head) = 0.0f;
-        f.dot(head_at) += sigma(rg) * f.inner(inner_r);
+        f.dot(head_at) += sigma(rg) * (st.q_step(rg, g, h, b) * as_f32(f.inner(inner_r)));
         f.width(head) = 0.0f;
-        f.width(head_at) += sigma(rg) * st.q_group_l1(rg, g, h, b);
+        f.width(head_at) += sigma(rg) * st.q_group_weight(rg, g, h, b);
         Expr a = scale * f.dot(head);
         Expr e = scale * f.width(head) * float(fp::sketch_width_factor(D, gs, cfg.sketch_bits));
         f.token(head) = Tuple(a, a + e + float(4 * u) * (Halide::abs(a) + e));
@@ -172,10 +182,24 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     };
     if (sketch) {
         const int gs = cfg.sketch_group;
-        st.q_group_l1 = Func("q_group_l1");
         RDom rq(0, gs, "rq");
-        st.q_group_l1(st.x, g, h, b) = 0.0f;
-        st.q_group_l1(st.x, g, h, b) += Halide::abs(in.q(st.x * gs + rq, g, h, b));
+        Expr qd = in.q(st.x * gs + rq, g, h, b);
+        // The query's codes (per group: step = max |q_d| / fp::kSketchQueryMax, at least the
+        // smallest normal f32; n_d = round(q_d / step)) and the groups' weights w_grp.
+        Func q_absmax("q_absmax"), q_l1("q_group_l1");
+        q_absmax(st.x, g, h, b) = 0.0f;
+        q_absmax(st.x, g, h, b) = Halide::max(q_absmax(st.x, g, h, b), Halide::abs(qd));
+        q_l1(st.x, g, h, b) = 0.0f;
+        q_l1(st.x, g, h, b) += Halide::abs(qd);
+        st.q_step = Func("q_step");
+        st.q_step(st.x, g, h, b) =
+            Halide::max(q_absmax(st.x, g, h, b) * float(1.0 / fp::kSketchQueryMax), Halide::Float(32).min());
+        st.q_code = Func("q_code");
+        Expr n = Halide::round(in.q(d, g, h, b) / st.q_step(d / gs, g, h, b));
+        st.q_code(d, g, h, b) = cast<int16_t>(clamp(n, -float(fp::kSketchQueryMax), float(fp::kSketchQueryMax)));
+        st.q_group_weight = Func("q_group_weight");
+        st.q_group_weight(st.x, g, h, b) =
+            q_l1(st.x, g, h, b) + float(fp::sketch_query_weight(gs, cfg.sketch_bits)) * st.q_step(st.x, g, h, b);
         SketchScores scan = define_sketch_scores("sketch", {st.s, i}, st.s, i);
         st.sketch_inner = scan.inner;
         st.sketch_dot = scan.dot;

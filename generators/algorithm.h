@@ -67,6 +67,14 @@ struct DecodeInputs {
     Expr num_pages;  // physical pages in the cache
 };
 
+// In the library's sketch layout a token byte's rows are page_size bytes apart (dense);
+// decode kernels require it, so a channel pair's two rows load as one vector. `sketch` is
+// the decode's sketch input (a Generator Input or an ImageParam).
+template <typename SketchInput>
+void require_dense_sketch_rows(SketchInput &sketch, int page_size) {
+    sketch.dim(1).set_stride(page_size);
+}
+
 // The stages of a linear-time top-k over keys (i, g, h, b) -> uint32, i in [0, n).
 // Keys order like the scores they encode; key 0 marks an element that does not exist.
 // The k-th largest key is found bit by bit (32 counting passes); ties at that key go to
@@ -86,13 +94,16 @@ struct DecodeStages {
     Var d{"d"}, i{"i"}, g{"g"}, h{"h"}, b{"b"}, c{"c"}, k{"k"}, s{"s"}, x{"x"};
     Func head_page_score;  // (i=page, g, h, b): q.m_p (mean), u_p / scale (bound),
                            // max over the page's tokens of a_t (sketch)
-    // Sketch routing: the scan of every token's sketch, per (s, page i, g, h, b):
-    // sketch_inner (s, x=group, i, g, h, b) = sum over the group's channels of q_d code_d;
-    // sketch_dot = sum over groups of sigma * inner; sketch_width = sum over groups of
-    // sigma ||q_group||_1; sketch_token = {a_t, ub_t}; page_leak (i, g, h, b) = {max ub_t,
-    // sum exp(beta (ub_t - max))} over the page's valid tokens. The same quantities for the
-    // slots of the selected pages (slot_*), for candidate keys and the inside leakage.
-    Func q_group_l1;       // (x=group, g, h, b)
+    // Sketch routing: the query's int16 codes q_code (d, g, h, b), each group's step
+    // q_step and weight q_group_weight (x=group, g, h, b) = ||q_grp||_1 + a multiple of the
+    // step; then the scan of every token's sketch, per (s, page i, g, h, b):
+    // sketch_inner (s, x=group, i, g, h, b) = the group's exact integer sum of q codes
+    // times key codes; sketch_dot = sum over groups of sigma * step * inner; sketch_width =
+    // sum over groups of sigma * weight; sketch_token = {a_t, ub_t}; page_leak (i, g, h, b)
+    // = {max a_t, max ub_t, sum exp(beta (ub_t - max))} over the page's valid tokens. The
+    // same quantities for the slots of the selected pages (slot_*), for candidate keys and
+    // the inside leakage.
+    Func q_code, q_step, q_group_weight;
     Func sketch_inner, sketch_dot, sketch_width, sketch_token, page_leak;
     Func slot_inner, slot_dot, slot_width, slot_token;
     Func route_score;      // (i, gr, h, b): per head, or max over the group (shared)

@@ -115,6 +115,7 @@ public:
             throw std::invalid_argument("vashista_decode needs the strict_float target feature (its certificate "
                                         "relies on IEEE infinities and NaN): target " + get_target().to_string());
         const DecodeConfig cfg = config();
+        require_dense_sketch_rows(sketch, cfg.page_size);
         DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax, sketch,
                         sketch_scale, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
         DecodeStages st = define_decode(cfg, in);

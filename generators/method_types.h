@@ -20,6 +20,8 @@ constexpr int kSummaryBlock = 16;
 // per channel; 4: two channels per byte, the even channel in the low nibble).
 constexpr int kSketchBitsDefault = 8;
 constexpr int kSketchGroupDefault = 16;
+// The scan multiplies channel pairs and sums a group in int32: groups are even and at most this.
+constexpr int kSketchGroupMax = 256;
 inline bool valid_sketch_bits(int bits) { return bits == 4 || bits == 8; }
 inline int sketch_max_code(int bits) { return (1 << (bits - 1)) - 1; }
 // Bytes of one token's codes.
@@ -29,6 +31,9 @@ inline std::string sketch_config_error(int head_dim, int bits, int group) {
     if (!valid_sketch_bits(bits)) return "sketch_bits = " + std::to_string(bits) + " is not 4 or 8";
     if (group < 1 || head_dim % group != 0)
         return "sketch_group = " + std::to_string(group) + " does not divide head_dim = " + std::to_string(head_dim);
+    if (group % 2 != 0 || group > kSketchGroupMax)
+        return "sketch_group = " + std::to_string(group) + " is not an even number of channels up to " +
+               std::to_string(kSketchGroupMax);
     if (head_dim * bits % 8 != 0) return "head_dim * sketch_bits is not a whole number of bytes";
     return "";
 }
@@ -87,14 +92,29 @@ constexpr double score_error64(int head_dim) { return 1.01 * gamma64(head_dim + 
 // A sketch code is round(fl(k / sigma)) with |k / sigma| <= max code + 1/2: the f32
 // quotient is within 2^-17 of the exact one, so |k - sigma * code| <= sigma (1/2 + 2^-17).
 constexpr double kSketchResidual = 0.5 + 1.0 / (1 << 16);
-// ub_t - a_t per unit of scale * sum_groups sigma_grp * ||q_grp||_1 (method.md): the
-// quantization residual, plus the f32 evaluation of the nested sketch dot product (at most
-// D + D / g + 2 roundings of terms bounded by max code * |q_d| * sigma), plus the f32
-// evaluation of the width itself (two sums, one of D and one of D / g terms), with 1% for
-// the rounding of this factor and its product.
+// The query side of the sketch scan: per group, step s = max |q_d| / kSketchQueryMax and
+// n_d = round(fl(q_d / s)) in int16; |fl(q_d / s)| <= kSketchQueryMax (1 + 4u), so
+// |q_d - s n_d| <= s (1/2 + kSketchQueryMax * 4u) <= s * kSketchQueryResidual. A group's
+// sum of n_d * code_d is then exact in int32 (|sum| <= group * 32000 * 127 < 2^31 for
+// groups up to kSketchGroupMax).
+// With q^_d = s n_d: q.k - sum_grp sigma s I_grp = q.(k - k^) + (q - q^).k^, the first at
+// most sum_grp sigma kSketchResidual ||q_grp||_1, the second at most sum_grp sigma
+// kSketchQueryResidual * group * max code * s: both are kSketchResidual * sum_grp sigma *
+// w_grp with w_grp = ||q_grp||_1 + sketch_query_weight * s.
+constexpr int kSketchQueryMax = 32000;
+constexpr double kSketchQueryResidual = 0.5 + kSketchQueryMax * 4.0 / (1 << 24);
+inline double sketch_query_weight(int group, int bits) {
+    return group * sketch_max_code(bits) * kSketchQueryResidual / kSketchResidual;
+}
+// ub_t - a_t per unit of scale * W_t, W_t = sum_groups sigma_grp * w_grp (method.md): the
+// two residuals above, plus the f32 evaluation of a_t (each term sigma * (s * fl(I_grp)) is
+// at most max code * sigma * w_grp, since s |n_d| <= |q_d| + s/2 and w_grp covers g s / 2;
+// at most D / g + 4 roundings), plus the f32 evaluation of W_t itself (the group's sum of
+// |q_d|, the weight's product and sum, the sum over groups, the products: at most
+// D + D / g + 6 roundings), with 1% for the rounding of this factor and its product.
 constexpr double sketch_width_factor(int head_dim, int group, int bits) {
-    return 1.01 * (kSketchResidual + (1 << (bits - 1)) * gamma32(head_dim + head_dim / group + 2)) *
-           (1 + 2 * gamma32(head_dim + head_dim / group + 2));
+    return 1.01 * (kSketchResidual + (1 << (bits - 1)) * gamma32(head_dim + head_dim / group + 6)) *
+           (1 + 2 * gamma32(head_dim + head_dim / group + 6));
 }
 // Bound on the ratio of a page's exact sum of exp(beta (ub_t - M_p)) to its f32 value
 // (sketch routing): S terms, each an f32 exp (2^-20) of an argument with two f32 roundings

@@ -203,9 +203,10 @@ void validate_desc(const vashista_cache_desc *d) {
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", raw(d->layout), " is not HND (0) or NHD (1)");
     if (d->sketch_bits != 0 && !vashista::valid_sketch_bits(d->sketch_bits))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_bits = ", d->sketch_bits, " is not 0 (no sketch), 4 or 8");
-    if (d->sketch_bits != 0 && (d->sketch_group < 1 || d->head_dim % d->sketch_group != 0))
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_group = ", d->sketch_group,
-             " does not divide head_dim = ", d->head_dim);
+    if (d->sketch_bits != 0) {
+        const std::string why = vashista::sketch_config_error(d->head_dim, d->sketch_bits, d->sketch_group);
+        if (!why.empty()) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->", why);
+    }
 }
 
 const SketchVariant &find_sketch(const vashista_cache_desc &d) {

@@ -96,9 +96,12 @@ void schedule_sketch_scores(Func token, Func dot, Func width, Func inner, Var s,
         RVar r = f.rvars(0)[0];
         auto u = f.update();
         if (f.name() == inner.name()) {
+            // The channel pair innermost and in the vector with the tokens: each pair of
+            // int16 products sums into one int32 lane (vpmaddwd, or vpdpwssd with VNNI).
+            RVar pair = f.rvars(0)[1];
             u.split(x, xo, xi, groups_at_once);
-            group_inner ? u.reorder(s, g, xi, r, xo) : u.reorder(s, xi, r, xo);
-            u.unroll(xi);
+            group_inner ? u.reorder(r, s, g, xi, pair, xo) : u.reorder(r, s, xi, pair, xo);
+            u.atomic().vectorize(r).unroll(xi);
         } else {
             group_inner ? u.reorder(s, g, r) : u.reorder(s, r);
         }
@@ -223,7 +226,8 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         Func leak = st.page_leak;
         RVar rs = leak.rvars(0)[0], phase = leak.rvars(0)[1];
         if (s.route_split) {
-            st.q_group_l1.compute_root();  // the scan runs outside the heads' tasks
+            for (Func f : {st.q_step, st.q_code, st.q_group_weight})
+                f.compute_root();  // the scan runs outside the heads' tasks
             leak.compute_root().split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
                 .fuse(ib, h, task).fuse(task, b, task);
             leak.update()
@@ -239,7 +243,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
                 leak.update().parallel(task);
             }
         } else {
-            at_head(st.q_group_l1);
+            for (Func f : {st.q_step, st.q_code, st.q_group_weight}) at_head(f);
             at_head(leak);
             leak.update()
                 .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf)

@@ -157,6 +157,22 @@ TEST_CASE("bf16 and f16 rounding is round-to-nearest-even", "[reference]") {
     REQUIRE(from_bits16(DType::BF16, to_bits16(DType::BF16, -2.5f)) == -2.5f);
 }
 
+namespace {
+// Moves every key channel but the first of each sketch group half a quantization step off
+// the grid of its group's scale (the largest residual the sketch leaves).
+void half_step_keys(Problem &p, int gs, int bits) {
+    const int D = p.cache.head_dim, qmax = sketch_max_code(bits);
+    for (size_t t = 0; t < p.cache.k.size() / D; ++t)
+        for (int grp = 0; grp < D / gs; ++grp) {
+            float *k = &p.cache.k[t * D + grp * gs];
+            float absmax = 0;
+            for (int d = 0; d < gs; ++d) absmax = std::max(absmax, std::abs(k[d]));
+            const float sigma = round_toward(DType::BF16, absmax / float(qmax), true);
+            for (int d = 1; d < gs; ++d) k[d] = (std::floor(k[d] / sigma) + 0.5f) * sigma;
+        }
+}
+}  // namespace
+
 TEST_CASE("the sketch's upper bound holds for every token and needs its whole width", "[reference]") {
     // Keys half a quantization step off their group's 8-bit grid (the largest residual),
     // queries aligned with the residuals: ub_t >= s_t everywhere, and a_t + (ub_t - a_t) / 2
@@ -169,15 +185,8 @@ TEST_CASE("the sketch's upper bound holds for every token and needs its whole wi
         spec.seq_lens = {300, 77};
         spec.dtype = DType::F32;
         Problem p = make_problem(spec);
-        const int D = 64, gs = 16, qmax = sketch_max_code(bits);
-        for (size_t t = 0; t < p.cache.k.size() / D; ++t)
-            for (int grp = 0; grp < D / gs; ++grp) {
-                float *k = &p.cache.k[t * D + grp * gs];
-                float absmax = 0;
-                for (int d = 0; d < gs; ++d) absmax = std::max(absmax, std::abs(k[d]));
-                const float sigma = round_toward(DType::BF16, absmax / float(qmax), true);
-                for (int d = 1; d < gs; ++d) k[d] = (std::floor(k[d] / sigma) + 0.5f) * sigma;
-            }
+        const int D = 64, gs = 16;
+        half_step_keys(p, gs, bits);
         Summaries sum = summarize(p.cache, p.seqs, DType::F32, bits, gs);
         const float scale = float(default_scale(D));
         long tokens = 0, half_violations = 0;
@@ -207,5 +216,58 @@ TEST_CASE("the sketch's upper bound holds for every token and needs its whole wi
         INFO(bits << "-bit sketch, " << tokens << " tokens");
         CHECK(worst <= 0);
         CHECK(half_violations > tokens / 2);
+    }
+}
+
+TEST_CASE("the sketch's upper bound covers the query's quantization", "[reference]") {
+    // Keys half a quantization step off their grid (as above); per group one query channel
+    // at the top of the query's int16 range, signed like its key residual, and the others
+    // at 0.49 of the query's step (so they quantize to 0), signed like their key codes:
+    // ub_t >= s_t everywhere, and at 8 bits a bound without the query's term (scale *
+    // sum_grp sigma ||q_grp||_1 * width factor) falls below s_t for some token.
+    for (int bits : {8, 4}) {
+        ProblemSpec spec;
+        spec.kv_heads = 2;
+        spec.group = 1;
+        spec.head_dim = 64;
+        spec.seq_lens = {200};
+        spec.dtype = DType::F32;
+        Problem p = make_problem(spec);
+        const int D = 64, gs = 16, groups = D / gs;
+        half_step_keys(p, gs, bits);
+        Summaries sum = summarize(p.cache, p.seqs, DType::F32, bits, gs);
+        const float scale = float(default_scale(D));
+        const double factor = fp::sketch_width_factor(D, gs, bits);
+        long tokens = 0, needs_query_term = 0;
+        double worst = -1e30;
+        for (int h = 0; h < 2; ++h)
+            for (int t = 0; t < p.seqs.seq_lens[0]; ++t) {
+                const int page = p.seqs.page_of(0, t, 16);
+                const size_t tok = sum.token_at(0, h, t / 16, t % 16);
+                std::vector<float> q(D);
+                double exact = 0, key_only = 0;
+                for (int grp = 0; grp < groups; ++grp) {
+                    const float step = 1.0f / 1024, sigma = sum.sketch_scale[tok * groups + grp];
+                    double l1 = 0;
+                    for (int d = grp * gs; d < (grp + 1) * gs; ++d) {
+                        const float k = p.cache.k[p.cache.offset(page, t % 16, h, d)];
+                        const int code = sum.sketch_code[tok * D + d];
+                        const float r = k - sigma * float(code);
+                        q[d] = d == grp * gs + 1 ? fp::kSketchQueryMax * step * (r >= 0 ? 1.0f : -1.0f)
+                                             : 0.49f * step * (code >= 0 ? 1.0f : -1.0f);
+                        exact += double(q[d]) * k;
+                        l1 += std::abs(q[d]);
+                    }
+                    key_only += sigma * l1;
+                }
+                exact *= scale;
+                const SketchScore sk = sketch_score(sum, q.data(), 0, h, t / 16, t % 16, scale);
+                worst = std::max(worst, exact - double(sk.ub));
+                if (sk.a + scale * key_only * factor < exact) ++needs_query_term;
+                ++tokens;
+            }
+        INFO(bits << "-bit sketch, " << tokens << " tokens, " << needs_query_term << " need the query's term");
+        CHECK(worst <= 0);
+        if (bits == 8) CHECK(needs_query_term > 0);
     }
 }

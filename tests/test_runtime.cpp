@@ -435,6 +435,8 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     expect(with([](auto &d) { d.sketch_bits = 5; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_bits = 5");
     expect(with([](auto &d) { d.sketch_bits = 8, d.sketch_group = 48; }), VASHISTA_ERROR_INVALID_ARGUMENT,
            "desc->sketch_group = 48 does not divide head_dim = 128");
+    expect(with([](auto &d) { d.sketch_bits = 8, d.sketch_group = 1; }), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "desc->sketch_group = 1 is not an even number of channels up to 256");
     expect(with([](auto &d) { d.sketch_bits = 4, d.sketch_group = 16; }), VASHISTA_ERROR_NO_VARIANT,
            "no sketch kernel for head_dim=128");
     char list[4096];

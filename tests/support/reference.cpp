@@ -257,16 +257,24 @@ double page_score(const Summaries &sum, const float *q, int b, int h, int j, Rou
 SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int j, int s, float scale) {
     const int D = sum.head_dim, gs = sum.sketch_group, groups = D / gs;
     const size_t tok = sum.token_at(b, h, j, s);
+    const float query_weight = float(fp::sketch_query_weight(gs, sum.sketch_bits));
     float dot = 0, width = 0;
     for (int grp = 0; grp < groups; ++grp) {
-        float inner = 0, q_l1 = 0;
+        // The query's codes for this group, as the kernels quantize it.
+        float absmax = 0, q_l1 = 0;
         for (int d = grp * gs; d < (grp + 1) * gs; ++d) {
-            inner += q[d] * float(sum.sketch_code[tok * D + d]);
+            absmax = std::max(absmax, std::abs(q[d]));
             q_l1 += std::abs(q[d]);
         }
+        const float step = std::max(absmax * float(1.0 / fp::kSketchQueryMax), std::numeric_limits<float>::min());
+        int32_t inner = 0;
+        for (int d = grp * gs; d < (grp + 1) * gs; ++d) {
+            const float n = std::clamp(std::nearbyint(q[d] / step), -float(fp::kSketchQueryMax), float(fp::kSketchQueryMax));
+            inner += int32_t(n) * int32_t(sum.sketch_code[tok * D + d]);
+        }
         const float sigma = sum.sketch_scale[tok * groups + grp];
-        dot += sigma * inner;
-        width += sigma * q_l1;
+        dot += sigma * (step * float(inner));
+        width += sigma * (q_l1 + query_weight * step);
     }
     const float a = scale * dot;
     const float e = scale * width * float(fp::sketch_width_factor(D, gs, sum.sketch_bits));

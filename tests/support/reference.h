@@ -62,9 +62,10 @@ struct Summaries {
 Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype,
                     int sketch_bits = kSketchBitsDefault, int sketch_group = kSketchGroupDefault);
 
-// a_t and ub_t of token (j, s) of sequence b, KV head h, from the summaries' sketch, in
-// f32 in the kernels' order (per group the sum of q_d code_d, then the sum of sigma times
-// that over groups, then the scale). ub_t >= scale * q.k_t exactly.
+// a_t and ub_t of token (j, s) of sequence b, KV head h, from the summaries' sketch, as
+// the kernels compute them: the query quantized per group to int16 codes, each group's
+// integer sum of query codes times key codes, then in f32 in the kernels' order the sum
+// over groups of sigma * (step * sum), then the scale. ub_t >= scale * q.k_t exactly.
 struct SketchScore {
     float a, ub;
 };
