@@ -34,6 +34,8 @@ DecodeConfig decode_config(const Workload &w) {
     c.solver = parse_solver(w.solver);
     c.routing = parse_routing(w.routing);
     c.group_routing = parse_group_routing(w.group_routing);
+    c.sketch_bits = w.sketch_bits;
+    c.sketch_group = w.sketch_group;
     return c;
 }
 

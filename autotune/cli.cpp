@@ -465,6 +465,8 @@ int cmd_build_lib(int argc, char **argv) {
             spec += ":top_pages=" + std::to_string(w.top_pages) + ":top_tokens=" + std::to_string(w.top_tokens) +
                     ":summary_type=" + w.summary_type + ":solver=" + w.solver + ":routing=" + w.routing +
                     ":group_routing=" + w.group_routing;
+        if (w.sketch())
+            spec += ":sketch_bits=" + std::to_string(w.sketch_bits) + ":sketch_group=" + std::to_string(w.sketch_group);
         const std::string shape = w.generator + ":" + spec;
         if (best) {
             const fs::path file = out / "schedules" / (w.generator + "_T" + std::to_string(w.tokens) + ".json");

@@ -37,7 +37,8 @@ struct Runner::State {
 Runner::Runner(const Workload &w, MeasureOptions options) : workload_(w), options_(options), state_(new State) {
     State &s = *state_;
     s.problem = ref::make_problem(w.problem_spec());
-    s.summaries = ref::summarize(s.problem.cache, s.problem.seqs, parse_dtype(w.summary_type));
+    s.summaries =
+        ref::summarize(s.problem.cache, s.problem.seqs, parse_dtype(w.summary_type), w.sketch_bits, w.sketch_group);
     s.buffers = problem_buffers(s.problem, s.summaries, parse_dtype(w.summary_type));
     s.scale = float(ref::default_scale(w.head_dim));
     ref::SparseOptions opt;
@@ -46,6 +47,8 @@ Runner::Runner(const Workload &w, MeasureOptions options) : workload_(w), option
     opt.solver = parse_solver(w.solver);
     opt.routing = parse_routing(w.routing);
     opt.group_routing = parse_group_routing(w.group_routing);
+    opt.sketch_bits = w.sketch_bits;
+    opt.sketch_group = w.sketch_group;
     for (int b = 0; b < w.batch; ++b)
         for (int h = 0; h < w.kv_heads; ++h)
             for (int g = 0; g < w.group_size; ++g) {

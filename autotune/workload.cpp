@@ -13,16 +13,22 @@ std::string Workload::key() const {
     if (generator == "decode") os << "|sum=" << summary_type;
     os << "|" << layout;
     if (generator == "decode") os << "|" << solver << "|" << routing << "|" << group_routing;
+    if (sketch()) os << "|sk" << sketch_bits << "g" << sketch_group;
     os << "|T" << tokens;
     return os.str();
 }
 
 json Workload::to_json() const {
-    return {{"generator", generator}, {"target", target}, {"head_dim", head_dim}, {"page_size", page_size},
+    json j = {{"generator", generator}, {"target", target}, {"head_dim", head_dim}, {"page_size", page_size},
             {"top_pages", top_pages}, {"top_tokens", top_tokens}, {"group_size", group_size},
             {"kv_heads", kv_heads}, {"batch", batch}, {"kv_type", kv_type}, {"summary_type", summary_type},
             {"layout", layout}, {"solver", solver}, {"routing", routing}, {"group_routing", group_routing},
             {"tokens", tokens}};
+    if (sketch()) {
+        j["sketch_bits"] = sketch_bits;
+        j["sketch_group"] = sketch_group;
+    }
+    return j;
 }
 
 Workload Workload::from_json(const json &j) {
@@ -45,6 +51,8 @@ Workload Workload::from_json(const json &j) {
     get("solver", w.solver);
     get("routing", w.routing);
     get("group_routing", w.group_routing);
+    get("sketch_bits", w.sketch_bits);
+    get("sketch_group", w.sketch_group);
     get("tokens", w.tokens);
     if (w.generator != "decode" && w.generator != "dense")
         throw std::invalid_argument("workload generator '" + w.generator + "' is not decode or dense");
@@ -52,6 +60,10 @@ Workload Workload::from_json(const json &j) {
     parse_solver(w.solver);
     parse_routing(w.routing);
     parse_group_routing(w.group_routing);
+    if (w.sketch()) {
+        const std::string why = sketch_config_error(w.head_dim, w.sketch_bits, w.sketch_group);
+        if (!why.empty()) throw std::invalid_argument("workload: " + why);
+    }
     parse_dtype(w.kv_type);
     parse_dtype(w.summary_type);
     return w;

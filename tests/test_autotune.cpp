@@ -107,6 +107,21 @@ TEST_CASE("workloads and records round-trip through JSON", "[autotune]") {
     CHECK(back.key() == w.key());
     CHECK_THROWS_WITH(Workload::from_json({{"generator", "prefill"}}),
                       Catch::Contains("'prefill' is not decode or dense"));
+    // Sketch routing's bits and group are part of the workload (and its key); other
+    // routings' keys do not mention them.
+    Workload sk;
+    sk.routing = "sketch";
+    sk.sketch_bits = 4;
+    sk.sketch_group = 32;
+    Workload sk_back = Workload::from_json(json::parse(sk.to_json().dump()));
+    CHECK(sk_back.key() == sk.key());
+    CHECK(sk_back.sketch_bits == 4);
+    CHECK(sk_back.sketch_group == 32);
+    sk.sketch_bits = 8;
+    CHECK(sk.key() != sk_back.key());
+    CHECK(Workload().key().find("sk") == std::string::npos);
+    CHECK_THROWS_WITH(Workload::from_json({{"routing", "sketch"}, {"sketch_group", 24}}),
+                      Catch::Contains("sketch_group = 24 does not divide head_dim = 128"));
     CHECK(shard(default_workloads("host"), "1/2").size() == 1);
     CHECK(shard(default_workloads("host"), "0/2").size() == 2);
     CHECK_THROWS_WITH(shard(default_workloads("host"), "2/2"), Catch::Contains("is not i/n"));
