@@ -24,7 +24,7 @@ namespace {
 using namespace vashista;
 
 struct Options {
-    std::vector<int> lengths{32768, 131072};
+    std::vector<int> lengths{8192, 32768, 131072};
     int reps = 7;
     std::string json_path = "build/demo.json";
 };
@@ -41,7 +41,7 @@ Options parse(int argc, char **argv) {
         else if (a == "--reps") o.reps = std::stoi(value());
         else if (a == "--lengths") o.lengths = bench::parse_int_list(value());
         else if (a == "--help" || a == "-h") {
-            std::printf("usage: vashista_demo [--lengths 32768,131072] [--reps 7] [--json build/demo.json]\n");
+            std::printf("usage: vashista_demo [--lengths 8192,32768,131072] [--reps 7] [--json build/demo.json]\n");
             std::exit(0);
         } else bench::usage_error("unknown argument " + a);
     }
