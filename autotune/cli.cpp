@@ -2,7 +2,7 @@
 // libraries, and benchmark schedules against Halide's autoschedulers.
 #include "tuner.h"
 
-#include "bench_util.h"
+#include "measure.h"
 
 #include <cerrno>
 #include <cstdio>

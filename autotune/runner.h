@@ -4,7 +4,7 @@
 // Needs only the Halide runtime, so a bundle can carry it to another machine.
 #pragma once
 
-#include "bench_util.h"
+#include "measure.h"
 #include "problem_buffers.h"
 #include "workload.h"
 

@@ -4,7 +4,7 @@
 // structure, cold cache, round-robin, median of repeats. Exits non-zero if a sparse answer
 // is wrong: farther from the double-precision dense reference than its own certificate
 // allows (plus rounding), or if the dense kernel disagrees with the reference.
-#include "bench_util.h"
+#include "measure.h"
 #include "problem.h"
 #include "vashista.h"
 

@@ -1,4 +1,4 @@
-#include "bench_util.h"
+#include "measure.h"
 
 #include <algorithm>
 #include <cstdio>

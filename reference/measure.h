@@ -1,4 +1,4 @@
-// Measurement helpers shared by the demo and the benchmarks: cold-cache timing
+// Measurement helpers shared by the demo, the tuner's runner and the benchmarks: cold-cache timing
 // (a buffer larger than the L3 is read before every run), medians of repeats,
 // and the machine's measured read bandwidth as the floor.
 #pragma once
