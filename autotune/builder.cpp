@@ -69,8 +69,13 @@ SearchSpace adapt(const Shape &shape) {
 
 // Estimates of the workload's real shapes, for the autoschedulers.
 ShapeEstimate estimate(const Workload &w) {
-    return ShapeEstimate{w.head_dim, w.page_size, w.group_size, w.kv_heads, w.batch,
-                         (w.tokens + w.page_size - 1) / w.page_size, parse_layout(w.layout)};
+    return ShapeEstimate{w.head_dim,
+                         w.page_size,
+                         w.group_size,
+                         w.kv_heads,
+                         w.batch,
+                         (w.tokens + w.page_size - 1) / w.page_size,
+                         parse_layout(w.layout)};
 }
 
 void set_estimates(DecodeJit &jit, const Workload &w) {
@@ -97,9 +102,8 @@ void set_estimates(DenseJit &jit, const Workload &w) {
 }
 
 void apply_autoscheduler(Halide::Pipeline &p, const std::string &name, const Halide::Target &t) {
-    static const std::pair<const char *, const char *> plugins[] = {{"Mullapudi2016", "mullapudi2016"},
-                                                                    {"Adams2019", "adams2019"},
-                                                                    {"Li2018", "li2018"}};
+    static const std::pair<const char *, const char *> plugins[] = {
+        {"Mullapudi2016", "mullapudi2016"}, {"Adams2019", "adams2019"}, {"Li2018", "li2018"}};
     for (auto [n, lib] : plugins)
         if (name == n) {
             Halide::load_plugin(std::string(VASHISTA_HALIDE_LIB_DIR) + "/libautoschedule_" + lib + ".so");
@@ -121,9 +125,9 @@ void compile_object(const BuildRequest &r, const std::string &object) {
             set_estimates(jit, w);
             apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
         }
-        jit.pipeline.compile_to_object(object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens,
-                                                jit.summary, jit.value_norm, jit.key_absmax, jit.sketch,
-                                                jit.sketch_scale, jit.scale},
+        jit.pipeline.compile_to_object(object,
+                                       {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens, jit.summary,
+                                        jit.value_norm, jit.key_absmax, jit.sketch, jit.sketch_scale, jit.scale},
                                        r.name, decode_target(target));
     } else {
         DenseConfig cfg = dense_config(w);

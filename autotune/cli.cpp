@@ -4,6 +4,8 @@
 
 #include "measure.h"
 
+#include <unistd.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -11,10 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <algorithm>
 #include <map>
 #include <set>
-#include <unistd.h>
 
 #ifndef VASHISTA_SOURCE_DIR
 #define VASHISTA_SOURCE_DIR "."
@@ -157,18 +157,20 @@ void report_problems(const Database &db) {
 }
 
 int cmd_tune(int argc, char **argv) {
-    static const std::string help = std::string(
-        "usage: vashista tune [options]\n"
-        "Searches schedules per workload: the hand schedule first, then the strategy's picks.\n"
-        "Every candidate is built, checked against the reference, timed cold, and appended to\n"
-        "the database; a killed run resumes where it stopped.\n"
-        "  --db FILE            tuning database (default autotune/db/cpu.jsonl)\n"
-        "  --trials N           trials per workload, the hand schedule included (default 40)\n"
-        "  --minutes M          wall-time limit per workload (default none)\n"
-        "  --seed S             strategy seed (default 1)\n"
-        "  --strategy evolutionary|random\n"
-        "  --work DIR           scratch folder for candidates (default build/tune)\n"
-        "  --verify             rerun the verification round (finalists against the hand schedule)\n") + kWorkloadHelp;
+    static const std::string help =
+        std::string(
+            "usage: vashista tune [options]\n"
+            "Searches schedules per workload: the hand schedule first, then the strategy's picks.\n"
+            "Every candidate is built, checked against the reference, timed cold, and appended to\n"
+            "the database; a killed run resumes where it stopped.\n"
+            "  --db FILE            tuning database (default autotune/db/cpu.jsonl)\n"
+            "  --trials N           trials per workload, the hand schedule included (default 40)\n"
+            "  --minutes M          wall-time limit per workload (default none)\n"
+            "  --seed S             strategy seed (default 1)\n"
+            "  --strategy evolutionary|random\n"
+            "  --work DIR           scratch folder for candidates (default build/tune)\n"
+            "  --verify             rerun the verification round (finalists against the hand schedule)\n") +
+        kWorkloadHelp;
     const std::set<std::string> names =
         with_workload_options({"--db", "--trials", "--minutes", "--seed", "--strategy", "--work"});
     Args a = parse(argc, argv, 2, names, {"--verify"}, help.c_str());
@@ -268,8 +270,12 @@ std::pair<json, BuildResult> build_kind(const Workload &w, const std::string &ki
     const bool autosched = kind != "hand" && kind != "tuned";
     std::fprintf(stderr, "  building %s%s\n", kind.c_str(),
                  autosched ? " (autoscheduler; Adams2019 takes minutes)" : "");
-    BuildRequest req{w, schedule, autosched ? kind : "", work + "/bench",
-                     "bench_" + std::to_string(std::hash<std::string>{}(w.key() + kind + schedule.dump())), 1800};
+    BuildRequest req{w,
+                     schedule,
+                     autosched ? kind : "",
+                     work + "/bench",
+                     "bench_" + std::to_string(std::hash<std::string>{}(w.key() + kind + schedule.dump())),
+                     1800};
     BuildResult built = build_candidate(req);
     json r = {{"schedule", kind}, {"T", w.tokens}, {"workload_key", w.key()}, {"build_s", built.seconds}};
     if (!autosched) r["schedule_knobs"] = schedule;
@@ -281,19 +287,21 @@ std::pair<json, BuildResult> build_kind(const Workload &w, const std::string &ki
 }
 
 int cmd_bench(int argc, char **argv) {
-    static const std::string help = std::string(
-        "usage: vashista bench --compare-schedulers [options]\n"
-        "Measures the fused decode per workload with the hand schedule, the tuned schedule\n"
-        "(the database's best) and Halide's CPU autoschedulers (Mullapudi2016, Adams2019,\n"
-        "Li2018) applied to the same definitions: cold cache, median of repeats, each checked\n"
-        "against the reference. An autoscheduler that fails is recorded with its error.\n"
-        "  --json FILE     results (default build/compare.json)\n"
-        "  --plot FILE     PNG bar chart (default: the JSON path with .png)\n"
-        "  --db FILE       tuning database (default autotune/db/cpu.jsonl)\n"
-        "  --retune        search again (--trials, --minutes, --seed) before measuring\n"
-        "  --trials N  --minutes M  --seed S\n"
-        "  --reps N        timed runs per schedule, round-robin across schedules (default 15)\n"
-        "  --work DIR      scratch folder (default build/tune)\n") + kWorkloadHelp;
+    static const std::string help =
+        std::string(
+            "usage: vashista bench --compare-schedulers [options]\n"
+            "Measures the fused decode per workload with the hand schedule, the tuned schedule\n"
+            "(the database's best) and Halide's CPU autoschedulers (Mullapudi2016, Adams2019,\n"
+            "Li2018) applied to the same definitions: cold cache, median of repeats, each checked\n"
+            "against the reference. An autoscheduler that fails is recorded with its error.\n"
+            "  --json FILE     results (default build/compare.json)\n"
+            "  --plot FILE     PNG bar chart (default: the JSON path with .png)\n"
+            "  --db FILE       tuning database (default autotune/db/cpu.jsonl)\n"
+            "  --retune        search again (--trials, --minutes, --seed) before measuring\n"
+            "  --trials N  --minutes M  --seed S\n"
+            "  --reps N        timed runs per schedule, round-robin across schedules (default 15)\n"
+            "  --work DIR      scratch folder (default build/tune)\n") +
+        kWorkloadHelp;
     const std::set<std::string> names =
         with_workload_options({"--json", "--plot", "--db", "--trials", "--minutes", "--seed", "--work", "--reps"});
     Args a = parse(argc, argv, 2, names, {"--compare-schedulers", "--retune"}, help.c_str());
@@ -325,7 +333,9 @@ int cmd_bench(int argc, char **argv) {
         if (best && !tuned_is_hand) kinds.push_back({"tuned", (*best)["schedule"]});
         for (const char *as : {"Mullapudi2016", "Adams2019", "Li2018"}) kinds.push_back({as, json::object()});
         if (!best) {
-            records.push_back({{"schedule", "tuned"}, {"T", w.tokens}, {"status", "not_tuned"},
+            records.push_back({{"schedule", "tuned"},
+                               {"T", w.tokens},
+                               {"status", "not_tuned"},
                                {"error", "no record for " + w.key() + " in " + db.path() + " (run with --retune)"}});
             std::fprintf(stderr, "  tuned: no record for this workload in %s (use --retune)\n", db.path().c_str());
         }
@@ -388,15 +398,17 @@ int cmd_bench(int argc, char **argv) {
 }
 
 int cmd_bundle(int argc, char **argv) {
-    static const std::string help = std::string(
-        "usage: vashista bundle --out DIR [options]\n"
-        "Builds candidates for measuring on another machine of the target kind: DIR holds\n"
-        "the shared objects, the Halide runtime, manifest.json and the runner program. There:\n"
-        "  DIR/vashista-runner DIR            (writes DIR/results.jsonl)\n"
-        "then here: vashista db ingest DIR/results.jsonl\n"
-        "  --out DIR         the bundle (required)\n"
-        "  --trials N        candidates per workload: the hand schedule, then random points (default 16)\n"
-        "  --seed S\n") + kWorkloadHelp;
+    static const std::string help =
+        std::string(
+            "usage: vashista bundle --out DIR [options]\n"
+            "Builds candidates for measuring on another machine of the target kind: DIR holds\n"
+            "the shared objects, the Halide runtime, manifest.json and the runner program. There:\n"
+            "  DIR/vashista-runner DIR            (writes DIR/results.jsonl)\n"
+            "then here: vashista db ingest DIR/results.jsonl\n"
+            "  --out DIR         the bundle (required)\n"
+            "  --trials N        candidates per workload: the hand schedule, then random points (default 16)\n"
+            "  --seed S\n") +
+        kWorkloadHelp;
     const std::set<std::string> names = with_workload_options({"--out", "--trials", "--seed"});
     Args a = parse(argc, argv, 2, names, {}, help.c_str());
     if (!a.options.count("--out")) fail("bundle needs --out DIR");
@@ -413,8 +425,13 @@ int cmd_bundle(int argc, char **argv) {
             BuildRequest req{w, point, "", dir, "cand_" + std::to_string(manifest["candidates"].size()), 600};
             BuildResult b = build_candidate(req);
             std::fprintf(stderr, "  %s %d/%d: %s\n", w.key().c_str(), t + 1, trials, b.status.c_str());
-            json c = {{"workload", w.to_json()}, {"schedule", point}, {"kind", t == 0 ? "hand" : "search"},
-                      {"trial", t}, {"seed", seed}, {"build_s", b.seconds}, {"status", b.status}};
+            json c = {{"workload", w.to_json()},
+                      {"schedule", point},
+                      {"kind", t == 0 ? "hand" : "search"},
+                      {"trial", t},
+                      {"seed", seed},
+                      {"build_s", b.seconds},
+                      {"status", b.status}};
             if (b.status == "ok") {
                 c["library"] = fs::path(b.library).filename().string();
                 c["function"] = b.function;
@@ -435,14 +452,16 @@ int cmd_bundle(int argc, char **argv) {
 }
 
 int cmd_build_lib(int argc, char **argv) {
-    static const std::string help = std::string(
-        "usage: vashista build-lib --out DIR [options]\n"
-        "Builds a static kernel library (libNAME.a, vashista.h, dispatch table) for the\n"
-        "workloads from the database's best schedules; a workload never tuned uses the hand\n"
-        "schedule, and says so. Drives CMake with vashista_add_kernel_library.\n"
-        "  --out DIR        output folder (required)\n"
-        "  --name NAME      library name (default vashista_tuned)\n"
-        "  --db FILE        tuning database (default autotune/db/cpu.jsonl)\n") + kWorkloadHelp;
+    static const std::string help =
+        std::string(
+            "usage: vashista build-lib --out DIR [options]\n"
+            "Builds a static kernel library (libNAME.a, vashista.h, dispatch table) for the\n"
+            "workloads from the database's best schedules; a workload never tuned uses the hand\n"
+            "schedule, and says so. Drives CMake with vashista_add_kernel_library.\n"
+            "  --out DIR        output folder (required)\n"
+            "  --name NAME      library name (default vashista_tuned)\n"
+            "  --db FILE        tuning database (default autotune/db/cpu.jsonl)\n") +
+        kWorkloadHelp;
     const std::set<std::string> names = with_workload_options({"--out", "--name", "--db"});
     Args a = parse(argc, argv, 2, names, {}, help.c_str());
     if (!a.options.count("--out")) fail("build-lib needs --out DIR");

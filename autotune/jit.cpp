@@ -20,8 +20,19 @@ DecodeJit::DecodeJit(const DecodeConfig &c)
       sketch(Halide::UInt(8), 5, "sketch"),
       sketch_scale(Halide::BFloat(16), 5, "sketch_scale") {
     require_dense_sketch_rows(sketch, cfg.page_size);
-    DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax, sketch,
-                    sketch_scale, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+    DecodeInputs in{q,
+                    k_cache,
+                    v_cache,
+                    page_table,
+                    seq_lens,
+                    summary,
+                    value_norm,
+                    key_absmax,
+                    sketch,
+                    sketch_scale,
+                    scale,
+                    page_table.dim(0).extent(),
+                    k_cache.dim(3).extent()};
     stages = define_decode(cfg, in);
     pipeline = Halide::Pipeline(stages.outputs());
 }
@@ -61,8 +72,8 @@ DenseJit::DenseJit(const DenseConfig &c)
       v_cache(c.kv_type, 4, "v_cache"),
       page_table(Int(32), 2, "page_table"),
       seq_lens(Int(32), 1, "seq_lens") {
-    DenseInputs in{q, k_cache, v_cache, page_table, seq_lens, scale,
-                   page_table.dim(0).extent(), k_cache.dim(3).extent()};
+    DenseInputs in{
+        q, k_cache, v_cache, page_table, seq_lens, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
     stages = define_dense(cfg, in);
     pipeline = Halide::Pipeline({stages.out, stages.lse});
 }
@@ -85,8 +96,14 @@ SketchJit::SketchJit(const SketchConfig &c)
       page_table(Int(32), 2, "page_table"),
       seq_lens(Int(32), 1, "seq_lens"),
       touched(Int(32), 2, "touched") {
-    SummaryInputs in{k_cache, Halide::Func(), page_table, seq_lens, touched,
-                     page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+    SummaryInputs in{k_cache,
+                     Halide::Func(),
+                     page_table,
+                     seq_lens,
+                     touched,
+                     page_table.dim(0).extent(),
+                     k_cache.dim(3).extent(),
+                     page_table.dim(1).extent()};
     stages = define_sketch(cfg, in);
     apply_cpu(hand_schedule(cfg), cfg, stages);
     pipeline = Halide::Pipeline({stages.codes, stages.scale});
@@ -101,8 +118,14 @@ SummaryJit::SummaryJit(const SummaryConfig &c)
       page_table(Int(32), 2, "page_table"),
       seq_lens(Int(32), 1, "seq_lens"),
       touched(Int(32), 2, "touched") {
-    SummaryInputs in{k_cache, v_cache, page_table, seq_lens, touched,
-                     page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+    SummaryInputs in{k_cache,
+                     v_cache,
+                     page_table,
+                     seq_lens,
+                     touched,
+                     page_table.dim(0).extent(),
+                     k_cache.dim(3).extent(),
+                     page_table.dim(1).extent()};
     stages = define_summary(cfg, in);
     pipeline = Halide::Pipeline({stages.summary, stages.value_norm, stages.key_absmax});
 }

@@ -10,9 +10,12 @@ using Halide::Runtime::Buffer;
 
 halide_type_t halide_runtime_type(ref::DType t) {
     switch (t) {
-    case ref::DType::F32: return halide_type_t(halide_type_float, 32);
-    case ref::DType::F16: return halide_type_t(halide_type_float, 16);
-    case ref::DType::BF16: return halide_type_t(halide_type_bfloat, 16);
+        case ref::DType::F32:
+            return halide_type_t(halide_type_float, 32);
+        case ref::DType::F16:
+            return halide_type_t(halide_type_float, 16);
+        case ref::DType::BF16:
+            return halide_type_t(halide_type_bfloat, 16);
     }
     return halide_type_t(halide_type_float, 32);
 }
@@ -64,7 +67,10 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                     for (int c = 0; c < kSummaryChannels; ++c) {
                         const size_t flat =
                             ((((size_t(b) * sum.kv_heads + h) * blocks + j / kSummaryBlock) * kSummaryChannels + c) *
-                                 sum.head_dim + d) * kSummaryBlock + j % kSummaryBlock;
+                                 sum.head_dim +
+                             d) *
+                                kSummaryBlock +
+                            j % kSummaryBlock;
                         store(buf.summary, flat, channel[c], summary_dtype);
                     }
                 }

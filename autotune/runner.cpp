@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 
 namespace vashista::tune {
@@ -134,8 +134,8 @@ static std::unique_ptr<Loaded> load_checked(Runner::State &s, const Workload &w,
             }
     if (m.candidate_mismatches > 0 || !(m.max_abs_err <= 1e-4)) {
         m.status = "wrong";
-        m.error = std::to_string(m.candidate_mismatches) + " candidates differ from the reference; max |out - ref| = " +
-                  std::to_string(m.max_abs_err);
+        m.error = std::to_string(m.candidate_mismatches) +
+                  " candidates differ from the reference; max |out - ref| = " + std::to_string(m.max_abs_err);
         return nullptr;
     }
     return l;
@@ -209,9 +209,16 @@ json make_record(const Workload &w, const json &schedule, const std::string &kin
     const std::time_t now = std::time(nullptr);
     char when[32];
     std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    json r = {{"workload_key", w.key()}, {"workload", w.to_json()}, {"schedule", schedule}, {"kind", kind},
-              {"trial", trial}, {"seed", seed}, {"build_s", build.seconds}, {"halide_version", halide_version},
-              {"machine", machine_description()}, {"time", when}};
+    json r = {{"workload_key", w.key()},
+              {"workload", w.to_json()},
+              {"schedule", schedule},
+              {"kind", kind},
+              {"trial", trial},
+              {"seed", seed},
+              {"build_s", build.seconds},
+              {"halide_version", halide_version},
+              {"machine", machine_description()},
+              {"time", when}};
     if (build.status != "ok") {
         r["status"] = build.status;
         r["error"] = build.error;
@@ -239,7 +246,9 @@ json machine_description() {
         }
     char host[256] = {0};
     gethostname(host, sizeof(host) - 1);
-    return {{"cpu", model}, {"cores", int(sysconf(_SC_NPROCESSORS_ONLN))}, {"host", host},
+    return {{"cpu", model},
+            {"cores", int(sysconf(_SC_NPROCESSORS_ONLN))},
+            {"host", host},
             {"flush_bytes", bench::flush_bytes()}};
 }
 

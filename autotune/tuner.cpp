@@ -2,8 +2,8 @@
 
 #include <unistd.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -169,8 +169,10 @@ json verify_finalists(const Workload &w, const TuneOptions &opt, Database &db, R
     json field = json::array();
     for (size_t i = 0; i < ms.size(); ++i) {
         const Paired p = compare_paired(ms[i], ms[0]);
-        field.push_back({{"schedule", built_schedules[i]}, {"median_ms", ms[i].median_ms},
-                         {"paired_ratio_vs_hand", p.median_ratio}, {"faster_than_hand", p.wins}});
+        field.push_back({{"schedule", built_schedules[i]},
+                         {"median_ms", ms[i].median_ms},
+                         {"paired_ratio_vs_hand", p.median_ratio},
+                         {"faster_than_hand", p.wins}});
     }
     record["paired_ratio_vs_hand"] = compare_paired(ms[winner], ms[0]).median_ratio;
     record["finalists"] = field;

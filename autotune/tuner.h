@@ -12,16 +12,16 @@
 namespace vashista::tune {
 
 struct TuneOptions {
-    int trials = 40;          // per workload, the hand schedule included
-    double minutes = 0;       // per workload; 0: no limit
+    int trials = 40;     // per workload, the hand schedule included
+    double minutes = 0;  // per workload; 0: no limit
     uint64_t seed = 1;
     std::string strategy = "evolutionary";  // or random
     std::string work_dir = "build/tune";
     double build_timeout_s = 300;
     MeasureOptions measure;
-    int finalists = 4;      // re-measured against the hand schedule at the end
-    int final_reps = 21;    // round-robin runs each in that verification
-    bool verify = false;    // run the verification round even if one is recorded
+    int finalists = 4;    // re-measured against the hand schedule at the end
+    int final_reps = 21;  // round-robin runs each in that verification
+    bool verify = false;  // run the verification round even if one is recorded
 };
 
 struct TuneResult {

@@ -19,11 +19,22 @@ std::string Workload::key() const {
 }
 
 json Workload::to_json() const {
-    json j = {{"generator", generator}, {"target", target}, {"head_dim", head_dim}, {"page_size", page_size},
-            {"top_pages", top_pages}, {"top_tokens", top_tokens}, {"group_size", group_size},
-            {"kv_heads", kv_heads}, {"batch", batch}, {"kv_type", kv_type}, {"summary_type", summary_type},
-            {"layout", layout}, {"solver", solver}, {"routing", routing}, {"group_routing", group_routing},
-            {"tokens", tokens}};
+    json j = {{"generator", generator},
+              {"target", target},
+              {"head_dim", head_dim},
+              {"page_size", page_size},
+              {"top_pages", top_pages},
+              {"top_tokens", top_tokens},
+              {"group_size", group_size},
+              {"kv_heads", kv_heads},
+              {"batch", batch},
+              {"kv_type", kv_type},
+              {"summary_type", summary_type},
+              {"layout", layout},
+              {"solver", solver},
+              {"routing", routing},
+              {"group_routing", group_routing},
+              {"tokens", tokens}};
     if (sketch()) {
         j["sketch_bits"] = sketch_bits;
         j["sketch_group"] = sketch_group;

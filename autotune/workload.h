@@ -21,7 +21,7 @@ struct Workload {
     std::string kv_type = "bfloat16", summary_type = "bfloat16", layout = "HND";
     std::string solver = "softmax", routing = "bound", group_routing = "per_head";
     int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // sketch routing's sketch
-    int tokens = 32768;  // the T bucket measured
+    int tokens = 32768;                                                        // the T bucket measured
 
     bool sketch() const { return generator == "decode" && routing == "sketch"; }
     std::string key() const;  // canonical, stable across runs

@@ -37,13 +37,17 @@ Options parse(int argc, char **argv) {
             if (i + 1 >= argc) bench::usage_error("missing value after " + a);
             return argv[++i];
         };
-        if (a == "--json") o.json_path = value();
-        else if (a == "--reps") o.reps = std::stoi(value());
-        else if (a == "--lengths") o.lengths = bench::parse_int_list(value());
+        if (a == "--json")
+            o.json_path = value();
+        else if (a == "--reps")
+            o.reps = std::stoi(value());
+        else if (a == "--lengths")
+            o.lengths = bench::parse_int_list(value());
         else if (a == "--help" || a == "-h") {
             std::printf("usage: vashista_demo [--lengths 8192,32768,131072] [--reps 7] [--json build/demo.json]\n");
             std::exit(0);
-        } else bench::usage_error("unknown argument " + a);
+        } else
+            bench::usage_error("unknown argument " + a);
     }
     if (o.reps < 1) bench::usage_error("--reps must be >= 1");
     return o;
@@ -86,9 +90,20 @@ int main(int argc, char **argv) {
 
         // Caller-owned pages, filled through vashista_append (which builds summaries).
         std::vector<uint8_t> k_pages(p.cache.k.size() * 2), v_pages(p.cache.v.size() * 2);
-        vashista_cache_desc desc{1, H, D, S, p.cache.num_pages, p.seqs.max_pages, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(),
-                                 p.seqs.page_table.data(), kSketchBitsDefault, kSketchGroupDefault};
+        vashista_cache_desc desc{1,
+                                 H,
+                                 D,
+                                 S,
+                                 p.cache.num_pages,
+                                 p.seqs.max_pages,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND,
+                                 k_pages.data(),
+                                 v_pages.data(),
+                                 p.seqs.page_table.data(),
+                                 kSketchBitsDefault,
+                                 kSketchGroupDefault};
         vashista_cache *cache = nullptr;
         check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
         bench::Timer append_timer;
@@ -166,10 +181,18 @@ int main(int argc, char **argv) {
                 const auto &hd = diag[i];
                 gaps.push_back(hd.support_gap);
                 switch (hd.policy_taken) {
-                case VASHISTA_TAKEN_SPARSE: ++heads_sparse; break;
-                case VASHISTA_TAKEN_DENSE: ++heads_dense; break;
-                case VASHISTA_TAKEN_REPORTED: ++heads_reported; break;
-                case VASHISTA_TAKEN_WIDENED: ++heads_widened; break;
+                    case VASHISTA_TAKEN_SPARSE:
+                        ++heads_sparse;
+                        break;
+                    case VASHISTA_TAKEN_DENSE:
+                        ++heads_dense;
+                        break;
+                    case VASHISTA_TAKEN_REPORTED:
+                        ++heads_reported;
+                        break;
+                    case VASHISTA_TAKEN_WIDENED:
+                        ++heads_widened;
+                        break;
                 }
                 // A sparse head must sit within its certificate; f32 accumulation of
                 // bf16 inputs adds at most ~1e-4 here.
@@ -198,8 +221,10 @@ int main(int argc, char **argv) {
                     sketch_ms.min, sketch_ms.max, sketch_bytes / bandwidth * 1e-6, sketch_bytes * 1e-6);
         std::printf("speedup      %8.2fx (bound routing), %.2fx (sketch routing) over dense\n",
                     dense_ms.median / sparse_ms.median, dense_ms.median / sketch_ms.median);
-        std::printf("sketch: %d of %d heads certified at tolerance %.0e (largest bound %.3g), max |sketch - dense_ref| "
-                    "= %.3g\n", sketch_heads_sparse, H * G, double(cfg.tolerance), sketch_max_bound, sketch_max_err);
+        std::printf(
+            "sketch: %d of %d heads certified at tolerance %.0e (largest bound %.3g), max |sketch - dense_ref| "
+            "= %.3g\n",
+            sketch_heads_sparse, H * G, double(cfg.tolerance), sketch_max_bound, sketch_max_err);
         std::printf(
             "max |sparse - dense_ref| = %.3g   max |dense - dense_ref| = %.3g   largest certified bound = %.3g\n",
             max_err, max_dense_err, max_bound);
@@ -208,23 +233,40 @@ int main(int argc, char **argv) {
                     double(cfg.tolerance), heads_sparse, heads_widened, heads_dense, heads_reported);
         std::printf("%s\n",
                     correct ? "correct: every head within its certificate" : "WRONG: a head exceeds its certificate");
-        records.push_back({{"T", T}, {"sparse_ms", sparse_ms.median}, {"sparse_ms_min", sparse_ms.min},
-                           {"sparse_ms_max", sparse_ms.max}, {"dense_ms", dense_ms.median},
-                           {"dense_ms_min", dense_ms.min}, {"dense_ms_max", dense_ms.max},
-                           {"speedup", dense_ms.median / sparse_ms.median}, {"max_abs_err", max_err},
-                           {"sketch_ms", sketch_ms.median}, {"sketch_ms_min", sketch_ms.min},
-                           {"sketch_ms_max", sketch_ms.max}, {"sketch_speedup", dense_ms.median / sketch_ms.median},
-                           {"sketch_floor_ms", sketch_bytes / bandwidth * 1e-6}, {"sketch_bytes", sketch_bytes},
-                           {"sketch_heads_certified", sketch_heads_sparse}, {"sketch_max_abs_err", sketch_max_err},
-                           {"sketch_error_bound", sketch_max_bound}, {"sparse_bytes", sparse_bytes},
+        records.push_back({{"T", T},
+                           {"sparse_ms", sparse_ms.median},
+                           {"sparse_ms_min", sparse_ms.min},
+                           {"sparse_ms_max", sparse_ms.max},
+                           {"dense_ms", dense_ms.median},
+                           {"dense_ms_min", dense_ms.min},
+                           {"dense_ms_max", dense_ms.max},
+                           {"speedup", dense_ms.median / sparse_ms.median},
+                           {"max_abs_err", max_err},
+                           {"sketch_ms", sketch_ms.median},
+                           {"sketch_ms_min", sketch_ms.min},
+                           {"sketch_ms_max", sketch_ms.max},
+                           {"sketch_speedup", dense_ms.median / sketch_ms.median},
+                           {"sketch_floor_ms", sketch_bytes / bandwidth * 1e-6},
+                           {"sketch_bytes", sketch_bytes},
+                           {"sketch_heads_certified", sketch_heads_sparse},
+                           {"sketch_max_abs_err", sketch_max_err},
+                           {"sketch_error_bound", sketch_max_bound},
+                           {"sparse_bytes", sparse_bytes},
                            {"dense_bytes", dense_bytes},
-                           {"dense_max_abs_err", max_dense_err}, {"error_bound", max_bound},
-                           {"support_gap_min", gaps.front()}, {"support_gap_median", gaps[gaps.size() / 2]},
-                           {"heads_sparse", heads_sparse}, {"heads_widened", heads_widened},
-                           {"heads_dense", heads_dense}, {"heads_reported", heads_reported},
-                           {"policy", "dense"}, {"tolerance", cfg.tolerance},
-                           {"bandwidth_gbps", bandwidth}, {"sparse_floor_ms", sparse_bytes / bandwidth * 1e-6},
-                           {"dense_floor_ms", dense_bytes / bandwidth * 1e-6}, {"reps", opt.reps},
+                           {"dense_max_abs_err", max_dense_err},
+                           {"error_bound", max_bound},
+                           {"support_gap_min", gaps.front()},
+                           {"support_gap_median", gaps[gaps.size() / 2]},
+                           {"heads_sparse", heads_sparse},
+                           {"heads_widened", heads_widened},
+                           {"heads_dense", heads_dense},
+                           {"heads_reported", heads_reported},
+                           {"policy", "dense"},
+                           {"tolerance", cfg.tolerance},
+                           {"bandwidth_gbps", bandwidth},
+                           {"sparse_floor_ms", sparse_bytes / bandwidth * 1e-6},
+                           {"dense_floor_ms", dense_bytes / bandwidth * 1e-6},
+                           {"reps", opt.reps},
                            {"correct", correct}});
         vashista_cache_destroy(cache);
     }

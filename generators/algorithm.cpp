@@ -55,8 +55,7 @@ Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr
     return layout == KvLayout::HND ? cache(d, s, h, page) : cache(d, h, s, page);
 }
 
-TopKStages top_k(const Func &key, Expr n, int k, const std::string &name,
-                 Var i, Var g, Var h, Var b) {
+TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i, Var g, Var h, Var b) {
     TopKStages st;
     // Largest threshold tau with #(key >= tau) >= k, one bit per pass, MSB first.
     Expr tau = u32(0);
@@ -92,8 +91,7 @@ TopKStages top_k(const Func &key, Expr n, int k, const std::string &name,
         Expr kept_before = st.scan(rs - 1, g, h, b)[1];
         Expr prev_tie = is_tie(prev_key);
         Expr prev_kept = prev_key > tau || (prev_tie && ties_before < need);
-        st.scan(rs, g, h, b) = Tuple(ties_before + select(prev_tie, 1, 0),
-                                     kept_before + select(prev_kept, 1, 0));
+        st.scan(rs, g, h, b) = Tuple(ties_before + select(prev_tie, 1, 0), kept_before + select(prev_kept, 1, 0));
     }
 
     st.kept = Func(name + "_kept");
@@ -116,8 +114,7 @@ TopKStages top_k(const Func &key, Expr n, int k, const std::string &name,
 DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     DecodeStages st;
     Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c, k = st.k;
-    const int D = cfg.head_dim, S = cfg.page_size, P = cfg.top_pages, KC = cfg.top_tokens,
-              G = cfg.group_size;
+    const int D = cfg.head_dim, S = cfg.page_size, P = cfg.top_pages, KC = cfg.top_tokens, G = cfg.group_size;
     const bool per_head = cfg.group_routing == GroupRouting::PerHead;
     const bool sketch = cfg.routing == RoutingMode::Sketch;
     if (sketch) {
@@ -215,10 +212,9 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         Expr max_a = st.page_leak(i, g, h, b)[0], max_ub = st.page_leak(i, g, h, b)[1];
         Expr sum = st.page_leak(i, g, h, b)[2];
         Expr first = rs.y == 0;
-        st.page_leak(i, g, h, b) =
-            Tuple(select(first, Halide::max(max_a, select(valid, a, neg_inf())), max_a),
-                  select(first, Halide::max(max_ub, select(valid, ub, neg_inf())), max_ub),
-                  select(first || !valid, sum, sum + Halide::exp(beta * (ub - max_ub))));
+        st.page_leak(i, g, h, b) = Tuple(select(first, Halide::max(max_a, select(valid, a, neg_inf())), max_a),
+                                         select(first, Halide::max(max_ub, select(valid, ub, neg_inf())), max_ub),
+                                         select(first || !valid, sum, sum + Halide::exp(beta * (ub - max_ub))));
     }
 
     // 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
@@ -356,8 +352,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
             Func arg(name);
             arg(g, h, b) = Tuple(0, neg_inf());
             Expr v = value(rc, g, h, b);
-            arg(g, h, b) = Tuple(select(v > arg(g, h, b)[1], cast<int>(rc), arg(g, h, b)[0]),
-                                 Halide::max(v, arg(g, h, b)[1]));
+            arg(g, h, b) =
+                Tuple(select(v > arg(g, h, b)[1], cast<int>(rc), arg(g, h, b)[0]), Halide::max(v, arg(g, h, b)[1]));
             st.solver_steps.push_back(arg);
             return arg;
         };
@@ -376,8 +372,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
             Func vertex = first_argmax(grad, "fw_vertex_" + std::to_string(t));
             const float gamma = 2.0f / (t + 2.0f);
             Func next("fw_alpha_" + std::to_string(t + 1));
-            next(c, g, h, b) = (1.0f - gamma) * iterate(c, g, h, b) +
-                               select(c == vertex(g, h, b)[0], gamma, 0.0f);
+            next(c, g, h, b) = (1.0f - gamma) * iterate(c, g, h, b) + select(c == vertex(g, h, b)[0], gamma, 0.0f);
             st.solver_steps.push_back(next);
             iterate = next;
         }
@@ -385,8 +380,8 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         Func vertex = first_argmax(grad, "fw_vertex_final");
         Func inner("fw_inner");  // <grad, alpha> over candidates
         inner(g, h, b) = 0.0f;
-        inner(g, h, b) += select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
-                                 grad(rc, g, h, b) * iterate(rc, g, h, b), 0.0f);
+        inner(g, h, b) +=
+            select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)), grad(rc, g, h, b) * iterate(rc, g, h, b), 0.0f);
         st.solver_steps.push_back(inner);
         fw_gap = vertex(g, h, b)[1] - inner(g, h, b);
         st.alpha(c, g, h, b) = iterate(c, g, h, b);
@@ -409,8 +404,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
             excess(g, h, b) += Halide::max(z(rc, g, h, b) - mid, 0.0f);
             Func next("sparsemax_bracket_" + std::to_string(t));
             Expr inside = excess(g, h, b) >= 0.0f;
-            next(g, h, b) = Tuple(select(inside, mid, bracket(g, h, b)[0]),
-                                  select(inside, bracket(g, h, b)[1], mid));
+            next(g, h, b) = Tuple(select(inside, mid, bracket(g, h, b)[0]), select(inside, bracket(g, h, b)[1], mid));
             st.solver_steps.push_back(excess);
             st.solver_steps.push_back(next);
             bracket = next;
@@ -478,7 +472,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     st.q_l1(g, h, b) += Halide::abs(in.q(rd, g, h, b));
     Expr q_l1_up = st.q_l1(g, h, b) * float(1 + 2 * fp::gamma32(D));
     Expr error_per_key = scale * q_l1_up * float(fp::score_error32(D));  // e_p / key_absmax(p)
-    auto upper_term = [&](Expr score, Expr error) {  // exp(beta (s - m)) >= exact, per token
+    auto upper_term = [&](Expr score, Expr error) {                      // exp(beta (s - m)) >= exact, per token
         Expr margin = float(8 * u) * beta * (Halide::abs(score) + error + Halide::abs(m32));
         return Halide::exp(beta * (score + error - m32) + margin);
     };
@@ -530,8 +524,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     Func min_score("min_score");
     min_score(g, h, b) = Expr(std::numeric_limits<double>::infinity());
     min_score(g, h, b) = Halide::min(min_score(g, h, b),
-                                     select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)),
-                                            st.cand_score(rc, g, h, b),
+                                     select(st.cand_score(rc, g, h, b) > neg_inf(Float(64)), st.cand_score(rc, g, h, b),
                                             Expr(std::numeric_limits<double>::infinity())));
     st.solver_steps.push_back(min_score);
 
@@ -594,26 +587,26 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         Expr exact = bracketed && outside_upper <= threshold_low - f64(4 * fp::kUnit64) * Halide::abs(threshold_low);
         Expr a_err = w + e64 / f64(tau) + f64(4 * fp::kUnit64) * (z_max + Halide::abs(theta));
         Expr spread_alpha = f64(KC) * a_err;
-        Expr sparsemax_rounding = ((spread_alpha + f64(u) * (1 + spread_alpha)) +
-                                   f64(fp::gamma32(KC + 1) * (1 + u)) * (1 + spread_alpha)) * value_candidates;
+        Expr sparsemax_rounding =
+            ((spread_alpha + f64(u) * (1 + spread_alpha)) + f64(fp::gamma32(KC + 1) * (1 + u)) * (1 + spread_alpha)) *
+            value_candidates;
         bound = cast<float>(sparsemax_rounding * f64(1 + 4 * u));
         certificate = select(!exact, status(Certificate::Solver), Halide::is_finite(bound),
                              status(Certificate::Certified), status(Certificate::Overflow));
     } else {
         certificate = status(Certificate::Solver);
     }
-    Expr reported_bound = select(certificate == status(Certificate::Certified), bound,
-                                 std::numeric_limits<float>::infinity());
+    Expr reported_bound =
+        select(certificate == status(Certificate::Certified), bound, std::numeric_limits<float>::infinity());
     st.diag = Func("diag");
     st.diag(k, g, h, b) = Halide::mux(k, {gap, cast<float>(leakage), reported_bound, cast<float>(delta), value_out,
                                           as_f32(st.select.count(g, h, b)), fw_gap, m32, certificate});
 
     Var x = st.x;
-    Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b),
-                           x == D, st.lse(g, h, b),
+    Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b), x == D, st.lse(g, h, b),
                            st.diag(clamp(x - D - 1, 0, kDiagFields - 1), g, h, b));
-    Expr int_part = select(x < KC, st.candidates(clamp(x, 0, KC - 1), g, h, b),
-                           st.pages(clamp(x - KC, 0, P - 1), g, h, b));
+    Expr int_part =
+        select(x < KC, st.candidates(clamp(x, 0, KC - 1), g, h, b), st.pages(clamp(x - KC, 0, P - 1), g, h, b));
     st.record = Func("record");
     st.record(x, g, h, b) = Tuple(f32_part, int_part);
 
@@ -636,9 +629,7 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     return st;
 }
 
-Halide::Target decode_target(const Halide::Target &target) {
-    return target.with_feature(Halide::Target::StrictFloat);
-}
+Halide::Target decode_target(const Halide::Target &target) { return target.with_feature(Halide::Target::StrictFloat); }
 
 int record_length(const DecodeConfig &cfg) {
     return std::max(cfg.head_dim + 1 + kDiagFields, cfg.top_tokens + cfg.top_pages);
@@ -659,8 +650,9 @@ DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in) {
     RDom rd(0, D, "rd");
     st.score = Func("dense_score");  // q.k_t
     st.score(t, g, h, b) = 0.0f;
-    st.score(t, g, h, b) += in.q(rd, g, h, b) *
-        token(t, [&](Expr page, Expr off) { return as_f32(kv_element(in.k_cache, cfg.layout, rd, off, h, page)); });
+    st.score(t, g, h, b) += in.q(rd, g, h, b) * token(t, [&](Expr page, Expr off) {
+                                return as_f32(kv_element(in.k_cache, cfg.layout, rd, off, h, page));
+                            });
     auto s = [&](Expr tok) { return in.scale * st.score(tok, g, h, b); };
 
     // Masked rather than predicated reductions, so that they vectorize; tokens past
@@ -684,8 +676,8 @@ DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in) {
 
     Var x("x");
     st.chunk_state = Func("chunk_state");
-    st.chunk_state(x, g, ch, h, b) = select(x < D, st.chunk_acc(clamp(x, 0, D - 1), g, ch, h, b),
-                                            x == D, st.chunk_max(g, ch, h, b), st.chunk_sum(g, ch, h, b));
+    st.chunk_state(x, g, ch, h, b) = select(x < D, st.chunk_acc(clamp(x, 0, D - 1), g, ch, h, b), x == D,
+                                            st.chunk_max(g, ch, h, b), st.chunk_sum(g, ch, h, b));
     auto chunk_max = [&](Expr c) { return st.chunk_state(D, g, c, h, b); };
     auto chunk_sum = [&](Expr c) { return st.chunk_state(D + 1, g, c, h, b); };
     auto chunk_acc = [&](Expr c) { return st.chunk_state(d, g, c, h, b); };
@@ -755,8 +747,8 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     // The largest |x| of the stored box bounds every |k_d| of the page.
     st.key_absmax = Func("key_absmax");
     st.key_absmax(h, n) = 0.0f;
-    st.key_absmax(h, n) = Halide::max(st.key_absmax(h, n), Halide::max(Halide::abs(as_f32(lo(rd, h, n))),
-                                                                       Halide::abs(as_f32(hi(rd, h, n)))));
+    st.key_absmax(h, n) = Halide::max(
+        st.key_absmax(h, n), Halide::max(Halide::abs(as_f32(lo(rd, h, n))), Halide::abs(as_f32(hi(rd, h, n)))));
     // sqrt of the f32 sum of squares, rounded up so it bounds the true norm (fp::value_norm_margin).
     st.value_norm = Func("value_norm");
     st.value_norm(h, n) = Halide::sqrt(st.value_norm_sq(h, n)) * float(fp::value_norm_margin(cfg.head_dim));
@@ -819,8 +811,9 @@ Halide::Region kv_cache_region(const ShapeEstimate &e) {
 }
 Halide::Region page_table_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.batch}}; }
 Halide::Region summary_region(const ShapeEstimate &e) {
-    return {{0, kSummaryBlock}, {0, e.head_dim}, {0, kSummaryChannels},
-            {0, (e.pages + kSummaryBlock - 1) / kSummaryBlock}, {0, e.kv_heads}, {0, e.batch}};
+    return {{0, kSummaryBlock},    {0, e.head_dim},
+            {0, kSummaryChannels}, {0, (e.pages + kSummaryBlock - 1) / kSummaryBlock},
+            {0, e.kv_heads},       {0, e.batch}};
 }
 Halide::Region value_norm_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.kv_heads}, {0, e.batch}}; }
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {

@@ -47,11 +47,11 @@ struct DecodeConfig {
     Solver solver = Solver::Softmax;
     RoutingMode routing = RoutingMode::Mean;
     GroupRouting group_routing = GroupRouting::PerHead;
-    int sink_pages = 0;    // first pages of each sequence, always routed (count toward P)
-    int local_pages = 0;   // last pages of each sequence, always routed (count toward P)
-    int solver_steps = 6;      // eg: N, fw: N
-    float solver_eta = 0.2f;   // eg step size
-    float solver_tau = 1.0f;   // fw and sparsemax regularization
+    int sink_pages = 0;                      // first pages of each sequence, always routed (count toward P)
+    int local_pages = 0;                     // last pages of each sequence, always routed (count toward P)
+    int solver_steps = 6;                    // eg: N, fw: N
+    float solver_eta = 0.2f;                 // eg step size
+    float solver_tau = 1.0f;                 // fw and sparsemax regularization
     int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
     int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
     // heads that route together: G for per_head, 1 for shared
@@ -62,9 +62,9 @@ struct DecodeConfig {
 struct DecodeInputs {
     Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
     Func sketch, sketch_scale;  // read in sketch routing only
-    Expr scale;      // score scale, > 0
-    Expr max_pages;  // page_table extent along j
-    Expr num_pages;  // physical pages in the cache
+    Expr scale;                 // score scale, > 0
+    Expr max_pages;             // page_table extent along j
+    Expr num_pages;             // physical pages in the cache
 };
 
 // In the library's sketch layout a token byte's rows are page_size bytes apart (dense);
@@ -106,29 +106,29 @@ struct DecodeStages {
     Func q_code, q_step, q_group_weight;
     Func sketch_inner, sketch_dot, sketch_width, sketch_token, page_leak;
     Func slot_inner, slot_dot, slot_width, slot_token;
-    Func route_score;      // (i, gr, h, b): per head, or max over the group (shared)
+    Func route_score;  // (i, gr, h, b): per head, or max over the group (shared)
     Func route_key;
-    TopKStages route;      // top-P pages
-    Func token_score;      // (i=slot, g, h, b): s_t over the selected pages' tokens
+    TopKStages route;  // top-P pages
+    Func token_score;  // (i=slot, g, h, b): s_t over the selected pages' tokens
     Func token_key;
-    TopKStages select;     // top-K_c tokens
-    Func cand_location;    // (c, g, h, b) -> {physical page, offset}
-    Func cand_dot;         // (c, g, h, b): q.k of the candidate, f64
-    Func cand_score;       // (c, g, h, b): s_c in f64, -inf where no candidate
-    Func max_score;        // m (f64)
-    Func weight;           // (c): softmax/eg weight exp(beta (s_c - m)), f64
-    Func weight_sum;       // Z_C (f64)
+    TopKStages select;               // top-K_c tokens
+    Func cand_location;              // (c, g, h, b) -> {physical page, offset}
+    Func cand_dot;                   // (c, g, h, b): q.k of the candidate, f64
+    Func cand_score;                 // (c, g, h, b): s_c in f64, -inf where no candidate
+    Func max_score;                  // m (f64)
+    Func weight;                     // (c): softmax/eg weight exp(beta (s_c - m)), f64
+    Func weight_sum;                 // Z_C (f64)
     std::vector<Func> solver_steps;  // fw iterates / sparsemax bisection steps
-    Func alpha;            // (c): solver weights, sum 1
-    Func out;              // (d, g, h, b) = sum_c alpha_c v_c
-    Func lse;              // (g, h, b) = m + log sum exp(s_c - m)
-    Func q_l1;             // (g, h, b): ||q||_1, for the scores' rounding terms
-    Func inside_stats;     // (g, h, b) selected pages: {leak, max score, max ||v|| outside C, max ||v||}
-    Func outside_stats;    // (g, h, b) unselected pages: {leak, max score, max ||v||, max |k_d| of the sequence}
-    Func out_norm;         // ||o|| (f64)
-    Func diag;             // (k, g, h, b), see DiagField
-    Func candidates;       // (c, g, h, b): token position or -1
-    Func pages;            // (i, g, h, b): logical page or -1
+    Func alpha;                      // (c): solver weights, sum 1
+    Func out;                        // (d, g, h, b) = sum_c alpha_c v_c
+    Func lse;                        // (g, h, b) = m + log sum exp(s_c - m)
+    Func q_l1;                       // (g, h, b): ||q||_1, for the scores' rounding terms
+    Func inside_stats;               // (g, h, b) selected pages: {leak, max score, max ||v|| outside C, max ||v||}
+    Func outside_stats;  // (g, h, b) unselected pages: {leak, max score, max ||v||, max |k_d| of the sequence}
+    Func out_norm;       // ||o|| (f64)
+    Func diag;           // (k, g, h, b), see DiagField
+    Func candidates;     // (c, g, h, b): token position or -1
+    Func pages;          // (i, g, h, b): logical page or -1
     // One head's results in one record, so that one loop nest computes a head's step
     // and the five outputs are views of it. (x, g, h, b) -> {f32, int32}:
     //   f32: [0, D) out, D lse, D+1.. diag;  int32: [0, K_c) candidates, then pages.
@@ -136,9 +136,7 @@ struct DecodeStages {
     // The pipeline's outputs, views of `record`: out (d,g,h,b), lse (g,h,b),
     // diag (k,g,h,b), candidates (c,g,h,b), pages (i,g,h,b).
     Func result_out, result_lse, result_diag, result_candidates, result_pages;
-    std::vector<Func> outputs() const {
-        return {result_out, result_lse, result_diag, result_candidates, result_pages};
-    }
+    std::vector<Func> outputs() const { return {result_out, result_lse, result_diag, result_candidates, result_pages}; }
 };
 int record_length(const DecodeConfig &cfg);
 
@@ -156,12 +154,12 @@ struct DenseConfig {
 
 struct DenseStages {
     Var d{"d"}, t{"t"}, g{"g"}, h{"h"}, b{"b"}, ch{"ch"};
-    Func score;       // (t, g, h, b), t a token of the sequence
-    Func chunk_max;   // (g, ch, h, b)
-    Func weight;      // (t, g, h, b) = exp(s_t - chunk max), 0 past seq_len
-    Func chunk_sum;   // (g, ch, h, b)
-    Func chunk_acc;   // (d, g, ch, h, b)
-    Func chunk_state; // (x, g, ch, h, b): [0, D) acc, D max, D+1 sum; one loop nest per chunk
+    Func score;        // (t, g, h, b), t a token of the sequence
+    Func chunk_max;    // (g, ch, h, b)
+    Func weight;       // (t, g, h, b) = exp(s_t - chunk max), 0 past seq_len
+    Func chunk_sum;    // (g, ch, h, b)
+    Func chunk_acc;    // (d, g, ch, h, b)
+    Func chunk_state;  // (x, g, ch, h, b): [0, D) acc, D max, D+1 sum; one loop nest per chunk
     Func max_score, sum, merged_acc, out, lse;
 };
 
@@ -219,7 +217,7 @@ struct ShapeEstimate {
     int head_dim = 128, page_size = 16, group = 4, kv_heads = 8, batch = 1, pages = 2048;
     KvLayout layout = KvLayout::HND;
 };
-Halide::Region q_region(const ShapeEstimate &e);          // also out
+Halide::Region q_region(const ShapeEstimate &e);  // also out
 Halide::Region kv_cache_region(const ShapeEstimate &e);
 Halide::Region page_table_region(const ShapeEstimate &e);
 Halide::Region summary_region(const ShapeEstimate &e);
@@ -249,8 +247,7 @@ Expr round_outward(Expr x, Type t, bool up);
 Expr order_key(Expr score);
 Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr page);
 
-TopKStages top_k(const Func &key, Expr n, int k, const std::string &name,
-                 Var i, Var g, Var h, Var b);
+TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i, Var g, Var h, Var b);
 
 DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in);
 // The certificate's arithmetic relies on IEEE semantics (infinities and NaN that reach

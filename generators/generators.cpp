@@ -112,12 +112,25 @@ public:
 
     void generate() {
         if (!get_target().has_feature(Halide::Target::StrictFloat))
-            throw std::invalid_argument("vashista_decode needs the strict_float target feature (its certificate "
-                                        "relies on IEEE infinities and NaN): target " + get_target().to_string());
+            throw std::invalid_argument(
+                "vashista_decode needs the strict_float target feature (its certificate "
+                "relies on IEEE infinities and NaN): target " +
+                get_target().to_string());
         const DecodeConfig cfg = config();
         require_dense_sketch_rows(sketch, cfg.page_size);
-        DecodeInputs in{q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax, sketch,
-                        sketch_scale, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+        DecodeInputs in{q,
+                        k_cache,
+                        v_cache,
+                        page_table,
+                        seq_lens,
+                        summary,
+                        value_norm,
+                        key_absmax,
+                        sketch,
+                        sketch_scale,
+                        scale,
+                        page_table.dim(0).extent(),
+                        k_cache.dim(3).extent()};
         DecodeStages st = define_decode(cfg, in);
         out = st.result_out;
         lse = st.result_lse;
@@ -175,8 +188,8 @@ public:
         cfg.layout = parse_layout(layout);
         const DenseCpuSchedule s = load_schedule(schedule_file, hand_schedule(cfg));
         cfg.split_pages = s.split_pages;
-        DenseInputs in{q, k_cache, v_cache, page_table, seq_lens, scale,
-                       page_table.dim(0).extent(), k_cache.dim(3).extent()};
+        DenseInputs in{
+            q, k_cache, v_cache, page_table, seq_lens, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
         DenseStages st = define_dense(cfg, in);
         out = st.out;
         lse = st.lse;
@@ -215,8 +228,14 @@ public:
         cfg.kv_type = parse_type(kv_type);
         cfg.summary_type = parse_type(summary_type);
         cfg.layout = parse_layout(layout);
-        SummaryInputs in{k_cache, v_cache, page_table, seq_lens, touched,
-                         page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+        SummaryInputs in{k_cache,
+                         v_cache,
+                         page_table,
+                         seq_lens,
+                         touched,
+                         page_table.dim(0).extent(),
+                         k_cache.dim(3).extent(),
+                         page_table.dim(1).extent()};
         SummaryStages st = define_summary(cfg, in);
         summary = st.summary;
         value_norm = st.value_norm;
@@ -255,8 +274,14 @@ public:
         cfg.layout = parse_layout(layout);
         cfg.bits = sketch_bits;
         cfg.group = sketch_group;
-        SummaryInputs in{k_cache, Func(), page_table, seq_lens, touched,
-                         page_table.dim(0).extent(), k_cache.dim(3).extent(), page_table.dim(1).extent()};
+        SummaryInputs in{k_cache,
+                         Func(),
+                         page_table,
+                         seq_lens,
+                         touched,
+                         page_table.dim(0).extent(),
+                         k_cache.dim(3).extent(),
+                         page_table.dim(1).extent()};
         SketchStages st = define_sketch(cfg, in);
         codes = st.codes;
         scales = st.scale;

@@ -68,8 +68,8 @@ enum class Certificate {
 // The floating-point facts the certificate's rounding terms are built from. Kernels
 // and the reference evaluate the same formulas (algorithm.cpp states the argument).
 namespace fp {
-constexpr double kUnit32 = 1.0 / (1 << 24);            // unit roundoff of f32
-constexpr double kUnit64 = 1.0 / 9007199254740992.0;   // 2^-53
+constexpr double kUnit32 = 1.0 / (1 << 24);           // unit roundoff of f32
+constexpr double kUnit64 = 1.0 / 9007199254740992.0;  // 2^-53
 // gamma_n = n u / (1 - n u) bounds the relative error of an n-term sum or dot product in
 // any order of evaluation (products and fused multiply-adds included).
 constexpr double gamma32(double n) { return n * kUnit32 / (1 - n * kUnit32); }
@@ -125,8 +125,8 @@ inline double page_sum_inflation(int page_size) {
 }
 // exp of an f32 argument below about -87 is subnormal or 0 (relative error unbounded):
 // each leakage term is bounded by its computed value times (1 + eps) plus this floor.
-constexpr double kExpFloor = 1.0 / (double(1 << 30) * double(1 << 30) * double(1 << 30) * double(1 << 30) *
-                                    double(1 << 6));  // 2^-126
+constexpr double kExpFloor =
+    1.0 / (double(1 << 30) * double(1 << 30) * double(1 << 30) * double(1 << 30) * double(1 << 6));  // 2^-126
 }  // namespace fp
 
 // eg after N steps of size eta from uniform is softmax(N * eta * s): its temperature,
@@ -138,10 +138,14 @@ inline float eg_temperature(int steps, float eta) { return float(steps) * eta; }
 inline const char *to_string(KvLayout v) { return v == KvLayout::HND ? "HND" : "NHD"; }
 inline const char *to_string(Solver v) {
     switch (v) {
-    case Solver::Softmax: return "softmax";
-    case Solver::EG: return "eg";
-    case Solver::FW: return "fw";
-    case Solver::Sparsemax: return "sparsemax";
+        case Solver::Softmax:
+            return "softmax";
+        case Solver::EG:
+            return "eg";
+        case Solver::FW:
+            return "fw";
+        case Solver::Sparsemax:
+            return "sparsemax";
     }
     return "?";
 }

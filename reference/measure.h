@@ -29,6 +29,7 @@ class Flusher {
 public:
     Flusher();
     void flush();
+
 private:
     std::vector<unsigned char> buffer_;
     volatile unsigned sink_ = 0;

@@ -71,8 +71,7 @@ Problem make_problem(const ProblemSpec &spec) {
                 for (int t = std::max(1, len - spec.window); t < len; ++t)
                     plant(t, group_mean.data(), 2.0, 1.0);  // local window
                 for (int g = 0; g < spec.group; ++g)
-                    for (int n = 0; n < spec.needles; ++n)
-                        plant(token(rng), p.q.head(b, h, g), spec.needle_score, 0.1);
+                    for (int n = 0; n < spec.needles; ++n) plant(token(rng), p.q.head(b, h, g), spec.needle_score, 0.1);
             }
         }
     }

@@ -18,8 +18,8 @@ enum class DataKind {
 struct ProblemSpec {
     int kv_heads = 2, group = 4, head_dim = 64, page_size = 16;
     std::vector<int> seq_lens{100};
-    int extra_pages = 2;   // block-table columns beyond the longest sequence
-    int spare_pages = 3;   // physical pages no sequence uses
+    int extra_pages = 2;  // block-table columns beyond the longest sequence
+    int spare_pages = 3;  // physical pages no sequence uses
     KvLayout layout = KvLayout::HND;
     DType dtype = DType::BF16;
     DataKind kind = DataKind::Gaussian;

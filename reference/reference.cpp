@@ -11,9 +11,12 @@ namespace vashista::ref {
 
 const char *dtype_name(DType t) {
     switch (t) {
-    case DType::F32: return "float32";
-    case DType::F16: return "float16";
-    case DType::BF16: return "bfloat16";
+        case DType::F32:
+            return "float32";
+        case DType::F16:
+            return "float16";
+        case DType::BF16:
+            return "bfloat16";
     }
     return "?";
 }
@@ -55,27 +58,31 @@ float round_toward(DType t, float x, bool up) {
     if (up ? nearest >= x : nearest <= x) return nearest;
     const bool negative = bits & 0x8000, zero = (bits & 0x7fff) == 0;
     uint16_t step;
-    if (up) step = zero ? 0x0001 : negative ? bits - 1 : bits + 1;
-    else step = zero ? 0x8001 : negative ? bits + 1 : bits - 1;
+    if (up)
+        step = zero ? 0x0001 : negative ? bits - 1 : bits + 1;
+    else
+        step = zero ? 0x8001 : negative ? bits + 1 : bits - 1;
     return from_bits16(t, step);
 }
 
 Cache::Cache(int num_pages_, int kv_heads_, int page_size_, int head_dim_, KvLayout layout_, DType dtype_)
-    : num_pages(num_pages_), kv_heads(kv_heads_), page_size(page_size_), head_dim(head_dim_),
-      layout(layout_), dtype(dtype_),
+    : num_pages(num_pages_),
+      kv_heads(kv_heads_),
+      page_size(page_size_),
+      head_dim(head_dim_),
+      layout(layout_),
+      dtype(dtype_),
       k(size_t(num_pages_) * kv_heads_ * page_size_ * head_dim_, 0.0f),
       v(size_t(num_pages_) * kv_heads_ * page_size_ * head_dim_, 0.0f) {}
 
 size_t Cache::offset(int page, int slot, int head, int d) const {
-    if (layout == KvLayout::HND)
-        return ((size_t(page) * kv_heads + head) * page_size + slot) * head_dim + d;
+    if (layout == KvLayout::HND) return ((size_t(page) * kv_heads + head) * page_size + slot) * head_dim + d;
     return ((size_t(page) * page_size + slot) * kv_heads + head) * head_dim + d;
 }
 
 double default_scale(int head_dim) { return 1.0 / std::sqrt(double(head_dim)); }
 
-Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype, int sketch_bits,
-                    int sketch_group) {
+Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype, int sketch_bits, int sketch_group) {
     Summaries s;
     s.batch = seqs.batch;
     s.kv_heads = cache.kv_heads;
@@ -108,8 +115,8 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
                     s.mean[row * D + d] = round_to(summary_dtype, float(sum) / float(n));
                     s.lo[row * D + d] = round_toward(summary_dtype, lo, false);
                     s.hi[row * D + d] = round_toward(summary_dtype, hi, true);
-                    s.key_absmax[row] = std::max({s.key_absmax[row], std::abs(s.lo[row * D + d]),
-                                                  std::abs(s.hi[row * D + d])});
+                    s.key_absmax[row] =
+                        std::max({s.key_absmax[row], std::abs(s.lo[row * D + d]), std::abs(s.hi[row * D + d])});
                 }
                 double vmax = 0;
                 for (int t = 0; t < n; ++t) {
@@ -145,7 +152,8 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
                         s.sketch_scale[tok * groups + grp] = sigma;
                         for (int d = grp * sketch_group; d < (grp + 1) * sketch_group; ++d) {
                             const float q = std::nearbyint(cache.k[cache.offset(page, t % S, h, d)] / sigma);
-                            s.sketch_code[tok * D + d] = sigma > 0 ? int8_t(std::clamp(q, -float(qmax), float(qmax))) : 0;
+                            s.sketch_code[tok * D + d] =
+                                sigma > 0 ? int8_t(std::clamp(q, -float(qmax), float(qmax))) : 0;
                         }
                     }
                 }
@@ -269,7 +277,8 @@ SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int
         const float step = std::max(absmax * float(1.0 / fp::kSketchQueryMax), std::numeric_limits<float>::min());
         int32_t inner = 0;
         for (int d = grp * gs; d < (grp + 1) * gs; ++d) {
-            const float n = std::clamp(std::nearbyint(q[d] / step), -float(fp::kSketchQueryMax), float(fp::kSketchQueryMax));
+            const float n =
+                std::clamp(std::nearbyint(q[d] / step), -float(fp::kSketchQueryMax), float(fp::kSketchQueryMax));
             inner += int32_t(n) * int32_t(sum.sketch_code[tok * D + d]);
         }
         const float sigma = sum.sketch_scale[tok * groups + grp];
@@ -357,10 +366,18 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     const double beta = solver_temperature(opt);
     double theta = 0;
     switch (opt.solver) {
-    case Solver::Softmax: alpha = solve_softmax(cs); break;
-    case Solver::EG: alpha = solve_eg(cs, opt.solver_steps, double(float(opt.solver_eta))); break;
-    case Solver::FW: alpha = solve_fw(cs, opt.solver_steps, opt.solver_tau, &r.fw_gap); break;
-    case Solver::Sparsemax: alpha = solve_sparsemax(cs, opt.solver_tau, &theta); break;
+        case Solver::Softmax:
+            alpha = solve_softmax(cs);
+            break;
+        case Solver::EG:
+            alpha = solve_eg(cs, opt.solver_steps, double(float(opt.solver_eta)));
+            break;
+        case Solver::FW:
+            alpha = solve_fw(cs, opt.solver_steps, opt.solver_tau, &r.fw_gap);
+            break;
+        case Solver::Sparsemax:
+            alpha = solve_sparsemax(cs, opt.solver_tau, &theta);
+            break;
     }
 
     // 4. output and LSE (at temperature beta for softmax and eg)
@@ -428,7 +445,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     const double page_sum = sketch ? fp::page_sum_inflation(S) : 1.0;
     const double floor = fp::kExpFloor * double(len - int(cs.size()));
     r.leakage = (leak_in * (1 + fp::kExp32) * (1 + fp::gamma32(opt.top_pages * S + 2)) +
-                 leak_out * (1 + fp::kExp32) * (1 + n_out * u / (1 - n_out * u)) * page_sum + floor) / z_low;
+                 leak_out * (1 + fp::kExp32) * (1 + n_out * u / (1 - n_out * u)) * page_sum + floor) /
+                z_low;
     r.outside_mass = std::isfinite(r.leakage) ? r.leakage / (1.0 + r.leakage) : 1.0;
     double onorm = 0;
     for (double x : r.out) onorm += x * x;
@@ -446,7 +464,8 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         r.certificate = Certificate::MeanRouting;
     } else if (opt.solver == Solver::Softmax || opt.solver == Solver::EG) {
         r.certificate = std::isfinite(r.error_bound) && r.error_bound <= std::numeric_limits<float>::max()
-                            ? Certificate::Certified : Certificate::Overflow;
+                            ? Certificate::Certified
+                            : Certificate::Overflow;
     } else if (opt.solver == Solver::Sparsemax) {
         const double tau = opt.solver_tau, KC = opt.top_tokens;
         const double z_max = largest / tau;

@@ -14,9 +14,9 @@ namespace vashista::ref {
 enum class DType { F32, F16, BF16 };
 const char *dtype_name(DType t);
 int dtype_bytes(DType t);
-float round_to(DType t, float x);             // round to nearest even
-float round_toward(DType t, float x, bool up); // round toward +inf (up) or -inf
-uint16_t to_bits16(DType t, float x);         // F16 / BF16 bit pattern
+float round_to(DType t, float x);               // round to nearest even
+float round_toward(DType t, float x, bool up);  // round toward +inf (up) or -inf
+uint16_t to_bits16(DType t, float x);           // F16 / BF16 bit pattern
 float from_bits16(DType t, uint16_t bits);
 
 // A paged KV cache whose elements are floats already representable in `dtype`.
@@ -48,14 +48,14 @@ struct Queries {
 // outward (lo down, hi up), the largest |x| of the stored box, exact value norms.
 struct Summaries {
     int batch = 0, kv_heads = 0, max_pages = 0, head_dim = 0;
-    std::vector<float> mean, lo, hi;   // [b][h][j][d]
-    std::vector<float> key_absmax;     // [b][h][j]
-    std::vector<double> value_norm;    // [b][h][j]
+    std::vector<float> mean, lo, hi;  // [b][h][j][d]
+    std::vector<float> key_absmax;    // [b][h][j]
+    std::vector<double> value_norm;   // [b][h][j]
     // The token sketch (sketch routing; bits 0 when head_dim does not fit the group):
     // per (b, h, j, s) the codes of the D channels and sigma of each group, rounded up to bf16.
     int page_size = 0, sketch_bits = 0, sketch_group = 0;
-    std::vector<int8_t> sketch_code;   // [b][h][j][s][d]
-    std::vector<float> sketch_scale;   // [b][h][j][s][group]
+    std::vector<int8_t> sketch_code;  // [b][h][j][s][d]
+    std::vector<float> sketch_scale;  // [b][h][j][s][group]
     size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
     size_t token_at(int b, int h, int j, int s) const { return at(b, h, j) * page_size + s; }
 };
@@ -80,7 +80,7 @@ struct SparseOptions {
     GroupRouting group_routing = GroupRouting::PerHead;
     int sink_pages = 0, local_pages = 0;
     int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // must match the summaries'
-    double scale = 0;  // 0: 1/sqrt(D)
+    double scale = 0;                                                          // 0: 1/sqrt(D)
 };
 
 // The softmax temperature of eg, N * eta, formed in f32 as the kernels form it; 1 otherwise.

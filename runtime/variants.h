@@ -11,12 +11,11 @@ namespace vashista::runtime {
 using DecodeFn = int (*)(halide_buffer_t *q, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
                          halide_buffer_t *page_table, halide_buffer_t *seq_lens, halide_buffer_t *summary,
                          halide_buffer_t *value_norm, halide_buffer_t *key_absmax, halide_buffer_t *sketch,
-                         halide_buffer_t *sketch_scale, float scale, halide_buffer_t *out,
-                         halide_buffer_t *lse, halide_buffer_t *diag, halide_buffer_t *candidates,
-                         halide_buffer_t *pages);
+                         halide_buffer_t *sketch_scale, float scale, halide_buffer_t *out, halide_buffer_t *lse,
+                         halide_buffer_t *diag, halide_buffer_t *candidates, halide_buffer_t *pages);
 using DenseFn = int (*)(halide_buffer_t *q, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
-                        halide_buffer_t *page_table, halide_buffer_t *seq_lens, float scale,
-                        halide_buffer_t *out, halide_buffer_t *lse);
+                        halide_buffer_t *page_table, halide_buffer_t *seq_lens, float scale, halide_buffer_t *out,
+                        halide_buffer_t *lse);
 using SummarizeFn = int (*)(halide_buffer_t *k_cache, halide_buffer_t *v_cache, halide_buffer_t *page_table,
                             halide_buffer_t *seq_lens, halide_buffer_t *touched, halide_buffer_t *summary,
                             halide_buffer_t *value_norm, halide_buffer_t *key_absmax);

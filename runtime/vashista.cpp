@@ -51,9 +51,12 @@ vashista_status guarded(F &&body) {
 
 const char *dtype_name(vashista_dtype t) {
     switch (t) {
-    case VASHISTA_DTYPE_F32: return "f32";
-    case VASHISTA_DTYPE_F16: return "f16";
-    case VASHISTA_DTYPE_BF16: return "bf16";
+        case VASHISTA_DTYPE_F32:
+            return "f32";
+        case VASHISTA_DTYPE_F16:
+            return "f16";
+        case VASHISTA_DTYPE_BF16:
+            return "bf16";
     }
     return "?";
 }
@@ -73,9 +76,12 @@ int dtype_bytes(vashista_dtype t) { return t == VASHISTA_DTYPE_F32 ? 4 : 2; }
 
 halide_type_t halide_type(vashista_dtype t) {
     switch (t) {
-    case VASHISTA_DTYPE_F32: return halide_type_t(halide_type_float, 32);
-    case VASHISTA_DTYPE_F16: return halide_type_t(halide_type_float, 16);
-    case VASHISTA_DTYPE_BF16: return halide_type_t(halide_type_bfloat, 16);
+        case VASHISTA_DTYPE_F32:
+            return halide_type_t(halide_type_float, 32);
+        case VASHISTA_DTYPE_F16:
+            return halide_type_t(halide_type_float, 16);
+        case VASHISTA_DTYPE_BF16:
+            return halide_type_t(halide_type_bfloat, 16);
     }
     return halide_type_t(halide_type_float, 32);
 }
@@ -135,20 +141,20 @@ struct vashista_cache {
     vashista_cache_desc desc;
     std::vector<int32_t> appended;  // tokens appended per sequence
     HostMemory summary_memory, value_norm_memory, key_absmax_memory;
-    Buffer<void> summary;           // (lane, d, c, blk, h, b)
-    Buffer<float> value_norm;       // (j, h, b)
-    Buffer<float> key_absmax;       // (j, h, b)
+    Buffer<void> summary;      // (lane, d, c, blk, h, b)
+    Buffer<float> value_norm;  // (j, h, b)
+    Buffer<float> key_absmax;  // (j, h, b)
     // The token sketch (sketch routing), or one zero element of each when the cache keeps none.
     HostMemory sketch_memory, sketch_scale_memory;
-    Buffer<void> sketch;            // (s, byte, j, h, b) uint8
-    Buffer<void> sketch_scale;      // (s, group, j, h, b) bf16
+    Buffer<void> sketch;        // (s, byte, j, h, b) uint8
+    Buffer<void> sketch_scale;  // (s, group, j, h, b) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
     // What each (sequence, logical page) summary was computed from: the physical page and
     // that page's write count, so a remapped block table or a page another sequence
     // rewrote is seen at decode (vashista_certificate STALE).
-    std::vector<int32_t> summarized_page;       // [b][j], -1 before any append
-    std::vector<uint32_t> summarized_version;   // [b][j]
-    std::vector<uint32_t> page_version;         // [physical page]: appends that wrote into it
+    std::vector<int32_t> summarized_page;      // [b][j], -1 before any append
+    std::vector<uint32_t> summarized_version;  // [b][j]
+    std::vector<uint32_t> page_version;        // [physical page]: appends that wrote into it
     const vashista::runtime::SummarizeVariant *summarize = nullptr;
 
     Buffer<void> kv_buffer(void *data) const {
@@ -214,9 +220,9 @@ const SketchVariant &find_sketch(const vashista_cache_desc &d) {
         if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.kv_dtype == d.kv_dtype &&
             v.layout == d.layout && v.sketch_bits == d.sketch_bits && v.sketch_group == d.sketch_group)
             return v;
-    fail(VASHISTA_ERROR_NO_VARIANT, "no sketch kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
-         " kv ", dtype_name(d.kv_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", " sketch_bits=",
-         d.sketch_bits, " sketch_group=", d.sketch_group, "; compiled variants:\n", list_variants());
+    fail(VASHISTA_ERROR_NO_VARIANT, "no sketch kernel for head_dim=", d.head_dim, " page_size=", d.page_size, " kv ",
+         dtype_name(d.kv_dtype), d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", " sketch_bits=", d.sketch_bits,
+         " sketch_group=", d.sketch_group, "; compiled variants:\n", list_variants());
 }
 
 const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
@@ -224,8 +230,8 @@ const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
         if (v.head_dim == d.head_dim && v.page_size == d.page_size && v.kv_dtype == d.kv_dtype &&
             v.summary_dtype == d.summary_dtype && v.layout == d.layout)
             return v;
-    fail(VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
-         " kv ", dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype),
+    fail(VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=", d.head_dim, " page_size=", d.page_size, " kv ",
+         dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype),
          d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", "; compiled variants:\n", list_variants());
 }
 
@@ -233,8 +239,8 @@ void validate_pages(const vashista_cache &c, int32_t seq, int32_t first_page, in
     for (int32_t j = first_page; j < end_page; ++j) {
         const int32_t page = c.desc.page_table[size_t(seq) * c.desc.max_pages + j];
         if (page < 0 || page >= c.desc.num_pages)
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "page_table[", seq, "][", j, "] = ", page, " is not below num_pages = ",
-                 c.desc.num_pages, (page < 0 ? " (or is negative)" : ""));
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "page_table[", seq, "][", j, "] = ", page,
+                 " is not below num_pages = ", c.desc.num_pages, (page < 0 ? " (or is negative)" : ""));
     }
 }
 
@@ -255,8 +261,8 @@ Shape validate_step(const vashista_cache *c, const float *q, int32_t q_heads, co
     for (int32_t b = 0; b < d.batch; ++b) {
         const int32_t len = seq_lens[b];
         if (len < 1 || int64_t(len) > int64_t(d.max_pages) * d.page_size)
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len, " is not in [1, max_pages * page_size = ",
-                 int64_t(d.max_pages) * d.page_size, "]");
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len,
+                 " is not in [1, max_pages * page_size = ", int64_t(d.max_pages) * d.page_size, "]");
         if (len > c->appended[b])
             fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len, " exceeds the ", c->appended[b],
                  " tokens appended to sequence ", b, " through vashista_append (summaries would be stale)");
@@ -307,9 +313,9 @@ const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, co
          dtype_name(d.kv_dtype), " summary ", dtype_name(d.summary_dtype),
          d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", " solver=", int(cfg.solver), " routing=", int(cfg.routing),
          " group_routing=", int(cfg.group_routing), " sink_pages=", cfg.sink_pages, " local_pages=", cfg.local_pages,
-         cfg.routing == VASHISTA_ROUTING_SKETCH ? " sketch_bits=" + std::to_string(d.sketch_bits) +
-                                                      " sketch_group=" + std::to_string(d.sketch_group)
-                                                : std::string(),
+         cfg.routing == VASHISTA_ROUTING_SKETCH
+             ? " sketch_bits=" + std::to_string(d.sketch_bits) + " sketch_group=" + std::to_string(d.sketch_group)
+             : std::string(),
          "; compiled variants:\n", list_variants());
 }
 
@@ -345,9 +351,8 @@ SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float>
     Buffer<int32_t> pt = c->page_table();
     check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
                       c->summary.raw_buffer(), c->value_norm.raw_buffer(), c->key_absmax.raw_buffer(),
-                      c->sketch.raw_buffer(), c->sketch_scale.raw_buffer(), scale,
-                      r.out.raw_buffer(), r.lse.raw_buffer(),
-                      r.diag.raw_buffer(), r.candidates.raw_buffer(), r.pages.raw_buffer()),
+                      c->sketch.raw_buffer(), c->sketch_scale.raw_buffer(), scale, r.out.raw_buffer(),
+                      r.lse.raw_buffer(), r.diag.raw_buffer(), r.candidates.raw_buffer(), r.pages.raw_buffer()),
                  v.name);
     return r;
 }
@@ -388,7 +393,8 @@ void validate_config(const vashista_decode_config *cfg) {
     if (solver < VASHISTA_SOLVER_SOFTMAX || solver > VASHISTA_SOLVER_SPARSEMAX)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = ", solver, " is not a vashista_solver");
     if (routing < VASHISTA_ROUTING_MEAN || routing > VASHISTA_ROUTING_SKETCH)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", routing, " is not mean (0), bound (1) or sketch (2)");
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", routing,
+             " is not mean (0), bound (1) or sketch (2)");
     if (group != VASHISTA_GROUP_PER_HEAD && group != VASHISTA_GROUP_SHARED)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = ", group, " is not per_head (0) or shared (1)");
     if (policy < VASHISTA_POLICY_NONE || policy > VASHISTA_POLICY_WIDEN)
@@ -402,8 +408,9 @@ void validate_config(const vashista_decode_config *cfg) {
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->scale = ", cfg->scale,
              " must be finite and >= 0 (0: 1/sqrt(head_dim))");
     if (cfg->sink_pages < 0 || cfg->local_pages < 0 || int64_t(cfg->sink_pages) + cfg->local_pages > cfg->top_pages)
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->sink_pages = ", cfg->sink_pages, " and local_pages = ",
-             cfg->local_pages, " must be >= 0 and together at most top_pages = ", cfg->top_pages);
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->sink_pages = ", cfg->sink_pages,
+             " and local_pages = ", cfg->local_pages,
+             " must be >= 0 and together at most top_pages = ", cfg->top_pages);
     if ((solver == VASHISTA_SOLVER_FW || solver == VASHISTA_SOLVER_SPARSEMAX) && policy != VASHISTA_POLICY_NONE)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->policy = ", policy, " falls back to dense attention, which ",
              "computes softmax, not ", solver == VASHISTA_SOLVER_FW ? "fw" : "sparsemax",
@@ -435,8 +442,20 @@ extern "C" {
 
 void vashista_decode_config_default(vashista_decode_config *config) {
     if (!config) return;
-    *config = vashista_decode_config{64, 128, VASHISTA_SOLVER_SOFTMAX, VASHISTA_ROUTING_BOUND, VASHISTA_GROUP_PER_HEAD,
-                                     VASHISTA_POLICY_DENSE, 1e-3f, 0.0f, 6, 0.2f, 1.0f, 1, 2, 0};
+    *config = vashista_decode_config{64,
+                                     128,
+                                     VASHISTA_SOLVER_SOFTMAX,
+                                     VASHISTA_ROUTING_BOUND,
+                                     VASHISTA_GROUP_PER_HEAD,
+                                     VASHISTA_POLICY_DENSE,
+                                     1e-3f,
+                                     0.0f,
+                                     6,
+                                     0.2f,
+                                     1.0f,
+                                     1,
+                                     2,
+                                     0};
 }
 
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache) {
@@ -450,10 +469,10 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         require_addressable(int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim,
                             desc->num_pages, "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
         const int64_t blocks = (desc->max_pages + vashista::kSummaryBlock - 1) / vashista::kSummaryBlock;
-        c->summary = zeroed_buffer(c->summary_memory, halide_type(desc->summary_dtype),
-                                   {vashista::kSummaryBlock, desc->head_dim, vashista::kSummaryChannels, blocks,
-                                    desc->kv_heads, desc->batch},
-                                   "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
+        c->summary = zeroed_buffer(
+            c->summary_memory, halide_type(desc->summary_dtype),
+            {vashista::kSummaryBlock, desc->head_dim, vashista::kSummaryChannels, blocks, desc->kv_heads, desc->batch},
+            "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
         const std::vector<int64_t> per_page{desc->max_pages, desc->kv_heads, desc->batch};
         const halide_type_t f32(halide_type_float, 32);
         c->value_norm =
@@ -544,10 +563,10 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
         Buffer<float> norms(d.kv_heads, touched_pages), key_bounds(d.kv_heads, touched_pages);
         Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
         Buffer<int32_t> pt = c->page_table();
-        check_kernel(c->summarize->fn(kb.raw_buffer(), vb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
-                                      touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer(),
-                                      key_bounds.raw_buffer()),
-                     c->summarize->name);
+        check_kernel(
+            c->summarize->fn(kb.raw_buffer(), vb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
+                             touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer(), key_bounds.raw_buffer()),
+            c->summarize->name);
         // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
         Buffer<uint8_t> codes;
         Buffer<void> scales;
@@ -708,9 +727,11 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
                     for (int g = 0; g < G; ++g) {
                         const size_t i = (size_t(b) * d.kv_heads + h) * G + g;
                         auto field = [&](int k) { return r.diag(k, g, h, b); };
-                        diag[i] = vashista_head_diag{field(vashista::kDiagSupportGap), field(vashista::kDiagLeakage),
+                        diag[i] = vashista_head_diag{field(vashista::kDiagSupportGap),
+                                                     field(vashista::kDiagLeakage),
                                                      field(vashista::kDiagErrorBound),
-                                                     int32_t(field(vashista::kDiagCandidates)), taken[i],
+                                                     int32_t(field(vashista::kDiagCandidates)),
+                                                     taken[i],
                                                      field(vashista::kDiagFwGap),
                                                      int32_t(field(vashista::kDiagCertificate))};
                     }
@@ -740,15 +761,24 @@ const char *vashista_last_error(void) { return g_last_error.c_str(); }
 
 const char *vashista_status_name(vashista_status s) {
     switch (s) {
-    case VASHISTA_OK: return "ok";
-    case VASHISTA_ERROR_NULL_POINTER: return "null pointer";
-    case VASHISTA_ERROR_INVALID_ARGUMENT: return "invalid argument";
-    case VASHISTA_ERROR_SHAPE_MISMATCH: return "shape mismatch";
-    case VASHISTA_ERROR_OUT_OF_RANGE: return "out of range";
-    case VASHISTA_ERROR_NON_FINITE: return "non-finite value";
-    case VASHISTA_ERROR_NO_VARIANT: return "no compiled variant";
-    case VASHISTA_ERROR_KERNEL: return "kernel failure";
-    case VASHISTA_ERROR_OUT_OF_MEMORY: return "out of memory";
+        case VASHISTA_OK:
+            return "ok";
+        case VASHISTA_ERROR_NULL_POINTER:
+            return "null pointer";
+        case VASHISTA_ERROR_INVALID_ARGUMENT:
+            return "invalid argument";
+        case VASHISTA_ERROR_SHAPE_MISMATCH:
+            return "shape mismatch";
+        case VASHISTA_ERROR_OUT_OF_RANGE:
+            return "out of range";
+        case VASHISTA_ERROR_NON_FINITE:
+            return "non-finite value";
+        case VASHISTA_ERROR_NO_VARIANT:
+            return "no compiled variant";
+        case VASHISTA_ERROR_KERNEL:
+            return "kernel failure";
+        case VASHISTA_ERROR_OUT_OF_MEMORY:
+            return "out of memory";
     }
     return "unknown status";
 }

@@ -228,8 +228,10 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         if (s.route_split) {
             for (Func f : {st.q_step, st.q_code, st.q_group_weight})
                 f.compute_root();  // the scan runs outside the heads' tasks
-            leak.compute_root().split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
-                .fuse(ib, h, task).fuse(task, b, task);
+            leak.compute_root()
+                .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .fuse(ib, h, task)
+                .fuse(task, b, task);
             leak.update()
                 .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
                 .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf)
@@ -260,13 +262,17 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         Func hps = st.head_page_score;
         if (s.route_split) {
             hps.compute_root();
-            hps.split(i, ib, i, s.route_block, TailStrategy::GuardWithIf).vectorize(i, s.page_lanes)
-                .fuse(ib, h, task).fuse(task, b, task);
+            hps.split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .vectorize(i, s.page_lanes)
+                .fuse(ib, h, task)
+                .fuse(task, b, task);
             auto u = hps.update()
                          .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
                          .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf);
-            if (s.group_inner) u.reorder(ii, g, rd, io, ib, h, b).unroll(g);
-            else u.reorder(ii, rd, io, g, ib, h, b);
+            if (s.group_inner)
+                u.reorder(ii, g, rd, io, ib, h, b).unroll(g);
+            else
+                u.reorder(ii, rd, io, g, ib, h, b);
             u.vectorize(ii).fuse(ib, h, task).fuse(task, b, task);
             if (s.parallel) {
                 hps.parallel(task);

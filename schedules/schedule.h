@@ -50,7 +50,7 @@ struct DenseCpuSchedule {
     int vector_width = 16;
     int dot_lanes = 16;
     int group_inner = 1;
-    int acc_unroll = 4;    // 16 accumulators (4 heads x 4 vectors) fit the 32 registers
+    int acc_unroll = 4;  // 16 accumulators (4 heads x 4 vectors) fit the 32 registers
     int parallel = 1;
     static const Space<DenseCpuSchedule, DenseConfig> &space();
 };

@@ -22,15 +22,24 @@ enum class Adversary { Gaussian, Planted, NearTies, NoGap, HugeRange, DominantVa
 constexpr int kAdversaries = 9;
 const char *name(Adversary a) {
     switch (a) {
-    case Adversary::Gaussian: return "gaussian";
-    case Adversary::Planted: return "planted";
-    case Adversary::NearTies: return "near-ties";
-    case Adversary::NoGap: return "no-gap";
-    case Adversary::HugeRange: return "huge-range";
-    case Adversary::DominantValue: return "dominant-value";
-    case Adversary::Clustered: return "clustered";
-    case Adversary::Outliers: return "outliers";
-    case Adversary::HalfSteps: return "half-steps";
+        case Adversary::Gaussian:
+            return "gaussian";
+        case Adversary::Planted:
+            return "planted";
+        case Adversary::NearTies:
+            return "near-ties";
+        case Adversary::NoGap:
+            return "no-gap";
+        case Adversary::HugeRange:
+            return "huge-range";
+        case Adversary::DominantValue:
+            return "dominant-value";
+        case Adversary::Clustered:
+            return "clustered";
+        case Adversary::Outliers:
+            return "outliers";
+        case Adversary::HalfSteps:
+            return "half-steps";
     }
     return "?";
 }
@@ -46,9 +55,9 @@ ref::Problem make(Adversary a, uint64_t seed, int batch, std::mt19937 &rng) {
     std::uniform_int_distribution<int> len(1, 160);
     spec.seq_lens.resize(batch);
     for (int &l : spec.seq_lens) l = len(rng);
-    spec.kind = a == Adversary::Planted ? ref::DataKind::Planted
-              : a == Adversary::NearTies ? ref::DataKind::Dyadic
-                                         : ref::DataKind::Gaussian;
+    spec.kind = a == Adversary::Planted    ? ref::DataKind::Planted
+                : a == Adversary::NearTies ? ref::DataKind::Dyadic
+                                           : ref::DataKind::Gaussian;
     spec.needle_score = 6.0;
     ref::Problem p = ref::make_problem(spec);
     std::normal_distribution<float> n(0, 1);
@@ -149,17 +158,17 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
     }
     std::sort(tightness.begin(), tightness.end());
     auto pct = [&](double q) { return tightness.empty() ? 0.0 : tightness[size_t(q * (tightness.size() - 1))]; };
-    std::printf("certificate (%s routing%s): %ld heads, %ld violations, %ld certified below 1e-3\n",
-                to_string(routing),
+    std::printf("certificate (%s routing%s): %ld heads, %ld violations, %ld certified below 1e-3\n", to_string(routing),
                 routing == RoutingMode::Sketch
                     ? (", " + std::to_string(sketch_bits) + "-bit, group " + std::to_string(sketch_group)).c_str()
                     : "",
                 heads, violations, certified);
     std::printf("halving one term: delta %ld, V_out %ld, ||o|| %ld, rounding R %ld violations\n", halved_violations[0],
                 halved_violations[1], halved_violations[2], halved_violations[3]);
-    std::printf("tightness bound/true error over %zu heads with error above rounding: "
-                "min %.3g  p10 %.3g  median %.3g  p90 %.3g  max %.3g\n",
-                tightness.size(), pct(0), pct(0.1), pct(0.5), pct(0.9), pct(1));
+    std::printf(
+        "tightness bound/true error over %zu heads with error above rounding: "
+        "min %.3g  p10 %.3g  median %.3g  p90 %.3g  max %.3g\n",
+        tightness.size(), pct(0), pct(0.1), pct(0.5), pct(0.9), pct(1));
     INFO(worst);
     CHECK(heads >= target_heads);
     CHECK(violations == 0);
@@ -173,7 +182,9 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
 
 }  // namespace
 
-TEST_CASE("the error bound holds on 10^5 heads, bound routing", "[certificate]") { check_soundness(RoutingMode::Bound); }
+TEST_CASE("the error bound holds on 10^5 heads, bound routing", "[certificate]") {
+    check_soundness(RoutingMode::Bound);
+}
 
 TEST_CASE("the error bound holds on 10^5 heads, 8-bit sketch routing", "[certificate]") {
     check_soundness(RoutingMode::Sketch, 8, 8);

@@ -75,10 +75,20 @@ struct AbiCache {
         const int bytes = ref::dtype_bytes(p.cache.dtype);
         k_pages.assign(p.cache.k.size() * bytes, 0);
         v_pages.assign(p.cache.v.size() * bytes, 0);
-        vashista_cache_desc desc{p.seqs.batch, p.cache.kv_heads, p.cache.head_dim, S, p.cache.num_pages,
-                                 p.seqs.max_pages, abi_dtype(p.cache.dtype), VASHISTA_DTYPE_BF16,
+        vashista_cache_desc desc{p.seqs.batch,
+                                 p.cache.kv_heads,
+                                 p.cache.head_dim,
+                                 S,
+                                 p.cache.num_pages,
+                                 p.seqs.max_pages,
+                                 abi_dtype(p.cache.dtype),
+                                 VASHISTA_DTYPE_BF16,
                                  p.cache.layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
-                                 k_pages.data(), v_pages.data(), p.seqs.page_table.data(), sketch_bits, sketch_bits ? kSketchGroupDefault : 0};
+                                 k_pages.data(),
+                                 v_pages.data(),
+                                 p.seqs.page_table.data(),
+                                 sketch_bits,
+                                 sketch_bits ? kSketchGroupDefault : 0};
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
         for (int b = 0; b < p.seqs.batch; ++b) append(b, 0, p.seqs.seq_lens[b]);
     }
@@ -99,8 +109,9 @@ vashista_decode_config config_for(const Variant &v, vashista_policy policy) {
     vashista_decode_config_default(&c);
     c.top_pages = P;
     c.top_tokens = KC;
-    c.solver = v.solver == Solver::EG ? VASHISTA_SOLVER_EG
-             : v.solver == Solver::Sparsemax ? VASHISTA_SOLVER_SPARSEMAX : VASHISTA_SOLVER_SOFTMAX;
+    c.solver = v.solver == Solver::EG          ? VASHISTA_SOLVER_EG
+               : v.solver == Solver::Sparsemax ? VASHISTA_SOLVER_SPARSEMAX
+                                               : VASHISTA_SOLVER_SOFTMAX;
     c.group_routing = v.group_routing == GroupRouting::Shared ? VASHISTA_GROUP_SHARED : VASHISTA_GROUP_PER_HEAD;
     c.sink_pages = v.sink;
     c.local_pages = v.local;
@@ -126,19 +137,29 @@ Step decode(AbiCache &c, const vashista_decode_config &cfg) {
 }
 
 enum class Family { Gaussian, Clustered, Planted, NearTies, ExactTies, NoGap, HugeRange, OneHotChannel, DominantValue };
-const Family kFamilies[] = {Family::Gaussian, Family::Clustered, Family::Planted, Family::NearTies, Family::ExactTies,
-                            Family::NoGap, Family::HugeRange, Family::OneHotChannel, Family::DominantValue};
+const Family kFamilies[] = {Family::Gaussian,  Family::Clustered,     Family::Planted,
+                            Family::NearTies,  Family::ExactTies,     Family::NoGap,
+                            Family::HugeRange, Family::OneHotChannel, Family::DominantValue};
 const char *name(Family f) {
     switch (f) {
-    case Family::Gaussian: return "gaussian";
-    case Family::Clustered: return "clustered";
-    case Family::Planted: return "planted-needle";
-    case Family::NearTies: return "near-ties";
-    case Family::ExactTies: return "exact-ties";
-    case Family::NoGap: return "no-gap";
-    case Family::HugeRange: return "huge-range";
-    case Family::OneHotChannel: return "one-hot-channel";
-    case Family::DominantValue: return "dominant-value";
+        case Family::Gaussian:
+            return "gaussian";
+        case Family::Clustered:
+            return "clustered";
+        case Family::Planted:
+            return "planted-needle";
+        case Family::NearTies:
+            return "near-ties";
+        case Family::ExactTies:
+            return "exact-ties";
+        case Family::NoGap:
+            return "no-gap";
+        case Family::HugeRange:
+            return "huge-range";
+        case Family::OneHotChannel:
+            return "one-hot-channel";
+        case Family::DominantValue:
+            return "dominant-value";
     }
     return "?";
 }
@@ -154,8 +175,9 @@ ref::Problem make(Family f, const Variant &v, uint64_t seed, int batch) {
     spec.layout = v.layout;
     spec.dtype = v.kv;
     spec.seed = seed;
-    spec.kind = f == Family::Planted ? ref::DataKind::Planted
-              : f == Family::ExactTies ? ref::DataKind::Dyadic : ref::DataKind::Gaussian;
+    spec.kind = f == Family::Planted     ? ref::DataKind::Planted
+                : f == Family::ExactTies ? ref::DataKind::Dyadic
+                                         : ref::DataKind::Gaussian;
     spec.needle_score = 4 + double(seed % 9);
     std::uniform_int_distribution<int> short_len(1, 400);
     spec.seq_lens.resize(batch);
@@ -167,30 +189,31 @@ ref::Problem make(Family f, const Variant &v, uint64_t seed, int batch) {
     std::normal_distribution<float> n(0, 1);
     auto &k = p.cache.k, &val = p.cache.v;
     switch (f) {
-    case Family::Clustered: {  // keys near a few centres
-        std::vector<float> centres(4 * D);
-        for (float &x : centres) x = 2 * n(rng);
-        for (size_t t = 0; t < k.size() / D; ++t)
-            for (int d = 0; d < D; ++d) k[t * D + d] = centres[(t % 4) * D + d] + 0.05f * n(rng);
-        break;
-    }
-    case Family::NearTies:  // every key a common vector plus a little noise: near-equal scores
-        for (size_t i = 0; i < k.size(); ++i) k[i] = k[i % D] + 1e-3f * n(rng);
-        break;
-    case Family::NoGap:  // every key the same: the dense regime, Δ = 0
-        for (size_t i = 0; i < k.size(); ++i) k[i] = k[i % D];
-        break;
-    case Family::HugeRange:  // scores spread over hundreds
-        for (float &x : p.q.q) x *= 40.0f;
-        break;
-    case Family::OneHotChannel:  // one key channel and one query component dominate the scores
-        for (size_t t = 0; t < k.size() / D; ++t) k[t * D] = 60.0f * n(rng);
-        for (size_t r = 0; r < p.q.q.size() / D; ++r) p.q.q[r * D] = 30.0f;
-        break;
-    case Family::DominantValue:  // a few value vectors 1000x the rest
-        for (size_t i = 0; i < val.size(); i += size_t(D) * 37) val[i] = 1000.0f;
-        break;
-    default: break;
+        case Family::Clustered: {  // keys near a few centres
+            std::vector<float> centres(4 * D);
+            for (float &x : centres) x = 2 * n(rng);
+            for (size_t t = 0; t < k.size() / D; ++t)
+                for (int d = 0; d < D; ++d) k[t * D + d] = centres[(t % 4) * D + d] + 0.05f * n(rng);
+            break;
+        }
+        case Family::NearTies:  // every key a common vector plus a little noise: near-equal scores
+            for (size_t i = 0; i < k.size(); ++i) k[i] = k[i % D] + 1e-3f * n(rng);
+            break;
+        case Family::NoGap:  // every key the same: the dense regime, Δ = 0
+            for (size_t i = 0; i < k.size(); ++i) k[i] = k[i % D];
+            break;
+        case Family::HugeRange:  // scores spread over hundreds
+            for (float &x : p.q.q) x *= 40.0f;
+            break;
+        case Family::OneHotChannel:  // one key channel and one query component dominate the scores
+            for (size_t t = 0; t < k.size() / D; ++t) k[t * D] = 60.0f * n(rng);
+            for (size_t r = 0; r < p.q.q.size() / D; ++r) p.q.q[r * D] = 30.0f;
+            break;
+        case Family::DominantValue:  // a few value vectors 1000x the rest
+            for (size_t i = 0; i < val.size(); i += size_t(D) * 37) val[i] = 1000.0f;
+            break;
+        default:
+            break;
     }
     for (float &x : k) x = ref::round_to(v.kv, x);
     for (float &x : val) x = ref::round_to(v.kv, x);
@@ -262,9 +285,8 @@ TEST_CASE("the certificate holds through the library on 10^5 heads at engine sha
                                 const double ratio = err / (dg.error_bound + slack);
                                 if (!(ratio <= t.worst_ratio)) {
                                     t.worst_ratio = ratio;
-                                    t.worst = describe(v) + " T=" + std::to_string(c.p.seqs.seq_lens[b]) +
-                                              ": error " + std::to_string(err) + " > bound " +
-                                              std::to_string(dg.error_bound);
+                                    t.worst = describe(v) + " T=" + std::to_string(c.p.seqs.seq_lens[b]) + ": error " +
+                                              std::to_string(err) + " > bound " + std::to_string(dg.error_bound);
                                 }
                             }
                             if (err > slack) t.tightness.push_back(dg.error_bound / err);
@@ -423,8 +445,8 @@ TEST_CASE("scores and values past f32's range: uncertified, never a NaN bound", 
         std::vector<float> out(size_t(n) * v.head_dim, 7.0f);
         std::vector<vashista_head_diag> diag(n);
         const vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_NONE);
-        const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), H * v.group,
-                                                   c.p.seqs.seq_lens.data(), out.data(), nullptr, diag.data());
+        const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), H * v.group, c.p.seqs.seq_lens.data(),
+                                                   out.data(), nullptr, diag.data());
         if (st == VASHISTA_OK) {
             for (const auto &d : diag) {
                 CHECK(d.certificate == VASHISTA_UNCERTIFIED_OVERFLOW);
@@ -442,8 +464,8 @@ TEST_CASE("scores and values past f32's range: uncertified, never a NaN bound", 
         const int n = 2 * H * v.group;
         std::vector<float> out(size_t(n) * v.head_dim, 7.0f);
         const vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_DENSE);
-        const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), H * v.group,
-                                                   c.p.seqs.seq_lens.data(), out.data(), nullptr, nullptr);
+        const vashista_status st = vashista_decode(c.cache, &cfg, c.p.q.q.data(), H * v.group, c.p.seqs.seq_lens.data(),
+                                                   out.data(), nullptr, nullptr);
         INFO(vashista_last_error());
         REQUIRE(st == VASHISTA_ERROR_NON_FINITE);
         CHECK_THAT(vashista_last_error(), Catch::Contains("exceed the range of f32"));

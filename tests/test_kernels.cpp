@@ -40,12 +40,11 @@ std::vector<Case> matrix() {
 std::string describe(const DecodeConfig &c) {
     return type_name(c.kv_type) + " " + to_string(c.layout) + " G=" + std::to_string(c.group_size) + " " +
            to_string(c.solver) + " " + to_string(c.routing) +
-           (c.routing == RoutingMode::Sketch ? " bits " + std::to_string(c.sketch_bits) + " group " +
-                                                   std::to_string(c.sketch_group)
-                                             : std::string()) +
-           " " + to_string(c.group_routing) + " summary " +
-           type_name(c.summary_type) + " sink " + std::to_string(c.sink_pages) + " local " +
-           std::to_string(c.local_pages);
+           (c.routing == RoutingMode::Sketch
+                ? " bits " + std::to_string(c.sketch_bits) + " group " + std::to_string(c.sketch_group)
+                : std::string()) +
+           " " + to_string(c.group_routing) + " summary " + type_name(c.summary_type) + " sink " +
+           std::to_string(c.sink_pages) + " local " + std::to_string(c.local_pages);
 }
 
 }  // namespace
@@ -85,8 +84,8 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
             spec.kind = kind;
             spec.seed = 7 + int(kind);
             ref::Problem p = ref::make_problem(spec);
-            ref::Summaries sum = ref::summarize(p.cache, p.seqs, test::ref_dtype(cfg.summary_type), cfg.sketch_bits,
-                                                cfg.sketch_group);
+            ref::Summaries sum =
+                ref::summarize(p.cache, p.seqs, test::ref_dtype(cfg.summary_type), cfg.sketch_bits, cfg.sketch_group);
             DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
             run(*jit, buf);
             test::Tolerance tol;

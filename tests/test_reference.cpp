@@ -151,8 +151,8 @@ TEST_CASE("the reference bound is never below the true error", "[reference]") {
 }
 
 TEST_CASE("bf16 and f16 rounding is round-to-nearest-even", "[reference]") {
-    REQUIRE(round_to(DType::BF16, 1.0f + 1.0f / 256) == 1.0f);                  // tie to even
-    REQUIRE(round_to(DType::BF16, 1.0f + 3.0f / 256) == 1.0f + 4.0f / 256);     // tie to even, up
+    REQUIRE(round_to(DType::BF16, 1.0f + 1.0f / 256) == 1.0f);               // tie to even
+    REQUIRE(round_to(DType::BF16, 1.0f + 3.0f / 256) == 1.0f + 4.0f / 256);  // tie to even, up
     REQUIRE(round_to(DType::F16, 1.0f + 1.0f / 2048) == 1.0f);
     REQUIRE(from_bits16(DType::BF16, to_bits16(DType::BF16, -2.5f)) == -2.5f);
 }
@@ -202,7 +202,8 @@ TEST_CASE("the sketch's upper bound holds for every token and needs its whole wi
                         for (int d = 0; d < D; ++d) {
                             const float k = p.cache.k[p.cache.offset(page, t % 16, h, d)];
                             const size_t tok = sum.token_at(b, h, t / 16, t % 16);
-                            const float r = k - sum.sketch_scale[tok * (D / gs) + d / gs] * sum.sketch_code[tok * D + d];
+                            const float r =
+                                k - sum.sketch_scale[tok * (D / gs) + d / gs] * sum.sketch_code[tok * D + d];
                             qq[d] = std::abs(q[d]) * (r >= 0 ? 1.0f : -1.0f);
                             exact += double(qq[d]) * k;
                         }
@@ -254,7 +255,7 @@ TEST_CASE("the sketch's upper bound covers the query's quantization", "[referenc
                         const int code = sum.sketch_code[tok * D + d];
                         const float r = k - sigma * float(code);
                         q[d] = d == grp * gs + 1 ? fp::kSketchQueryMax * step * (r >= 0 ? 1.0f : -1.0f)
-                                             : 0.49f * step * (code >= 0 ? 1.0f : -1.0f);
+                                                 : 0.49f * step * (code >= 0 ? 1.0f : -1.0f);
                         exact += double(q[d]) * k;
                         l1 += std::abs(q[d]);
                     }

@@ -168,33 +168,33 @@ TEST_CASE("dense through the library matches the reference", "[runtime]") {
 }
 
 TEST_CASE("policies: none reports, dense and widen fall back to dense", "[runtime]") {
-  for (KvLayout layout : {KvLayout::HND, KvLayout::NHD}) {
-    INFO("layout " << to_string(layout));
-    Fixture f(4, {3000, 500}, ref::DataKind::Gaussian, layout);  // no structure: wide bounds
-    const int QH = H * 4, n = 2 * QH;
-    std::vector<float> dense(size_t(n) * D), out(size_t(n) * D);
-    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) ==
-            VASHISTA_OK);
-    std::vector<vashista_head_diag> diag(n);
-    for (vashista_policy policy : {VASHISTA_POLICY_NONE, VASHISTA_POLICY_DENSE, VASHISTA_POLICY_WIDEN}) {
-        vashista_decode_config cfg = default_config();
-        cfg.policy = policy;
-        cfg.tolerance = 0.0f;
-        REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), nullptr,
-                                diag.data()) == VASHISTA_OK);
-        for (int i = 0; i < n; ++i) {
-            INFO("policy " << policy << " head " << i);
-            if (diag[i].error_bound <= 0) continue;  // this head needed every token
-            if (policy == VASHISTA_POLICY_NONE) {
-                REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_REPORTED);
-            } else {
-                REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
-                for (int d = 0; d < D; ++d)
-                    REQUIRE(out[size_t(i) * D + d] == Approx(dense[size_t(i) * D + d]).margin(1e-6));
+    for (KvLayout layout : {KvLayout::HND, KvLayout::NHD}) {
+        INFO("layout " << to_string(layout));
+        Fixture f(4, {3000, 500}, ref::DataKind::Gaussian, layout);  // no structure: wide bounds
+        const int QH = H * 4, n = 2 * QH;
+        std::vector<float> dense(size_t(n) * D), out(size_t(n) * D);
+        REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), 0.0f, dense.data(), nullptr) ==
+                VASHISTA_OK);
+        std::vector<vashista_head_diag> diag(n);
+        for (vashista_policy policy : {VASHISTA_POLICY_NONE, VASHISTA_POLICY_DENSE, VASHISTA_POLICY_WIDEN}) {
+            vashista_decode_config cfg = default_config();
+            cfg.policy = policy;
+            cfg.tolerance = 0.0f;
+            REQUIRE(vashista_decode(f.cache, &cfg, f.p.q.q.data(), QH, f.p.seqs.seq_lens.data(), out.data(), nullptr,
+                                    diag.data()) == VASHISTA_OK);
+            for (int i = 0; i < n; ++i) {
+                INFO("policy " << policy << " head " << i);
+                if (diag[i].error_bound <= 0) continue;  // this head needed every token
+                if (policy == VASHISTA_POLICY_NONE) {
+                    REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_REPORTED);
+                } else {
+                    REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
+                    for (int d = 0; d < D; ++d)
+                        REQUIRE(out[size_t(i) * D + d] == Approx(dense[size_t(i) * D + d]).margin(1e-6));
+                }
             }
         }
     }
-  }
 }
 
 TEST_CASE("a relative tolerance accepts exactly the heads whose bound is within it of the output", "[runtime]") {
@@ -325,7 +325,11 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
         f.p.seqs.page_table[3] = saved;
     }
     SECTION("decode configuration") {
-        auto with = [&](auto change) { vashista_decode_config c = ok; change(c); return c; };
+        auto with = [&](auto change) {
+            vashista_decode_config c = ok;
+            change(c);
+            return c;
+        };
         expect(decode(with([](auto &c) { c.top_pages = 0; })), VASHISTA_ERROR_INVALID_ARGUMENT,
                "config->top_pages = 0");
         expect(decode(with([](auto &c) { c.top_tokens = -3; })), VASHISTA_ERROR_INVALID_ARGUMENT,
@@ -346,12 +350,21 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
         expect(decode(with([](auto &c) { c.top_pages = 63; })), VASHISTA_ERROR_NO_VARIANT, "compiled variants:");
         expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_FW; })), VASHISTA_ERROR_INVALID_ARGUMENT,
                "computes softmax, not fw; use policy none");
-        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_SPARSEMAX; c.policy = VASHISTA_POLICY_WIDEN; })),
+        expect(decode(with([](auto &c) {
+                   c.solver = VASHISTA_SOLVER_SPARSEMAX;
+                   c.policy = VASHISTA_POLICY_WIDEN;
+               })),
                VASHISTA_ERROR_INVALID_ARGUMENT, "not sparsemax");
-        expect(decode(with([](auto &c) { c.solver = VASHISTA_SOLVER_FW; c.policy = VASHISTA_POLICY_NONE; })),
+        expect(decode(with([](auto &c) {
+                   c.solver = VASHISTA_SOLVER_FW;
+                   c.policy = VASHISTA_POLICY_NONE;
+               })),
                VASHISTA_ERROR_NO_VARIANT, "no decode kernel");
-        expect(decode(with([](auto &c) { c.sink_pages = 40; c.local_pages = 30; })), VASHISTA_ERROR_INVALID_ARGUMENT,
-               "together at most top_pages = 64");
+        expect(decode(with([](auto &c) {
+                   c.sink_pages = 40;
+                   c.local_pages = 30;
+               })),
+               VASHISTA_ERROR_INVALID_ARGUMENT, "together at most top_pages = 64");
         expect(decode(with([](auto &c) { c.local_pages = -1; })), VASHISTA_ERROR_INVALID_ARGUMENT, "local_pages = -1");
     }
     SECTION("dense arguments") {
@@ -420,7 +433,11 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
         REQUIRE_THAT(vashista_last_error(), Catch::Contains(fragment));
         REQUIRE(c == nullptr);
     };
-    auto with = [&](auto change) { vashista_cache_desc d = f.describe(); change(d); return d; };
+    auto with = [&](auto change) {
+        vashista_cache_desc d = f.describe();
+        change(d);
+        return d;
+    };
     REQUIRE(vashista_cache_create(nullptr, &c) == VASHISTA_ERROR_NULL_POINTER);
     expect(with([](auto &d) { d.k_pages = nullptr; }), VASHISTA_ERROR_NULL_POINTER, "desc->k_pages is NULL");
     expect(with([](auto &d) { d.v_pages = nullptr; }), VASHISTA_ERROR_NULL_POINTER, "desc->v_pages is NULL");
@@ -510,8 +527,20 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         std::vector<int32_t> table(max_pages, 0);
         for (int j = 0; j < 8; ++j) table[j] = j;
         std::vector<uint16_t> k_pages(size_t(8) * KVH * S * D, 0), v_pages(k_pages.size(), 0);
-        vashista_cache_desc desc{1, KVH, D, S, 8, max_pages, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, k_pages.data(), v_pages.data(), table.data(), 0, 0};
+        vashista_cache_desc desc{1,
+                                 KVH,
+                                 D,
+                                 S,
+                                 8,
+                                 max_pages,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND,
+                                 k_pages.data(),
+                                 v_pages.data(),
+                                 table.data(),
+                                 0,
+                                 0};
         vashista_cache *cache = nullptr;
         INFO(vashista_last_error());
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
@@ -551,8 +580,20 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
     SECTION("past 2^31 - 1 elements: the kernels cannot address it without large_buffers") {
         std::vector<int32_t> table(700000, 0);
         uint16_t pages[16] = {};
-        vashista_cache_desc desc{1, 8, D, S, 1, 700000, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, pages, pages, table.data(), 0, 0};
+        vashista_cache_desc desc{1,
+                                 8,
+                                 D,
+                                 S,
+                                 1,
+                                 700000,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND,
+                                 pages,
+                                 pages,
+                                 table.data(),
+                                 0,
+                                 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
         REQUIRE(cache == nullptr);
@@ -561,8 +602,9 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
     SECTION("sizes whose product overflows 64 bits") {
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
-        vashista_cache_desc desc{1 << 30, 8, D, S, 1, 1 << 30, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, pages, pages, table, 0, 0};
+        vashista_cache_desc desc{
+            1 << 30, 8,     D,     S, 1, 1 << 30, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND,
+            pages,   pages, table, 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
         REQUIRE(cache == nullptr);
@@ -571,8 +613,9 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
     SECTION("4096 sequences x 65536 pages") {
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
-        vashista_cache_desc desc{4096, 8, D, S, 1, 65536, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND, pages, pages, table, 0, 0};
+        vashista_cache_desc desc{
+            4096,  8,     D,     S, 1, 65536, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND,
+            pages, pages, table, 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_MEMORY);
         REQUIRE(cache == nullptr);

@@ -58,7 +58,7 @@ typedef enum vashista_policy {
  * VASHISTA_CERTIFIED reports error_bound = +INFINITY, and policies dense and widen treat
  * the head as over the tolerance. */
 typedef enum vashista_certificate {
-    VASHISTA_CERTIFIED = 0,               /* ||out_sparse - exact dense|| <= error_bound */
+    VASHISTA_CERTIFIED = 0,                /* ||out_sparse - exact dense|| <= error_bound */
     VASHISTA_UNCERTIFIED_MEAN_ROUTING = 1, /* mean-key page scores are estimates, not bounds */
     VASHISTA_UNCERTIFIED_SOLVER = 2,       /* fw; sparsemax with an outside score above its threshold */
     VASHISTA_UNCERTIFIED_STALE = 3,        /* the block table maps a page to other keys than were summarized */
@@ -67,25 +67,25 @@ typedef enum vashista_certificate {
 
 /* What a head's step ended as. */
 typedef enum vashista_policy_taken {
-    VASHISTA_TAKEN_SPARSE = 0,       /* sparse result, bound within tolerance */
-    VASHISTA_TAKEN_REPORTED = 1,     /* sparse result, bound over tolerance (policy none) */
-    VASHISTA_TAKEN_WIDENED = 2,      /* wider sparse result, bound within tolerance */
-    VASHISTA_TAKEN_DENSE = 3         /* dense result */
+    VASHISTA_TAKEN_SPARSE = 0,   /* sparse result, bound within tolerance */
+    VASHISTA_TAKEN_REPORTED = 1, /* sparse result, bound over tolerance (policy none) */
+    VASHISTA_TAKEN_WIDENED = 2,  /* wider sparse result, bound within tolerance */
+    VASHISTA_TAKEN_DENSE = 3     /* dense result */
 } vashista_policy_taken;
 
 typedef struct vashista_cache_desc {
-    int32_t batch;       /* sequences */
+    int32_t batch; /* sequences */
     int32_t kv_heads;
     int32_t head_dim;
     int32_t page_size;
-    int32_t num_pages;   /* physical pages in k_pages / v_pages */
-    int32_t max_pages;   /* columns of the block table */
+    int32_t num_pages; /* physical pages in k_pages / v_pages */
+    int32_t max_pages; /* columns of the block table */
     vashista_dtype kv_dtype;
     vashista_dtype summary_dtype;
     vashista_layout layout;
-    void *k_pages;              /* caller-owned, num_pages pages in `layout` */
+    void *k_pages; /* caller-owned, num_pages pages in `layout` */
     void *v_pages;
-    const int32_t *page_table;  /* caller-owned [batch][max_pages]; read at each call */
+    const int32_t *page_table; /* caller-owned [batch][max_pages]; read at each call */
     /* The token sketch for sketch routing, kept by vashista_append: 0 for none, or 8 or 4
      * bits per key channel with one scale per sketch_group channels (sketch_group divides
      * head_dim). D * bits / 8 + 2 * D / sketch_group bytes per token and KV head. */
@@ -101,25 +101,25 @@ void vashista_cache_destroy(vashista_cache *cache);
 /* Writes tokens [start, start + count) of sequence `seq` into their pages and updates
  * the summaries of exactly the pages they touch. k and v: [count][kv_heads][head_dim]
  * in kv_dtype. start may not exceed the tokens already appended to `seq`. */
-vashista_status vashista_append(vashista_cache *cache, int32_t seq, int32_t start, int32_t count,
-                                const void *k, const void *v);
+vashista_status vashista_append(vashista_cache *cache, int32_t seq, int32_t start, int32_t count, const void *k,
+                                const void *v);
 /* Tokens appended so far to `seq`, or -1 for a bad argument. */
 int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq);
 
 typedef struct vashista_decode_config {
-    int32_t top_pages;       /* P */
-    int32_t top_tokens;      /* K_c */
+    int32_t top_pages;  /* P */
+    int32_t top_tokens; /* K_c */
     vashista_solver solver;
     vashista_routing routing;
     vashista_group_routing group_routing;
     vashista_policy policy;
-    float tolerance;         /* largest error bound accepted without the policy */
-    float scale;             /* 0: 1/sqrt(head_dim) */
-    int32_t solver_steps;    /* eg, fw: N */
-    float solver_eta;        /* eg */
-    float solver_tau;        /* fw, sparsemax */
-    int32_t sink_pages;      /* first pages of each sequence, always routed; count toward P */
-    int32_t local_pages;     /* last pages of each sequence, always routed; count toward P */
+    float tolerance;            /* largest error bound accepted without the policy */
+    float scale;                /* 0: 1/sqrt(head_dim) */
+    int32_t solver_steps;       /* eg, fw: N */
+    float solver_eta;           /* eg */
+    float solver_tau;           /* fw, sparsemax */
+    int32_t sink_pages;         /* first pages of each sequence, always routed; count toward P */
+    int32_t local_pages;        /* last pages of each sequence, always routed; count toward P */
     int32_t relative_tolerance; /* 1: accept a head when bound <= tolerance * ||out|| of the exact
                                    dense answer (checked as bound <= tolerance * (||out_sparse|| -
                                    bound)); 0: bound <= tolerance */
@@ -132,14 +132,14 @@ void vashista_decode_config_default(vashista_decode_config *config);
 
 /* Per head, about its sparse step (also for heads whose answer came from dense). */
 typedef struct vashista_head_diag {
-    float support_gap;   /* Δ̂ */
-    float leakage;       /* L: an upper bound in bound routing, an estimate in mean routing */
-    float error_bound;   /* bound on ||o_sparse - o_dense||, f32 rounding included; sparsemax:
-                            0 when it equals sparsemax over all tokens; +INFINITY when uncertified */
+    float support_gap; /* Δ̂ */
+    float leakage;     /* L: an upper bound in bound routing, an estimate in mean routing */
+    float error_bound; /* bound on ||o_sparse - o_dense||, f32 rounding included; sparsemax:
+                          0 when it equals sparsemax over all tokens; +INFINITY when uncertified */
     int32_t candidates;
     int32_t policy_taken; /* vashista_policy_taken */
     float fw_gap;
-    int32_t certificate;  /* vashista_certificate */
+    int32_t certificate; /* vashista_certificate */
 } vashista_head_diag;
 
 /* One decode step. q: [batch][q_heads][head_dim] f32, q_heads a multiple of kv_heads.
@@ -151,21 +151,20 @@ typedef struct vashista_head_diag {
  * reported VASHISTA_UNCERTIFIED_STALE.
  * seq_lens: [batch], each in [1, tokens appended]. out: [batch][q_heads][head_dim]
  * f32; lse: [batch][q_heads] (may be NULL); diag: [batch][q_heads] (may be NULL). */
-vashista_status vashista_decode(vashista_cache *cache, const vashista_decode_config *config,
-                                const float *q, int32_t q_heads, const int32_t *seq_lens,
-                                float *out, float *lse, vashista_head_diag *diag);
+vashista_status vashista_decode(vashista_cache *cache, const vashista_decode_config *config, const float *q,
+                                int32_t q_heads, const int32_t *seq_lens, float *out, float *lse,
+                                vashista_head_diag *diag);
 
 /* vashista_decode, also writing each head's candidate set: candidates
  * [batch][q_heads][top_tokens] token positions in increasing order, -1 past the last
  * (may be NULL). For a head that fell back to dense, its sparse candidates. */
 vashista_status vashista_decode_with_candidates(vashista_cache *cache, const vashista_decode_config *config,
-                                                const float *q, int32_t q_heads, const int32_t *seq_lens,
-                                                float *out, float *lse, vashista_head_diag *diag,
-                                                int32_t *candidates);
+                                                const float *q, int32_t q_heads, const int32_t *seq_lens, float *out,
+                                                float *lse, vashista_head_diag *diag, int32_t *candidates);
 
 /* Dense decode attention over all tokens: the baseline and the fallback. */
-vashista_status vashista_dense(vashista_cache *cache, const float *q, int32_t q_heads,
-                               const int32_t *seq_lens, float scale, float *out, float *lse);
+vashista_status vashista_dense(vashista_cache *cache, const float *q, int32_t q_heads, const int32_t *seq_lens,
+                               float scale, float *out, float *lse);
 
 /* The message of the last error on this thread ("" after a success). */
 const char *vashista_last_error(void);

@@ -14,8 +14,7 @@ ref::DType ref_dtype(const Halide::Type &t) {
 
 Halide::Type halide_type(ref::DType t) { return Halide::Type(halide_runtime_type(t)); }
 
-DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum,
-                             double scale) {
+DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum, double scale) {
     ProblemBuffers pb = problem_buffers(p, sum, ref_dtype(cfg.summary_type));
     DecodeBuffers buf;
     buf.q = Halide::Buffer<float>(std::move(pb.q));

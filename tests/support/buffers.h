@@ -11,7 +11,6 @@ Halide::Type halide_type(ref::DType t);
 
 // Inputs for a decode step; summaries come from the reference rounded to
 // cfg.summary_type, so routing sees exactly the values the reference uses.
-DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum,
-                             double scale);
+DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum, double scale);
 
 }  // namespace vashista::test

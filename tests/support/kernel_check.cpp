@@ -64,7 +64,8 @@ Comparison compare_with_reference(const ref::Problem &p, const DecodeConfig &cfg
                     if (buf.candidates(i, g, h, b) != want) {
                         ++c.candidate_mismatches;
                         note("candidate " + std::to_string(i) + " is " + std::to_string(buf.candidates(i, g, h, b)) +
-                                 ", reference " + std::to_string(want), b, h, g);
+                                 ", reference " + std::to_string(want),
+                             b, h, g);
                     }
                 }
                 for (int i = 0; i < cfg.top_pages; ++i) {
@@ -82,16 +83,18 @@ Comparison compare_with_reference(const ref::Problem &p, const DecodeConfig &cfg
                 double le = std::abs(buf.lse(g, h, b) - r.lse) / (1 + std::abs(r.lse));
                 c.max_lse_err = std::max(c.max_lse_err, le);
                 if (le > tol.lse) note("lse error", b, h, g);
-                const double want[] = {r.support_gap, r.leakage, r.error_bound, r.outside_mass, r.value_out,
-                                       double(r.candidates.size()), r.fw_gap, r.max_score,
-                                       double(int(r.certificate))};
+                const double want[] = {r.support_gap,  r.leakage,   r.error_bound,
+                                       r.outside_mass, r.value_out, double(r.candidates.size()),
+                                       r.fw_gap,       r.max_score, double(int(r.certificate))};
                 // Kernels evaluate the reference's formulas in f32/f64 and inflate value norms by
                 // fp::value_norm_margin; infinite bounds (uncertified) must match exactly.
                 for (int k = 0; k < kDiagFields; ++k) {
                     double e = excess(buf.diag(k, g, h, b), want[k], tol.diag_rel, tol.diag_abs);
                     c.max_diag_err = std::max(c.max_diag_err, e);
-                    if (e > 0) note("diag field " + std::to_string(k) + " = " + std::to_string(buf.diag(k, g, h, b)) +
-                                        ", reference " + std::to_string(want[k]), b, h, g);
+                    if (e > 0)
+                        note("diag field " + std::to_string(k) + " = " + std::to_string(buf.diag(k, g, h, b)) +
+                                 ", reference " + std::to_string(want[k]),
+                             b, h, g);
                 }
             }
     return c;

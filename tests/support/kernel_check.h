@@ -9,9 +9,9 @@
 namespace vashista::test {
 
 struct Tolerance {
-    double out = 1e-4;        // max |o_kernel - o_ref|, values O(1)
-    double lse = 1e-4;        // relative to 1 + |lse|
-    double diag_rel = 1e-3;   // leakage and bound, relative, plus diag_abs
+    double out = 1e-4;       // max |o_kernel - o_ref|, values O(1)
+    double lse = 1e-4;       // relative to 1 + |lse|
+    double diag_rel = 1e-3;  // leakage and bound, relative, plus diag_abs
     double diag_abs = 1e-5;
 };
 
