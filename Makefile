@@ -9,7 +9,7 @@ CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
 HALIDE_DIR = $(shell $(VENV)/bin/python -c "import halide; print(halide.install_dir())")/lib64/cmake
 
-.PHONY: all setup configure build run test test-sanitize test-slow bench quality clean
+.PHONY: all setup configure build run test format-check format test-sanitize test-slow quality clean
 
 all: build
 
@@ -30,8 +30,18 @@ build: configure
 run: build
 	@$(BUILD)/bin/vashista_demo --json $(BUILD)/demo.json
 
-test: build
+test: build format-check
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow
+
+# The C++ sources as .clang-format lays them out (make test checks; make format rewrites).
+SOURCES = $(shell find generators schedules runtime reference autotune bench tests quality \
+                       -name '*.cpp' -o -name '*.h' | sort)
+format-check: setup
+	@echo "format-check: clang-format on $(words $(SOURCES)) C++ files"
+	@clang-format --dry-run -Werror $(SOURCES)
+
+format: setup
+	@clang-format -i $(SOURCES)
 
 # What make test leaves out: the models against llama.cpp (installs Gemma and llama.cpp first).
 test-slow: build
