@@ -1,5 +1,6 @@
 #include "problem_buffers.h"
 
+#include "dtype_halide.h"
 #include "method_types.h"
 
 #include <cstring>
@@ -7,18 +8,6 @@
 namespace vashista {
 
 using Halide::Runtime::Buffer;
-
-halide_type_t halide_runtime_type(ref::DType t) {
-    switch (t) {
-        case ref::DType::F32:
-            return halide_type_t(halide_type_float, 32);
-        case ref::DType::F16:
-            return halide_type_t(halide_type_float, 16);
-        case ref::DType::BF16:
-            return halide_type_t(halide_type_bfloat, 16);
-    }
-    return halide_type_t(halide_type_float, 32);
-}
 
 namespace {
 

@@ -7,8 +7,6 @@
 
 namespace vashista {
 
-halide_type_t halide_runtime_type(ref::DType t);
-
 struct ProblemBuffers {
     Halide::Runtime::Buffer<float> q;                       // (d, g, h, b)
     Halide::Runtime::Buffer<void> k_cache, v_cache;         // 4-D per layout

@@ -80,13 +80,6 @@ Workload Workload::from_json(const json &j) {
     return w;
 }
 
-ref::DType parse_dtype(const std::string &name) {
-    if (name == "float32") return ref::DType::F32;
-    if (name == "float16") return ref::DType::F16;
-    if (name == "bfloat16") return ref::DType::BF16;
-    throw std::invalid_argument("dtype '" + name + "' is not float32, float16 or bfloat16");
-}
-
 ref::ProblemSpec Workload::problem_spec() const {
     ref::ProblemSpec s;
     s.kv_heads = kv_heads;

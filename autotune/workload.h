@@ -37,6 +37,4 @@ std::vector<Workload> default_workloads(const std::string &target);
 // "i/n": keep workloads whose index modulo n is i (0-based).
 std::vector<Workload> shard(const std::vector<Workload> &all, const std::string &spec);
 
-ref::DType parse_dtype(const std::string &name);
-
 }  // namespace vashista::tune

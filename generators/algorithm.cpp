@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <sstream>
 #include <stdexcept>
 
 namespace vashista {
@@ -822,18 +823,22 @@ Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {
     return r;
 }
 
-Type parse_type(const std::string &name) {
-    if (name == "float32") return Halide::Float(32);
-    if (name == "float16") return Halide::Float(16);
-    if (name == "bfloat16") return Halide::BFloat(16);
-    throw std::invalid_argument("dtype '" + name + "' is not one of float32, float16, bfloat16");
+Type halide_type(DType t) { return Type(halide_runtime_type(t)); }
+
+DType dtype_of(const Type &t) {
+    for (DType d : {DType::F32, DType::F16, DType::BF16})
+        if (t == halide_type(d)) return d;
+    throw std::invalid_argument("type " + type_name(t) + " is not float32, float16 or bfloat16");
 }
 
+Type parse_type(const std::string &name) { return halide_type(parse_dtype(name)); }
+
 std::string type_name(const Type &t) {
-    if (t == Halide::Float(32)) return "float32";
-    if (t == Halide::Float(16)) return "float16";
-    if (t == Halide::BFloat(16)) return "bfloat16";
-    return "unsupported";
+    for (DType d : {DType::F32, DType::F16, DType::BF16})
+        if (t == halide_type(d)) return to_string(d);
+    std::ostringstream os;
+    os << t;
+    return os.str();
 }
 
 }  // namespace vashista

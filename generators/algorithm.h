@@ -21,6 +21,7 @@
 #pragma once
 
 #include "Halide.h"
+#include "dtype_halide.h"
 #include "method_types.h"
 
 #include <string>
@@ -258,6 +259,8 @@ DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in);
 SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in);
 
 // Names of Halide types used by GeneratorParams and the tuner.
+Type halide_type(DType t);
+DType dtype_of(const Type &t);             // throws for a type that is not one of the three
 Type parse_type(const std::string &name);  // "float32", "float16", "bfloat16"
 std::string type_name(const Type &t);
 

@@ -154,6 +154,13 @@ inline const char *to_string(RoutingMode v) {
 }
 inline const char *to_string(GroupRouting v) { return v == GroupRouting::PerHead ? "per_head" : "shared"; }
 
+// Element types of keys, values and summaries, numbered as the C ABI's vashista_dtype; the
+// one table of their names (generator parameters, workloads, JSON, the reference).
+enum class DType { F32 = 0, F16 = 1, BF16 = 2 };
+inline const char *to_string(DType v) { return v == DType::F32 ? "float32" : v == DType::F16 ? "float16" : "bfloat16"; }
+inline const char *short_name(DType v) { return v == DType::F32 ? "f32" : v == DType::F16 ? "f16" : "bf16"; }
+inline int dtype_bytes(DType v) { return v == DType::F32 ? 4 : 2; }
+
 namespace detail {
 template <typename E, size_t N>
 E parse_name(const std::string &s, const E (&values)[N], const char *what) {
@@ -181,6 +188,10 @@ inline RoutingMode parse_routing(const std::string &s) {
 inline GroupRouting parse_group_routing(const std::string &s) {
     static const GroupRouting v[] = {GroupRouting::PerHead, GroupRouting::Shared};
     return detail::parse_name(s, v, "group_routing");
+}
+inline DType parse_dtype(const std::string &s) {
+    static const DType v[] = {DType::F32, DType::F16, DType::BF16};
+    return detail::parse_name(s, v, "dtype");
 }
 
 }  // namespace vashista

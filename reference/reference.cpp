@@ -9,20 +9,6 @@
 
 namespace vashista::ref {
 
-const char *dtype_name(DType t) {
-    switch (t) {
-        case DType::F32:
-            return "float32";
-        case DType::F16:
-            return "float16";
-        case DType::BF16:
-            return "bfloat16";
-    }
-    return "?";
-}
-
-int dtype_bytes(DType t) { return t == DType::F32 ? 4 : 2; }
-
 uint16_t to_bits16(DType t, float x) {
     if (t == DType::F16) {
         _Float16 h = static_cast<_Float16>(x);

@@ -11,9 +11,7 @@
 
 namespace vashista::ref {
 
-enum class DType { F32, F16, BF16 };
-const char *dtype_name(DType t);
-int dtype_bytes(DType t);
+using vashista::DType;                          // method_types.h: names, bytes
 float round_to(DType t, float x);               // round to nearest even
 float round_toward(DType t, float x, bool up);  // round toward +inf (up) or -inf
 uint16_t to_bits16(DType t, float x);           // F16 / BF16 bit pattern

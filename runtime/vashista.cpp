@@ -1,6 +1,7 @@
 #include "vashista.h"
 
 #include "HalideBuffer.h"
+#include "dtype_halide.h"
 #include "method_types.h"
 #include "variants.h"
 
@@ -49,17 +50,7 @@ vashista_status guarded(F &&body) {
     }
 }
 
-const char *dtype_name(vashista_dtype t) {
-    switch (t) {
-        case VASHISTA_DTYPE_F32:
-            return "f32";
-        case VASHISTA_DTYPE_F16:
-            return "f16";
-        case VASHISTA_DTYPE_BF16:
-            return "bf16";
-    }
-    return "?";
-}
+const char *dtype_name(vashista_dtype t) { return vashista::short_name(vashista::DType(t)); }
 
 // The integer a C caller stored in an enum field: reading an out-of-range value through
 // the C++ enum type is undefined, so validation reads the bits.
@@ -72,19 +63,9 @@ int raw(const E &e) {
 }
 
 bool valid_dtype(int t) { return t >= VASHISTA_DTYPE_F32 && t <= VASHISTA_DTYPE_BF16; }
-int dtype_bytes(vashista_dtype t) { return t == VASHISTA_DTYPE_F32 ? 4 : 2; }
+int dtype_bytes(vashista_dtype t) { return vashista::dtype_bytes(vashista::DType(t)); }
 
-halide_type_t halide_type(vashista_dtype t) {
-    switch (t) {
-        case VASHISTA_DTYPE_F32:
-            return halide_type_t(halide_type_float, 32);
-        case VASHISTA_DTYPE_F16:
-            return halide_type_t(halide_type_float, 16);
-        case VASHISTA_DTYPE_BF16:
-            return halide_type_t(halide_type_bfloat, 16);
-    }
-    return halide_type_t(halide_type_float, 32);
-}
+halide_type_t halide_type(vashista_dtype t) { return vashista::halide_runtime_type(vashista::DType(t)); }
 
 // NaN or Inf in an element of `t`.
 bool non_finite(const uint8_t *p, vashista_dtype t) {

@@ -55,7 +55,7 @@ const Variant kVariants[] = {
 };
 
 std::string describe(const Variant &v) {
-    return "D=" + std::to_string(v.head_dim) + " G=" + std::to_string(v.group) + " " + ref::dtype_name(v.kv) + " " +
+    return "D=" + std::to_string(v.head_dim) + " G=" + std::to_string(v.group) + " " + to_string(v.kv) + " " +
            to_string(v.layout) + " " + to_string(v.group_routing) + " " + to_string(v.solver) +
            " sink=" + std::to_string(v.sink) + " local=" + std::to_string(v.local) +
            (v.sketch_bits ? " sketch " + std::to_string(v.sketch_bits) + "-bit" : std::string(" bound"));
@@ -72,7 +72,7 @@ struct AbiCache {
     vashista_cache *cache = nullptr;
 
     explicit AbiCache(ref::Problem problem, int sketch_bits = 0) : p(std::move(problem)) {
-        const int bytes = ref::dtype_bytes(p.cache.dtype);
+        const int bytes = dtype_bytes(p.cache.dtype);
         k_pages.assign(p.cache.k.size() * bytes, 0);
         v_pages.assign(p.cache.v.size() * bytes, 0);
         vashista_cache_desc desc{p.seqs.batch,

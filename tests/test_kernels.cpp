@@ -80,12 +80,12 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
             spec.head_dim = 32;
             spec.seq_lens = {100, 37, 5, 260};  // partial pages, T < P*S, K_c > valid tokens
             spec.layout = k.layout;
-            spec.dtype = test::ref_dtype(k.kv);
+            spec.dtype = dtype_of(k.kv);
             spec.kind = kind;
             spec.seed = 7 + int(kind);
             ref::Problem p = ref::make_problem(spec);
             ref::Summaries sum =
-                ref::summarize(p.cache, p.seqs, test::ref_dtype(cfg.summary_type), cfg.sketch_bits, cfg.sketch_group);
+                ref::summarize(p.cache, p.seqs, dtype_of(cfg.summary_type), cfg.sketch_bits, cfg.sketch_group);
             DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
             run(*jit, buf);
             test::Tolerance tol;

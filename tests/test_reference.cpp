@@ -53,7 +53,7 @@ TEST_CASE("outward rounding gives a box that contains the value, one step wide a
             const float x = i < 6 ? std::array<float, 6>{0.0f, -0.0f, 1e-45f, -1e-45f, 3e38f, -3e38f}[i]
                                   : std::ldexp(mantissa(rng), exponent(rng));
             const float lo = round_toward(t, x, false), hi = round_toward(t, x, true);
-            INFO(dtype_name(t) << " x = " << x << " lo = " << lo << " hi = " << hi);
+            INFO(to_string(t) << " x = " << x << " lo = " << lo << " hi = " << hi);
             REQUIRE(lo <= x);
             REQUIRE(hi >= x);
             REQUIRE(round_to(t, lo) == lo);  // representable

@@ -6,16 +6,8 @@
 
 namespace vashista::test {
 
-ref::DType ref_dtype(const Halide::Type &t) {
-    if (t == Halide::Float(32)) return ref::DType::F32;
-    if (t == Halide::Float(16)) return ref::DType::F16;
-    return ref::DType::BF16;
-}
-
-Halide::Type halide_type(ref::DType t) { return Halide::Type(halide_runtime_type(t)); }
-
 DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum, double scale) {
-    ProblemBuffers pb = problem_buffers(p, sum, ref_dtype(cfg.summary_type));
+    ProblemBuffers pb = problem_buffers(p, sum, dtype_of(cfg.summary_type));
     DecodeBuffers buf;
     buf.q = Halide::Buffer<float>(std::move(pb.q));
     buf.k_cache = Halide::Buffer<>(std::move(pb.k_cache));

@@ -6,9 +6,6 @@
 
 namespace vashista::test {
 
-ref::DType ref_dtype(const Halide::Type &t);
-Halide::Type halide_type(ref::DType t);
-
 // Inputs for a decode step; summaries come from the reference rounded to
 // cfg.summary_type, so routing sees exactly the values the reference uses.
 DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum, double scale);
