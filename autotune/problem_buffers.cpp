@@ -43,9 +43,8 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
     buf.seq_lens = Buffer<int32_t>(p.seqs.batch);
     std::memcpy(buf.seq_lens.data(), p.seqs.seq_lens.data(), p.seqs.seq_lens.size() * 4);
 
-    const int blocks = (sum.max_pages + kSummaryBlock - 1) / kSummaryBlock;
-    buf.summary = Buffer<void>(halide_runtime_type(summary_dtype),
-                               {kSummaryBlock, sum.head_dim, kSummaryChannels, blocks, sum.kv_heads, sum.batch});
+    const auto extents = SummaryLayout{sum.head_dim, sum.max_pages, sum.kv_heads, sum.batch}.extents();
+    buf.summary = Buffer<void>(halide_runtime_type(summary_dtype), std::vector<int>(extents.begin(), extents.end()));
     std::memset(buf.summary.data(), 0, buf.summary.size_in_bytes());
     for (int b = 0; b < sum.batch; ++b)
         for (int h = 0; h < sum.kv_heads; ++h)
@@ -54,12 +53,9 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                     const size_t row = sum.at(b, h, j) * sum.head_dim + d;
                     const float channel[kSummaryChannels] = {sum.mean[row], sum.lo[row], sum.hi[row]};
                     for (int c = 0; c < kSummaryChannels; ++c) {
-                        const size_t flat =
-                            ((((size_t(b) * sum.kv_heads + h) * blocks + j / kSummaryBlock) * kSummaryChannels + c) *
-                                 sum.head_dim +
-                             d) *
-                                kSummaryBlock +
-                            j % kSummaryBlock;
+                        const auto at = SummaryLayout::coords(j, d, c, h, b);
+                        size_t flat = 0;
+                        for (int k = 0; k < 6; ++k) flat += size_t(at[k] * buf.summary.dim(k).stride());
                         store(buf.summary, flat, channel[c], summary_dtype);
                     }
                 }

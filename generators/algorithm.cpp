@@ -812,9 +812,10 @@ Halide::Region kv_cache_region(const ShapeEstimate &e) {
 }
 Halide::Region page_table_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.batch}}; }
 Halide::Region summary_region(const ShapeEstimate &e) {
-    return {{0, kSummaryBlock},    {0, e.head_dim},
-            {0, kSummaryChannels}, {0, (e.pages + kSummaryBlock - 1) / kSummaryBlock},
-            {0, e.kv_heads},       {0, e.batch}};
+    Halide::Region r;
+    for (int64_t extent : SummaryLayout{e.head_dim, e.pages, e.kv_heads, e.batch}.extents())
+        r.push_back({0, int(extent)});
+    return r;
 }
 Halide::Region value_norm_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.kv_heads}, {0, e.batch}}; }
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {

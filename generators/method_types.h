@@ -2,7 +2,9 @@
 // definitions, the runtime and the reference. No Halide here.
 #pragma once
 
+#include <array>
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -40,6 +42,21 @@ inline std::string sketch_config_error(int head_dim, int bits, int group) {
 
 // Summary channels, in the order of the c dimension.
 enum SummaryChannel { kSummaryMean = 0, kSummaryMin = 1, kSummaryMax = 2, kSummaryChannels = 3 };
+
+// The page summaries' layout, summary (lane, d, channel, block, h, b) in algorithm.h: page j
+// of a sequence is lane j % kSummaryBlock of block j / kSummaryBlock. The one statement of
+// it outside the definitions, for the runtime's cache and the tuner's buffers.
+struct SummaryLayout {
+    int64_t head_dim, max_pages, kv_heads, batch;
+    int64_t blocks() const { return (max_pages + kSummaryBlock - 1) / kSummaryBlock; }
+    std::array<int64_t, 6> extents() const {
+        return {kSummaryBlock, head_dim, kSummaryChannels, blocks(), kv_heads, batch};
+    }
+    // Coordinates of channel d of summary `channel` of page j, KV head h, sequence b.
+    static std::array<int64_t, 6> coords(int64_t j, int64_t d, int64_t channel, int64_t h, int64_t b) {
+        return {j % kSummaryBlock, d, channel, j / kSummaryBlock, h, b};
+    }
+};
 
 // Per-head diagnostics, in the order of the `diag` output's first dimension.
 enum DiagField {

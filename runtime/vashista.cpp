@@ -449,11 +449,11 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         c->summarize = &find_summarize(*desc);
         require_addressable(int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim,
                             desc->num_pages, "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
-        const int64_t blocks = (desc->max_pages + vashista::kSummaryBlock - 1) / vashista::kSummaryBlock;
-        c->summary = zeroed_buffer(
-            c->summary_memory, halide_type(desc->summary_dtype),
-            {vashista::kSummaryBlock, desc->head_dim, vashista::kSummaryChannels, blocks, desc->kv_heads, desc->batch},
-            "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
+        const auto extents =
+            vashista::SummaryLayout{desc->head_dim, desc->max_pages, desc->kv_heads, desc->batch}.extents();
+        c->summary = zeroed_buffer(c->summary_memory, halide_type(desc->summary_dtype),
+                                   std::vector<int64_t>(extents.begin(), extents.end()),
+                                   "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
         const std::vector<int64_t> per_page{desc->max_pages, desc->kv_heads, desc->batch};
         const halide_type_t f32(halide_type_float, 32);
         c->value_norm =
@@ -577,10 +577,9 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                     for (int dd = 0; dd < d.head_dim; ++dd) {
                         const size_t from =
                             ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
-                        const int64_t to = int64_t(j % vashista::kSummaryBlock) * sd.dim(0).stride() +
-                                           int64_t(dd) * sd.dim(1).stride() + int64_t(ch) * sd.dim(2).stride() +
-                                           int64_t(j / vashista::kSummaryBlock) * sd.dim(3).stride() +
-                                           int64_t(h) * sd.dim(4).stride() + int64_t(seq) * sd.dim(5).stride();
+                        const auto at_summary = vashista::SummaryLayout::coords(j, dd, ch, h, seq);
+                        int64_t to = 0;
+                        for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
                         std::memcpy(dst + to * bytes, src + from * bytes, bytes);
                     }
                 if (c->sketch_kernel) {
