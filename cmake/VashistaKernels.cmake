@@ -200,18 +200,47 @@ bool large_buffers() { return @large_buffers@; }
     endif ()
 endfunction()
 
+# A Halide target string as records name it: "host" resolved to this machine's target
+# (Halide's get_host_target, as the tuner resolves it), and the features that do not change
+# a schedule's speed (strict_float, no_runtime, large_buffers) dropped.
+function(_vashista_record_target OUT target_string)
+    if (target_string STREQUAL "host" OR target_string MATCHES "^host-")
+        get_property(host GLOBAL PROPERTY VASHISTA_HOST_TARGET)
+        if (NOT host)
+            get_target_property(tool Halide::get_host_target LOCATION)
+            execute_process(COMMAND "${tool}" OUTPUT_VARIABLE host OUTPUT_STRIP_TRAILING_WHITESPACE
+                            RESULT_VARIABLE rc)
+            if (NOT rc EQUAL 0 OR host STREQUAL "")
+                message(FATAL_ERROR "vashista: could not resolve the host target with ${tool}")
+            endif ()
+            set_property(GLOBAL PROPERTY VASHISTA_HOST_TARGET "${host}")
+        endif ()
+        string(REGEX REPLACE "^host" "${host}" target_string "${target_string}")
+    endif ()
+    foreach (feature IN ITEMS strict_float no_runtime large_buffers)
+        string(REPLACE "-${feature}" "" target_string "${target_string}")
+    endforeach ()
+    set(${OUT} "${target_string}" PARENT_SCOPE)
+endfunction()
+
 # vashista_tuned_spec(<out-var> DATABASE <db.jsonl> SPEC <decode or dense spec>
-#                     [GENERATOR decode|dense] [TOKENS <T>])
+#                     [GENERATOR decode|dense] [TOKENS <T>] [TARGET <halide target>])
 #
 # What `vashista build-lib` does, inside CMake: finds the fastest correct record in
-# DATABASE whose workload matches SPEC (at TOKENS, or else the longest context tuned),
-# writes its schedule into the build folder and returns SPEC with schedule_file= added.
-# A spec never tuned comes back unchanged, with a message saying the hand schedule is used.
+# DATABASE whose workload matches SPEC and TARGET (default host: a schedule tuned on one
+# CPU is not applied on another), at TOKENS or else the longest context tuned, writes its
+# schedule into the build folder and returns SPEC with schedule_file= added. A spec never
+# tuned for the target comes back unchanged, with a message saying the hand schedule is used.
 function(vashista_tuned_spec OUT)
-    cmake_parse_arguments(ARG "" "DATABASE;SPEC;GENERATOR;TOKENS" "" ${ARGN})
+    cmake_parse_arguments(ARG "" "DATABASE;SPEC;GENERATOR;TOKENS;TARGET" "" ${ARGN})
     if (NOT ARG_GENERATOR)
         set(ARG_GENERATOR decode)
     endif ()
+    if (NOT ARG_TARGET)
+        set(ARG_TARGET host)
+    endif ()
+    _vashista_record_target(want_target "${ARG_TARGET}")
+    set(other_targets "")
     _vashista_parse_spec(s ${ARG_GENERATOR} "${ARG_SPEC}")
     set(fields head_dim page_size group_size kv_type layout)
     if (ARG_GENERATOR STREQUAL "decode")
@@ -250,6 +279,16 @@ function(vashista_tuned_spec OUT)
         if (NOT match)
             continue()
         endif ()
+        string(JSON record_target ERROR_VARIABLE err GET "${line}" workload target)
+        if (NOT err)
+            _vashista_record_target(record_target "${record_target}")
+        endif ()
+        if (err OR NOT record_target STREQUAL want_target)
+            if (NOT err AND NOT record_target IN_LIST other_targets)
+                list(APPEND other_targets "${record_target}")
+            endif ()
+            continue()
+        endif ()
         string(JSON tokens GET "${line}" workload tokens)
         string(JSON ms GET "${line}" median_ms)
         string(JSON kind ERROR_VARIABLE err GET "${line}" kind)
@@ -271,8 +310,14 @@ function(vashista_tuned_spec OUT)
         endif ()
     endforeach ()
     if (best_line STREQUAL "")
-        message(VERBOSE "vashista: ${ARG_GENERATOR} '${ARG_SPEC}' was never tuned in ${ARG_DATABASE}; "
-                        "using the hand schedule")
+        if (other_targets)
+            list(JOIN other_targets ", " others)
+            message(STATUS "vashista: ${ARG_GENERATOR} '${ARG_SPEC}' was tuned in ${ARG_DATABASE} only for "
+                           "${others}, not for ${want_target}; using the hand schedule")
+        else ()
+            message(VERBOSE "vashista: ${ARG_GENERATOR} '${ARG_SPEC}' was never tuned in ${ARG_DATABASE}; "
+                            "using the hand schedule")
+        endif ()
         set(${OUT} "${ARG_SPEC}" PARENT_SCOPE)
         return()
     endif ()
