@@ -35,7 +35,7 @@ using Halide::RDom;
 using Halide::Type;
 using Halide::Var;
 
-// What a decode kernel is compiled for (the GeneratorParams).
+// What a decode kernel is compiled for: the GeneratorParams, whose defaults are these.
 struct DecodeConfig {
     int head_dim = 128;
     int page_size = 16;
@@ -46,7 +46,7 @@ struct DecodeConfig {
     Type summary_type = Halide::BFloat(16);
     KvLayout layout = KvLayout::HND;
     Solver solver = Solver::Softmax;
-    RoutingMode routing = RoutingMode::Mean;
+    RoutingMode routing = RoutingMode::Bound;
     GroupRouting group_routing = GroupRouting::PerHead;
     int sink_pages = 0;                      // first pages of each sequence, always routed (count toward P)
     int local_pages = 0;                     // last pages of each sequence, always routed (count toward P)

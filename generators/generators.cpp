@@ -41,26 +41,32 @@ void set_common_estimates(Gen &gen, const ShapeEstimate &e) {
     gen.lse.set_estimates(per_head_region(e, 0));
 }
 
+// The Generators' parameter defaults are the configs' defaults (algorithm.h).
+const DecodeConfig kDecode{};
+const DenseConfig kDense{};
+const SummaryConfig kSummary{};
+const SketchConfig kSketch{};
+
 class DecodeGenerator : public Generator<DecodeGenerator> {
 public:
-    GeneratorParam<int> head_dim{"head_dim", 128};
-    GeneratorParam<int> page_size{"page_size", 16};
-    GeneratorParam<int> top_pages{"top_pages", 64};
-    GeneratorParam<int> top_tokens{"top_tokens", 128};
-    GeneratorParam<int> group_size{"group_size", 4};
-    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
-    GeneratorParam<std::string> summary_type{"summary_type", "bfloat16"};
-    GeneratorParam<std::string> layout{"layout", "HND"};
-    GeneratorParam<std::string> solver{"solver", "softmax"};
-    GeneratorParam<std::string> routing{"routing", "bound"};
-    GeneratorParam<std::string> group_routing{"group_routing", "per_head"};
-    GeneratorParam<int> sink_pages{"sink_pages", 0};
-    GeneratorParam<int> local_pages{"local_pages", 0};
-    GeneratorParam<int> solver_steps{"solver_steps", 6};
-    GeneratorParam<float> solver_eta{"solver_eta", 0.2f};
-    GeneratorParam<float> solver_tau{"solver_tau", 1.0f};
-    GeneratorParam<int> sketch_bits{"sketch_bits", kSketchBitsDefault};
-    GeneratorParam<int> sketch_group{"sketch_group", kSketchGroupDefault};
+    GeneratorParam<int> head_dim{"head_dim", kDecode.head_dim};
+    GeneratorParam<int> page_size{"page_size", kDecode.page_size};
+    GeneratorParam<int> top_pages{"top_pages", kDecode.top_pages};
+    GeneratorParam<int> top_tokens{"top_tokens", kDecode.top_tokens};
+    GeneratorParam<int> group_size{"group_size", kDecode.group_size};
+    GeneratorParam<std::string> kv_type{"kv_type", type_name(kDecode.kv_type)};
+    GeneratorParam<std::string> summary_type{"summary_type", type_name(kDecode.summary_type)};
+    GeneratorParam<std::string> layout{"layout", to_string(kDecode.layout)};
+    GeneratorParam<std::string> solver{"solver", to_string(kDecode.solver)};
+    GeneratorParam<std::string> routing{"routing", to_string(kDecode.routing)};
+    GeneratorParam<std::string> group_routing{"group_routing", to_string(kDecode.group_routing)};
+    GeneratorParam<int> sink_pages{"sink_pages", kDecode.sink_pages};
+    GeneratorParam<int> local_pages{"local_pages", kDecode.local_pages};
+    GeneratorParam<int> solver_steps{"solver_steps", kDecode.solver_steps};
+    GeneratorParam<float> solver_eta{"solver_eta", kDecode.solver_eta};
+    GeneratorParam<float> solver_tau{"solver_tau", kDecode.solver_tau};
+    GeneratorParam<int> sketch_bits{"sketch_bits", kDecode.sketch_bits};
+    GeneratorParam<int> sketch_group{"sketch_group", kDecode.sketch_group};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
 
     Input<Buffer<float, 4>> q{"q"};
@@ -158,11 +164,11 @@ public:
 
 class DenseGenerator : public Generator<DenseGenerator> {
 public:
-    GeneratorParam<int> head_dim{"head_dim", 128};
-    GeneratorParam<int> page_size{"page_size", 16};
-    GeneratorParam<int> group_size{"group_size", 4};
-    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
-    GeneratorParam<std::string> layout{"layout", "HND"};
+    GeneratorParam<int> head_dim{"head_dim", kDense.head_dim};
+    GeneratorParam<int> page_size{"page_size", kDense.page_size};
+    GeneratorParam<int> group_size{"group_size", kDense.group_size};
+    GeneratorParam<std::string> kv_type{"kv_type", type_name(kDense.kv_type)};
+    GeneratorParam<std::string> layout{"layout", to_string(kDense.layout)};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
 
     Input<Buffer<float, 4>> q{"q"};
@@ -200,11 +206,11 @@ public:
 
 class SummaryGenerator : public Generator<SummaryGenerator> {
 public:
-    GeneratorParam<int> head_dim{"head_dim", 128};
-    GeneratorParam<int> page_size{"page_size", 16};
-    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
-    GeneratorParam<std::string> summary_type{"summary_type", "bfloat16"};
-    GeneratorParam<std::string> layout{"layout", "HND"};
+    GeneratorParam<int> head_dim{"head_dim", kSummary.head_dim};
+    GeneratorParam<int> page_size{"page_size", kSummary.page_size};
+    GeneratorParam<std::string> kv_type{"kv_type", type_name(kSummary.kv_type)};
+    GeneratorParam<std::string> summary_type{"summary_type", type_name(kSummary.summary_type)};
+    GeneratorParam<std::string> layout{"layout", to_string(kSummary.layout)};
 
     Input<Buffer<void, 4>> k_cache{"k_cache"};
     Input<Buffer<void, 4>> v_cache{"v_cache"};
@@ -247,12 +253,12 @@ public:
 // The token sketch of touched pages: codes (s, byte, h, n) and scales (s, group, h, n).
 class SketchGenerator : public Generator<SketchGenerator> {
 public:
-    GeneratorParam<int> head_dim{"head_dim", 128};
-    GeneratorParam<int> page_size{"page_size", 16};
-    GeneratorParam<std::string> kv_type{"kv_type", "bfloat16"};
-    GeneratorParam<std::string> layout{"layout", "HND"};
-    GeneratorParam<int> sketch_bits{"sketch_bits", kSketchBitsDefault};
-    GeneratorParam<int> sketch_group{"sketch_group", kSketchGroupDefault};
+    GeneratorParam<int> head_dim{"head_dim", kSketch.head_dim};
+    GeneratorParam<int> page_size{"page_size", kSketch.page_size};
+    GeneratorParam<std::string> kv_type{"kv_type", type_name(kSketch.kv_type)};
+    GeneratorParam<std::string> layout{"layout", to_string(kSketch.layout)};
+    GeneratorParam<int> sketch_bits{"sketch_bits", kSketch.bits};
+    GeneratorParam<int> sketch_group{"sketch_group", kSketch.group};
 
     Input<Buffer<void, 4>> k_cache{"k_cache"};
     Input<Buffer<int32_t, 2>> page_table{"page_table"};

@@ -74,7 +74,7 @@ struct SparseOptions {
     Solver solver = Solver::Softmax;
     int solver_steps = 6;
     double solver_eta = 0.2, solver_tau = 1.0;
-    RoutingMode routing = RoutingMode::Mean;
+    RoutingMode routing = RoutingMode::Bound;
     GroupRouting group_routing = GroupRouting::PerHead;
     int sink_pages = 0, local_pages = 0;
     int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // must match the summaries'
