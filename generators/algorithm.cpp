@@ -112,119 +112,195 @@ TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i,
     return st;
 }
 
-DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
+namespace {
+
+// The fused decode step (method.md), one method per part and in its order: the sketch scan
+// (sketch routing), routing, candidates, the solver, the output, the certificate, and the
+// record the outputs view. Each defines its stages in `st`; what a later part needs from an
+// earlier one is a member.
+class DecodeDefinition {
+public:
+    DecodeDefinition(const DecodeConfig &config, const DecodeInputs &inputs);
+    DecodeStages define() {
+        sketch_scan();
+        route();
+        candidates();
+        solve();
+        output();
+        certificate();
+        results();
+        return st;
+    }
+
+private:
+    struct SketchScores {
+        Func inner, dot, width, token;
+    };
+    SketchScores sketch_scores(const std::string &name, std::vector<Var> token_vars, Expr s_at, Expr page_at);
+    void sketch_scan();
+    void route();
+    void candidates();
+    void solve();
+    void output();
+    void certificate();
+    void results();
+
+    // Slot i of the selected pages is page rank i / S, offset i % S: its logical page,
+    // whether it holds a token, and its score (s_t, or a_t in sketch routing).
+    Expr slot_page(Expr slot) const { return st.route.index(slot / S, gr, h, b); }
+    Expr slot_valid(Expr slot) const {
+        Expr page = slot_page(slot);
+        return page >= 0 && page * S + slot % S < seq_len;
+    }
+    Expr score_at(Expr slot) const {
+        return sketch ? st.slot_token(slot % S, slot / S, g, h, b)[0] : scale * st.token_score(slot, g, h, b);
+    }
+    Expr physical_page(Expr logical) const {
+        return clamp(in.page_table(clamp(logical, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
+    }
+
+    const DecodeConfig &cfg;
+    const DecodeInputs &in;
     DecodeStages st;
     Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c, k = st.k;
-    const int D = cfg.head_dim, S = cfg.page_size, P = cfg.top_pages, KC = cfg.top_tokens, G = cfg.group_size;
-    const bool per_head = cfg.group_routing == GroupRouting::PerHead;
-    const bool sketch = cfg.routing == RoutingMode::Sketch;
+    const int D, S, P, KC, G;
+    const bool per_head, sketch;
+    // softmax and eg: the weights are a softmax (eg's at temperature N * eta).
+    const bool softmax_family;
+    const double u = fp::kUnit32;
+    // The softmax temperature: eg's N * eta, else 1 (the leakage terms use it).
+    const float beta;
+    const Expr beta64;
+    const Expr seq_len, n_pages, scale;
+    RDom rd, rc;  // a head's channels; the candidates
+    Expr gr;      // the routing group of head g: g (per head) or 0 (shared)
+    // From the solver: the largest candidate score (f64, and rounded to f32), fw's duality
+    // gap, sparsemax's threshold.
+    Expr m, m32, fw_gap, sparsemax_theta;
+};
+
+DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInputs &inputs)
+    : cfg(config),
+      in(inputs),
+      D(cfg.head_dim),
+      S(cfg.page_size),
+      P(cfg.top_pages),
+      KC(cfg.top_tokens),
+      G(cfg.group_size),
+      per_head(cfg.group_routing == GroupRouting::PerHead),
+      sketch(cfg.routing == RoutingMode::Sketch),
+      softmax_family(cfg.solver == Solver::Softmax || cfg.solver == Solver::EG),
+      beta(solver_temperature(cfg)),
+      beta64(f64(beta)),
+      seq_len(in.seq_lens(b)),
+      n_pages((seq_len + (S - 1)) / S),
+      scale(in.scale),
+      rd(0, D, "rd"),
+      rc(0, KC, "rc") {
     if (sketch) {
         const std::string err = sketch_config_error(D, cfg.sketch_bits, cfg.sketch_group);
         if (!err.empty()) throw std::invalid_argument(err);
     }
-    Expr seq_len = in.seq_lens(b);
-    Expr n_pages = (seq_len + (S - 1)) / S;
-    Expr scale = in.scale;
-    const double u = fp::kUnit32;
-    // The softmax temperature: eg's N * eta, else 1 (the leakage terms use it).
-    const float beta = solver_temperature(cfg);
-    RDom rd(0, D, "rd");
+}
 
-    // Sketch routing: the query is quantized per group of g channels to int16 codes n_d
-    // with step s_grp, so a group's sum I_grp = sum_{d in grp} n_d code_d is an exact
-    // integer dot product, and
-    //   a_t  = scale * sum_grp sigma_grp * (s_grp * I_grp),
-    //   ub_t = a_t + scale * W_t * sketch_width_factor,  W_t = sum_grp sigma_grp w_grp,
-    // with w_grp = ||q_grp||_1 + sketch_query_weight * s_grp, an upper bound on the exact
-    // score s_t (method_types.h states the argument).
-    struct SketchScores {
-        Func inner, dot, width, token;
+// Sketch routing: the query is quantized per group of g channels to int16 codes n_d
+// with step s_grp, so a group's sum I_grp = sum_{d in grp} n_d code_d is an exact
+// integer dot product, and
+//   a_t  = scale * sum_grp sigma_grp * (s_grp * I_grp),
+//   ub_t = a_t + scale * W_t * sketch_width_factor,  W_t = sum_grp sigma_grp w_grp,
+// with w_grp = ||q_grp||_1 + sketch_query_weight * s_grp, an upper bound on the exact
+// score s_t (method_types.h states the argument).
+DecodeDefinition::SketchScores DecodeDefinition::sketch_scores(const std::string &name, std::vector<Var> token_vars,
+                                                               Expr s_at, Expr page_at) {
+    const int gs = cfg.sketch_group, groups = D / gs;
+    Expr page = clamp(page_at, 0, in.max_pages - 1);
+    // Channel 2 * pair + e of the token's sketch, as int16.
+    auto code = [&](Expr pair, Expr e) -> Expr {
+        if (cfg.sketch_bits == 8)
+            return cast<int16_t>(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, 2 * pair + e, page, h, b)));
+        // 4 bits: the byte's low nibble is the even channel; each nibble moved to the
+        // top of an int8 and back with its sign.
+        Expr byte = Halide::reinterpret(Halide::Int(8), in.sketch(s_at, pair, page, h, b));
+        Expr low = (byte << cast<int8_t>(4)) >> cast<int8_t>(4), high = byte >> cast<int8_t>(4);
+        return cast<int16_t>(select(e == 0, low, high));
     };
-    auto define_sketch_scores = [&](const std::string &name, std::vector<Var> token_vars, Expr s_at, Expr page_at) {
-        const int gs = cfg.sketch_group, groups = D / gs;
-        Expr page = clamp(page_at, 0, in.max_pages - 1);
-        // Channel 2 * pair + e of the token's sketch, as int16.
-        auto code = [&](Expr pair, Expr e) -> Expr {
-            if (cfg.sketch_bits == 8)
-                return cast<int16_t>(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, 2 * pair + e, page, h, b)));
-            // 4 bits: the byte's low nibble is the even channel; each nibble moved to the
-            // top of an int8 and back with its sign.
-            Expr byte = Halide::reinterpret(Halide::Int(8), in.sketch(s_at, pair, page, h, b));
-            Expr low = (byte << cast<int8_t>(4)) >> cast<int8_t>(4), high = byte >> cast<int8_t>(4);
-            return cast<int16_t>(select(e == 0, low, high));
-        };
-        auto sigma = [&](Expr grp) { return as_f32(in.sketch_scale(s_at, grp, page, h, b)); };
-        std::vector<Var> head = token_vars;
-        head.insert(head.end(), {g, h, b});
-        std::vector<Var> inner_vars = head;
-        inner_vars.insert(inner_vars.begin() + 1, st.x);
-        SketchScores f{Func(name + "_inner"), Func(name + "_dot"), Func(name + "_width"), Func(name + "_token")};
-        // rc.x: the channel within a pair (adjacent, so a pair of int16 products sums in
-        // one instruction), rc.y: the pair within the group.
-        RDom rc(0, 2, 0, gs / 2, name + "_rc"), rg(0, groups, name + "_rg");
-        f.inner(inner_vars) = 0;
-        std::vector<Expr> inner_at(inner_vars.begin(), inner_vars.end());
-        Expr pair = st.x * (gs / 2) + rc.y;
-        f.inner(inner_at) += cast<int32_t>(st.q_code(2 * pair + rc.x, g, h, b)) * cast<int32_t>(code(pair, rc.x));
-        std::vector<Expr> inner_r = inner_at;
-        inner_r[1] = rg;
-        std::vector<Expr> head_at(head.begin(), head.end());
-        f.dot(head) = 0.0f;
-        f.dot(head_at) += sigma(rg) * (st.q_step(rg, g, h, b) * as_f32(f.inner(inner_r)));
-        f.width(head) = 0.0f;
-        f.width(head_at) += sigma(rg) * st.q_group_weight(rg, g, h, b);
-        Expr a = scale * f.dot(head);
-        Expr e = scale * f.width(head) * float(fp::sketch_width_factor(D, gs, cfg.sketch_bits));
-        f.token(head) = Tuple(a, a + e + float(4 * u) * (Halide::abs(a) + e));
-        return f;
-    };
-    if (sketch) {
-        const int gs = cfg.sketch_group;
-        RDom rq(0, gs, "rq");
-        Expr qd = in.q(st.x * gs + rq, g, h, b);
-        // The query's codes (per group: step = max |q_d| / fp::kSketchQueryMax, at least the
-        // smallest normal f32; n_d = round(q_d / step)) and the groups' weights w_grp.
-        Func q_absmax("q_absmax"), q_l1("q_group_l1");
-        q_absmax(st.x, g, h, b) = 0.0f;
-        q_absmax(st.x, g, h, b) = Halide::max(q_absmax(st.x, g, h, b), Halide::abs(qd));
-        q_l1(st.x, g, h, b) = 0.0f;
-        q_l1(st.x, g, h, b) += Halide::abs(qd);
-        st.q_step = Func("q_step");
-        st.q_step(st.x, g, h, b) =
-            Halide::max(q_absmax(st.x, g, h, b) * float(1.0 / fp::kSketchQueryMax), Halide::Float(32).min());
-        st.q_code = Func("q_code");
-        Expr n = Halide::round(in.q(d, g, h, b) / st.q_step(d / gs, g, h, b));
-        st.q_code(d, g, h, b) = cast<int16_t>(clamp(n, -float(fp::kSketchQueryMax), float(fp::kSketchQueryMax)));
-        st.q_group_weight = Func("q_group_weight");
-        st.q_group_weight(st.x, g, h, b) =
-            q_l1(st.x, g, h, b) + float(fp::sketch_query_weight(gs, cfg.sketch_bits)) * st.q_step(st.x, g, h, b);
-        SketchScores scan = define_sketch_scores("sketch", {st.s, i}, st.s, i);
-        st.sketch_inner = scan.inner;
-        st.sketch_dot = scan.dot;
-        st.sketch_width = scan.width;
-        st.sketch_token = scan.token;
-        // Per page: {max a_t, M = max ub_t, sum exp(beta (ub_t - M))} over its valid tokens,
-        // in two passes over them (phase 0: the maxima; phase 1: the sum).
-        RDom rs(0, S, 0, 2, "rs");
-        Expr valid = i * S + rs.x < seq_len;
-        Expr a = st.sketch_token(rs.x, i, g, h, b)[0], ub = st.sketch_token(rs.x, i, g, h, b)[1];
-        st.page_leak = Func("page_leak");
-        st.page_leak(i, g, h, b) = Tuple(neg_inf(), neg_inf(), 0.0f);
-        Expr max_a = st.page_leak(i, g, h, b)[0], max_ub = st.page_leak(i, g, h, b)[1];
-        Expr sum = st.page_leak(i, g, h, b)[2];
-        Expr first = rs.y == 0;
-        st.page_leak(i, g, h, b) = Tuple(select(first, Halide::max(max_a, select(valid, a, neg_inf())), max_a),
-                                         select(first, Halide::max(max_ub, select(valid, ub, neg_inf())), max_ub),
-                                         select(first || !valid, sum, sum + Halide::exp(beta * (ub - max_ub))));
-    }
+    auto sigma = [&](Expr grp) { return as_f32(in.sketch_scale(s_at, grp, page, h, b)); };
+    std::vector<Var> head = token_vars;
+    head.insert(head.end(), {g, h, b});
+    std::vector<Var> inner_vars = head;
+    inner_vars.insert(inner_vars.begin() + 1, st.x);
+    SketchScores f{Func(name + "_inner"), Func(name + "_dot"), Func(name + "_width"), Func(name + "_token")};
+    // rpair.x: the channel within a pair (adjacent, so a pair of int16 products sums in
+    // one instruction), rpair.y: the pair within the group.
+    RDom rpair(0, 2, 0, gs / 2, name + "_rc"), rg(0, groups, name + "_rg");
+    f.inner(inner_vars) = 0;
+    std::vector<Expr> inner_at(inner_vars.begin(), inner_vars.end());
+    Expr pair = st.x * (gs / 2) + rpair.y;
+    f.inner(inner_at) += cast<int32_t>(st.q_code(2 * pair + rpair.x, g, h, b)) * cast<int32_t>(code(pair, rpair.x));
+    std::vector<Expr> inner_r = inner_at;
+    inner_r[1] = rg;
+    std::vector<Expr> head_at(head.begin(), head.end());
+    f.dot(head) = 0.0f;
+    f.dot(head_at) += sigma(rg) * (st.q_step(rg, g, h, b) * as_f32(f.inner(inner_r)));
+    f.width(head) = 0.0f;
+    f.width(head_at) += sigma(rg) * st.q_group_weight(rg, g, h, b);
+    Expr a = scale * f.dot(head);
+    Expr e = scale * f.width(head) * float(fp::sketch_width_factor(D, gs, cfg.sketch_bits));
+    f.token(head) = Tuple(a, a + e + float(4 * u) * (Halide::abs(a) + e));
+    return f;
+}
 
-    // 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
-    // (bound), multiplied by scale > 0 where used; in sketch routing the largest a_t of
-    // the page, scaled already. Sketch candidates are then the top K_c tokens by a_t of
-    // the top P pages: the top K_c of all tokens whenever P >= K_c (ties aside: a page
-    // holding one of them scores at least the K_c-th a_t, and at most K_c pages do); with
-    // P < K_c, the top K_c of the routed pages' tokens, a choice made here. The leakage
-    // counts every other token either way, so the certificate does not depend on it.
+// Sketch routing: the query's codes, then the scan of every token's sketch and, per page,
+// the largest a_t and the leakage terms of its tokens.
+void DecodeDefinition::sketch_scan() {
+    if (!sketch) return;
+    const int gs = cfg.sketch_group;
+    RDom rq(0, gs, "rq");
+    Expr qd = in.q(st.x * gs + rq, g, h, b);
+    // The query's codes (per group: step = max |q_d| / fp::kSketchQueryMax, at least the
+    // smallest normal f32; n_d = round(q_d / step)) and the groups' weights w_grp.
+    Func q_absmax("q_absmax"), q_l1("q_group_l1");
+    q_absmax(st.x, g, h, b) = 0.0f;
+    q_absmax(st.x, g, h, b) = Halide::max(q_absmax(st.x, g, h, b), Halide::abs(qd));
+    q_l1(st.x, g, h, b) = 0.0f;
+    q_l1(st.x, g, h, b) += Halide::abs(qd);
+    st.q_step = Func("q_step");
+    st.q_step(st.x, g, h, b) =
+        Halide::max(q_absmax(st.x, g, h, b) * float(1.0 / fp::kSketchQueryMax), Halide::Float(32).min());
+    st.q_code = Func("q_code");
+    Expr n = Halide::round(in.q(d, g, h, b) / st.q_step(d / gs, g, h, b));
+    st.q_code(d, g, h, b) = cast<int16_t>(clamp(n, -float(fp::kSketchQueryMax), float(fp::kSketchQueryMax)));
+    st.q_group_weight = Func("q_group_weight");
+    st.q_group_weight(st.x, g, h, b) =
+        q_l1(st.x, g, h, b) + float(fp::sketch_query_weight(gs, cfg.sketch_bits)) * st.q_step(st.x, g, h, b);
+    SketchScores scan = sketch_scores("sketch", {st.s, i}, st.s, i);
+    st.sketch_inner = scan.inner;
+    st.sketch_dot = scan.dot;
+    st.sketch_width = scan.width;
+    st.sketch_token = scan.token;
+    // Per page: {max a_t, M = max ub_t, sum exp(beta (ub_t - M))} over its valid tokens,
+    // in two passes over them (phase 0: the maxima; phase 1: the sum).
+    RDom rs(0, S, 0, 2, "rs");
+    Expr valid = i * S + rs.x < seq_len;
+    Expr a = st.sketch_token(rs.x, i, g, h, b)[0], ub = st.sketch_token(rs.x, i, g, h, b)[1];
+    st.page_leak = Func("page_leak");
+    st.page_leak(i, g, h, b) = Tuple(neg_inf(), neg_inf(), 0.0f);
+    Expr max_a = st.page_leak(i, g, h, b)[0], max_ub = st.page_leak(i, g, h, b)[1];
+    Expr sum = st.page_leak(i, g, h, b)[2];
+    Expr first = rs.y == 0;
+    st.page_leak(i, g, h, b) = Tuple(select(first, Halide::max(max_a, select(valid, a, neg_inf())), max_a),
+                                     select(first, Halide::max(max_ub, select(valid, ub, neg_inf())), max_ub),
+                                     select(first || !valid, sum, sum + Halide::exp(beta * (ub - max_ub))));
+}
+
+// 1. Routing. head_page_score(p) = q.m_p (mean) or sum_d max(q_d lo_pd, q_d hi_pd)
+// (bound), multiplied by scale > 0 where used; in sketch routing the largest a_t of
+// the page, scaled already. Sketch candidates are then the top K_c tokens by a_t of
+// the top P pages: the top K_c of all tokens whenever P >= K_c (ties aside: a page
+// holding one of them scores at least the K_c-th a_t, and at most K_c pages do); with
+// P < K_c, the top K_c of the routed pages' tokens, a choice made here. The leakage
+// counts every other token either way, so the certificate does not depend on it.
+void DecodeDefinition::route() {
     st.head_page_score = Func("head_page_score");
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
@@ -260,24 +336,18 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         select(i >= n_pages, u32(0), always_routed, u32(0xffffffffu), order_key(st.route_score(i, g, h, b)));
     st.route = top_k(st.route_key, in.max_pages, P, "route", i, g, h, b);
 
-    Expr gr = per_head ? Expr(g) : Expr(0);
+    gr = per_head ? Expr(g) : Expr(0);
     st.pages = Func("pages");
     st.pages(i, g, h, b) = st.route.index(i, gr, h, b);
+}
 
-    // 2. Candidates: every token of the selected pages, slot i = page rank * S + offset.
-    auto slot_page = [&](Expr slot) { return st.route.index(slot / S, gr, h, b); };
-    auto slot_valid = [&](Expr slot) {
-        Expr page = slot_page(slot);
-        return page >= 0 && page * S + slot % S < seq_len;
-    };
-    auto physical_page = [&](Expr logical) {
-        return clamp(in.page_table(clamp(logical, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
-    };
-    // The selected pages' token scores: exact (q.k_t, s_t = scale * token_score), or in
-    // sketch routing a_t and ub_t from the sketch, the keys left unread.
+// 2. Candidates: every token of the selected pages, slot i = page rank * S + offset.
+// The selected pages' token scores: exact (q.k_t, s_t = scale * token_score), or in
+// sketch routing a_t and ub_t from the sketch, the keys left unread.
+void DecodeDefinition::candidates() {
     if (sketch) {
         // (s, i = page rank): the tokens of one selected page across vector lanes.
-        SketchScores slots = define_sketch_scores("slot", {st.s, i}, st.s, slot_page(i * S));
+        SketchScores slots = sketch_scores("slot", {st.s, i}, st.s, slot_page(i * S));
         st.slot_inner = slots.inner;
         st.slot_dot = slots.dot;
         st.slot_width = slots.width;
@@ -289,9 +359,6 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         st.token_score(i, g, h, b) = 0.0f;
         st.token_score(i, g, h, b) += in.q(rd, g, h, b) * kd;
     }
-    auto score_at = [&](Expr slot) {
-        return sketch ? st.slot_token(slot % S, slot / S, g, h, b)[0] : scale * st.token_score(slot, g, h, b);
-    };
     st.token_key = Func("token_key");
     st.token_key(i, g, h, b) = select(slot_valid(i), order_key(score_at(i)), u32(0));
     st.select = top_k(st.token_key, P * S, KC, "select", i, g, h, b);
@@ -314,20 +381,20 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     }
     st.cand_score = Func("cand_score");
     st.cand_score(c, g, h, b) = select(cand_valid, cast<double>(scale) * st.cand_dot(c, g, h, b), neg_inf(Float(64)));
+}
 
-    // 3. Solver.
-    RDom rc(0, KC, "rc");
+// 3. Solver: the candidates' weights alpha (softmax, eg, fw or sparsemax) from their f64
+// scores.
+void DecodeDefinition::solve() {
     st.max_score = Func("max_score");
     st.max_score(g, h, b) = neg_inf(Float(64));
     st.max_score(g, h, b) = Halide::max(st.max_score(g, h, b), st.cand_score(rc, g, h, b));
-    Expr m = st.max_score(g, h, b);
+    m = st.max_score(g, h, b);
     Expr s_c = st.cand_score(c, g, h, b);
     Expr valid_c = s_c > neg_inf(Float(64));
 
     // eg from uniform after N steps of size eta is softmax(N * eta * s). The other
     // solvers' weights (beta = 1) serve the LSE and the leakage diagnostic.
-    const bool softmax_family = cfg.solver == Solver::Softmax || cfg.solver == Solver::EG;
-    const Expr beta64 = f64(beta);
     st.weight = Func("weight");
     st.weight(c, g, h, b) = select(valid_c, Halide::exp(beta64 * (s_c - m)), f64(0));
     st.weight_sum = Func("weight_sum");
@@ -338,11 +405,10 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     Func cand_score32("cand_score32");
     cand_score32(c, g, h, b) = cast<float>(s_c);
     Expr s32_c = cand_score32(c, g, h, b);
-    Expr m32 = cast<float>(m);
+    m32 = cast<float>(m);
 
     st.alpha = Func("alpha");
-    Expr fw_gap = Expr(0.0f);
-    Expr sparsemax_theta;  // f64, sparsemax only
+    fw_gap = Expr(0.0f);
     if (softmax_family) {
         st.alpha(c, g, h, b) = cast<float>(st.weight(c, g, h, b) / st.weight_sum(g, h, b));
     } else if (cfg.solver == Solver::FW) {
@@ -423,9 +489,11 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         sparsemax_theta = theta(g, h, b);
         st.alpha(c, g, h, b) = select(valid_c, cast<float>(Halide::max(s_c / f64(tau) - theta(g, h, b), f64(0))), 0.0f);
     }
+}
 
-    // 4. Output and LSE of the candidate scores (at the solver's temperature for
-    // softmax and eg: (1/beta) log sum exp(beta s), so partial results merge).
+// 4. Output and LSE of the candidate scores (at the solver's temperature for
+// softmax and eg: (1/beta) log sum exp(beta s), so partial results merge).
+void DecodeDefinition::output() {
     st.out = Func("out");
     {
         Expr page = st.cand_location(rc, g, h, b)[0];
@@ -444,30 +512,32 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
         st.solver_steps.push_back(unscaled);
         st.lse(g, h, b) = cast<float>(m + Halide::log(unscaled(g, h, b)));
     }
+}
 
-    // Diagnostics and the certificate. The argument, in exact arithmetic on the stored
-    // inputs (s_t = scale q.k_t, o = dense softmax at temperature beta, C the candidates):
-    //  - Every f32 score s^_t of a token of page p, and every f32 page bound u^_p, is
-    //    within e_p = scale ||q||_1 max|k_d| gamma_{D+1} of its exact value (a dot
-    //    product of D terms in any order, then the scale; |k_d| and the box's |lo|, |hi|
-    //    are at most key_absmax(p)). The f64 candidate scores are within e64 likewise.
-    //  - Leakage: each term exp(beta (s_t - m)) is at most exp(beta (s^_t + e_p - m32)
-    //    + margin), margin = 8 u beta (|s^_t| + e_p + |m32|) covering the f32 evaluation of
-    //    the argument and m32 = fl32(m); the f32 exp and sum of n terms add at most
-    //    (1 + eps_exp)(1 + gamma_{n+2}). Z_C >= Z^_C exp(-beta e64)(1 - gamma64 - eps64).
-    //    So L <= L^ and the dense mass outside C is delta <= L^ / (1 + L^).
-    //  - The kernel's output o^ differs from the exact softmax over C, o_C, by at most
-    //    R = (kappa + gamma_{K_c+1} (1 + kappa)) V_C: kappa bounds each weight's relative
-    //    error (f64 exp and sum of perturbed scores, the cast of alpha to f32), gamma the
-    //    f32 sum of alpha_i v_i, V_C the largest value norm of the selected pages.
-    //  - o_C - o = delta (o_C - o_out), so ||o^ - o|| <= R + delta (V_out + ||o^|| + R).
-    //  - Sketch routing replaces each non-candidate token's s^_t + e_p by its ub_t, and an
-    //    unselected page's n_p exp(beta (u_p - m)) by exp(beta (M_p - m)) times its sum of
-    //    exp(beta (ub_t - M_p)) (fp::page_sum_inflation).
-    //  - An f32 exp below about e^-87 is subnormal or 0: each term is within its computed
-    //    value times (1 + eps) plus 2^-126 (fp::kExpFloor), counted once per outside token.
-    //  The bound is evaluated in f64 and rounded up to f32. Anything non-finite on the way
-    //  (scores or values past f32's range) makes the head uncertified (Overflow).
+// 5. Diagnostics and the certificate. The argument, in exact arithmetic on the stored
+// inputs (s_t = scale q.k_t, o = dense softmax at temperature beta, C the candidates):
+//  - Every f32 score s^_t of a token of page p, and every f32 page bound u^_p, is
+//    within e_p = scale ||q||_1 max|k_d| gamma_{D+1} of its exact value (a dot
+//    product of D terms in any order, then the scale; |k_d| and the box's |lo|, |hi|
+//    are at most key_absmax(p)). The f64 candidate scores are within e64 likewise.
+//  - Leakage: each term exp(beta (s_t - m)) is at most exp(beta (s^_t + e_p - m32)
+//    + margin), margin = 8 u beta (|s^_t| + e_p + |m32|) covering the f32 evaluation of
+//    the argument and m32 = fl32(m); the f32 exp and sum of n terms add at most
+//    (1 + eps_exp)(1 + gamma_{n+2}). Z_C >= Z^_C exp(-beta e64)(1 - gamma64 - eps64).
+//    So L <= L^ and the dense mass outside C is delta <= L^ / (1 + L^).
+//  - The kernel's output o^ differs from the exact softmax over C, o_C, by at most
+//    R = (kappa + gamma_{K_c+1} (1 + kappa)) V_C: kappa bounds each weight's relative
+//    error (f64 exp and sum of perturbed scores, the cast of alpha to f32), gamma the
+//    f32 sum of alpha_i v_i, V_C the largest value norm of the selected pages.
+//  - o_C - o = delta (o_C - o_out), so ||o^ - o|| <= R + delta (V_out + ||o^|| + R).
+//  - Sketch routing replaces each non-candidate token's s^_t + e_p by its ub_t, and an
+//    unselected page's n_p exp(beta (u_p - m)) by exp(beta (M_p - m)) times its sum of
+//    exp(beta (ub_t - M_p)) (fp::page_sum_inflation).
+//  - An f32 exp below about e^-87 is subnormal or 0: each term is within its computed
+//    value times (1 + eps) plus 2^-126 (fp::kExpFloor), counted once per outside token.
+//  The bound is evaluated in f64 and rounded up to f32. Anything non-finite on the way
+//  (scores or values past f32's range) makes the head uncertified (Overflow).
+void DecodeDefinition::certificate() {
     st.q_l1 = Func("q_l1");
     st.q_l1(g, h, b) = 0.0f;
     st.q_l1(g, h, b) += Halide::abs(in.q(rd, g, h, b));
@@ -599,10 +669,24 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     }
     Expr reported_bound =
         select(certificate == status(Certificate::Certified), bound, std::numeric_limits<float>::infinity());
+    st.support_gap = Func("support_gap");
+    st.support_gap(g, h, b) = gap;
+    st.leakage = Func("leakage");
+    st.leakage(g, h, b) = leakage;
+    st.delta = Func("delta");
+    st.delta(g, h, b) = delta;
+    st.error_bound = Func("error_bound");
+    st.error_bound(g, h, b) = reported_bound;
+    st.status = Func("status");
+    st.status(g, h, b) = certificate;
     st.diag = Func("diag");
-    st.diag(k, g, h, b) = Halide::mux(k, {gap, cast<float>(leakage), reported_bound, cast<float>(delta), value_out,
-                                          as_f32(st.select.count(g, h, b)), fw_gap, m32, certificate});
+    st.diag(k, g, h, b) = Halide::mux(k, {st.support_gap(g, h, b), cast<float>(st.leakage(g, h, b)),
+                                          st.error_bound(g, h, b), cast<float>(st.delta(g, h, b)), value_out,
+                                          as_f32(st.select.count(g, h, b)), fw_gap, m32, st.status(g, h, b)});
+}
 
+// The outputs, views of one record per head so that a schedule computes them in one loop nest.
+void DecodeDefinition::results() {
     Var x = st.x;
     Expr f32_part = select(x < D, st.out(clamp(x, 0, D - 1), g, h, b), x == D, st.lse(g, h, b),
                            st.diag(clamp(x - D - 1, 0, kDiagFields - 1), g, h, b));
@@ -627,7 +711,12 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     st.result_diag.bound(k, 0, kDiagFields).bound(g, 0, G);
     st.result_candidates.bound(c, 0, KC).bound(g, 0, G);
     st.result_pages.bound(i, 0, P).bound(g, 0, G);
-    return st;
+}
+
+}  // namespace
+
+DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
+    return DecodeDefinition(cfg, in).define();
 }
 
 Halide::Target decode_target(const Halide::Target &target) { return target.with_feature(Halide::Target::StrictFloat); }

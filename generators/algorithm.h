@@ -127,9 +127,13 @@ struct DecodeStages {
     Func inside_stats;               // (g, h, b) selected pages: {leak, max score, max ||v|| outside C, max ||v||}
     Func outside_stats;  // (g, h, b) unselected pages: {leak, max score, max ||v||, max |k_d| of the sequence}
     Func out_norm;       // ||o|| (f64)
-    Func diag;           // (k, g, h, b), see DiagField
-    Func candidates;     // (c, g, h, b): token position or -1
-    Func pages;          // (i, g, h, b): logical page or -1
+    // The certificate's named quantities, (g, h, b), inlined into diag unless scheduled:
+    // the support gap estimate, the leakage bound L (f64), delta = L / (1 + L) (f64), the
+    // error bound (infinite unless certified) and the Certificate status.
+    Func support_gap, leakage, delta, error_bound, status;
+    Func diag;        // (k, g, h, b), see DiagField
+    Func candidates;  // (c, g, h, b): token position or -1
+    Func pages;       // (i, g, h, b): logical page or -1
     // One head's results in one record, so that one loop nest computes a head's step
     // and the five outputs are views of it. (x, g, h, b) -> {f32, int32}:
     //   f32: [0, D) out, D lse, D+1.. diag;  int32: [0, K_c) candidates, then pages.
