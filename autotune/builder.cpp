@@ -36,6 +36,11 @@ DecodeConfig decode_config(const Workload &w) {
     c.group_routing = parse_group_routing(w.group_routing);
     c.sketch_bits = w.sketch_bits;
     c.sketch_group = w.sketch_group;
+    c.sink_pages = w.sink_pages;
+    c.local_pages = w.local_pages;
+    c.solver_steps = w.solver_steps;
+    c.solver_eta = w.solver_eta;
+    c.solver_tau = w.solver_tau;
     return c;
 }
 

@@ -480,10 +480,15 @@ int cmd_build_lib(int argc, char **argv) {
         std::string spec = "head_dim=" + std::to_string(w.head_dim) + ":page_size=" + std::to_string(w.page_size) +
                            ":group_size=" + std::to_string(w.group_size) + ":kv_type=" + w.kv_type +
                            ":layout=" + w.layout;
-        if (w.generator == "decode")
-            spec += ":top_pages=" + std::to_string(w.top_pages) + ":top_tokens=" + std::to_string(w.top_tokens) +
-                    ":summary_type=" + w.summary_type + ":solver=" + w.solver + ":routing=" + w.routing +
-                    ":group_routing=" + w.group_routing;
+        if (w.generator == "decode") {
+            std::ostringstream params;
+            params << ":top_pages=" << w.top_pages << ":top_tokens=" << w.top_tokens
+                   << ":summary_type=" << w.summary_type << ":solver=" << w.solver << ":routing=" << w.routing
+                   << ":group_routing=" << w.group_routing << ":sink_pages=" << w.sink_pages
+                   << ":local_pages=" << w.local_pages << ":solver_steps=" << w.solver_steps
+                   << ":solver_eta=" << w.solver_eta << ":solver_tau=" << w.solver_tau;
+            spec += params.str();
+        }
         if (w.sketch())
             spec += ":sketch_bits=" + std::to_string(w.sketch_bits) + ":sketch_group=" + std::to_string(w.sketch_group);
         const std::string shape = w.generator + ":" + spec;

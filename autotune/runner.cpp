@@ -49,6 +49,11 @@ Runner::Runner(const Workload &w, MeasureOptions options) : workload_(w), option
     opt.group_routing = parse_group_routing(w.group_routing);
     opt.sketch_bits = w.sketch_bits;
     opt.sketch_group = w.sketch_group;
+    opt.sink_pages = w.sink_pages;
+    opt.local_pages = w.local_pages;
+    opt.solver_steps = w.solver_steps;
+    opt.solver_eta = w.solver_eta;
+    opt.solver_tau = w.solver_tau;
     for (int b = 0; b < w.batch; ++b)
         for (int h = 0; h < w.kv_heads; ++h)
             for (int g = 0; g < w.group_size; ++g) {

@@ -14,6 +14,13 @@ std::string Workload::key() const {
     os << "|" << layout;
     if (generator == "decode") os << "|" << solver << "|" << routing << "|" << group_routing;
     if (sketch()) os << "|sk" << sketch_bits << "g" << sketch_group;
+    // Parameters at their defaults stay out of the key, so records from before they were
+    // part of it keep theirs.
+    if (generator == "decode" && (sink_pages != 0 || local_pages != 0))
+        os << "|sink" << sink_pages << "|local" << local_pages;
+    if (generator == "decode" &&
+        (solver_steps != kSolverStepsDefault || solver_eta != kSolverEtaDefault || solver_tau != kSolverTauDefault))
+        os << "|N" << solver_steps << "|eta" << solver_eta << "|tau" << solver_tau;
     os << "|T" << tokens;
     return os.str();
 }
@@ -38,6 +45,13 @@ json Workload::to_json() const {
     if (sketch()) {
         j["sketch_bits"] = sketch_bits;
         j["sketch_group"] = sketch_group;
+    }
+    if (generator == "decode") {
+        j["sink_pages"] = sink_pages;
+        j["local_pages"] = local_pages;
+        j["solver_steps"] = solver_steps;
+        j["solver_eta"] = solver_eta;
+        j["solver_tau"] = solver_tau;
     }
     return j;
 }
@@ -64,6 +78,11 @@ Workload Workload::from_json(const json &j) {
     get("group_routing", w.group_routing);
     get("sketch_bits", w.sketch_bits);
     get("sketch_group", w.sketch_group);
+    get("sink_pages", w.sink_pages);
+    get("local_pages", w.local_pages);
+    get("solver_steps", w.solver_steps);
+    get("solver_eta", w.solver_eta);
+    get("solver_tau", w.solver_tau);
     get("tokens", w.tokens);
     if (w.generator != "decode" && w.generator != "dense")
         throw std::invalid_argument("workload generator '" + w.generator + "' is not decode or dense");
@@ -71,6 +90,11 @@ Workload Workload::from_json(const json &j) {
     parse_solver(w.solver);
     parse_routing(w.routing);
     parse_group_routing(w.group_routing);
+    if (w.sink_pages < 0 || w.local_pages < 0 || w.sink_pages + w.local_pages > w.top_pages)
+        throw std::invalid_argument("workload: sink_pages = " + std::to_string(w.sink_pages) +
+                                    " and local_pages = " + std::to_string(w.local_pages) +
+                                    " must be >= 0 and together at most top_pages = " + std::to_string(w.top_pages));
+    if (w.solver_steps < 1) throw std::invalid_argument("workload: solver_steps must be at least 1");
     if (w.sketch()) {
         const std::string why = sketch_config_error(w.head_dim, w.sketch_bits, w.sketch_group);
         if (!why.empty()) throw std::invalid_argument("workload: " + why);

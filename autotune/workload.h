@@ -21,7 +21,10 @@ struct Workload {
     std::string kv_type = "bfloat16", summary_type = "bfloat16", layout = "HND";
     std::string solver = "softmax", routing = "bound", group_routing = "per_head";
     int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // sketch routing's sketch
-    int tokens = 32768;                                                        // the T bucket measured
+    int sink_pages = 0, local_pages = 0;                                       // always routed
+    int solver_steps = kSolverStepsDefault;
+    float solver_eta = kSolverEtaDefault, solver_tau = kSolverTauDefault;
+    int tokens = 32768;  // the T bucket measured
 
     bool sketch() const { return generator == "decode" && routing == "sketch"; }
     std::string key() const;  // canonical, stable across runs

@@ -50,9 +50,9 @@ struct DecodeConfig {
     GroupRouting group_routing = GroupRouting::PerHead;
     int sink_pages = 0;                      // first pages of each sequence, always routed (count toward P)
     int local_pages = 0;                     // last pages of each sequence, always routed (count toward P)
-    int solver_steps = 6;                    // eg: N, fw: N
-    float solver_eta = 0.2f;                 // eg step size
-    float solver_tau = 1.0f;                 // fw and sparsemax regularization
+    int solver_steps = kSolverStepsDefault;  // eg: N, fw: N
+    float solver_eta = kSolverEtaDefault;    // eg step size
+    float solver_tau = kSolverTauDefault;    // fw and sparsemax regularization
     int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
     int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
     // heads that route together: G for per_head, 1 for shared

@@ -22,6 +22,10 @@ constexpr int kSummaryBlock = 16;
 // per channel; 4: two channels per byte, the even channel in the low nibble).
 constexpr int kSketchBitsDefault = 8;
 constexpr int kSketchGroupDefault = 16;
+// The solvers' parameter defaults (the generators, the workloads, the C ABI's default config).
+constexpr int kSolverStepsDefault = 6;     // eg, fw: N
+constexpr float kSolverEtaDefault = 0.2f;  // eg: step size
+constexpr float kSolverTauDefault = 1.0f;  // fw, sparsemax: regularization
 // The scan multiplies channel pairs and sums a group in int32: groups are even and at most this.
 constexpr int kSketchGroupMax = 256;
 inline bool valid_sketch_bits(int bits) { return bits == 4 || bits == 8; }

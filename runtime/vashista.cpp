@@ -431,9 +431,9 @@ void vashista_decode_config_default(vashista_decode_config *config) {
                                      VASHISTA_POLICY_DENSE,
                                      1e-3f,
                                      0.0f,
-                                     6,
-                                     0.2f,
-                                     1.0f,
+                                     vashista::kSolverStepsDefault,
+                                     vashista::kSolverEtaDefault,
+                                     vashista::kSolverTauDefault,
                                      1,
                                      2,
                                      0};

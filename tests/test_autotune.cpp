@@ -122,6 +122,25 @@ TEST_CASE("workloads and records round-trip through JSON", "[autotune]") {
     CHECK(Workload().key().find("sk") == std::string::npos);
     CHECK_THROWS_WITH(Workload::from_json({{"routing", "sketch"}, {"sketch_group", 24}}),
                       Catch::Contains("sketch_group = 24 does not divide head_dim = 128"));
+    // Sink and local pages and the solver's parameters travel too; at their defaults they
+    // stay out of the key (records from before keep theirs).
+    Workload eg;
+    eg.solver = "eg";
+    const std::string default_key = eg.key();
+    eg.sink_pages = 1;
+    eg.local_pages = 2;
+    eg.solver_steps = 4;
+    eg.solver_eta = 0.5f;
+    Workload eg_back = Workload::from_json(json::parse(eg.to_json().dump()));
+    CHECK(eg_back.key() == eg.key());
+    CHECK(eg.key() != default_key);
+    CHECK(eg_back.sink_pages == 1);
+    CHECK(eg_back.local_pages == 2);
+    CHECK(eg_back.solver_steps == 4);
+    CHECK(eg_back.solver_eta == 0.5f);
+    CHECK(default_key.find("sink") == std::string::npos);
+    CHECK_THROWS_WITH(Workload::from_json({{"sink_pages", 40}, {"local_pages", 40}}),
+                      Catch::Contains("together at most top_pages = 64"));
     CHECK(shard(default_workloads("host"), "1/2").size() == 1);
     CHECK(shard(default_workloads("host"), "0/2").size() == 2);
     CHECK_THROWS_WITH(shard(default_workloads("host"), "2/2"), Catch::Contains("is not i/n"));
