@@ -1,6 +1,6 @@
 #include "builder.h"
 
-#include "jit.h"
+#include "Halide.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -21,133 +21,32 @@ namespace vashista::tune {
 
 namespace {
 
-DecodeConfig decode_config(const Workload &w) {
-    DecodeConfig c;
-    c.head_dim = w.head_dim;
-    c.page_size = w.page_size;
-    c.top_pages = w.top_pages;
-    c.top_tokens = w.top_tokens;
-    c.group_size = w.group_size;
-    c.kv_type = parse_type(w.kv_type);
-    c.summary_type = parse_type(w.summary_type);
-    c.layout = parse_layout(w.layout);
-    c.solver = parse_solver(w.solver);
-    c.routing = parse_routing(w.routing);
-    c.group_routing = parse_group_routing(w.group_routing);
-    c.sketch_bits = w.sketch_bits;
-    c.sketch_group = w.sketch_group;
-    c.sink_pages = w.sink_pages;
-    c.local_pages = w.local_pages;
-    c.solver_steps = w.solver_steps;
-    c.solver_eta = w.solver_eta;
-    c.solver_tau = w.solver_tau;
-    return c;
-}
-
-DenseConfig dense_config(const Workload &w) {
-    DenseConfig c;
-    c.head_dim = w.head_dim;
-    c.page_size = w.page_size;
-    c.group_size = w.group_size;
-    c.kv_type = parse_type(w.kv_type);
-    c.layout = parse_layout(w.layout);
-    return c;
-}
-
-template <typename Schedule, typename Shape>
-SearchSpace adapt(const Shape &shape) {
-    SearchSpace s;
-    for (const auto &k : Schedule::space().knobs) {
-        s.names.push_back(k.name);
-        s.domains.push_back(k.domain);
-    }
-    s.violation = [shape](const json &point) -> std::string {
-        try {
-            Schedule sched = schedule_from_json<Schedule>(point);
-            return Schedule::space().violation(sched, shape);
-        } catch (const std::exception &e) {
-            return e.what();
-        }
-    };
-    return s;
-}
-
-// Estimates of the workload's real shapes, for the autoschedulers.
-ShapeEstimate estimate(const Workload &w) {
-    return ShapeEstimate{w.head_dim,
-                         w.page_size,
-                         w.group_size,
-                         w.kv_heads,
-                         w.batch,
-                         (w.tokens + w.page_size - 1) / w.page_size,
-                         parse_layout(w.layout)};
-}
-
-void set_estimates(DecodeJit &jit, const Workload &w) {
-    const ShapeEstimate e = estimate(w);
-    set_shared_input_estimates(jit, e);
-    jit.summary.set_estimates(summary_region(e));
-    jit.value_norm.set_estimates(value_norm_region(e));
-    jit.key_absmax.set_estimates(value_norm_region(e));
-    jit.sketch.set_estimates(sketch_region(e, jit.cfg.sketch_bits));
-    jit.sketch_scale.set_estimates(sketch_scale_region(e, jit.cfg.sketch_group));
-    auto &st = jit.stages;
-    st.result_out.set_estimates(q_region(e));
-    st.result_lse.set_estimates(per_head_region(e, 0));
-    st.result_diag.set_estimates(per_head_region(e, kDiagFields));
-    st.result_candidates.set_estimates(per_head_region(e, w.top_tokens));
-    st.result_pages.set_estimates(per_head_region(e, w.top_pages));
-}
-
-void set_estimates(DenseJit &jit, const Workload &w) {
-    const ShapeEstimate e = estimate(w);
-    set_shared_input_estimates(jit, e);
-    jit.stages.out.set_estimates(q_region(e));
-    jit.stages.lse.set_estimates(per_head_region(e, 0));
-}
-
-void apply_autoscheduler(Halide::Pipeline &p, const std::string &name, const Halide::Target &t) {
+void load_autoscheduler(const std::string &name) {
     static const std::pair<const char *, const char *> plugins[] = {
         {"Mullapudi2016", "mullapudi2016"}, {"Adams2019", "adams2019"}, {"Li2018", "li2018"}};
     for (auto [n, lib] : plugins)
         if (name == n) {
             Halide::load_plugin(std::string(VASHISTA_HALIDE_LIB_DIR) + "/libautoschedule_" + lib + ".so");
-            p.apply_autoscheduler(t, Halide::AutoschedulerParams(name, {{"parallelism", "2"}}));
             return;
         }
     throw std::invalid_argument("autoscheduler '" + name + "' is not Mullapudi2016, Adams2019 or Li2018");
 }
 
-// Compiles the candidate to an object file; runs in the child.
-void compile_object(const BuildRequest &r, const std::string &object) {
-    const Workload &w = r.workload;
-    Halide::Target target = Halide::Target(resolve_target(w.target)).with_feature(Halide::Target::NoRuntime);
-    if (w.generator == "decode") {
-        DecodeJit jit(decode_config(w));
-        if (r.autoscheduler.empty()) {
-            jit.schedule(schedule_from_json<DecodeCpuSchedule>(r.schedule));
-        } else {
-            set_estimates(jit, w);
-            apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
-        }
-        jit.pipeline.compile_to_object(object,
-                                       {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens, jit.summary,
-                                        jit.value_norm, jit.key_absmax, jit.sketch, jit.sketch_scale, jit.scale},
-                                       r.name, decode_target(target));
-    } else {
-        DenseConfig cfg = dense_config(w);
-        DenseCpuSchedule s = schedule_from_json<DenseCpuSchedule>(r.schedule);
-        cfg.split_pages = s.split_pages;
-        DenseJit jit(cfg);
-        if (r.autoscheduler.empty()) {
-            jit.schedule(s);
-        } else {
-            set_estimates(jit, w);
-            apply_autoscheduler(jit.pipeline, r.autoscheduler, target);
-        }
-        jit.pipeline.compile_to_object(
-            object, {jit.q, jit.k_cache, jit.v_cache, jit.page_table, jit.seq_lens, jit.scale}, r.name, target);
+// Compiles the candidate to an object file as the generator executable would; runs in the child.
+void compile_object(const BuildRequest &r) {
+    Halide::Internal::ExecuteGeneratorArgs args;
+    args.output_dir = r.dir;
+    args.output_types = {Halide::OutputFileType::object};
+    args.targets = {Halide::Target(resolve_target(r.target)).with_feature(Halide::Target::NoRuntime)};
+    args.generator_name = r.generator;
+    args.function_name = r.name;
+    args.generator_params = r.params;
+    if (!r.autoscheduler.empty()) {
+        load_autoscheduler(r.autoscheduler);
+        args.generator_params["autoscheduler"] = r.autoscheduler;
+        args.generator_params["autoscheduler.parallelism"] = "2";
     }
+    Halide::Internal::execute_generator(args);
 }
 
 int run_command(const std::string &cmd) { return std::system(cmd.c_str()); }
@@ -163,8 +62,12 @@ struct CandidateReporter : Halide::CompileTimeErrorReporter {
 
 }  // namespace
 
-std::string resolve_target(const std::string &target) {
-    return target == "host" ? Halide::get_host_target().to_string() : Halide::Target(target).to_string();
+// "host" and "host-<features>" name this machine's target (with those features).
+std::string resolve_target(const std::string &target) { return Halide::Target(target).to_string(); }
+
+BuildRequest build_request(const Task &task, const json &point, const std::string &autoscheduler,
+                           const std::string &dir, const std::string &name, double timeout_s) {
+    return {task.generator(), task.generator_params(point), task.target(), autoscheduler, dir, name, timeout_s};
 }
 
 std::string halide_version() {
@@ -172,22 +75,15 @@ std::string halide_version() {
            std::to_string(HALIDE_VERSION_PATCH);
 }
 
-SearchSpace search_space(const Workload &w) {
-    if (w.generator == "decode") return adapt<DecodeCpuSchedule>(decode_config(w));
-    return adapt<DenseCpuSchedule>(dense_config(w));
-}
-
-json hand_point(const Workload &w) {
-    if (w.generator == "decode") return schedule_to_json(hand_schedule(decode_config(w)));
-    return schedule_to_json(hand_schedule(dense_config(w)));
-}
-
 std::string build_runtime(const std::string &dir, const std::string &target) {
     std::filesystem::create_directories(dir);
     const std::string so = dir + "/libvashista_halide_runtime.so";
     if (std::filesystem::exists(so)) return so;
     const std::string object = dir + "/halide_runtime.o";
-    Halide::compile_standalone_runtime(object, Halide::Target(resolve_target(target)));
+    // The runtime takes no strict_float (its code generation refuses it); kernels compiled
+    // with it call the same runtime.
+    Halide::compile_standalone_runtime(
+        object, Halide::Target(resolve_target(target)).without_feature(Halide::Target::StrictFloat));
     if (run_command("c++ -shared -o '" + so + "' '" + object + "' -lpthread -ldl") != 0)
         throw std::runtime_error("linking the Halide runtime into " + so + " failed");
     std::filesystem::remove(object);
@@ -216,7 +112,7 @@ BuildResult build_candidate(const BuildRequest &r) {
         Halide::set_custom_compile_time_error_reporter(&reporter);
         int code = 0;
         try {
-            compile_object(r, object);
+            compile_object(r);
         } catch (const std::exception &e) {
             if (FILE *f = std::fopen(error_file.c_str(), "w")) {
                 std::fputs(e.what(), f);

@@ -1,5 +1,6 @@
 // vashista: tune schedules, query and merge tuning databases, build tuned kernel
 // libraries, and benchmark schedules against Halide's autoschedulers.
+#include "attention_task.h"
 #include "tuner.h"
 
 #include "measure.h"
@@ -187,7 +188,7 @@ int cmd_tune(int argc, char **argv) {
     const auto ws = workloads_from(a);
     for (size_t i = 0; i < ws.size(); ++i) {
         std::fprintf(stderr, "[%zu/%zu] tuning %s\n", i + 1, ws.size(), ws[i].key().c_str());
-        TuneResult r = tune_workload(ws[i], o, db, std::cerr);
+        TuneResult r = tune_task(AttentionTask(ws[i]), o, db, std::cerr);
         std::fprintf(stderr, "[%zu/%zu] best %.3f ms (hand %.3f ms, %.2fx) after %d trials, %d failed, %d wrong\n",
                      i + 1, ws.size(), r.best_ms, r.hand_ms, r.best_ms > 0 ? r.hand_ms / r.best_ms : 0.0, r.trials,
                      r.failed, r.wrong);
@@ -270,13 +271,9 @@ std::pair<json, BuildResult> build_kind(const Workload &w, const std::string &ki
     const bool autosched = kind != "hand" && kind != "tuned";
     std::fprintf(stderr, "  building %s%s\n", kind.c_str(),
                  autosched ? " (autoscheduler; Adams2019 takes minutes)" : "");
-    BuildRequest req{w,
-                     schedule,
-                     autosched ? kind : "",
-                     work + "/bench",
-                     "bench_" + std::to_string(std::hash<std::string>{}(w.key() + kind + schedule.dump())),
-                     1800};
-    BuildResult built = build_candidate(req);
+    BuildResult built = build_candidate(
+        build_request(AttentionTask(w), schedule, autosched ? kind : "", work + "/bench",
+                      "bench_" + std::to_string(std::hash<std::string>{}(w.key() + kind + schedule.dump())), 1800));
     json r = {{"schedule", kind}, {"T", w.tokens}, {"workload_key", w.key()}, {"build_s", built.seconds}};
     if (!autosched) r["schedule_knobs"] = schedule;
     if (built.status != "ok") {
@@ -321,15 +318,16 @@ int cmd_bench(int argc, char **argv) {
             o.minutes = double_opt(a, "--minutes", 0);
             o.seed = uint64_t(int_opt(a, "--seed", 1));
             o.work_dir = work;
-            tune_workload(w, o, db, std::cerr);
+            tune_task(AttentionTask(w), o, db, std::cerr);
         }
-        load_runtime(build_runtime(work, w.target));
+        const AttentionTask task(w);
+        load_runtime(build_runtime(work, task.target()));
         std::fprintf(stderr, "[%zu/%zu] T=%d: preparing synthetic KV and the reference\n", i + 1, ws.size(), w.tokens);
-        Runner runner(w);
+        Runner runner(task.instantiate());
         auto best = db.best(w.key());
-        std::vector<std::pair<std::string, json>> kinds = {{"hand", hand_point(w)}};
+        std::vector<std::pair<std::string, json>> kinds = {{"hand", task.hand_point()}};
         // The same schedule is the same kernel: measured once, reported for both.
-        const bool tuned_is_hand = best && (*best)["schedule"] == hand_point(w);
+        const bool tuned_is_hand = best && (*best)["schedule"] == task.hand_point();
         if (best && !tuned_is_hand) kinds.push_back({"tuned", (*best)["schedule"]});
         for (const char *as : {"Mullapudi2016", "Adams2019", "Li2018"}) kinds.push_back({as, json::object()});
         if (!best) {
@@ -418,12 +416,13 @@ int cmd_bundle(int argc, char **argv) {
     json manifest = {{"halide_version", halide_version()}, {"candidates", json::array()}};
     const auto ws = workloads_from(a);
     for (const auto &w : ws) {
-        build_runtime(dir, w.target);
-        RandomStrategy strategy(search_space(w), seed);
+        const AttentionTask task(w);
+        build_runtime(dir, task.target());
+        RandomStrategy strategy(task.space(), seed);
         for (int t = 0; t < trials; ++t) {
-            json point = t == 0 ? hand_point(w) : strategy.propose();
-            BuildRequest req{w, point, "", dir, "cand_" + std::to_string(manifest["candidates"].size()), 600};
-            BuildResult b = build_candidate(req);
+            json point = t == 0 ? task.hand_point() : strategy.propose();
+            BuildResult b = build_candidate(
+                build_request(task, point, "", dir, "cand_" + std::to_string(manifest["candidates"].size()), 600));
             std::fprintf(stderr, "  %s %d/%d: %s\n", w.key().c_str(), t + 1, trials, b.status.c_str());
             json c = {{"workload", w.to_json()},
                       {"schedule", point},

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -55,16 +57,61 @@ void Database::append(const json &record) {
 }
 
 std::optional<json> Database::best(const std::string &key) const {
-    std::optional<json> best;
-    // A verified winner (kind "final", the latest) outranks single measurements.
-    for (auto it = records_.rbegin(); it != records_.rend(); ++it)
-        if (it->value("workload_key", "") == key && it->value("kind", "") == "final" && it->value("status", "") == "ok")
-            return *it;
-    for (const auto &r : records_)
-        if (r.value("workload_key", "") == key && r.value("status", "") == "ok" &&
-            (!best || r["median_ms"].get<double>() < (*best)["median_ms"].get<double>()))
-            best = r;
-    return best;
+    RecordQuery q;
+    q.workload_key = key;
+    return query_best(records_, q).best;
+}
+
+std::string record_target(const std::string &target) {
+    std::string t = target;
+    for (const char *feature : {"-strict_float", "-no_runtime", "-large_buffers"})
+        for (size_t at; (at = t.find(feature)) != std::string::npos;) t.erase(at, std::strlen(feature));
+    return t;
+}
+
+namespace {
+std::string field_text(const json &v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+}  // namespace
+
+QueryResult query_best(const std::vector<json> &records, const RecordQuery &q) {
+    QueryResult result;
+    const json *best = nullptr;
+    int best_tokens = -1;
+    for (const json &r : records) {
+        if (r.value("status", "") != "ok" || !r.contains("median_ms")) continue;
+        if (!q.workload_key.empty() && r.value("workload_key", "") != q.workload_key) continue;
+        static const json kNoWorkload = json::object();
+        const json &w = r.contains("workload") ? r["workload"] : kNoWorkload;
+        if (!q.generator.empty() && w.value("generator", "") != q.generator) continue;
+        bool match = true;
+        for (const auto &[name, value] : q.fields)
+            if (!w.contains(name) || field_text(w[name]) != value) {
+                match = false;
+                break;
+            }
+        if (!match) continue;
+        if (!q.target.empty()) {
+            const std::string t = record_target(w.value("target", ""));
+            if (t != record_target(q.target)) {
+                if (std::find(result.other_targets.begin(), result.other_targets.end(), t) ==
+                    result.other_targets.end())
+                    result.other_targets.push_back(t);
+                continue;
+            }
+        }
+        const int tokens = w.value("tokens", 0);
+        if (q.tokens && tokens != q.tokens) continue;
+        const bool final = r.value("kind", "") == "final";
+        const bool best_final = best && best->value("kind", "") == "final";
+        if (!best || tokens > best_tokens ||
+            (tokens == best_tokens &&
+             (final || (!best_final && r["median_ms"].get<double>() < (*best)["median_ms"].get<double>())))) {
+            best = &r;
+            best_tokens = tokens;
+        }
+    }
+    if (best) result.best = *best;
+    return result;
 }
 
 std::vector<std::string> Database::workload_keys() const {

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +40,28 @@ private:
     std::vector<json> records_;
     std::vector<std::string> problems_;
 };
+
+// The one best-record query. Among correct records: a verified winner (kind "final", the
+// latest) outranks single measurements, else the fastest; across contexts, the longest
+// tuned unless `tokens` names one. Database::best asks it for one workload key;
+// kernel libraries (vashista_tuned_spec in CMake, through vashista-db-query) for a
+// generator's shape on a target.
+struct RecordQuery {
+    std::string workload_key;                   // if set, only this key
+    std::string generator;                      // if set, workload.generator
+    std::map<std::string, std::string> fields;  // workload fields that must have these values
+    std::string target;                         // if set, workload.target as record_target() writes it
+    int tokens = 0;                             // 0: the longest context tuned
+};
+struct QueryResult {
+    std::optional<json> best;
+    std::vector<std::string> other_targets;  // targets of records matching all but the target
+};
+QueryResult query_best(const std::vector<json> &records, const RecordQuery &q);
+
+// A target as records are compared by it: the features that do not change a schedule's
+// speed (strict_float, no_runtime, large_buffers) dropped.
+std::string record_target(const std::string &target);
 
 // Joins databases into `output` (records in input order, exact duplicates dropped).
 // Returns the problems found in the inputs.

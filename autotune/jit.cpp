@@ -1,135 +1,69 @@
 #include "jit.h"
 
+#include <stdexcept>
+
 namespace vashista {
 
-using Halide::Buffer;
-using Halide::Float;
-using Halide::ImageParam;
-using Halide::Int;
+using Halide::Internal::AbstractGenerator;
+using Halide::Internal::ArgInfoDirection;
+using Halide::Internal::ArgInfoKind;
 
-DecodeJit::DecodeJit(const DecodeConfig &c)
-    : cfg(c),
-      q(Float(32), 4, "q"),
-      k_cache(c.kv_type, 4, "k_cache"),
-      v_cache(c.kv_type, 4, "v_cache"),
-      page_table(Int(32), 2, "page_table"),
-      seq_lens(Int(32), 1, "seq_lens"),
-      summary(c.summary_type, 6, "summary"),
-      value_norm(Float(32), 3, "value_norm"),
-      key_absmax(Float(32), 3, "key_absmax"),
-      sketch(Halide::UInt(8), 5, "sketch"),
-      sketch_scale(Halide::BFloat(16), 5, "sketch_scale") {
-    require_dense_sketch_rows(sketch, cfg.page_size);
-    DecodeInputs in{q,
-                    k_cache,
-                    v_cache,
-                    page_table,
-                    seq_lens,
-                    summary,
-                    value_norm,
-                    key_absmax,
-                    sketch,
-                    sketch_scale,
-                    scale,
-                    page_table.dim(0).extent(),
-                    k_cache.dim(3).extent()};
-    stages = define_decode(cfg, in);
-    pipeline = Halide::Pipeline(stages.outputs());
-}
-
-void DecodeJit::compile(const Halide::Target &target) { pipeline.compile_jit(decode_target(target)); }
-
-void DecodeBuffers::allocate_outputs(const DecodeConfig &cfg) {
-    const int G = q.dim(1).extent(), H = q.dim(2).extent(), B = q.dim(3).extent();
-    out = Buffer<float>(cfg.head_dim, G, H, B);
-    lse = Buffer<float>(G, H, B);
-    diag = Buffer<float>(kDiagFields, G, H, B);
-    candidates = Buffer<int32_t>(cfg.top_tokens, G, H, B);
-    pages = Buffer<int32_t>(cfg.top_pages, G, H, B);
-}
-
-void run(DecodeJit &jit, DecodeBuffers &buf) {
-    jit.q.set(buf.q);
-    jit.k_cache.set(buf.k_cache);
-    jit.v_cache.set(buf.v_cache);
-    jit.page_table.set(buf.page_table);
-    jit.seq_lens.set(buf.seq_lens);
-    jit.summary.set(buf.summary);
-    jit.value_norm.set(buf.value_norm);
-    jit.key_absmax.set(buf.key_absmax);
-    if (jit.cfg.routing == RoutingMode::Sketch) {
-        jit.sketch.set(buf.sketch);
-        jit.sketch_scale.set(buf.sketch_scale);
+GeneratorJit::GeneratorJit(const std::string &generator, const GeneratorParams &params, const Halide::Target &target)
+    : name_(generator) {
+    generator_ = Halide::Internal::GeneratorRegistry::create(generator, Halide::GeneratorContext(target));
+    if (!generator_) {
+        std::string names;
+        for (const auto &n : generator_names()) names += (names.empty() ? "" : ", ") + n;
+        throw std::invalid_argument("no Generator named '" + generator + "' (there are: " + names + ")");
     }
-    jit.scale.set(buf.scale);
-    jit.pipeline.realize(Halide::Realization({buf.out, buf.lse, buf.diag, buf.candidates, buf.pages}));
+    generator_->set_generatorparam_values(params);
+    pipeline_ = generator_->build_pipeline();
+    args_ = generator_->arginfos();
+    pipeline_.compile_jit(target);
 }
 
-DenseJit::DenseJit(const DenseConfig &c)
-    : cfg(c),
-      q(Float(32), 4, "q"),
-      k_cache(c.kv_type, 4, "k_cache"),
-      v_cache(c.kv_type, 4, "v_cache"),
-      page_table(Int(32), 2, "page_table"),
-      seq_lens(Int(32), 1, "seq_lens") {
-    DenseInputs in{
-        q, k_cache, v_cache, page_table, seq_lens, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
-    stages = define_dense(cfg, in);
-    pipeline = Halide::Pipeline({stages.out, stages.lse});
+const AbstractGenerator::ArgInfo &GeneratorJit::arg(const std::string &name) const {
+    for (const auto &a : args_)
+        if (a.name == name) return a;
+    throw std::invalid_argument("Generator " + name_ + " has no argument '" + name + "'");
 }
 
-void DenseJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
-
-void DenseJit::run(const DecodeBuffers &in, Buffer<float> &out, Buffer<float> &lse) {
-    q.set(in.q);
-    k_cache.set(in.k_cache);
-    v_cache.set(in.v_cache);
-    page_table.set(in.page_table);
-    seq_lens.set(in.seq_lens);
-    scale.set(in.scale);
-    pipeline.realize(Halide::Realization({out, lse}));
+GeneratorJit &GeneratorJit::buffer(const std::string &name, const Halide::Buffer<> &b) {
+    const auto &a = arg(name);
+    if (a.kind != ArgInfoKind::Buffer || a.dimensions != b.dimensions() || a.types.at(0) != b.type())
+        throw std::invalid_argument("Generator " + name_ + " argument '" + name + "' is not a " +
+                                    std::to_string(b.dimensions()) + "-dimensional buffer of this type");
+    if (a.dir == ArgInfoDirection::Output)
+        outputs_[name] = b;
+    else
+        generator_->input_parameter(name).at(0).set_buffer(b);
+    return *this;
 }
 
-SketchJit::SketchJit(const SketchConfig &c)
-    : cfg(c),
-      k_cache(c.kv_type, 4, "k_cache"),
-      page_table(Int(32), 2, "page_table"),
-      seq_lens(Int(32), 1, "seq_lens"),
-      touched(Int(32), 2, "touched") {
-    SummaryInputs in{k_cache,
-                     Halide::Func(),
-                     page_table,
-                     seq_lens,
-                     touched,
-                     page_table.dim(0).extent(),
-                     k_cache.dim(3).extent(),
-                     page_table.dim(1).extent()};
-    stages = define_sketch(cfg, in);
-    apply_cpu(hand_schedule(cfg), cfg, stages);
-    pipeline = Halide::Pipeline({stages.codes, stages.scale});
+GeneratorJit &GeneratorJit::scalar(const std::string &name, float value) {
+    const auto &a = arg(name);
+    if (a.kind != ArgInfoKind::Scalar || a.types.at(0) != Halide::Float(32))
+        throw std::invalid_argument("Generator " + name_ + " argument '" + name + "' is not a float scalar");
+    generator_->input_parameter(name).at(0).set_scalar<float>(value);
+    return *this;
 }
 
-void SketchJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
-
-SummaryJit::SummaryJit(const SummaryConfig &c)
-    : cfg(c),
-      k_cache(c.kv_type, 4, "k_cache"),
-      v_cache(c.kv_type, 4, "v_cache"),
-      page_table(Int(32), 2, "page_table"),
-      seq_lens(Int(32), 1, "seq_lens"),
-      touched(Int(32), 2, "touched") {
-    SummaryInputs in{k_cache,
-                     v_cache,
-                     page_table,
-                     seq_lens,
-                     touched,
-                     page_table.dim(0).extent(),
-                     k_cache.dim(3).extent(),
-                     page_table.dim(1).extent()};
-    stages = define_summary(cfg, in);
-    pipeline = Halide::Pipeline({stages.summary, stages.value_norm, stages.key_absmax});
+void GeneratorJit::run() {
+    std::vector<Halide::Buffer<>> outs;
+    for (const auto &a : args_) {
+        if (a.dir != ArgInfoDirection::Output) continue;
+        auto it = outputs_.find(a.name);
+        if (it == outputs_.end())
+            throw std::invalid_argument("Generator " + name_ + " output '" + a.name + "' has no buffer bound");
+        outs.push_back(it->second);
+    }
+    pipeline_.realize(Halide::Realization(outs));
 }
 
-void SummaryJit::compile(const Halide::Target &target) { pipeline.compile_jit(target); }
+GeneratorParams decode_params(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule) {
+    GeneratorParams p = generator_params(cfg);
+    p["schedule"] = schedule_to_json(schedule ? *schedule : hand_schedule(cfg)).dump();
+    return p;
+}
 
 }  // namespace vashista

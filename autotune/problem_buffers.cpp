@@ -32,7 +32,8 @@ Buffer<void> cache_buffer(const ref::Cache &c, const std::vector<float> &values)
 
 }  // namespace
 
-ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype) {
+ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype,
+                               int summary_block) {
     ProblemBuffers buf;
     buf.q = Buffer<float>(p.q.head_dim, p.q.group, p.q.kv_heads, p.q.batch);
     std::memcpy(buf.q.data(), p.q.q.data(), p.q.q.size() * sizeof(float));
@@ -43,7 +44,8 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
     buf.seq_lens = Buffer<int32_t>(p.seqs.batch);
     std::memcpy(buf.seq_lens.data(), p.seqs.seq_lens.data(), p.seqs.seq_lens.size() * 4);
 
-    const auto extents = SummaryLayout{sum.head_dim, sum.max_pages, sum.kv_heads, sum.batch}.extents();
+    const SummaryLayout layout{sum.head_dim, sum.max_pages, sum.kv_heads, sum.batch, summary_block};
+    const auto extents = layout.extents();
     buf.summary = Buffer<void>(halide_runtime_type(summary_dtype), std::vector<int>(extents.begin(), extents.end()));
     std::memset(buf.summary.data(), 0, buf.summary.size_in_bytes());
     for (int b = 0; b < sum.batch; ++b)
@@ -53,7 +55,7 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                     const size_t row = sum.at(b, h, j) * sum.head_dim + d;
                     const float channel[kSummaryChannels] = {sum.mean[row], sum.lo[row], sum.hi[row]};
                     for (int c = 0; c < kSummaryChannels; ++c) {
-                        const auto at = SummaryLayout::coords(j, d, c, h, b);
+                        const auto at = layout.coords(j, d, c, h, b);
                         size_t flat = 0;
                         for (int k = 0; k < 6; ++k) flat += size_t(at[k] * buf.summary.dim(k).stride());
                         store(buf.summary, flat, channel[c], summary_dtype);

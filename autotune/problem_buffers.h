@@ -18,7 +18,9 @@ struct ProblemBuffers {
 };
 
 // Summaries come from the reference, rounded outward to `summary_dtype` as the
-// summarize kernel rounds them; value norms are inflated as the kernel inflates them.
-ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype);
+// summarize kernel rounds them, in blocks of `summary_block` pages; value norms are
+// inflated as the kernel inflates them.
+ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype,
+                               int summary_block = kSummaryBlockDefault);
 
 }  // namespace vashista

@@ -1,7 +1,5 @@
 #include "runner.h"
 
-#include "variants.h"
-
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -14,8 +12,6 @@
 
 namespace vashista::tune {
 
-using Halide::Runtime::Buffer;
-
 void load_runtime(const std::string &runtime_library) {
     static std::string loaded;
     if (loaded == runtime_library) return;
@@ -24,125 +20,47 @@ void load_runtime(const std::string &runtime_library) {
     loaded = runtime_library;
 }
 
-struct Runner::State {
-    ref::Problem problem;
-    ref::Summaries summaries;
-    ProblemBuffers buffers;
-    float scale = 0;
-    std::vector<ref::HeadResult> sparse;  // reference per head, decode workloads
-    std::vector<ref::DenseResult> dense;  // reference per head, dense workloads
-    bench::Flusher flusher;
+struct Runner::Loaded {
+    runtime::KernelCall call;
 };
 
-Runner::Runner(const Workload &w, MeasureOptions options) : workload_(w), options_(options), state_(new State) {
-    State &s = *state_;
-    s.problem = ref::make_problem(w.problem_spec());
-    s.summaries =
-        ref::summarize(s.problem.cache, s.problem.seqs, parse_dtype(w.summary_type), w.sketch_bits, w.sketch_group);
-    s.buffers = problem_buffers(s.problem, s.summaries, parse_dtype(w.summary_type));
-    s.scale = float(ref::default_scale(w.head_dim));
-    ref::SparseOptions opt;
-    opt.top_pages = w.top_pages;
-    opt.top_tokens = w.top_tokens;
-    opt.solver = parse_solver(w.solver);
-    opt.routing = parse_routing(w.routing);
-    opt.group_routing = parse_group_routing(w.group_routing);
-    opt.sketch_bits = w.sketch_bits;
-    opt.sketch_group = w.sketch_group;
-    opt.sink_pages = w.sink_pages;
-    opt.local_pages = w.local_pages;
-    opt.solver_steps = w.solver_steps;
-    opt.solver_eta = w.solver_eta;
-    opt.solver_tau = w.solver_tau;
-    for (int b = 0; b < w.batch; ++b)
-        for (int h = 0; h < w.kv_heads; ++h)
-            for (int g = 0; g < w.group_size; ++g) {
-                if (w.generator == "decode")
-                    s.sparse.push_back(
-                        ref::sparse_head(s.problem.cache, s.problem.seqs, s.problem.q, s.summaries, opt, b, h, g));
-                else
-                    s.dense.push_back(ref::dense_head(s.problem.cache, s.problem.seqs, s.problem.q, 0.0, b, h, g));
-            }
-}
+Runner::Runner(std::unique_ptr<TaskInstance> instance, MeasureOptions options)
+    : instance_(std::move(instance)), options_(options) {}
 
 Runner::~Runner() = default;
 
-namespace {
-
-struct Loaded {
-    std::function<int()> call;
-    Buffer<float> out, lse, diag;
-    Buffer<int32_t> cand, pages;
-};
-
-}  // namespace
-
-// Loads a candidate and checks it against the reference; on failure `m` says why.
-static std::unique_ptr<Loaded> load_checked(Runner::State &s, const Workload &w, const std::string &library,
-                                            const std::string &function, Measurement &m) {
+// Loads a candidate, binds it and checks it against the reference; on failure `m` says why.
+std::unique_ptr<Runner::Loaded> Runner::load_checked(const std::string &library, const std::string &function,
+                                                     Measurement &m) {
+    m.status = "run_failed";
     void *handle = dlopen(library.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-        m.status = "run_failed";
         m.error = std::string("dlopen: ") + dlerror();
         return nullptr;
     }
-    void *symbol = dlsym(handle, function.c_str());
-    if (!symbol) {
-        m.status = "run_failed";
-        m.error = "no function " + function + " in " + library;
+    runtime::Kernel kernel{function.c_str(),
+                           reinterpret_cast<runtime::KernelArgv>(dlsym(handle, (function + "_argv").c_str())),
+                           reinterpret_cast<runtime::KernelMetadata>(dlsym(handle, (function + "_metadata").c_str()))};
+    if (!kernel.argv || !kernel.metadata) {
+        m.error = "no function " + function + "_argv or " + function + "_metadata in " + library;
         return nullptr;
     }
-    const int G = w.group_size, H = w.kv_heads, B = w.batch, D = w.head_dim;
-    auto l = std::make_unique<Loaded>();
-    l->out = Buffer<float>(D, G, H, B);
-    l->lse = Buffer<float>(G, H, B);
-    l->diag = Buffer<float>(kDiagFields, G, H, B);
-    l->cand = Buffer<int32_t>(w.top_tokens, G, H, B);
-    l->pages = Buffer<int32_t>(w.top_pages, G, H, B);
-    auto &bf = s.buffers;
-    Loaded *p = l.get();
-    Runner::State *st = &s;
-    if (w.generator == "decode") {
-        auto fn = reinterpret_cast<runtime::DecodeFn>(symbol);
-        l->call = [=, &bf] {
-            return fn(bf.q.raw_buffer(), bf.k_cache.raw_buffer(), bf.v_cache.raw_buffer(), bf.page_table.raw_buffer(),
-                      bf.seq_lens.raw_buffer(), bf.summary.raw_buffer(), bf.value_norm.raw_buffer(),
-                      bf.key_absmax.raw_buffer(), bf.sketch.raw_buffer(), bf.sketch_scale.raw_buffer(), st->scale,
-                      p->out.raw_buffer(), p->lse.raw_buffer(), p->diag.raw_buffer(), p->cand.raw_buffer(),
-                      p->pages.raw_buffer());
-        };
-    } else {
-        auto fn = reinterpret_cast<runtime::DenseFn>(symbol);
-        l->call = [=, &bf] {
-            return fn(bf.q.raw_buffer(), bf.k_cache.raw_buffer(), bf.v_cache.raw_buffer(), bf.page_table.raw_buffer(),
-                      bf.seq_lens.raw_buffer(), st->scale, p->out.raw_buffer(), p->lse.raw_buffer());
-        };
-    }
+    auto l = std::unique_ptr<Loaded>(new Loaded{runtime::KernelCall(kernel)});
+    instance_->bind(l->call);
     // Warm-up and the correctness check against the reference.
-    if (int rc = l->call(); rc != 0) {
-        m.status = "run_failed";
-        m.error = "the candidate returned Halide error " + std::to_string(rc);
+    if (int rc = l->call.run(); rc != 0) {
+        m.error = rc == runtime::KernelCall::kBindError ? l->call.error()
+                                                        : "the candidate returned Halide error " + std::to_string(rc);
         return nullptr;
     }
-    int head = 0;
-    for (int b = 0; b < B; ++b)
-        for (int h = 0; h < H; ++h)
-            for (int g = 0; g < G; ++g, ++head) {
-                const std::vector<double> &want = w.generator == "decode" ? s.sparse[head].out : s.dense[head].out;
-                for (int d = 0; d < D; ++d)
-                    m.max_abs_err = std::max(m.max_abs_err, std::abs(double(l->out(d, g, h, b)) - want[d]));
-                if (w.generator == "decode") {
-                    const auto &c = s.sparse[head].candidates;
-                    for (int i = 0; i < w.top_tokens; ++i)
-                        if (l->cand(i, g, h, b) != (i < int(c.size()) ? c[i] : -1)) ++m.candidate_mismatches;
-                }
-            }
-    if (m.candidate_mismatches > 0 || !(m.max_abs_err <= 1e-4)) {
+    const TaskInstance::Check c = instance_->check();
+    m.max_abs_err = c.max_abs_err;
+    if (!c.ok) {
         m.status = "wrong";
-        m.error = std::to_string(m.candidate_mismatches) +
-                  " candidates differ from the reference; max |out - ref| = " + std::to_string(m.max_abs_err);
+        m.error = c.error;
         return nullptr;
     }
+    m.status = "ok";
     return l;
 }
 
@@ -171,13 +89,13 @@ static void finish(Measurement &m, const std::vector<double> &ms) {
 
 Measurement Runner::measure(const std::string &library, const std::string &function) {
     Measurement m;
-    auto l = load_checked(*state_, workload_, library, function, m);
+    auto l = load_checked(library, function, m);
     if (!l) return m;
     std::vector<double> ms;
     while (int(ms.size()) < options_.max_reps) {
-        state_->flusher.flush();
+        flusher_.flush();
         bench::Timer t;
-        l->call();
+        l->call.run();
         ms.push_back(t.seconds() * 1e3);
         if (int(ms.size()) >= options_.min_reps) {
             std::vector<double> last(ms.end() - options_.min_reps, ms.end());
@@ -194,14 +112,14 @@ std::vector<Measurement> Runner::measure_interleaved(const std::vector<std::pair
     std::vector<Measurement> ms(candidates.size());
     std::vector<std::unique_ptr<Loaded>> loaded;
     for (size_t i = 0; i < candidates.size(); ++i)
-        loaded.push_back(load_checked(*state_, workload_, candidates[i].first, candidates[i].second, ms[i]));
+        loaded.push_back(load_checked(candidates[i].first, candidates[i].second, ms[i]));
     std::vector<std::vector<double>> times(candidates.size());
     for (int r = 0; r < reps; ++r)
         for (size_t i = 0; i < loaded.size(); ++i) {
             if (!loaded[i]) continue;
-            state_->flusher.flush();
+            flusher_.flush();
             bench::Timer t;
-            loaded[i]->call();
+            loaded[i]->call.run();
             times[i].push_back(t.seconds() * 1e3);
         }
     for (size_t i = 0; i < loaded.size(); ++i)
@@ -209,13 +127,14 @@ std::vector<Measurement> Runner::measure_interleaved(const std::vector<std::pair
     return ms;
 }
 
-json make_record(const Workload &w, const json &schedule, const std::string &kind, const BuildOutcome &build,
-                 const Measurement &m, int trial, uint64_t seed, const std::string &halide_version) {
+json make_record(const std::string &key, const json &workload, const json &schedule, const std::string &kind,
+                 const BuildOutcome &build, const Measurement &m, int trial, uint64_t seed,
+                 const std::string &halide_version) {
     const std::time_t now = std::time(nullptr);
     char when[32];
     std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    json r = {{"workload_key", w.key()},
-              {"workload", w.to_json()},
+    json r = {{"workload_key", key},
+              {"workload", workload},
               {"schedule", schedule},
               {"kind", kind},
               {"trial", trial},

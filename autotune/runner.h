@@ -1,12 +1,12 @@
-// Runner: loads a built candidate, checks it against the reference (a wrong candidate is
-// recorded as wrong and never timed), then measures it cold: the cache is flushed before
-// every run, after a warm-up, repeating until the spread is small or a cap is hit.
-// Needs only the Halide runtime, so a bundle can carry it to another machine.
+// Runner: loads a built candidate, binds its arguments by name against the metadata it was
+// compiled with, checks its outputs through the task instance (a wrong candidate is recorded
+// as wrong and never timed), then measures it cold: the cache is flushed before every run,
+// after a warm-up, repeating until the spread is small or a cap is hit. Knows nothing of
+// what the kernel computes. Needs only the Halide runtime, so a bundle can carry it.
 #pragma once
 
 #include "measure.h"
-#include "problem_buffers.h"
-#include "workload.h"
+#include "task.h"
 
 #include <memory>
 #include <string>
@@ -25,7 +25,6 @@ struct Measurement {
     double median_ms = 0, min_ms = 0, max_ms = 0;
     int reps = 0;
     double max_abs_err = 0;
-    int candidate_mismatches = 0;
     std::vector<double> samples_ms;  // in the order run
 };
 
@@ -42,7 +41,7 @@ void load_runtime(const std::string &runtime_library);
 
 class Runner {
 public:
-    Runner(const Workload &w, MeasureOptions options = {});
+    explicit Runner(std::unique_ptr<TaskInstance> instance, MeasureOptions options = {});
     ~Runner();
     // Check, then time until the spread is small or max_reps.
     Measurement measure(const std::string &library, const std::string &function);
@@ -50,14 +49,14 @@ public:
     // next, ...) so that drift in the machine's speed affects them all alike.
     std::vector<Measurement> measure_interleaved(const std::vector<std::pair<std::string, std::string>> &candidates,
                                                  int reps);
-    const Workload &workload() const { return workload_; }
-
-    struct State;
 
 private:
-    Workload workload_;
+    struct Loaded;
+    std::unique_ptr<Loaded> load_checked(const std::string &library, const std::string &function, Measurement &m);
+
+    std::unique_ptr<TaskInstance> instance_;
     MeasureOptions options_;
-    std::unique_ptr<State> state_;
+    bench::Flusher flusher_;
 };
 
 json machine_description();
@@ -69,7 +68,8 @@ struct BuildOutcome {
 };
 
 // A database record of one candidate's outcome.
-json make_record(const Workload &w, const json &schedule, const std::string &kind, const BuildOutcome &build,
-                 const Measurement &m, int trial, uint64_t seed, const std::string &halide_version);
+json make_record(const std::string &key, const json &workload, const json &schedule, const std::string &kind,
+                 const BuildOutcome &build, const Measurement &m, int trial, uint64_t seed,
+                 const std::string &halide_version);
 
 }  // namespace vashista::tune

@@ -1,5 +1,6 @@
 // vashista-runner: measures a bundle's candidates on this machine and writes
 // BUNDLE/results.jsonl, to be joined to a database with `vashista db ingest`.
+#include "attention_task.h"
 #include "runner.h"
 
 #include <cstdio>
@@ -39,11 +40,11 @@ int main(int argc, char **argv) {
         const BuildOutcome built{c["status"], c.value("error", ""), c.value("build_s", 0.0)};
         if (built.status == "ok") {
             auto &r = runners[w.key()];
-            if (!r) r = std::make_unique<Runner>(w);
+            if (!r) r = std::make_unique<Runner>(std::make_unique<AttentionInstance>(w));
             m = r->measure(dir + "/" + c["library"].get<std::string>(), c["function"]);
         }
-        const json rec = make_record(w, c["schedule"], c.value("kind", "search"), built, m, c.value("trial", int(i)),
-                                     c.value("seed", 1), version);
+        const json rec = make_record(w.key(), w.to_json(), c["schedule"], c.value("kind", "search"), built, m,
+                                     c.value("trial", int(i)), c.value("seed", 1), version);
         out << rec.dump() << "\n" << std::flush;
         std::fprintf(stderr, "  %zu/%zu %s: %s %s\n", i + 1, cands.size(), w.key().c_str(),
                      rec["status"].get<std::string>().c_str(),

@@ -16,9 +16,9 @@ namespace vashista::tune {
 
 namespace {
 
-std::string candidate_name(const Workload &w, const json &schedule, const std::string &kind) {
+std::string candidate_name(const Task &task, const json &schedule, const std::string &kind) {
     std::ostringstream os;
-    os << "cand_" << std::hex << std::hash<std::string>{}(w.key() + schedule.dump() + kind);
+    os << "cand_" << std::hex << std::hash<std::string>{}(task.key() + schedule.dump() + kind);
     return os.str();
 }
 
@@ -36,11 +36,11 @@ std::string clock(double seconds) {
 
 }  // namespace
 
-TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db, std::ostream &log) {
+TuneResult tune_task(const Task &task, const TuneOptions &opt, Database &db, std::ostream &log) {
     TuneResult result;
-    const std::string key = w.key();
-    auto strategy = make_strategy(opt.strategy, search_space(w), opt.seed);
-    const json hand = hand_point(w);
+    const std::string key = task.key();
+    auto strategy = make_strategy(opt.strategy, task.space(), opt.seed);
+    const json hand = task.hand_point();
     bool hand_done = false;
     double best = kFailed;
     for (const auto &r : db.records()) {
@@ -62,10 +62,10 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
     if (result.resumed)
         log << "resuming " << key << ": " << result.resumed << " trials already in " << db.path() << "\n";
 
-    const std::string runtime = build_runtime(opt.work_dir, w.target);
+    const std::string runtime = build_runtime(opt.work_dir, task.target());
     load_runtime(runtime);
-    log << "preparing " << key << " (synthetic KV and reference)\n" << std::flush;
-    Runner runner(w, opt.measure);
+    log << "preparing " << key << " (inputs and reference)\n" << std::flush;
+    Runner runner(task.instantiate(), opt.measure);
     const auto start = std::chrono::steady_clock::now();
     auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
     const bool tty = isatty(fileno(stderr));
@@ -74,13 +74,13 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
         const bool first = !hand_done;
         json point = first ? hand : strategy->propose();
         hand_done = true;
-        BuildRequest req{
-            w, point, "", opt.work_dir + "/candidates", candidate_name(w, point, "search"), opt.build_timeout_s};
-        BuildResult built = build_candidate(req);
+        BuildResult built = build_candidate(build_request(task, point, "", opt.work_dir + "/candidates",
+                                                          candidate_name(task, point, "search"), opt.build_timeout_s));
         Measurement m;
         if (built.status == "ok") m = runner.measure(built.library, built.function);
-        const json record = make_record(w, point, first ? "hand" : "search", {built.status, built.error, built.seconds},
-                                        m, result.trials, opt.seed, halide_version());
+        const json record =
+            make_record(key, task.describe(), point, first ? "hand" : "search",
+                        {built.status, built.error, built.seconds}, m, result.trials, opt.seed, halide_version());
         db.append(record);
         const double cost = record["status"] == "ok" ? m.median_ms : kFailed;
         strategy->observe(point, cost);
@@ -111,7 +111,7 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
     if (tty) std::fprintf(stderr, "\n");
     result.best_ms = best < kFailed ? best : 0;
     if (opt.verify || new_trials > 0 || !db.best(key) || db.best(key)->value("kind", "") != "final") {
-        const json winner = verify_finalists(w, opt, db, runner, log);
+        const json winner = verify_finalists(task, opt, db, runner, log);
         if (winner.value("status", "") == "ok") {
             result.best_ms = winner["median_ms"];
             result.best_schedule = winner["schedule"];
@@ -121,9 +121,9 @@ TuneResult tune_workload(const Workload &w, const TuneOptions &opt, Database &db
     return result;
 }
 
-json verify_finalists(const Workload &w, const TuneOptions &opt, Database &db, Runner &runner, std::ostream &log) {
-    const std::string key = w.key();
-    const json hand = hand_point(w);
+json verify_finalists(const Task &task, const TuneOptions &opt, Database &db, Runner &runner, std::ostream &log) {
+    const std::string key = task.key();
+    const json hand = task.hand_point();
     std::vector<std::pair<double, json>> ranked;
     for (const auto &r : db.records())
         if (r.value("workload_key", "") == key && r.value("status", "") == "ok" && r.value("kind", "") != "final" &&
@@ -139,9 +139,8 @@ json verify_finalists(const Workload &w, const TuneOptions &opt, Database &db, R
     std::vector<json> built_schedules;
     BuildOutcome outcome{"ok", "", 0};
     for (const json &sched : entrants) {
-        BuildRequest req{
-            w, sched, "", opt.work_dir + "/candidates", candidate_name(w, sched, "final"), opt.build_timeout_s};
-        BuildResult b = build_candidate(req);
+        BuildResult b = build_candidate(build_request(task, sched, "", opt.work_dir + "/candidates",
+                                                      candidate_name(task, sched, "final"), opt.build_timeout_s));
         if (b.status != "ok") continue;
         outcome.seconds += b.seconds;
         built.push_back({b.library, b.function});
@@ -164,7 +163,8 @@ json verify_finalists(const Workload &w, const TuneOptions &opt, Database &db, R
     }
     for (const auto &[lib, fn] : built) std::remove(lib.c_str());
     if (ms.empty() || ms[winner].status != "ok") return json::object();
-    json record = make_record(w, built_schedules[winner], "final", outcome, ms[winner], -1, opt.seed, halide_version());
+    json record = make_record(key, task.describe(), built_schedules[winner], "final", outcome, ms[winner], -1, opt.seed,
+                              halide_version());
     record["hand_ms"] = ms[0].median_ms;
     json field = json::array();
     for (size_t i = 0; i < ms.size(); ++i) {

@@ -30,11 +30,11 @@ struct TuneResult {
     json best_schedule;
 };
 
-TuneResult tune_workload(const Workload &w, const TuneOptions &options, Database &db, std::ostream &log);
+TuneResult tune_task(const Task &task, const TuneOptions &options, Database &db, std::ostream &log);
 
 // The verification round: the best `finalists` schedules and the hand schedule measured
 // round-robin in one run; the winner is appended as a record of kind "final", which
 // Database::best prefers. The hand schedule wins unless a finalist beats it.
-json verify_finalists(const Workload &w, const TuneOptions &options, Database &db, Runner &runner, std::ostream &log);
+json verify_finalists(const Task &task, const TuneOptions &options, Database &db, Runner &runner, std::ostream &log);
 
 }  // namespace vashista::tune

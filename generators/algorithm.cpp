@@ -197,6 +197,8 @@ DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInput
       scale(in.scale),
       rd(0, D, "rd"),
       rc(0, KC, "rc") {
+    if (cfg.summary_block < 1)
+        throw std::invalid_argument("summary_block = " + std::to_string(cfg.summary_block) + " must be >= 1");
     if (sketch) {
         const std::string err = sketch_config_error(D, cfg.sketch_bits, cfg.sketch_group);
         if (!err.empty()) throw std::invalid_argument(err);
@@ -305,7 +307,7 @@ void DecodeDefinition::route() {
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
     } else {
-        Expr blk = i / kSummaryBlock, lane = i % kSummaryBlock;
+        Expr blk = i / cfg.summary_block, lane = i % cfg.summary_block;
         Expr qd = in.q(rd, g, h, b);
         st.head_page_score(i, g, h, b) = 0.0f;
         if (cfg.routing == RoutingMode::Mean) {
@@ -900,9 +902,9 @@ Halide::Region kv_cache_region(const ShapeEstimate &e) {
     return {{0, e.head_dim}, {0, e.kv_heads}, {0, e.page_size}, {0, pages}};
 }
 Halide::Region page_table_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.batch}}; }
-Halide::Region summary_region(const ShapeEstimate &e) {
+Halide::Region summary_region(const ShapeEstimate &e, int summary_block) {
     Halide::Region r;
-    for (int64_t extent : SummaryLayout{e.head_dim, e.pages, e.kv_heads, e.batch}.extents())
+    for (int64_t extent : SummaryLayout{e.head_dim, e.pages, e.kv_heads, e.batch, summary_block}.extents())
         r.push_back({0, int(extent)});
     return r;
 }

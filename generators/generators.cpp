@@ -2,6 +2,7 @@
 // algorithm.cpp, the schedule from schedules/ (the hand schedule, or a JSON file the
 // tuner wrote). With an autoscheduler selected, no manual schedule is applied.
 #include "algorithm.h"
+#include "generator_params.h"
 #include "schedule.h"
 
 #include <cstdio>
@@ -25,15 +26,27 @@ struct QuietBf16Warnings : Halide::CompileTimeErrorReporter {
 using Halide::Generator;
 using Halide::GeneratorParam;
 
+// The schedule a Generator applies: `schedule` (JSON text, from in-process callers such as
+// the JIT path and the tuner's builder), else `schedule_file` (builds), else the hand schedule.
 template <typename Schedule>
-Schedule load_schedule(const std::string &path, const Schedule &fallback) {
+Schedule load_schedule(const std::string &text, const std::string &path, const Schedule &fallback) {
+    if (!text.empty()) return schedule_from_json<Schedule>(nlohmann::json::parse(text));
     if (path.empty()) return fallback;
     std::ifstream in(path);
     if (!in) throw std::runtime_error("schedule_file '" + path + "' cannot be read");
     return schedule_from_json<Schedule>(nlohmann::json::parse(in));
 }
 
-// Estimates of what decode and dense share (the demo shape at T = 32K).
+// Estimates of what decode and dense share, from the Generator's estimate_* parameters
+// (default: the demo shape at T = 32K, B = 1, H_kv = 8).
+template <typename Gen>
+ShapeEstimate shape_estimate(const Gen &gen, int head_dim, int page_size, int group, KvLayout layout) {
+    const int tokens = gen.estimate_tokens;
+    return ShapeEstimate{
+        head_dim, page_size, group, gen.estimate_kv_heads, gen.estimate_batch, (tokens + page_size - 1) / page_size,
+        layout};
+}
+
 template <typename Gen>
 void set_common_estimates(Gen &gen, const ShapeEstimate &e) {
     set_shared_input_estimates(gen, e);
@@ -67,7 +80,12 @@ public:
     GeneratorParam<float> solver_tau{"solver_tau", kDecode.solver_tau};
     GeneratorParam<int> sketch_bits{"sketch_bits", kDecode.sketch_bits};
     GeneratorParam<int> sketch_group{"sketch_group", kDecode.sketch_group};
+    GeneratorParam<int> summary_block{"summary_block", kDecode.summary_block};
+    GeneratorParam<std::string> schedule{"schedule", ""};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
+    GeneratorParam<int> estimate_tokens{"estimate_tokens", 32768};
+    GeneratorParam<int> estimate_batch{"estimate_batch", 1};
+    GeneratorParam<int> estimate_kv_heads{"estimate_kv_heads", 8};
 
     Input<Buffer<float, 4>> q{"q"};
     Input<Buffer<void, 4>> k_cache{"k_cache"};
@@ -113,6 +131,7 @@ public:
         c.solver_tau = solver_tau;
         c.sketch_bits = sketch_bits;
         c.sketch_group = sketch_group;
+        c.summary_block = summary_block;
         return c;
     }
 
@@ -144,14 +163,13 @@ public:
         candidates = st.result_candidates;
         pages = st.result_pages;
         set_estimates(cfg);
-        if (!using_autoscheduler()) apply_cpu(load_schedule(schedule_file, hand_schedule(cfg)), cfg, st);
+        if (!using_autoscheduler()) apply_cpu(load_schedule(schedule, schedule_file, hand_schedule(cfg)), cfg, st);
     }
 
-    // The demo shape at T = 32K: B = 1, H_kv = 8, 2048 pages.
     void set_estimates(const DecodeConfig &cfg) {
-        ShapeEstimate e{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout};
+        const ShapeEstimate e = shape_estimate(*this, cfg.head_dim, cfg.page_size, cfg.group_size, cfg.layout);
         set_common_estimates(*this, e);
-        summary.set_estimates(summary_region(e));
+        summary.set_estimates(summary_region(e, cfg.summary_block));
         value_norm.set_estimates(value_norm_region(e));
         key_absmax.set_estimates(value_norm_region(e));
         sketch.set_estimates(sketch_region(e, cfg.sketch_bits));
@@ -169,7 +187,11 @@ public:
     GeneratorParam<int> group_size{"group_size", kDense.group_size};
     GeneratorParam<std::string> kv_type{"kv_type", type_name(kDense.kv_type)};
     GeneratorParam<std::string> layout{"layout", to_string(kDense.layout)};
+    GeneratorParam<std::string> schedule{"schedule", ""};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
+    GeneratorParam<int> estimate_tokens{"estimate_tokens", 32768};
+    GeneratorParam<int> estimate_batch{"estimate_batch", 1};
+    GeneratorParam<int> estimate_kv_heads{"estimate_kv_heads", 8};
 
     Input<Buffer<float, 4>> q{"q"};
     Input<Buffer<void, 4>> k_cache{"k_cache"};
@@ -192,14 +214,14 @@ public:
         cfg.group_size = group_size;
         cfg.kv_type = parse_type(kv_type);
         cfg.layout = parse_layout(layout);
-        const DenseCpuSchedule s = load_schedule(schedule_file, hand_schedule(cfg));
+        const DenseCpuSchedule s = load_schedule(schedule, schedule_file, hand_schedule(cfg));
         cfg.split_pages = s.split_pages;
         DenseInputs in{
             q, k_cache, v_cache, page_table, seq_lens, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
         DenseStages st = define_dense(cfg, in);
         out = st.out;
         lse = st.lse;
-        set_common_estimates(*this, ShapeEstimate{cfg.head_dim, cfg.page_size, cfg.group_size, 8, 1, 2048, cfg.layout});
+        set_common_estimates(*this, shape_estimate(*this, cfg.head_dim, cfg.page_size, cfg.group_size, cfg.layout));
         if (!using_autoscheduler()) apply_cpu(s, cfg, st);
     }
 };
@@ -296,6 +318,63 @@ public:
 };
 
 }  // namespace
+
+std::vector<std::string> generator_names() {
+    return {"vashista_decode", "vashista_dense", "vashista_summarize", "vashista_sketch"};
+}
+
+namespace {
+std::string exact(float v) {
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.9g", double(v));  // round-trips every float
+    return buf;
+}
+}  // namespace
+
+GeneratorParams generator_params(const DecodeConfig &c) {
+    return {{"head_dim", std::to_string(c.head_dim)},
+            {"page_size", std::to_string(c.page_size)},
+            {"top_pages", std::to_string(c.top_pages)},
+            {"top_tokens", std::to_string(c.top_tokens)},
+            {"group_size", std::to_string(c.group_size)},
+            {"kv_type", type_name(c.kv_type)},
+            {"summary_type", type_name(c.summary_type)},
+            {"layout", to_string(c.layout)},
+            {"solver", to_string(c.solver)},
+            {"routing", to_string(c.routing)},
+            {"group_routing", to_string(c.group_routing)},
+            {"sink_pages", std::to_string(c.sink_pages)},
+            {"local_pages", std::to_string(c.local_pages)},
+            {"solver_steps", std::to_string(c.solver_steps)},
+            {"solver_eta", exact(c.solver_eta)},
+            {"solver_tau", exact(c.solver_tau)},
+            {"sketch_bits", std::to_string(c.sketch_bits)},
+            {"sketch_group", std::to_string(c.sketch_group)},
+            {"summary_block", std::to_string(c.summary_block)}};
+}
+
+GeneratorParams generator_params(const DenseConfig &c) {
+    return {{"head_dim", std::to_string(c.head_dim)},
+            {"page_size", std::to_string(c.page_size)},
+            {"group_size", std::to_string(c.group_size)},
+            {"kv_type", type_name(c.kv_type)},
+            {"layout", to_string(c.layout)}};
+}
+
+GeneratorParams generator_params(const SummaryConfig &c) {
+    return {{"head_dim", std::to_string(c.head_dim)},
+            {"page_size", std::to_string(c.page_size)},
+            {"kv_type", type_name(c.kv_type)},
+            {"summary_type", type_name(c.summary_type)},
+            {"layout", to_string(c.layout)}};
+}
+
+GeneratorParams generator_params(const SketchConfig &c) {
+    return {{"head_dim", std::to_string(c.head_dim)}, {"page_size", std::to_string(c.page_size)},
+            {"kv_type", type_name(c.kv_type)},        {"layout", to_string(c.layout)},
+            {"sketch_bits", std::to_string(c.bits)},  {"sketch_group", std::to_string(c.group)}};
+}
+
 }  // namespace vashista
 
 HALIDE_REGISTER_GENERATOR(vashista::DecodeGenerator, vashista_decode)

@@ -1,26 +1,12 @@
 // The dispatch table a kernel library provides (written by vashista_add_kernel_library).
 #pragma once
 
-#include "HalideRuntime.h"
+#include "kernel_call.h"
 #include "vashista.h"
 
 #include <vector>
 
 namespace vashista::runtime {
-
-using DecodeFn = int (*)(halide_buffer_t *q, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
-                         halide_buffer_t *page_table, halide_buffer_t *seq_lens, halide_buffer_t *summary,
-                         halide_buffer_t *value_norm, halide_buffer_t *key_absmax, halide_buffer_t *sketch,
-                         halide_buffer_t *sketch_scale, float scale, halide_buffer_t *out, halide_buffer_t *lse,
-                         halide_buffer_t *diag, halide_buffer_t *candidates, halide_buffer_t *pages);
-using DenseFn = int (*)(halide_buffer_t *q, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
-                        halide_buffer_t *page_table, halide_buffer_t *seq_lens, float scale, halide_buffer_t *out,
-                        halide_buffer_t *lse);
-using SummarizeFn = int (*)(halide_buffer_t *k_cache, halide_buffer_t *v_cache, halide_buffer_t *page_table,
-                            halide_buffer_t *seq_lens, halide_buffer_t *touched, halide_buffer_t *summary,
-                            halide_buffer_t *value_norm, halide_buffer_t *key_absmax);
-using SketchFn = int (*)(halide_buffer_t *k_cache, halide_buffer_t *page_table, halide_buffer_t *seq_lens,
-                         halide_buffer_t *touched, halide_buffer_t *codes, halide_buffer_t *scales);
 
 struct DecodeVariant {
     const char *name;
@@ -33,7 +19,8 @@ struct DecodeVariant {
     int solver_steps;
     float solver_eta, solver_tau;
     int sketch_bits, sketch_group;  // read in sketch routing only
-    DecodeFn fn;
+    int summary_block;              // pages per block of the summary layout it reads
+    Kernel kernel;                  // arguments as its Generator declares them
 };
 
 struct DenseVariant {
@@ -41,7 +28,7 @@ struct DenseVariant {
     int head_dim, page_size, group_size;
     vashista_dtype kv_dtype;
     vashista_layout layout;
-    DenseFn fn;
+    Kernel kernel;  // arguments as its Generator declares them
 };
 
 struct SummarizeVariant {
@@ -49,7 +36,7 @@ struct SummarizeVariant {
     int head_dim, page_size;
     vashista_dtype kv_dtype, summary_dtype;
     vashista_layout layout;
-    SummarizeFn fn;
+    Kernel kernel;  // arguments as its Generator declares them
 };
 
 // The token sketch of touched pages (sketch routing): codes (s, byte, h, n) and
@@ -60,7 +47,7 @@ struct SketchVariant {
     vashista_dtype kv_dtype;
     vashista_layout layout;
     int sketch_bits, sketch_group;
-    SketchFn fn;
+    Kernel kernel;  // arguments as its Generator declares them
 };
 
 const std::vector<DecodeVariant> &decode_variants();

@@ -137,6 +137,9 @@ struct vashista_cache {
     std::vector<uint32_t> summarized_version;  // [b][j]
     std::vector<uint32_t> page_version;        // [physical page]: appends that wrote into it
     const vashista::runtime::SummarizeVariant *summarize = nullptr;
+    // The summary layout's pages per block: the one the library's decode kernels for this
+    // cache's shape read (summary_block of their Generator).
+    vashista::SummaryLayout summary_layout{0, 0, 0, 0};
 
     Buffer<void> kv_buffer(void *data) const {
         const auto &d = desc;
@@ -216,6 +219,23 @@ const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
          d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", "; compiled variants:\n", list_variants());
 }
 
+// The summary block the library's decode kernels for caches like `d` read; they must agree,
+// since one cache holds one summary layout.
+int summary_block_for(const vashista_cache_desc &d) {
+    int block = 0;
+    for (const auto &v : decode_variants()) {
+        if (v.head_dim != d.head_dim || v.page_size != d.page_size || v.kv_dtype != d.kv_dtype ||
+            v.summary_dtype != d.summary_dtype || v.layout != d.layout)
+            continue;
+        if (block && v.summary_block != block)
+            fail(VASHISTA_ERROR_NO_VARIANT, "the library's decode kernels for head_dim=", d.head_dim,
+                 " page_size=", d.page_size, " read summary blocks of ", block, " and ", v.summary_block, " pages (",
+                 v.name, "); one cache holds one summary layout, so a library needs one per shape");
+        block = v.summary_block;
+    }
+    return block ? block : vashista::kSummaryBlockDefault;
+}
+
 void validate_pages(const vashista_cache &c, int32_t seq, int32_t first_page, int32_t end_page) {
     for (int32_t j = first_page; j < end_page; ++j) {
         const int32_t page = c.desc.page_table[size_t(seq) * c.desc.max_pages + j];
@@ -269,12 +289,13 @@ const DenseVariant &find_dense(const vashista_cache_desc &d, int32_t group) {
          "; compiled variants:\n", list_variants());
 }
 
-bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_t group,
-                    const vashista_decode_config &cfg) {
-    bool ok = v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group &&
-              v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype && v.layout == d.layout &&
-              v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing &&
-              v.sink_pages == cfg.sink_pages && v.local_pages == cfg.local_pages;
+bool decode_matches(const DecodeVariant &v, const vashista_cache &c, int32_t group, const vashista_decode_config &cfg) {
+    const vashista_cache_desc &d = c.desc;
+    bool ok = v.summary_block == c.summary_layout.block && v.head_dim == d.head_dim && v.page_size == d.page_size &&
+              v.group_size == group && v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype &&
+              v.layout == d.layout && v.solver == cfg.solver && v.routing == cfg.routing &&
+              v.group_routing == cfg.group_routing && v.sink_pages == cfg.sink_pages &&
+              v.local_pages == cfg.local_pages;
     if (ok && cfg.routing == VASHISTA_ROUTING_SKETCH)
         ok = v.sketch_bits == d.sketch_bits && v.sketch_group == d.sketch_group;
     if (ok && (cfg.solver == VASHISTA_SOLVER_EG || cfg.solver == VASHISTA_SOLVER_FW))
@@ -285,9 +306,10 @@ bool decode_matches(const DecodeVariant &v, const vashista_cache_desc &d, int32_
     return ok;
 }
 
-const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
+const DecodeVariant &find_decode(const vashista_cache &c, int32_t group, const vashista_decode_config &cfg) {
+    const vashista_cache_desc &d = c.desc;
     for (const auto &v : decode_variants())
-        if (decode_matches(v, d, group, cfg) && v.top_pages == cfg.top_pages && v.top_tokens == cfg.top_tokens)
+        if (decode_matches(v, c, group, cfg) && v.top_pages == cfg.top_pages && v.top_tokens == cfg.top_tokens)
             return v;
     fail(VASHISTA_ERROR_NO_VARIANT, "no decode kernel for head_dim=", d.head_dim, " page_size=", d.page_size,
          " top_pages=", cfg.top_pages, " top_tokens=", cfg.top_tokens, " group_size=", group, " kv ",
@@ -301,17 +323,19 @@ const DecodeVariant &find_decode(const vashista_cache_desc &d, int32_t group, co
 }
 
 // The narrowest compiled variant with at least twice P and K_c, or null.
-const DecodeVariant *find_wider(const vashista_cache_desc &d, int32_t group, const vashista_decode_config &cfg) {
+const DecodeVariant *find_wider(const vashista_cache &c, int32_t group, const vashista_decode_config &cfg) {
     const DecodeVariant *best = nullptr;
     for (const auto &v : decode_variants())
-        if (decode_matches(v, d, group, cfg) && v.top_pages >= 2 * cfg.top_pages &&
+        if (decode_matches(v, c, group, cfg) && v.top_pages >= 2 * cfg.top_pages &&
             v.top_tokens >= 2 * cfg.top_tokens &&
             (!best || v.top_pages * v.top_tokens < best->top_pages * best->top_tokens))
             best = &v;
     return best;
 }
 
-void check_kernel(int rc, const char *name) {
+void check_kernel(KernelCall &call, const char *name) {
+    const int rc = call.run();
+    if (rc == KernelCall::kBindError) fail(VASHISTA_ERROR_KERNEL, call.error());
     if (rc != 0) fail(VASHISTA_ERROR_KERNEL, "kernel ", name, " returned Halide error ", rc);
 }
 
@@ -330,11 +354,24 @@ SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float>
                    Buffer<int32_t>(v.top_pages, G, d.kv_heads, d.batch)};
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
     Buffer<int32_t> pt = c->page_table();
-    check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(),
-                      c->summary.raw_buffer(), c->value_norm.raw_buffer(), c->key_absmax.raw_buffer(),
-                      c->sketch.raw_buffer(), c->sketch_scale.raw_buffer(), scale, r.out.raw_buffer(),
-                      r.lse.raw_buffer(), r.diag.raw_buffer(), r.candidates.raw_buffer(), r.pages.raw_buffer()),
-                 v.name);
+    KernelCall call(v.kernel);
+    call.buffer("q", qb.raw_buffer())
+        .buffer("k_cache", k.raw_buffer())
+        .buffer("v_cache", vv.raw_buffer())
+        .buffer("page_table", pt.raw_buffer())
+        .buffer("seq_lens", lens.raw_buffer())
+        .buffer("summary", c->summary.raw_buffer())
+        .buffer("value_norm", c->value_norm.raw_buffer())
+        .buffer("key_absmax", c->key_absmax.raw_buffer())
+        .buffer("sketch", c->sketch.raw_buffer())
+        .buffer("sketch_scale", c->sketch_scale.raw_buffer())
+        .scalar("scale", scale)
+        .buffer("out", r.out.raw_buffer())
+        .buffer("lse", r.lse.raw_buffer())
+        .buffer("diag", r.diag.raw_buffer())
+        .buffer("candidates", r.candidates.raw_buffer())
+        .buffer("pages", r.pages.raw_buffer());
+    check_kernel(call, v.name);
     return r;
 }
 
@@ -344,10 +381,21 @@ void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buff
     const auto &d = c->desc;
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
     Buffer<int32_t> pt = c->page_table();
+    auto dense = [&](Buffer<float> &q1, Buffer<void> &k1, Buffer<void> &v1, Buffer<int32_t> &p1, Buffer<int32_t> &s1,
+                     Buffer<float> &o1, Buffer<float> &l1) {
+        KernelCall call(v.kernel);
+        call.buffer("q", q1.raw_buffer())
+            .buffer("k_cache", k1.raw_buffer())
+            .buffer("v_cache", v1.raw_buffer())
+            .buffer("page_table", p1.raw_buffer())
+            .buffer("seq_lens", s1.raw_buffer())
+            .scalar("scale", scale)
+            .buffer("out", o1.raw_buffer())
+            .buffer("lse", l1.raw_buffer());
+        check_kernel(call, v.name);
+    };
     if (!only) {
-        check_kernel(v.fn(qb.raw_buffer(), k.raw_buffer(), vv.raw_buffer(), pt.raw_buffer(), lens.raw_buffer(), scale,
-                          out.raw_buffer(), lse.raw_buffer()),
-                     v.name);
+        dense(qb, k, vv, pt, lens, out, lse);
         return;
     }
     const int head_axis = d.layout == VASHISTA_LAYOUT_HND ? 2 : 1;  // (d, s, h, page) or (d, h, s, page)
@@ -357,9 +405,7 @@ void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buff
         Buffer<float> l1 = lse.cropped(1, h, 1).cropped(2, b, 1);
         Buffer<void> k1 = k.cropped(head_axis, h, 1), v1 = vv.cropped(head_axis, h, 1);
         Buffer<int32_t> p1 = pt.cropped(1, b, 1), s1 = lens.cropped(0, b, 1);
-        check_kernel(v.fn(q1.raw_buffer(), k1.raw_buffer(), v1.raw_buffer(), p1.raw_buffer(), s1.raw_buffer(), scale,
-                          o1.raw_buffer(), l1.raw_buffer()),
-                     v.name);
+        dense(q1, k1, v1, p1, s1, o1, l1);
     }
 }
 
@@ -449,8 +495,9 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         c->summarize = &find_summarize(*desc);
         require_addressable(int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim,
                             desc->num_pages, "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
-        const auto extents =
-            vashista::SummaryLayout{desc->head_dim, desc->max_pages, desc->kv_heads, desc->batch}.extents();
+        c->summary_layout = vashista::SummaryLayout{desc->head_dim, desc->max_pages, desc->kv_heads, desc->batch,
+                                                    summary_block_for(*desc)};
+        const auto extents = c->summary_layout.extents();
         c->summary = zeroed_buffer(c->summary_memory, halide_type(desc->summary_dtype),
                                    std::vector<int64_t>(extents.begin(), extents.end()),
                                    "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
@@ -544,10 +591,16 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
         Buffer<float> norms(d.kv_heads, touched_pages), key_bounds(d.kv_heads, touched_pages);
         Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
         Buffer<int32_t> pt = c->page_table();
-        check_kernel(
-            c->summarize->fn(kb.raw_buffer(), vb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
-                             touched.raw_buffer(), rows.raw_buffer(), norms.raw_buffer(), key_bounds.raw_buffer()),
-            c->summarize->name);
+        KernelCall summarize(c->summarize->kernel);
+        summarize.buffer("k_cache", kb.raw_buffer())
+            .buffer("v_cache", vb.raw_buffer())
+            .buffer("page_table", pt.raw_buffer())
+            .buffer("seq_lens", lens_buffer.raw_buffer())
+            .buffer("touched", touched.raw_buffer())
+            .buffer("summary", rows.raw_buffer())
+            .buffer("value_norm", norms.raw_buffer())
+            .buffer("key_absmax", key_bounds.raw_buffer());
+        check_kernel(summarize, c->summarize->name);
         // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
         Buffer<uint8_t> codes;
         Buffer<void> scales;
@@ -556,9 +609,14 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                                     touched_pages);
             scales = Buffer<void>(halide_type_t(halide_type_bfloat, 16), d.page_size, d.head_dim / d.sketch_group,
                                   d.kv_heads, touched_pages);
-            check_kernel(c->sketch_kernel->fn(kb.raw_buffer(), pt.raw_buffer(), lens_buffer.raw_buffer(),
-                                              touched.raw_buffer(), codes.raw_buffer(), scales.raw_buffer()),
-                         c->sketch_kernel->name);
+            KernelCall sketch(c->sketch_kernel->kernel);
+            sketch.buffer("k_cache", kb.raw_buffer())
+                .buffer("page_table", pt.raw_buffer())
+                .buffer("seq_lens", lens_buffer.raw_buffer())
+                .buffer("touched", touched.raw_buffer())
+                .buffer("codes", codes.raw_buffer())
+                .buffer("scales", scales.raw_buffer());
+            check_kernel(sketch, c->sketch_kernel->name);
         }
         c->appended[seq] = lens[seq];
         const int bytes = dtype_bytes(d.summary_dtype);
@@ -577,7 +635,7 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                     for (int dd = 0; dd < d.head_dim; ++dd) {
                         const size_t from =
                             ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
-                        const auto at_summary = vashista::SummaryLayout::coords(j, dd, ch, h, seq);
+                        const auto at_summary = c->summary_layout.coords(j, dd, ch, h, seq);
                         int64_t to = 0;
                         for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
                         std::memcpy(dst + to * bytes, src + from * bytes, bytes);
@@ -608,7 +666,7 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
         if (cfg->routing == VASHISTA_ROUTING_SKETCH && d.sketch_bits == 0)
             fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = sketch (2) needs a cache that keeps a token ",
                  "sketch: create it with desc->sketch_bits = 8 or 4 and desc->sketch_group");
-        const DecodeVariant &variant = find_decode(d, G, *cfg);
+        const DecodeVariant &variant = find_decode(*c, G, *cfg);
         const float scale = cfg->scale > 0 ? cfg->scale : 1.0f / std::sqrt(float(d.head_dim));
         Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);
         Buffer<int32_t> lens(const_cast<int32_t *>(seq_lens), d.batch);
@@ -651,7 +709,7 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
             pending.clear();
         }
         if (!pending.empty() && cfg->policy == VASHISTA_POLICY_WIDEN) {
-            if (const DecodeVariant *wide = find_wider(d, G, *cfg)) {
+            if (const DecodeVariant *wide = find_wider(*c, G, *cfg)) {
                 SparseResult w = run_certified(*wide);
                 std::vector<int> still;
                 for (int i : pending) {

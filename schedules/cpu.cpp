@@ -132,6 +132,9 @@ const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
             std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
             if (e.empty())
                 e = divides("out_unroll * vector_width", s.out_unroll * s.vector_width, "head_dim", cfg.head_dim);
+            // Routing's vectors of pages are rounded up to page_lanes; they stay inside the
+            // summary layout's last block when page_lanes divides it.
+            if (e.empty()) e = divides("page_lanes", s.page_lanes, "summary_block", cfg.summary_block);
             return e;
         }};
     return s;
@@ -182,6 +185,7 @@ DecodeCpuSchedule hand_schedule(const DecodeConfig &cfg) {
     while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0 && s.out_unroll > 1) s.out_unroll /= 2;
     while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0) s.vector_width = 8, s.out_unroll = 1;
     if (cfg.head_dim % s.dot_lanes != 0) s.dot_lanes = 8;
+    while (cfg.summary_block % s.page_lanes != 0 && s.page_lanes > 4) s.page_lanes /= 2;
     return s;
 }
 

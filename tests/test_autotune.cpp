@@ -1,6 +1,7 @@
 // The tuner's parts: spaces and strategies (never an invalid point, the optimum of a
 // synthetic cost found, repeatable by seed), the database (resume after kill -9,
 // damaged lines, merge), and a short real tuning run.
+#include "attention_task.h"
 #include "tuner.h"
 
 #include <catch2/catch.hpp>
@@ -58,8 +59,9 @@ TEST_CASE("strategies never propose an invalid or repeated point", "[autotune]")
     for (int head_dim : {64, 96, 128}) {
         Workload w;
         w.head_dim = head_dim;
-        SearchSpace space = search_space(w);
-        REQUIRE(space.valid(hand_point(w)));
+        const AttentionTask task(w);
+        SearchSpace space = task.space();
+        REQUIRE(space.valid(task.hand_point()));
         RandomStrategy random(space, 3);
         EvolutionaryStrategy evo(space, 3);
         std::set<std::string> seen;
@@ -228,7 +230,7 @@ TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
     TuneResult first;
     {
         Database db(dbp.string());
-        first = tune_workload(w, o, db, log);
+        first = tune_task(AttentionTask(w), o, db, log);
         REQUIRE(first.trials == 3);
         REQUIRE(first.best_ms > 0);
     }
@@ -247,7 +249,7 @@ TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
     REQUIRE(Database(dbp.string()).best(w.key()).value()["kind"] == "final");
     rep.records.pop_back();
     REQUIRE(rep.records[0]["kind"] == "hand");
-    REQUIRE(rep.records[0]["schedule"] == hand_point(w));
+    REQUIRE(rep.records[0]["schedule"] == AttentionTask(w).hand_point());
     for (const auto &r : rep.records) {
         INFO(r.dump());
         REQUIRE(r["status"] == "ok");  // every candidate matched the reference
@@ -258,7 +260,7 @@ TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
     // Resuming with a larger budget measures only the new trial.
     o.trials = 4;
     Database db(dbp.string());
-    TuneResult r = tune_workload(w, o, db, log);
+    TuneResult r = tune_task(AttentionTask(w), o, db, log);
     REQUIRE(r.resumed == 3);
     REQUIRE(r.trials == 4);
     REQUIRE(load_records(dbp.string()).records.size() == 6);  // one more trial, one more verification
@@ -268,9 +270,44 @@ TEST_CASE("a short real tuning run records, checks and resumes", "[autotune]") {
 TEST_CASE("a candidate that fails to compile is recorded, not fatal", "[autotune]") {
     Workload w;
     w.head_dim = 64;
-    json bad = hand_point(w);
+    const AttentionTask task(w);
+    json bad = task.hand_point();
     bad["dot_lanes"] = 48;  // outside the domain
-    BuildResult b = build_candidate({w, bad, "", scratch("fail").string(), "bad_candidate", 60});
+    BuildResult b = build_candidate(build_request(task, bad, "", scratch("fail").string(), "bad_candidate", 60));
     REQUIRE(b.status == "build_failed");
     REQUIRE_THAT(b.error, Catch::Contains("dot_lanes"));
+}
+
+TEST_CASE("the runner checks a loaded kernel against the metadata it was built with", "[autotune]") {
+    Workload w;
+    w.target = resolve_target("host");
+    w.head_dim = 64;
+    w.kv_heads = 2;
+    w.top_pages = 8;
+    w.top_tokens = 32;
+    w.tokens = 512;
+    Workload dense = w;
+    dense.generator = "dense";
+    const fs::path work = scratch("metadata");
+    const AttentionTask decode_task(w), dense_task(dense);
+    load_runtime(build_runtime(work.string(), decode_task.target()));
+    BuildResult built =
+        build_candidate(build_request(dense_task, dense_task.hand_point(), "", work.string(), "dense_kernel", 300));
+    REQUIRE(built.status == "ok");
+    // The dense kernel measured as a dense task: bound by name, checked, timed.
+    Runner as_dense(dense_task.instantiate(), {2, 2, 1.0});
+    Measurement ok = as_dense.measure(built.library, built.function);
+    INFO(ok.error);
+    REQUIRE(ok.status == "ok");
+    REQUIRE(ok.max_abs_err <= 1e-4);
+    // The same kernel given to a decode task: its metadata has no `summary`, so the call is
+    // refused before it runs, naming the argument and the kernel's real arguments.
+    Runner as_decode(decode_task.instantiate(), {2, 2, 1.0});
+    Measurement wrong = as_decode.measure(built.library, built.function);
+    REQUIRE(wrong.status == "run_failed");
+    REQUIRE_THAT(wrong.error, Catch::Contains("has no argument 'summary'") && Catch::Contains("q, k_cache, v_cache"));
+    // A function that is not there.
+    Measurement missing = as_dense.measure(built.library, "no_such_kernel");
+    REQUIRE(missing.status == "run_failed");
+    REQUIRE_THAT(missing.error, Catch::Contains("no_such_kernel_argv"));
 }

@@ -117,7 +117,7 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
         const Adversary a = Adversary(call % kAdversaries);
         ref::Problem p = make(a, 1000 + call, batch, rng);
         ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32, sketch_bits, sketch_group);
-        DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
+        test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
         run(*jit, buf);
         for (int b = 0; b < batch; ++b)
             for (int h = 0; h < 4; ++h)

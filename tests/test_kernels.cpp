@@ -72,6 +72,8 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
         // Sketch routing: 8- and 4-bit codes, scale groups of 8, 16 and 32 channels.
         cfg.sketch_bits = index % 2 ? 4 : 8;
         cfg.sketch_group = 8 << (index % 3);
+        // Summary layouts of 8, 16 and 32 pages per block.
+        cfg.summary_block = 8 << (index % 3 == 1 ? 0 : index % 3 == 2 ? 2 : 1);
         auto jit = test::compile_decode(cfg);
         for (ref::DataKind kind : {ref::DataKind::Gaussian, ref::DataKind::Dyadic, ref::DataKind::Planted}) {
             ref::ProblemSpec spec;
@@ -86,7 +88,7 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
             ref::Problem p = ref::make_problem(spec);
             ref::Summaries sum =
                 ref::summarize(p.cache, p.seqs, dtype_of(cfg.summary_type), cfg.sketch_bits, cfg.sketch_group);
-            DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
+            test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
             run(*jit, buf);
             test::Tolerance tol;
             if (k.solver == Solver::Sparsemax || k.solver == Solver::FW) tol.out = 2e-4;
@@ -119,7 +121,7 @@ TEST_CASE("exact ties go to the lower page and the lower offset", "[kernels]") {
     ref::Problem p = ref::make_problem(spec);
     for (float &x : p.cache.k) x = 0.5f;
     ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32);
-    DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
+    test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
     run(*jit, buf);
     for (int i = 0; i < 3; ++i) CHECK(buf.pages(i, 0, 0, 0) == i);
     for (int i = 0; i < 10; ++i) CHECK(buf.candidates(i, 0, 0, 0) == i);

@@ -1,6 +1,8 @@
 // The linked library (AOT kernels, runtime) at the demo shape: summaries on append,
 // decode against the reference, the fallback policies, and every validation error,
 // each checked to write nothing.
+#include "HalideBuffer.h"
+#include "kernel_call.h"
 #include "problem.h"
 #include "vashista.h"
 
@@ -116,6 +118,59 @@ ref::SparseOptions options_of(const vashista_decode_config &c) {
 }
 
 }  // namespace
+
+// A kernel of two arguments, as a Halide AOT object declares it: an input buffer `x`
+// (2-D float32) and a scalar `scale`; its argv entry point records what it was given.
+namespace fake_kernel {
+void *seen[2];
+int argv(void **args) {
+    seen[0] = args[0];
+    seen[1] = args[1];
+    return 0;
+}
+const halide_filter_argument_t arguments[2] = {
+    {"x", halide_argument_kind_input_buffer, 2, halide_type_t(halide_type_float, 32), nullptr, nullptr, nullptr,
+     nullptr, nullptr},
+    {"scale", halide_argument_kind_input_scalar, 0, halide_type_t(halide_type_float, 32), nullptr, nullptr, nullptr,
+     nullptr, nullptr}};
+const halide_filter_metadata_t metadata{halide_filter_metadata_t::VERSION, 2, arguments, "host", "fake"};
+const halide_filter_metadata_t *get_metadata() { return &metadata; }
+}  // namespace fake_kernel
+
+TEST_CASE("kernels are called by argument name, checked against their metadata", "[runtime]") {
+    const runtime::Kernel k{"fake", fake_kernel::argv, fake_kernel::get_metadata};
+    Halide::Runtime::Buffer<float> x(4, 3);
+    Halide::Runtime::Buffer<float> x3(4, 3, 2);
+    Halide::Runtime::Buffer<int32_t> xi(4, 3);
+    {  // Bound in any order; passed in the metadata's order.
+        runtime::KernelCall call(k);
+        call.scalar("scale", 0.5f).buffer("x", x.raw_buffer());
+        REQUIRE(call.run() == 0);
+        REQUIRE(fake_kernel::seen[0] == x.raw_buffer());
+        REQUIRE(*static_cast<float *>(fake_kernel::seen[1]) == 0.5f);
+    }
+    auto refused = [&](runtime::KernelCall &call) {
+        fake_kernel::seen[0] = fake_kernel::seen[1] = nullptr;
+        REQUIRE(call.run() == runtime::KernelCall::kBindError);
+        REQUIRE(fake_kernel::seen[0] == nullptr);  // never called
+        return call.error();
+    };
+    runtime::KernelCall unknown(k);
+    unknown.buffer("y", x.raw_buffer()).scalar("scale", 1);
+    REQUIRE_THAT(refused(unknown), Catch::Contains("kernel fake has no argument 'y' (its arguments: x, scale)"));
+    runtime::KernelCall missing(k);
+    missing.buffer("x", x.raw_buffer());
+    REQUIRE_THAT(refused(missing), Catch::Contains("kernel fake was called without its argument 'scale'"));
+    runtime::KernelCall dims(k);
+    dims.buffer("x", x3.raw_buffer()).scalar("scale", 1);
+    REQUIRE_THAT(refused(dims), Catch::Contains("takes 'x' as float32 with 2 dimensions, not float32 with 3"));
+    runtime::KernelCall type(k);
+    type.buffer("x", xi.raw_buffer()).scalar("scale", 1);
+    REQUIRE_THAT(refused(type), Catch::Contains("not int32 with 2"));
+    runtime::KernelCall kind(k);
+    kind.buffer("scale", x.raw_buffer()).buffer("x", x.raw_buffer());
+    REQUIRE_THAT(refused(kind), Catch::Contains("takes 'scale' as a scalar input, not an input buffer"));
+}
 
 TEST_CASE("decode through the library (tuned where the database has a schedule) matches the reference", "[runtime]") {
     // Bound routing for G = 1 and 4; sketch routing (the sketch kept on append) for G = 4.

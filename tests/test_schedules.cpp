@@ -33,8 +33,7 @@ TEST_CASE("invalid schedules are rejected with the knob named", "[schedules]") {
     DecodeCpuSchedule s;
     s.dot_lanes = 32;
     REQUIRE(!DecodeCpuSchedule::space().violation(s, cfg).empty());
-    DecodeJit jit(cfg);
-    REQUIRE_THROWS_WITH(jit.schedule(s), Catch::Contains("dot_lanes = 32 does not divide head_dim = 40"));
+    REQUIRE_THROWS_WITH(test::compile_decode(cfg, &s), Catch::Contains("dot_lanes = 32 does not divide head_dim = 40"));
 }
 
 TEST_CASE("random valid schedules never violate their space", "[schedules]") {
@@ -73,16 +72,16 @@ void check_random_schedules(RoutingMode routing, ref::DataKind kind, int trials)
 
     auto run_with = [&](const DecodeCpuSchedule &s) {
         auto jit = test::compile_decode(cfg, &s);
-        DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(64));
+        test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(64));
         run(*jit, buf);
         return buf;
     };
-    DecodeBuffers base = run_with(hand_schedule(cfg));
+    test::DecodeBuffers base = run_with(hand_schedule(cfg));
     std::mt19937 rng(1234);
     for (int trial = 0; trial < trials; ++trial) {
         DecodeCpuSchedule s = random_point<DecodeCpuSchedule>(cfg, rng);
         INFO("schedule " << schedule_to_json(s).dump());
-        DecodeBuffers b = run_with(s);
+        test::DecodeBuffers b = run_with(s);
         int mismatches = 0;
         double out_diff = 0, lse_diff = 0;
         b.candidates.for_each_element([&](const int *pos) {

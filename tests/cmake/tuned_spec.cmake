@@ -1,18 +1,25 @@
-# vashista_tuned_spec picks the fastest record of the library's own target: run by ctest as
-# `cmake -DSOURCE_DIR=... -DWORK_DIR=... -P tuned_spec.cmake`; fails with a message naming
-# the case that picked wrong.
+# vashista_tuned_spec picks, through the database's best-record query (vashista-db-query),
+# the record of the library's own target: a verified winner before a faster measurement,
+# the longest context unless TOKENS names one. Run by ctest as `cmake -DSOURCE_DIR=...
+# -DWORK_DIR=... -DVASHISTA_DB_QUERY_TOOL=... -P tuned_spec.cmake`; fails with a message
+# naming the case that picked wrong.
 cmake_minimum_required(VERSION 3.28)
 include(${SOURCE_DIR}/cmake/VashistaKernels.cmake)
 set(CMAKE_CURRENT_BINARY_DIR ${WORK_DIR})
 file(REMOVE_RECURSE ${WORK_DIR})
 set(shape [["generator":"decode","head_dim":128,"page_size":16,"group_size":4,"kv_type":"bfloat16","layout":"HND","top_pages":64,"top_tokens":128,"summary_type":"bfloat16","solver":"softmax","routing":"bound","group_routing":"per_head","tokens":8192]])
+string(REPLACE "\"tokens\":8192" "\"tokens\":32768" shape32k "${shape}")
 file(WRITE ${WORK_DIR}/db.jsonl
-    "{\"status\":\"ok\",\"median_ms\":2.0,\"schedule\":{\"picked\":\"avx2\"},\"workload\":{\"target\":\"x86-64-linux-avx2\",${shape}}}\n"
-    "{\"status\":\"ok\",\"median_ms\":1.0,\"schedule\":{\"picked\":\"avx512\"},\"workload\":{\"target\":\"x86-64-linux-avx512\",${shape}}}\n"
-    "{\"status\":\"failed\",\"median_ms\":0.5,\"schedule\":{\"picked\":\"failed\"},\"workload\":{\"target\":\"x86-64-linux-avx2\",${shape}}}\n")
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":2.0,\"schedule\":{\"picked\":\"avx2\"},\"workload\":{\"target\":\"x86-64-linux-avx2\",${shape}}}\n"
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":1.0,\"schedule\":{\"picked\":\"avx512\"},\"workload\":{\"target\":\"x86-64-linux-avx512\",${shape}}}\n"
+    "{\"workload_key\":\"k\",\"status\":\"failed\",\"median_ms\":0.5,\"schedule\":{\"picked\":\"failed\"},\"workload\":{\"target\":\"x86-64-linux-avx2\",${shape}}}\n"
+    # A verified winner outranks a faster single measurement of its target.
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"kind\":\"final\",\"median_ms\":3.0,\"schedule\":{\"picked\":\"avx2-final\"},\"workload\":{\"target\":\"x86-64-linux-avx2-strict_float\",${shape}}}\n"
+    # The longest context tuned wins, unless TOKENS names one.
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":9.0,\"schedule\":{\"picked\":\"avx512-32k\"},\"workload\":{\"target\":\"x86-64-linux-avx512\",${shape32k}}}\n")
 
-function(expect target want)
-    vashista_tuned_spec(spec TARGET ${target} DATABASE ${WORK_DIR}/db.jsonl SPEC "head_dim=128")
+function(expect target want spec_in)
+    vashista_tuned_spec(spec TARGET ${target} DATABASE ${WORK_DIR}/db.jsonl SPEC "${spec_in}" ${ARGN})
     if (want STREQUAL "hand")
         if (spec MATCHES "schedule_file")
             message(FATAL_ERROR "${target}: expected the hand schedule, got ${spec}")
@@ -29,6 +36,10 @@ function(expect target want)
     endif ()
 endfunction()
 
-expect(x86-64-linux-avx2-strict_float avx2)  # the faster avx512 record is another target's
-expect(x86-64-linux-avx512 avx512)
-expect(x86-64-linux-sse41 hand)
+expect(x86-64-linux-avx2-strict_float avx2-final head_dim=128)  # the faster avx512 record is another target's
+expect(x86-64-linux-avx512 avx512-32k head_dim=128)
+expect(x86-64-linux-avx512 avx512 head_dim=128 TOKENS 8192)
+expect(x86-64-linux-sse41 hand head_dim=128)
+expect(x86-64-linux-avx512 hand head_dim=64)
+# Records are tuned on the default summary layout; another layout takes the hand schedule.
+expect(x86-64-linux-avx512 hand head_dim=128:summary_block=32)

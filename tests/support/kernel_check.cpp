@@ -29,11 +29,9 @@ ref::SparseOptions sparse_options(const DecodeConfig &cfg, double scale) {
     return o;
 }
 
-std::unique_ptr<DecodeJit> compile_decode(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule) {
-    auto jit = std::make_unique<DecodeJit>(cfg);
-    jit->schedule(schedule ? *schedule : hand_schedule(cfg));
-    jit->compile(Halide::get_host_target());
-    return jit;
+std::unique_ptr<GeneratorJit> compile_decode(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule) {
+    return std::make_unique<GeneratorJit>("vashista_decode", decode_params(cfg, schedule),
+                                          decode_target(Halide::get_host_target()));
 }
 
 namespace {

@@ -24,7 +24,7 @@ struct Comparison {
 ref::SparseOptions sparse_options(const DecodeConfig &cfg, double scale);
 
 // A fused decode compiled for this machine with `schedule`, or the hand schedule.
-std::unique_ptr<DecodeJit> compile_decode(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule = nullptr);
+std::unique_ptr<GeneratorJit> compile_decode(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule = nullptr);
 Comparison compare_with_reference(const ref::Problem &p, const DecodeConfig &cfg, const DecodeBuffers &buf,
                                   const ref::Summaries &sum, const Tolerance &tol);
 
