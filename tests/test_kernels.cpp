@@ -9,6 +9,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
 
 using namespace vashista;
 
@@ -148,4 +152,45 @@ TEST_CASE("the kernels' f32 exp is within the relative error the certificate ass
     }
     std::printf("f32 exp: max relative error %.3g (certificate assumes %.3g)\n", worst, fp::kExp32);
     CHECK(worst <= fp::kExp32 / 4);
+}
+
+namespace {
+// The `key=value` defaults vashista_add_kernel_library (cmake/VashistaKernels.cmake) lists
+// for one generator kind.
+std::map<std::string, std::string> cmake_defaults(const std::string &kind) {
+    std::ifstream in(std::string(VASHISTA_SOURCE_DIR) + "/cmake/VashistaKernels.cmake");
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string open =
+        kind.empty() ? "    else ()\n        set(d " : "STREQUAL \"" + kind + "\")\n        set(d ";
+    const size_t at = text.find(open);
+    REQUIRE(at != std::string::npos);
+    std::istringstream items(text.substr(at + open.size(), text.find(')', at + open.size()) - at - open.size()));
+    std::map<std::string, std::string> d;
+    for (std::string item; items >> item;) d[item.substr(0, item.find('='))] = item.substr(item.find('=') + 1);
+    return d;
+}
+
+// The CMake defaults name exactly the Generator's parameters (schedule_file aside), with the
+// Generator's default values, so a variant built without a key is the kernel the config means.
+void require_same_defaults(const GeneratorParams &generator, std::map<std::string, std::string> cmake) {
+    cmake.erase("schedule_file");
+    if (cmake.count("summary_type") && cmake["summary_type"].empty()) cmake["summary_type"] = cmake["kv_type"];
+    for (const auto &[key, value] : generator) {
+        INFO("GeneratorParam " << key);
+        REQUIRE(cmake.count(key) == 1);
+        const bool number = !value.empty() && (std::isdigit(value[0]) || value[0] == '-');
+        if (number)
+            REQUIRE(std::stof(cmake[key]) == std::stof(value));
+        else
+            REQUIRE(cmake[key] == value);
+    }
+    REQUIRE(cmake.size() == generator.size());
+}
+}  // namespace
+
+TEST_CASE("the kernel library's defaults are the Generators' defaults", "[kernels]") {
+    require_same_defaults(generator_params(DecodeConfig{}), cmake_defaults("decode"));
+    require_same_defaults(generator_params(DenseConfig{}), cmake_defaults("dense"));
+    require_same_defaults(generator_params(SketchConfig{}), cmake_defaults("sketch"));
+    require_same_defaults(generator_params(SummaryConfig{}), cmake_defaults(""));
 }
