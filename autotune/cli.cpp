@@ -475,7 +475,10 @@ int cmd_build_lib(int argc, char **argv) {
     std::stable_sort(ws.begin(), ws.end(), [](const Workload &x, const Workload &y) { return x.tokens < y.tokens; });
     std::map<std::string, std::pair<std::string, std::string>> chosen;  // shape -> (generator, spec)
     for (const auto &w : ws) {
-        auto best = db.best(w.key());
+        // The same query the kernel library's CMake makes (vashista_tuned_spec).
+        const QueryResult found =
+            query_best(db.records(), variant_query(w.generator, workload_params(w.to_json()), w.target, w.tokens));
+        const auto &best = found.best;
         std::string spec = "head_dim=" + std::to_string(w.head_dim) + ":page_size=" + std::to_string(w.page_size) +
                            ":group_size=" + std::to_string(w.group_size) + ":kv_type=" + w.kv_type +
                            ":layout=" + w.layout;
@@ -495,7 +498,8 @@ int cmd_build_lib(int argc, char **argv) {
             const fs::path file = out / "schedules" / (w.generator + "_T" + std::to_string(w.tokens) + ".json");
             std::ofstream(file) << (*best)["schedule"].dump(2) << "\n";
             spec += ":schedule_file=" + file.string();
-            std::printf("%s: tuned schedule, %.3f ms\n", w.key().c_str(), (*best)["median_ms"].get<double>());
+            std::printf("%s: tuned schedule, %.3f ms, %s\n", w.key().c_str(), (*best)["median_ms"].get<double>(),
+                        found.how.c_str());
         } else {
             std::printf("%s: never tuned, using the hand schedule\n", w.key().c_str());
         }

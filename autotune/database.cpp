@@ -69,14 +69,69 @@ std::string record_target(const std::string &target) {
     return t;
 }
 
+std::string isa_level(const std::string &target) {
+    std::vector<std::string> tokens;
+    std::string token;
+    for (char ch : record_target(target) + "-") {
+        if (ch != '-') {
+            token += ch;
+            continue;
+        }
+        tokens.push_back(token);
+        token.clear();
+    }
+    if (tokens.size() < 3) return target;
+    auto has = [&](const char *f) { return std::find(tokens.begin() + 3, tokens.end(), f) != tokens.end(); };
+    const char *level = "baseline";
+    for (const char *f : {"avx512", "avx2", "sse41", "sve2", "sve"})
+        if (has(f)) {
+            level = f;
+            break;
+        }
+    return tokens[0] + "-" + tokens[1] + "-" + tokens[2] + " " + level;
+}
+
+std::vector<std::string> tuning_fields(const std::string &generator, const std::string &routing) {
+    std::vector<std::string> f = {"head_dim", "page_size", "group_size", "kv_type", "layout"};
+    if (generator == "decode") {
+        for (const char *k : {"top_pages", "top_tokens", "summary_type", "solver", "routing", "group_routing"})
+            f.push_back(k);
+        if (routing == "sketch") f.insert(f.end(), {"sketch_bits", "sketch_group"});
+    }
+    return f;
+}
+
+RecordQuery variant_query(const std::string &generator, const std::map<std::string, std::string> &params,
+                          const std::string &target, int tokens) {
+    RecordQuery q;
+    q.generator = generator;
+    q.target = target;
+    q.tokens = tokens;
+    const auto routing = params.find("routing");
+    for (const std::string &f : tuning_fields(generator, routing == params.end() ? "" : routing->second)) {
+        const auto v = params.find(f);
+        if (v == params.end()) throw std::invalid_argument("variant_query: the variant has no value for '" + f + "'");
+        q.fields[f] = v->second;
+    }
+    return q;
+}
+
 namespace {
 std::string field_text(const json &v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 }  // namespace
 
+std::map<std::string, std::string> workload_params(const json &workload) {
+    std::map<std::string, std::string> p;
+    for (const auto &[k, v] : workload.items()) p[k] = field_text(v);
+    return p;
+}
+
 QueryResult query_best(const std::vector<json> &records, const RecordQuery &q) {
     QueryResult result;
     const json *best = nullptr;
-    int best_tokens = -1;
+    int best_tokens = -1, best_tier = 2;
+    std::string best_target;
+    const std::string want = record_target(q.target), want_level = isa_level(q.target);
     for (const json &r : records) {
         if (r.value("status", "") != "ok" || !r.contains("median_ms")) continue;
         if (!q.workload_key.empty() && r.value("workload_key", "") != q.workload_key) continue;
@@ -90,27 +145,43 @@ QueryResult query_best(const std::vector<json> &records, const RecordQuery &q) {
                 break;
             }
         if (!match) continue;
+        const int tokens = w.value("tokens", 0);
+        if (q.tokens && tokens != q.tokens) continue;
+        // Tier 0: the target itself; 1: another CPU of its ISA level.
+        int tier = 0;
         if (!q.target.empty()) {
             const std::string t = record_target(w.value("target", ""));
-            if (t != record_target(q.target)) {
+            tier = t == want ? 0 : isa_level(t) == want_level ? 1 : 2;
+            if (tier == 2) {
                 if (std::find(result.other_targets.begin(), result.other_targets.end(), t) ==
                     result.other_targets.end())
                     result.other_targets.push_back(t);
                 continue;
             }
         }
-        const int tokens = w.value("tokens", 0);
-        if (q.tokens && tokens != q.tokens) continue;
         const bool final = r.value("kind", "") == "final";
         const bool best_final = best && best->value("kind", "") == "final";
-        if (!best || tokens > best_tokens ||
-            (tokens == best_tokens &&
-             (final || (!best_final && r["median_ms"].get<double>() < (*best)["median_ms"].get<double>())))) {
+        if (!best || tier < best_tier ||
+            (tier == best_tier &&
+             (tokens > best_tokens ||
+              (tokens == best_tokens &&
+               (final || (!best_final && r["median_ms"].get<double>() < (*best)["median_ms"].get<double>())))))) {
             best = &r;
+            best_target = record_target(w.value("target", ""));
             best_tokens = tokens;
+            best_tier = tier;
         }
     }
-    if (best) result.best = *best;
+    if (best) {
+        result.best = *best;
+        const std::string &t = best_target;
+        if (q.target.empty())
+            result.how = "tuned on " + t;
+        else if (best_tier == 0)
+            result.how = "tuned on this target";
+        else
+            result.how = "tuned on " + t + ", the same ISA level (" + want_level + ") as " + want;
+    }
     return result;
 }
 

@@ -1,6 +1,9 @@
 # vashista_add_kernel_library(<name>
 #     [TARGET <halide target>]             default: host; add -large_buffers for caches whose
-#                                          summaries or pages pass 2^31 - 1 elements
+#                                          summaries or pages pass 2^31 - 1 elements; several
+#                                          targets, comma-separated and the widest first,
+#                                          make one library for many CPUs (each call runs the
+#                                          first target the CPU supports)
 #     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...]
 #     [SKETCH <spec>...]                   the token sketch vashista_append keeps for caches
 #                                          made with sketch_bits (sketch routing)
@@ -96,8 +99,11 @@ function(vashista_add_kernel_library NAME)
     else ()
         set(large_buffers false)
     endif ()
+    # Comma-separated targets make a multi-target library: each variant is compiled for
+    # every target, and a call runs the first one the CPU supports (list the widest first).
+    string(REPLACE "," ";" targets "${ARG_TARGET}")
     set(rt ${NAME}_halide_runtime)
-    add_halide_runtime(${rt} TARGETS ${ARG_TARGET})
+    add_halide_runtime(${rt} TARGETS ${targets})
     set(libs "")
     set(includes "")
     set(decode_rows "")
@@ -117,10 +123,13 @@ function(vashista_add_kernel_library NAME)
             endif ()
             list(APPEND seen ${fn})
             # Decode kernels need IEEE semantics for their certificate (decode_target()).
-            set(target "${ARG_TARGET}")
-            if (kind STREQUAL "decode" AND NOT target MATCHES "strict_float")
-                string(REPLACE "," "-strict_float," target "${target}-strict_float")
-            endif ()
+            set(target "")
+            foreach (t IN LISTS targets)
+                if (kind STREQUAL "decode" AND NOT t MATCHES "strict_float")
+                    string(APPEND t "-strict_float")
+                endif ()
+                list(APPEND target "${t}")
+            endforeach ()
             add_halide_library(${fn} FROM vashista_generators
                 GENERATOR vashista_${kind}
                 FUNCTION_NAME ${fn}
@@ -252,9 +261,10 @@ endfunction()
 #                     [GENERATOR decode|dense] [TOKENS <T>] [TARGET <halide target>])
 #
 # What `vashista build-lib` does, inside CMake: asks the database's best-record query
-# (vashista-db-query, database.h) for the record whose workload matches SPEC and TARGET
-# (default host: a schedule tuned on one CPU is not applied on another), at TOKENS or else
-# the longest context tuned, a verified winner before the fastest measurement; writes its
+# (vashista-db-query, database.h) for the record whose workload matches SPEC, tuned on
+# TARGET (default host) or else on another CPU of TARGET's ISA level (never a higher or
+# lower one), at TOKENS or else the longest context tuned, a verified winner before the
+# fastest measurement, and says which it used and why; writes its
 # schedule into the build folder and returns SPEC with schedule_file= added. A spec never
 # tuned for the target comes back unchanged, with a message saying the hand schedule is used.
 function(vashista_tuned_spec OUT)
@@ -267,22 +277,12 @@ function(vashista_tuned_spec OUT)
     endif ()
     _vashista_resolve_host(want_target "${ARG_TARGET}")
     _vashista_parse_spec(s ${ARG_GENERATOR} "${ARG_SPEC}")
-    set(fields head_dim page_size group_size kv_type layout)
-    if (ARG_GENERATOR STREQUAL "decode")
-        list(APPEND fields top_pages top_tokens summary_type solver routing group_routing)
-        if (s_routing STREQUAL "sketch")
-            list(APPEND fields sketch_bits sketch_group)
-        endif ()
-    endif ()
     # Records are tuned on the default summary layout.
     if (ARG_GENERATOR STREQUAL "decode" AND NOT s_summary_block EQUAL 16)
         set(${OUT} "${ARG_SPEC}" PARENT_SCOPE)
         return()
     endif ()
-    set(query "")
-    foreach (f IN LISTS fields)
-        list(APPEND query "${f}=${s_${f}}")
-    endforeach ()
+    set(query ${s_params})  # the variant's GeneratorParams; the query picks the fields it matches
     if (ARG_TOKENS)
         list(APPEND query --tokens ${ARG_TOKENS})
     endif ()
@@ -310,7 +310,7 @@ function(vashista_tuned_spec OUT)
             endforeach ()
             list(JOIN others ", " others)
             message(STATUS "vashista: ${ARG_GENERATOR} '${ARG_SPEC}' was tuned in ${ARG_DATABASE} only for "
-                           "${others}, not for ${want_target}; using the hand schedule")
+                           "${others}, not for ${want_target} nor its ISA level; using the hand schedule")
         else ()
             message(VERBOSE "vashista: ${ARG_GENERATOR} '${ARG_SPEC}' was never tuned in ${ARG_DATABASE}; "
                             "using the hand schedule")
@@ -320,11 +320,12 @@ function(vashista_tuned_spec OUT)
     endif ()
     string(JSON best_tokens GET "${found}" tokens)
     string(JSON best_ms GET "${found}" median_ms)
+    string(JSON how GET "${found}" how)
     set(schedule "${best_line}")
     string(MD5 tag "${ARG_GENERATOR}:${ARG_SPEC}:${schedule}")
     set(file "${CMAKE_CURRENT_BINARY_DIR}/tuned_schedules/${ARG_GENERATOR}_${tag}.json")
     file(WRITE "${file}" "${schedule}\n")
     message(STATUS "vashista: ${ARG_GENERATOR} '${ARG_SPEC}' uses the schedule tuned at T=${best_tokens} "
-                   "(${best_ms} ms)")
+                   "(${best_ms} ms), ${how}")
     set(${OUT} "${ARG_SPEC}:schedule_file=${file}" PARENT_SCOPE)
 endfunction()

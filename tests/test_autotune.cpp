@@ -311,3 +311,38 @@ TEST_CASE("the runner checks a loaded kernel against the metadata it was built w
     REQUIRE(missing.status == "run_failed");
     REQUIRE_THAT(missing.error, Catch::Contains("no_such_kernel_argv"));
 }
+
+TEST_CASE("a record serves its own target, else another CPU of the same ISA level, never another level", "[autotune]") {
+    const std::string zen5 =
+        "x86-64-linux-tune_znver5-avx-avx2-avx512-avx512_cannonlake-avx512_skylake-avx512_zen4-avx512_zen5-avxvnni-"
+        "f16c-fma-sse41";
+    const std::string spr =
+        "x86-64-linux-avx-avx2-avx512-avx512_cannonlake-avx512_sapphirerapids-avx512_skylake-avxvnni-f16c-fma-sse41";
+    const std::string avx2 = "x86-64-linux-avx-avx2-f16c-fma-sse41";
+    CHECK(isa_level(zen5) == "x86-64-linux avx512");
+    CHECK(isa_level(spr + "-strict_float") == "x86-64-linux avx512");
+    CHECK(isa_level(avx2) == "x86-64-linux avx2");
+    CHECK(isa_level("x86-64-linux") == "x86-64-linux baseline");
+    CHECK(isa_level("arm-64-linux-sve2") == "arm-64-linux sve2");
+    Workload w;
+    w.target = zen5;
+    json rec = {{"workload_key", w.key()},
+                {"workload", w.to_json()},
+                {"status", "ok"},
+                {"median_ms", 1.0},
+                {"schedule", {{"picked", "zen5"}}}};
+    std::map<std::string, std::string> params = workload_params(w.to_json());
+    const QueryResult on_spr = query_best({rec}, variant_query("decode", params, spr));
+    REQUIRE(on_spr.best);
+    CHECK((*on_spr.best)["schedule"]["picked"] == "zen5");
+    CHECK_THAT(on_spr.how, Catch::Contains("tuned on " + zen5) && Catch::Contains("same ISA level"));
+    const QueryResult on_avx2 = query_best({rec}, variant_query("decode", params, avx2));
+    CHECK(!on_avx2.best);
+    REQUIRE(on_avx2.other_targets.size() == 1);
+    CHECK(on_avx2.other_targets[0] == zen5);
+    // A field of the shape that differs: no record.
+    params["head_dim"] = "64";
+    CHECK(!query_best({rec}, variant_query("decode", params, zen5)).best);
+    params.erase("head_dim");
+    CHECK_THROWS_WITH(variant_query("decode", params, zen5), Catch::Contains("no value for 'head_dim'"));
+}

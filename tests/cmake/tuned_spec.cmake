@@ -9,6 +9,10 @@ set(CMAKE_CURRENT_BINARY_DIR ${WORK_DIR})
 file(REMOVE_RECURSE ${WORK_DIR})
 set(shape [["generator":"decode","head_dim":128,"page_size":16,"group_size":4,"kv_type":"bfloat16","layout":"HND","top_pages":64,"top_tokens":128,"summary_type":"bfloat16","solver":"softmax","routing":"bound","group_routing":"per_head","tokens":8192]])
 string(REPLACE "\"tokens\":8192" "\"tokens\":32768" shape32k "${shape}")
+string(REPLACE "\"head_dim\":128" "\"head_dim\":96" shape96 "${shape}")
+set(zen5 x86-64-linux-tune_znver5-avx-avx2-avx512-avx512_cannonlake-avx512_skylake-avx512_zen4-avx512_zen5-avxvnni-f16c-fma-sse41)
+set(spr x86-64-linux-avx-avx2-avx512-avx512_cannonlake-avx512_sapphirerapids-avx512_skylake-avxvnni-f16c-fma-sse41)
+set(icelake x86-64-linux-avx-avx2-avx512-avx512_cannonlake-avx512_skylake-f16c-fma-sse41)
 file(WRITE ${WORK_DIR}/db.jsonl
     "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":2.0,\"schedule\":{\"picked\":\"avx2\"},\"workload\":{\"target\":\"x86-64-linux-avx2\",${shape}}}\n"
     "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":1.0,\"schedule\":{\"picked\":\"avx512\"},\"workload\":{\"target\":\"x86-64-linux-avx512\",${shape}}}\n"
@@ -16,7 +20,10 @@ file(WRITE ${WORK_DIR}/db.jsonl
     # A verified winner outranks a faster single measurement of its target.
     "{\"workload_key\":\"k\",\"status\":\"ok\",\"kind\":\"final\",\"median_ms\":3.0,\"schedule\":{\"picked\":\"avx2-final\"},\"workload\":{\"target\":\"x86-64-linux-avx2-strict_float\",${shape}}}\n"
     # The longest context tuned wins, unless TOKENS names one.
-    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":9.0,\"schedule\":{\"picked\":\"avx512-32k\"},\"workload\":{\"target\":\"x86-64-linux-avx512\",${shape32k}}}\n")
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":9.0,\"schedule\":{\"picked\":\"avx512-32k\"},\"workload\":{\"target\":\"x86-64-linux-avx512\",${shape32k}}}\n"
+    # Another CPU of the same ISA level serves when the target itself was never tuned.
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":1.0,\"schedule\":{\"picked\":\"zen5\"},\"workload\":{\"target\":\"${zen5}\",${shape96}}}\n"
+    "{\"workload_key\":\"k\",\"status\":\"ok\",\"median_ms\":5.0,\"schedule\":{\"picked\":\"spr\"},\"workload\":{\"target\":\"${spr}\",${shape96}}}\n")
 
 function(expect target want spec_in)
     vashista_tuned_spec(spec TARGET ${target} DATABASE ${WORK_DIR}/db.jsonl SPEC "${spec_in}" ${ARGN})
@@ -41,5 +48,8 @@ expect(x86-64-linux-avx512 avx512-32k head_dim=128)
 expect(x86-64-linux-avx512 avx512 head_dim=128 TOKENS 8192)
 expect(x86-64-linux-sse41 hand head_dim=128)
 expect(x86-64-linux-avx512 hand head_dim=64)
+expect(${spr} spr head_dim=96)         # its own record, though a Zen 5 one is faster
+expect(${icelake} zen5 head_dim=96)    # never tuned: the fastest of its ISA level (AVX-512)
+expect(x86-64-linux-avx-avx2-f16c-fma-sse41 hand head_dim=96)  # an AVX-512 record never serves AVX2
 # Records are tuned on the default summary layout; another layout takes the hand schedule.
 expect(x86-64-linux-avx512 hand head_dim=128:summary_block=32)
