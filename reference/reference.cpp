@@ -9,9 +9,17 @@
 
 namespace vashista::ref {
 
+// IEEE binary16, converted with round to nearest even: _Float16 on x86-64, __fp16 on
+// AArch64 (whose g++ 12 has no _Float16 in C++).
+#if defined(__aarch64__)
+using Half = __fp16;
+#else
+using Half = _Float16;
+#endif
+
 uint16_t to_bits16(DType t, float x) {
     if (t == DType::F16) {
-        _Float16 h = static_cast<_Float16>(x);
+        Half h = static_cast<Half>(x);
         uint16_t bits;
         std::memcpy(&bits, &h, 2);
         return bits;
@@ -25,7 +33,7 @@ uint16_t to_bits16(DType t, float x) {
 
 float from_bits16(DType t, uint16_t bits) {
     if (t == DType::F16) {
-        _Float16 h;
+        Half h;
         std::memcpy(&h, &bits, 2);
         return static_cast<float>(h);
     }

@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 
 HALIDE_VERSION=21.0.0   # newest release with a wheel for this Python (halide-bin 22 has none)
 CMAKE_VERSION=3.31.10   # Halide's CMake package needs >= 3.28
-APT_PACKAGES=(catch2 nlohmann-json3-dev python3-venv clang-format)
+# crossbuild-essential-arm64 and qemu-user-static: the AArch64 library's test (cross-built,
+# run under emulation).
+APT_PACKAGES=(catch2 nlohmann-json3-dev python3-venv clang-format crossbuild-essential-arm64 qemu-user-static)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
