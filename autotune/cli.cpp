@@ -456,7 +456,9 @@ int cmd_build_lib(int argc, char **argv) {
             "usage: vashista build-lib --out DIR [options]\n"
             "Builds a static kernel library (libNAME.a, vashista.h, dispatch table) for the\n"
             "workloads from the database's best schedules; a workload never tuned uses the hand\n"
-            "schedule, and says so. Drives CMake with vashista_add_kernel_library.\n"
+            "schedule, and says so. Drives CMake with vashista_add_kernel_library; for\n"
+            "--target arm-64-linux[-...] it cross-builds with Debian's AArch64 toolchain\n"
+            "(crossbuild-essential-arm64) and this build's generator executable.\n"
             "  --out DIR        output folder (required)\n"
             "  --name NAME      library name (default vashista_tuned)\n"
             "  --db FILE        tuning database (default autotune/db/cpu.jsonl)\n") +
@@ -507,12 +509,32 @@ int cmd_build_lib(int argc, char **argv) {
     }
     std::ostringstream decode, dense;
     for (const auto &[shape, gs] : chosen) (gs.first == "decode" ? decode : dense) << "    \"" << gs.second << "\"\n";
+    // Another architecture: a standalone project (cmake/VashistaStandalone.cmake) with a cross
+    // toolchain and this build's generator executable.
+    const std::string target = opt(a, "--target", "host");
+    auto triple = [](const std::string &t) {  // arch-bits-os
+        size_t at = 0;
+        for (int i = 0; i < 3 && at != std::string::npos; ++i) at = t.find('-', at + (i > 0));
+        return t.substr(0, at);
+    };
+    const std::string want = triple(resolve_target(target));
+    const bool cross = want != triple(resolve_target("host"));
+    std::string toolchain;
+    if (cross) {
+        if (want != "arm-64-linux")
+            fail("build-lib: no cross toolchain for target " + target + " (AArch64 Linux, arm-64-linux, is supported)");
+        toolchain = std::string(VASHISTA_SOURCE_DIR) + "/cmake/aarch64-linux-gnu.cmake";
+    }
     std::ofstream cm(out / "CMakeLists.txt");
-    cm << "cmake_minimum_required(VERSION 3.28)\nproject(" << name << " LANGUAGES C CXX)\n"
-       << "find_package(Halide 21 REQUIRED)\n"
-       << "set(VASHISTA_BUILD_TESTS OFF)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR
-       << "\" vashista EXCLUDE_FROM_ALL)\n"
-       << "vashista_add_kernel_library(" << name << " TARGET " << opt(a, "--target", "host") << "\n  DECODE\n"
+    cm << "cmake_minimum_required(VERSION 3.28)\nproject(" << name << " LANGUAGES C CXX)\n";
+    if (cross)
+        cm << "set(VASHISTA_GENERATOR \"" << VASHISTA_GENERATOR_PATH << "\")\ninclude(\"" << VASHISTA_SOURCE_DIR
+           << "/cmake/VashistaStandalone.cmake\")\n";
+    else
+        cm << "find_package(Halide 21 REQUIRED)\n"
+           << "set(VASHISTA_BUILD_TESTS OFF)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR
+           << "\" vashista EXCLUDE_FROM_ALL)\n";
+    cm << "vashista_add_kernel_library(" << name << " TARGET " << target << "\n  DECODE\n"
        << decode.str() << "  DENSE\n"
        << (dense.str().empty() ? "    \"kv_type=bfloat16\"\n" : dense.str())
        << "  SUMMARIZE\n    \"kv_type=bfloat16\")\n"
@@ -521,9 +543,10 @@ int cmd_build_lib(int argc, char **argv) {
     const std::string venv = std::string(VASHISTA_SOURCE_DIR) + "/.venv";
     const std::string cmake = venv + "/bin/cmake";
     const std::string halide = venv + "/lib/python3.11/site-packages/halide/lib64/cmake";
-    const std::string configure = "'" + cmake + "' -S '" + out.string() + "' -B '" + (out / "build").string() +
-                                  "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + halide +
-                                  "/Halide' -DHalideHelpers_DIR='" + halide + "/HalideHelpers' >/dev/null";
+    const std::string configure =
+        "'" + cmake + "' -S '" + out.string() + "' -B '" + (out / "build").string() +
+        "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + halide + "/Halide' -DHalideHelpers_DIR='" + halide +
+        "/HalideHelpers'" + (cross ? " -DCMAKE_TOOLCHAIN_FILE='" + toolchain + "'" : std::string()) + " >/dev/null";
     if (std::system(configure.c_str()) != 0) fail("configuring " + (out / "build").string() + " failed");
     if (std::system(
             ("'" + cmake + "' --build '" + (out / "build").string() + "' --target " + name + " -j 2").c_str()) != 0)

@@ -150,7 +150,7 @@ function(vashista_add_kernel_library NAME)
                 string(APPEND decode_rows "        {\"${readable}\", ${s_head_dim}, ${s_page_size}, "
                        "${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${s_sink_pages}, ${s_local_pages}, "
                        "${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, "
-                       "${s_solver_steps}, ${s_solver_eta}f, ${s_solver_tau}f, ${s_sketch_bits}, ${s_sketch_group}, "
+                       "${s_solver_steps}, float(${s_solver_eta}), float(${s_solver_tau}), ${s_sketch_bits}, ${s_sketch_group}, "
                        "${s_summary_block}, "
                        "${kernel}},\n")
             elseif (kind STREQUAL "dense")
