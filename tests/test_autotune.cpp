@@ -346,3 +346,24 @@ TEST_CASE("a record serves its own target, else another CPU of the same ISA leve
     params.erase("head_dim");
     CHECK_THROWS_WITH(variant_query("decode", params, zen5), Catch::Contains("no value for 'head_dim'"));
 }
+
+TEST_CASE("an autoscheduler's kernel builds through the Generator and matches the reference", "[autotune]") {
+    Workload w;
+    w.generator = "dense";
+    w.target = resolve_target("host");
+    w.head_dim = 64;
+    w.kv_heads = 2;
+    w.tokens = 1024;
+    const AttentionTask task(w);
+    const fs::path work = scratch("autoscheduled");
+    load_runtime(build_runtime(work.string(), task.target()));
+    BuildResult built =
+        build_candidate(build_request(task, json::object(), "Mullapudi2016", work.string(), "mullapudi_dense", 300));
+    INFO(built.error);
+    REQUIRE(built.status == "ok");
+    Runner runner(task.instantiate(), {2, 2, 1.0});
+    Measurement m = runner.measure(built.library, built.function);
+    INFO(m.error);
+    REQUIRE(m.status == "ok");
+    REQUIRE(m.max_abs_err <= 1e-4);
+}
