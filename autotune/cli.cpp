@@ -456,7 +456,10 @@ int cmd_build_lib(int argc, char **argv) {
             "usage: vashista build-lib --out DIR [options]\n"
             "Builds a static kernel library (libNAME.a, vashista.h, dispatch table) for the\n"
             "workloads from the database's best schedules; a workload never tuned uses the hand\n"
-            "schedule, and says so. Drives CMake with vashista_add_kernel_library; for\n"
+            "schedule, and says so. Besides the workloads' kernels it holds what their caches\n"
+            "need: summaries for their KV and summary dtypes and layouts, the sketch for sketch\n"
+            "routing, dense kernels for the decode shapes (the fallback). Drives CMake (this\n"
+            "build's, with its Halide) with vashista_add_kernel_library; for\n"
             "--target arm-64-linux[-...] it cross-builds with Debian's AArch64 toolchain\n"
             "(crossbuild-essential-arm64) and this build's generator executable.\n"
             "  --out DIR        output folder (required)\n"
@@ -476,6 +479,21 @@ int cmd_build_lib(int argc, char **argv) {
     std::vector<Workload> ws = workloads_from(a);
     std::stable_sort(ws.begin(), ws.end(), [](const Workload &x, const Workload &y) { return x.tokens < y.tokens; });
     std::map<std::string, std::pair<std::string, std::string>> chosen;  // shape -> (generator, spec)
+    // What a cache of the workloads' shapes needs besides: summaries (every append) in the
+    // workloads' KV and summary dtypes and layouts, the sketch for sketch routing, and a dense
+    // kernel per decode shape (the policy's fallback) where no dense workload gives one.
+    std::set<std::string> summarize, sketch, dense_shapes, dense_fallback;
+    for (const auto &w : ws) {
+        const std::string base = "head_dim=" + std::to_string(w.head_dim) +
+                                 ":page_size=" + std::to_string(w.page_size) + ":kv_type=" + w.kv_type +
+                                 ":layout=" + w.layout;
+        summarize.insert(base + ":summary_type=" + w.summary_type);
+        if (w.sketch())
+            sketch.insert(base + ":sketch_bits=" + std::to_string(w.sketch_bits) +
+                          ":sketch_group=" + std::to_string(w.sketch_group));
+        const std::string dense_shape = base + ":group_size=" + std::to_string(w.group_size);
+        (w.generator == "dense" ? dense_shapes : dense_fallback).insert(dense_shape);
+    }
     for (const auto &w : ws) {
         // The same query the kernel library's CMake makes (vashista_tuned_spec).
         const QueryResult found =
@@ -507,8 +525,15 @@ int cmd_build_lib(int argc, char **argv) {
         }
         chosen[shape] = {w.generator, spec};
     }
-    std::ostringstream decode, dense;
+    std::ostringstream decode, dense, summarize_specs, sketch_specs;
     for (const auto &[shape, gs] : chosen) (gs.first == "decode" ? decode : dense) << "    \"" << gs.second << "\"\n";
+    for (const auto &spec : dense_fallback)
+        if (!dense_shapes.count(spec)) {
+            dense << "    \"" << spec << "\"\n";
+            std::printf("dense %s: the decode policy's fallback, hand schedule\n", spec.c_str());
+        }
+    for (const auto &spec : summarize) summarize_specs << "    \"" << spec << "\"\n";
+    for (const auto &spec : sketch) sketch_specs << "    \"" << spec << "\"\n";
     // Another architecture: a standalone project (cmake/VashistaStandalone.cmake) with a cross
     // toolchain and this build's generator executable.
     const std::string target = opt(a, "--target", "host");
@@ -530,24 +555,28 @@ int cmd_build_lib(int argc, char **argv) {
     if (cross)
         cm << "set(VASHISTA_GENERATOR \"" << VASHISTA_GENERATOR_PATH << "\")\ninclude(\"" << VASHISTA_SOURCE_DIR
            << "/cmake/VashistaStandalone.cmake\")\n";
-    else
-        cm << "find_package(Halide 21 REQUIRED)\n"
-           << "set(VASHISTA_BUILD_TESTS OFF)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR
+    else  // a subproject: no tests, no install rules (their options default to off there)
+        cm << "find_package(Halide 21 REQUIRED)\nadd_subdirectory(\"" << VASHISTA_SOURCE_DIR
            << "\" vashista EXCLUDE_FROM_ALL)\n";
     cm << "vashista_add_kernel_library(" << name << " TARGET " << target << "\n  DECODE\n"
        << decode.str() << "  DENSE\n"
-       << (dense.str().empty() ? "    \"kv_type=bfloat16\"\n" : dense.str())
-       << "  SUMMARIZE\n    \"kv_type=bfloat16\")\n"
-       << "set_target_properties(" << name << " PROPERTIES EXCLUDE_FROM_ALL OFF)\n";
+       << dense.str() << "  SUMMARIZE\n"
+       << summarize_specs.str();
+    if (!sketch.empty()) cm << "  SKETCH\n" << sketch_specs.str();
+    cm << ")\nset_target_properties(" << name << " PROPERTIES EXCLUDE_FROM_ALL OFF)\n";
     cm.close();
-    const std::string venv = std::string(VASHISTA_SOURCE_DIR) + "/.venv";
-    const std::string cmake = venv + "/bin/cmake";
-    const std::string halide = venv + "/lib/python3.11/site-packages/halide/lib64/cmake";
-    const std::string configure =
-        "'" + cmake + "' -S '" + out.string() + "' -B '" + (out / "build").string() +
-        "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + halide + "/Halide' -DHalideHelpers_DIR='" + halide +
-        "/HalideHelpers'" + (cross ? " -DCMAKE_TOOLCHAIN_FILE='" + toolchain + "'" : std::string()) + " >/dev/null";
-    if (std::system(configure.c_str()) != 0) fail("configuring " + (out / "build").string() + " failed");
+    // This build's CMake and Halide (VASHISTA_CMAKE_COMMAND and the Halide package CMake found
+    // for it: the top-level CMakeLists.txt defines them), so nothing depends on where a Python
+    // environment keeps its packages.
+    const std::string cmake = VASHISTA_CMAKE_COMMAND;
+    const std::string configure = "'" + cmake + "' -S '" + out.string() + "' -B '" + (out / "build").string() +
+                                  "' -DCMAKE_BUILD_TYPE=Release -DHalide_DIR='" + VASHISTA_HALIDE_DIR +
+                                  "' -DHalideHelpers_DIR='" + VASHISTA_HALIDE_HELPERS_DIR + "'" +
+                                  (cross ? " -DCMAKE_TOOLCHAIN_FILE='" + toolchain + "'" : std::string()) + " > '" +
+                                  (out / "configure.log").string() + "' 2>&1";
+    if (std::system(configure.c_str()) != 0)
+        fail("configuring " + (out / "build").string() + " failed (with " + cmake + ", Halide from " +
+             VASHISTA_HALIDE_DIR + "); its output is in " + (out / "configure.log").string());
     if (std::system(
             ("'" + cmake + "' --build '" + (out / "build").string() + "' --target " + name + " -j 2").c_str()) != 0)
         fail("building " + name + " failed");
@@ -564,10 +593,13 @@ int cmd_build_lib(int argc, char **argv) {
     if (std::system(("ar -M < '" + (out / "merge.mri").string() + "'").c_str()) != 0)
         fail("merging the archives failed");
     fs::remove(out / "merge.mri");
-    fs::copy_file(fs::path(VASHISTA_SOURCE_DIR) / "runtime/include/vashista.h", out / "vashista.h",
-                  fs::copy_options::overwrite_existing);
-    std::printf("wrote %s/lib%s.a and %s/vashista.h; link with: -l%s -lstdc++ -lpthread -ldl -lm\n",
-                out.string().c_str(), name.c_str(), out.string().c_str(), name.c_str());
+    for (const char *header : {"vashista.h", "vashista_prefix.h"})  // vashista.h includes the second
+        fs::copy_file(fs::path(VASHISTA_SOURCE_DIR) / "runtime/include" / header, out / header,
+                      fs::copy_options::overwrite_existing);
+    std::printf(
+        "wrote %s/lib%s.a and %s/vashista.h (with vashista_prefix.h); link with: -l%s -lstdc++ -lpthread "
+        "-ldl -lm\n",
+        out.string().c_str(), name.c_str(), out.string().c_str(), name.c_str());
     return 0;
 }
 

@@ -90,7 +90,8 @@ int main(int argc, char **argv) {
 
         // Caller-owned pages, filled through vashista_append (which builds summaries).
         std::vector<uint8_t> k_pages(p.cache.k.size() * 2), v_pages(p.cache.v.size() * 2);
-        vashista_cache_desc desc{1,
+        vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                                 1,
                                  H,
                                  D,
                                  S,

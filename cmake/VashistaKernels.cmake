@@ -7,6 +7,14 @@
 #     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...]
 #     [SKETCH <spec>...]                   the token sketch vashista_append keeps for caches
 #                                          made with sketch_bits (sketch routing)
+#     [PREFIX <p>]                         a library that links into one program with
+#                                          others: <name> is then one archive of one object
+#                                          whose only global symbols are the C ABI renamed
+#                                          <p><function> (p_vashista_decode); everything else
+#                                          (runtime, dispatch table, kernels, Halide runtime)
+#                                          is local to it. Users of the target get
+#                                          VASHISTA_PREFIX=<p> defined, and vashista.h maps
+#                                          the names (vashista_prefix.h)
 #     [SHARED])                            also a shared library <name>_shared (file
 #                                          lib<name>.so in build/lib) exporting the C ABI,
 #                                          for engines and tools that load it at run time
@@ -90,7 +98,15 @@ function(_vashista_enum out kind value)
 endfunction()
 
 function(vashista_add_kernel_library NAME)
-    cmake_parse_arguments(ARG "SHARED" "TARGET" "DECODE;DENSE;SUMMARIZE;SKETCH" ${ARGN})
+    cmake_parse_arguments(ARG "SHARED" "TARGET;PREFIX" "DECODE;DENSE;SUMMARIZE;SKETCH" ${ARGN})
+    if (ARG_UNPARSED_ARGUMENTS)
+        message(FATAL_ERROR "vashista_add_kernel_library(${NAME}): unknown arguments '${ARG_UNPARSED_ARGUMENTS}' "
+                            "(keywords: TARGET, PREFIX, DECODE, DENSE, SUMMARIZE, SKETCH, SHARED)")
+    endif ()
+    if (DEFINED ARG_PREFIX AND NOT ARG_PREFIX MATCHES "^[A-Za-z_][A-Za-z0-9_]*$")
+        message(FATAL_ERROR "vashista_add_kernel_library(${NAME}): PREFIX '${ARG_PREFIX}' is not the start of a C "
+                            "identifier (letters, digits and _, not starting with a digit)")
+    endif ()
     if (NOT ARG_TARGET)
         set(ARG_TARGET host)
     endif ()
@@ -123,10 +139,15 @@ function(vashista_add_kernel_library NAME)
             endif ()
             list(APPEND seen ${fn})
             # Decode kernels need IEEE semantics for their certificate (decode_target()).
+            # Every kernel takes a user context: the runtime passes a run's workspace through
+            # it to halide_malloc (vashista_run allocates nothing) and the engine's parallel-for.
             set(target "")
             foreach (t IN LISTS targets)
                 if (kind STREQUAL "decode" AND NOT t MATCHES "strict_float")
                     string(APPEND t "-strict_float")
+                endif ()
+                if (NOT t MATCHES "user_context")
+                    string(APPEND t "-user_context")
                 endif ()
                 list(APPEND target "${t}")
             endforeach ()
@@ -195,20 +216,134 @@ const std::vector<SketchVariant> &sketch_variants() {
 bool large_buffers() { return @large_buffers@; }
 }  // namespace vashista::runtime
 " @ONLY)
-    add_library(${NAME} STATIC "${table}")
-    target_link_libraries(${NAME} PUBLIC vashista_runtime_core ${libs} ${rt})
-    if (TARGET vashista_warnings)
-        target_link_libraries(${NAME} PRIVATE vashista_warnings)
+    # With a prefix, the dispatch table and what it links are the parts of <name>'s one object.
+    if (DEFINED ARG_PREFIX)
+        set(parts ${NAME}_parts)
+    else ()
+        set(parts ${NAME})
     endif ()
-    target_include_directories(${NAME} PUBLIC $<TARGET_PROPERTY:vashista_runtime_core,INTERFACE_INCLUDE_DIRECTORIES>)
+    add_library(${parts} STATIC "${table}")
+    target_link_libraries(${parts} PUBLIC vashista_runtime_core ${libs} ${rt})
+    if (TARGET vashista_warnings)
+        target_link_libraries(${parts} PRIVATE vashista_warnings)
+    endif ()
+    target_include_directories(${parts} PUBLIC $<TARGET_PROPERTY:vashista_runtime_core,INTERFACE_INCLUDE_DIRECTORIES>)
+    # What _vashista_single_archive merges: the kernels and the Halide runtime they share.
+    set_target_properties(${parts} PROPERTIES POSITION_INDEPENDENT_CODE ON VASHISTA_KERNEL_TARGETS "${libs};${rt}")
+    if (DEFINED ARG_PREFIX)
+        set_target_properties(${parts} PROPERTIES EXCLUDE_FROM_ALL ON)
+        _vashista_single_archive(${NAME} FROM ${parts} PREFIX ${ARG_PREFIX})
+    endif ()
     if (ARG_SHARED)
-        add_library(${NAME}_shared SHARED "${table}")
-        target_link_libraries(${NAME}_shared PRIVATE vashista_runtime_core ${libs} ${rt})
-        if (TARGET vashista_warnings)
-            target_link_libraries(${NAME}_shared PRIVATE vashista_warnings)
+        if (DEFINED ARG_PREFIX)
+            # The same one object: the shared library exports only the prefixed C ABI.
+            get_target_property(object ${NAME} VASHISTA_SINGLE_OBJECT)
+            add_library(${NAME}_shared SHARED "${object}")
+            set_target_properties(${NAME}_shared PROPERTIES LINKER_LANGUAGE CXX)
+            target_link_libraries(${NAME}_shared PRIVATE Threads::Threads ${CMAKE_DL_LIBS} $<$<PLATFORM_ID:Linux>:m>)
+            add_dependencies(${NAME}_shared ${NAME})  # the object's command runs once, for <name>
+        else ()
+            add_library(${NAME}_shared SHARED "${table}")
+            target_link_libraries(${NAME}_shared PRIVATE vashista_runtime_core ${libs} ${rt})
+            if (TARGET vashista_warnings)
+                target_link_libraries(${NAME}_shared PRIVATE vashista_warnings)
+            endif ()
         endif ()
         set_target_properties(${NAME}_shared PROPERTIES OUTPUT_NAME ${NAME}
                               LIBRARY_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/lib)
+    endif ()
+endfunction()
+
+# The C ABI's functions: what vashista.h declares (a line that starts with a return type and
+# names vashista_<name>( ), in the header's order.
+function(_vashista_api_functions OUT)
+    set(header "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../runtime/include/vashista.h")
+    file(STRINGS "${header}" lines REGEX "^[A-Za-z_][A-Za-z0-9_ ]*[ *]vashista_[a-z0-9_]+\\(")
+    set(names "")
+    foreach (line IN LISTS lines)
+        if (line MATCHES "^typedef" OR NOT line MATCHES "[ *](vashista_[a-z0-9_]+)\\(")
+            continue()
+        endif ()
+        list(APPEND names "${CMAKE_MATCH_1}")
+    endforeach ()
+    list(REMOVE_DUPLICATES names)
+    if (NOT names)
+        message(FATAL_ERROR "vashista: found no function declarations in ${header}")
+    endif ()
+    set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${header}")
+    set(${OUT} "${names}" PARENT_SCOPE)
+endfunction()
+
+# _vashista_single_archive(<target> FROM <library> [PREFIX <p>] [OUTPUT_NAME <file name>])
+#
+# <target>: a static library of one relocatable object (ld -r) holding everything <library>
+# (made by vashista_add_kernel_library) links: its dispatch table, the runtime objects, every
+# kernel and the Halide runtime, so that one file serves programs built outside this build
+# (the installed package) and needs only the system's libraries (C++ runtime, pthread, dl,
+# m). With PREFIX, objcopy then renames every symbol the object defines to <p><symbol> and
+# keeps global only the C ABI (vashista.h's functions as <p><function>): two such libraries
+# link into one program without a clash, C++ inline functions' COMDAT groups included (the
+# linker merges groups by name, so a group's name must differ between libraries too).
+function(_vashista_single_archive TARGET)
+    cmake_parse_arguments(ARG "" "FROM;PREFIX;OUTPUT_NAME" "" ${ARGN})
+    get_target_property(components ${ARG_FROM} VASHISTA_KERNEL_TARGETS)
+    if (NOT components)
+        message(FATAL_ERROR "vashista: ${ARG_FROM} is not a library made by vashista_add_kernel_library")
+    endif ()
+    foreach (tool IN ITEMS LINKER NM OBJCOPY)
+        if (NOT CMAKE_${tool})
+            message(FATAL_ERROR "vashista: a single-archive kernel library (${TARGET}) needs ld -r, nm and objcopy; "
+                                "CMake found no CMAKE_${tool} for this toolchain")
+        endif ()
+    endforeach ()
+    set(header "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/../runtime/include/vashista.h")
+    set(script "${CMAKE_CURRENT_FUNCTION_LIST_DIR}/VashistaCombine.cmake")
+    set(work "${CMAKE_CURRENT_BINARY_DIR}/${TARGET}_single")
+    set(object "${work}/${TARGET}.o")
+    # The library's own archive holds its dispatch table and the runtime's objects (an object
+    # library linked to a static library is archived into it).
+    set(inputs "$<TARGET_FILE:${ARG_FROM}>")
+    foreach (c IN LISTS components)
+        list(APPEND inputs "$<TARGET_FILE:${c}>")
+    endforeach ()
+    set(inputs_file "${work}/inputs-$<CONFIG>.txt")
+    file(GENERATE OUTPUT "${inputs_file}" CONTENT "$<JOIN:${inputs},\n>\n")
+    set(prefix_args "")
+    if (DEFINED ARG_PREFIX)
+        _vashista_api_functions(api)
+        list(JOIN api "\n" api_lines)
+        file(CONFIGURE OUTPUT "${work}/api.txt" CONTENT "${api_lines}\n")
+        set(prefix_args "-DPREFIX=${ARG_PREFIX}" "-DAPI_FILE=${work}/api.txt")
+        set(what "one object, C ABI prefixed ${ARG_PREFIX}")
+    else ()
+        set(what "one object")
+    endif ()
+    add_custom_command(
+        OUTPUT "${object}"
+        COMMAND "${CMAKE_COMMAND}" "-DLINKER=${CMAKE_LINKER}" "-DNM=${CMAKE_NM}" "-DOBJCOPY=${CMAKE_OBJCOPY}"
+                "-DINPUTS_FILE=${inputs_file}" "-DOUTPUT=${object}" "-DLIBRARY=${TARGET}" ${prefix_args}
+                -P "${script}"
+        DEPENDS ${ARG_FROM} vashista_runtime_core ${inputs} "${inputs_file}" "${script}" "${header}"
+        COMMENT "Combining kernel library ${ARG_FROM} into ${TARGET} (${what})"
+        VERBATIM)
+    # An empty C++ source makes the archive a C++ library to CMake, so that programs linking
+    # it (C ones too) link with the C++ compiler and its runtime; exported, the package's
+    # imported target says the same (IMPORTED_LINK_INTERFACE_LANGUAGES).
+    file(CONFIGURE OUTPUT "${work}/cxx.cpp" CONTENT "// ${TARGET} holds C++ code (see _vashista_single_archive).\n")
+    add_library(${TARGET} STATIC "${object}" "${work}/cxx.cpp")
+    set_source_files_properties("${object}" PROPERTIES EXTERNAL_OBJECT ON GENERATED ON)
+    set_target_properties(${TARGET} PROPERTIES VASHISTA_SINGLE_OBJECT "${object}")
+    if (ARG_OUTPUT_NAME)
+        set_target_properties(${TARGET} PROPERTIES OUTPUT_NAME ${ARG_OUTPUT_NAME} ARCHIVE_OUTPUT_DIRECTORY "${work}")
+    endif ()
+    # What the Halide runtime and the C++ runtime code call: threads, dlopen (Halide's
+    # runtime looks up optional libraries), libm.
+    find_package(Threads REQUIRED)
+    target_link_libraries(${TARGET} INTERFACE Threads::Threads ${CMAKE_DL_LIBS} $<$<PLATFORM_ID:Linux>:m>)
+    target_include_directories(${TARGET} INTERFACE
+        $<BUILD_INTERFACE:$<TARGET_PROPERTY:vashista_runtime_core,INTERFACE_INCLUDE_DIRECTORIES>>)
+    if (DEFINED ARG_PREFIX)
+        target_compile_definitions(${TARGET} INTERFACE VASHISTA_PREFIX=${ARG_PREFIX})
     endif ()
 endfunction()
 

@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -182,6 +183,41 @@ enum class DType { F32 = 0, F16 = 1, BF16 = 2 };
 inline const char *to_string(DType v) { return v == DType::F32 ? "float32" : v == DType::F16 ? "float16" : "bfloat16"; }
 inline const char *short_name(DType v) { return v == DType::F32 ? "f32" : v == DType::F16 ? "f16" : "bf16"; }
 inline int dtype_bytes(DType v) { return v == DType::F32 ? 4 : 2; }
+
+// IEEE binary16, converted with round to nearest even: _Float16 on x86-64, __fp16 on
+// AArch64 (whose g++ 12 has no _Float16 in C++).
+#if defined(__aarch64__)
+using Half = __fp16;
+#else
+using Half = _Float16;
+#endif
+
+// The F16 or BF16 bit pattern nearest to x (ties to even; NaN stays NaN).
+inline uint16_t to_bits16(DType t, float x) {
+    if (t == DType::F16) {
+        Half h = static_cast<Half>(x);
+        uint16_t bits;
+        std::memcpy(&bits, &h, 2);
+        return bits;
+    }
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+
+inline float from_bits16(DType t, uint16_t bits) {
+    if (t == DType::F16) {
+        Half h;
+        std::memcpy(&h, &bits, 2);
+        return static_cast<float>(h);
+    }
+    uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 
 namespace detail {
 template <typename E, size_t N>

@@ -9,40 +9,6 @@
 
 namespace vashista::ref {
 
-// IEEE binary16, converted with round to nearest even: _Float16 on x86-64, __fp16 on
-// AArch64 (whose g++ 12 has no _Float16 in C++).
-#if defined(__aarch64__)
-using Half = __fp16;
-#else
-using Half = _Float16;
-#endif
-
-uint16_t to_bits16(DType t, float x) {
-    if (t == DType::F16) {
-        Half h = static_cast<Half>(x);
-        uint16_t bits;
-        std::memcpy(&bits, &h, 2);
-        return bits;
-    }
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
-
-float from_bits16(DType t, uint16_t bits) {
-    if (t == DType::F16) {
-        Half h;
-        std::memcpy(&h, &bits, 2);
-        return static_cast<float>(h);
-    }
-    uint32_t u = uint32_t(bits) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
 float round_to(DType t, float x) { return t == DType::F32 ? x : from_bits16(t, to_bits16(t, x)); }
 
 float round_toward(DType t, float x, bool up) {

@@ -14,8 +14,8 @@ namespace vashista::ref {
 using vashista::DType;                          // method_types.h: names, bytes
 float round_to(DType t, float x);               // round to nearest even
 float round_toward(DType t, float x, bool up);  // round toward +inf (up) or -inf
-uint16_t to_bits16(DType t, float x);           // F16 / BF16 bit pattern
-float from_bits16(DType t, uint16_t bits);
+using vashista::from_bits16;                    // F16 / BF16 bit patterns (method_types.h)
+using vashista::to_bits16;
 
 // A paged KV cache whose elements are floats already representable in `dtype`.
 struct Cache {

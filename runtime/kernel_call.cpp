@@ -34,9 +34,22 @@ KernelCall::KernelCall(const Kernel &kernel) : kernel_(kernel) {
         return;
     }
     md_ = kernel.metadata();
-    if (!md_ || md_->num_arguments > kMaxArgs)
+    if (!md_ || md_->num_arguments > kMaxArgs) {
         fail("has metadata with " + std::to_string(md_ ? md_->num_arguments : 0) + " arguments (at most " +
              std::to_string(kMaxArgs) + " are supported)");
+        return;
+    }
+    // Halide names the user context argument of a kernel compiled with it "__user_context".
+    for (int i = 0; i < md_->num_arguments; ++i)
+        if (std::strcmp(md_->arguments[i].name, "__user_context") == 0) {
+            args_[i] = &user_context_;
+            bound_[i] = true;
+        }
+}
+
+KernelCall &KernelCall::user_context(void *context) {
+    user_context_ = context;
+    return *this;
 }
 
 void KernelCall::fail(const std::string &message) {

@@ -32,6 +32,9 @@ public:
     KernelCall &buffer(const char *name, halide_buffer_t *b);
     // A float scalar input.
     KernelCall &scalar(const char *name, float value);
+    // What the kernel passes to halide_malloc and halide_do_par_for (kernels compiled with
+    // Halide's user_context feature; ignored by others). Null unless set.
+    KernelCall &user_context(void *context);
     // The first mismatch between the arguments bound and the metadata, "" when none.
     const std::string &error() const { return error_; }
     // Calls the kernel (Halide's return code), or kBindError without calling it.
@@ -46,6 +49,7 @@ private:
     void *args_[kMaxArgs] = {};
     float scalars_[kMaxArgs] = {};
     bool bound_[kMaxArgs] = {};
+    void *user_context_ = nullptr;
     std::string error_;
 };
 

@@ -3,6 +3,7 @@
 #include "HalideBuffer.h"
 #include "dtype_halide.h"
 #include "method_types.h"
+#include "run_context.h"
 #include "variants.h"
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <vector>
 
 using Halide::Runtime::Buffer;
+using namespace vashista::runtime;
 
 namespace {
 
@@ -85,6 +87,16 @@ void require_pointer(const T *p, const char *name) {
     if (!p) fail(VASHISTA_ERROR_NULL_POINTER, name, " is NULL");
 }
 
+// A public struct's struct_size against this library's: a caller built against another
+// version of vashista.h fails here instead of having fields misread.
+template <typename T>
+void require_struct_size(const T &s, const char *name, const char *type) {
+    if (s.struct_size != sizeof(T))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, name, "->struct_size = ", s.struct_size, " is not sizeof(", type,
+             ") = ", sizeof(T), " of this library (ABI version ", VASHISTA_ABI_VERSION, "); set it to sizeof(", type,
+             ") and build against this library's vashista.h");
+}
+
 struct FreeDeleter {
     void operator()(void *p) const { std::free(p); }
 };
@@ -140,6 +152,9 @@ struct vashista_cache {
     // The summary layout's pages per block: the one the library's decode kernels for this
     // cache's shape read (summary_block of their Generator).
     vashista::SummaryLayout summary_layout{0, 0, 0, 0};
+    // The one-call API (vashista_decode): its plans, one per (config, q_heads), and workspace.
+    std::vector<std::pair<std::vector<char>, std::unique_ptr<vashista_plan, void (*)(vashista_plan *)>>> plans;
+    std::vector<uint8_t> workspace;
 
     Buffer<void> kv_buffer(void *data) const {
         const auto &d = desc;
@@ -147,8 +162,8 @@ struct vashista_cache {
                    ? Buffer<void>(halide_type(d.kv_dtype), data, d.head_dim, d.page_size, d.kv_heads, d.num_pages)
                    : Buffer<void>(halide_type(d.kv_dtype), data, d.head_dim, d.kv_heads, d.page_size, d.num_pages);
     }
-    Buffer<int32_t> page_table() const {
-        return Buffer<int32_t>(const_cast<int32_t *>(desc.page_table), desc.max_pages, desc.batch);
+    Buffer<int32_t> page_table(const int32_t *table = nullptr) const {
+        return Buffer<int32_t>(const_cast<int32_t *>(table ? table : desc.page_table), desc.max_pages, desc.batch);
     }
     size_t token_offset(int32_t page, int32_t slot, int32_t head) const {
         const auto &d = desc;
@@ -172,6 +187,7 @@ std::string list_variants() {
 
 void validate_desc(const vashista_cache_desc *d) {
     require_pointer(d, "desc");
+    require_struct_size(*d, "desc", "vashista_cache_desc");
     require_pointer(d->k_pages, "desc->k_pages");
     require_pointer(d->v_pages, "desc->v_pages");
     require_pointer(d->page_table, "desc->page_table");
@@ -236,13 +252,34 @@ int summary_block_for(const vashista_cache_desc &d) {
     return block ? block : vashista::kSummaryBlockDefault;
 }
 
-void validate_pages(const vashista_cache &c, int32_t seq, int32_t first_page, int32_t end_page) {
+void validate_pages(const vashista_cache &c, const int32_t *table, int32_t seq, int32_t first_page, int32_t end_page) {
     for (int32_t j = first_page; j < end_page; ++j) {
-        const int32_t page = c.desc.page_table[size_t(seq) * c.desc.max_pages + j];
+        const int32_t page = table[size_t(seq) * c.desc.max_pages + j];
         if (page < 0 || page >= c.desc.num_pages)
             fail(VASHISTA_ERROR_OUT_OF_RANGE, "page_table[", seq, "][", j, "] = ", page,
                  " is not below num_pages = ", c.desc.num_pages, (page < 0 ? " (or is negative)" : ""));
     }
+}
+
+// seq_lens of a step: each in [1, tokens appended], its pages mapped in range by `table`.
+// Returns the pages the longest sequence uses: a step's kernels see only that much of the
+// block table, so their work follows the sequences, not the table's width.
+int32_t validate_seq_lens(const vashista_cache &c, const int32_t *table, const int32_t *seq_lens) {
+    const auto &d = c.desc;
+    int32_t pages_used = 1;
+    for (int32_t b = 0; b < d.batch; ++b) {
+        const int32_t len = seq_lens[b];
+        if (len < 1 || int64_t(len) > int64_t(d.max_pages) * d.page_size)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len,
+                 " is not in [1, max_pages * page_size = ", int64_t(d.max_pages) * d.page_size, "]");
+        if (len > c.appended[b])
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len, " exceeds the ", c.appended[b],
+                 " tokens appended to sequence ", b, " (summaries would be stale)");
+        const int32_t pages = (len + d.page_size - 1) / d.page_size;
+        validate_pages(c, table, b, 0, pages);
+        pages_used = std::max(pages_used, pages);
+    }
+    return pages_used;
 }
 
 struct Shape {
@@ -259,16 +296,7 @@ Shape validate_step(const vashista_cache *c, const float *q, int32_t q_heads, co
     if (q_heads <= 0 || q_heads % d.kv_heads != 0)
         fail(VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = ", q_heads,
              " is not a positive multiple of kv_heads = ", d.kv_heads);
-    for (int32_t b = 0; b < d.batch; ++b) {
-        const int32_t len = seq_lens[b];
-        if (len < 1 || int64_t(len) > int64_t(d.max_pages) * d.page_size)
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len,
-                 " is not in [1, max_pages * page_size = ", int64_t(d.max_pages) * d.page_size, "]");
-        if (len > c->appended[b])
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "seq_lens[", b, "] = ", len, " exceeds the ", c->appended[b],
-                 " tokens appended to sequence ", b, " through vashista_append (summaries would be stale)");
-        validate_pages(*c, b, 0, (len + d.page_size - 1) / d.page_size);
-    }
+    validate_seq_lens(*c, d.page_table, seq_lens);
     const size_t n = size_t(d.batch) * q_heads * d.head_dim;
     for (size_t i = 0; i < n; ++i)
         if (!std::isfinite(q[i])) {
@@ -333,54 +361,57 @@ const DecodeVariant *find_wider(const vashista_cache &c, int32_t group, const va
     return best;
 }
 
-void check_kernel(KernelCall &call, const char *name) {
-    const int rc = call.run();
+// Runs a kernel whose allocations come from `arena` (null: the system allocator).
+void check_kernel(KernelCall &call, const char *name, Arena *arena = nullptr) {
+    if (arena) arena->start_call();
+    const int rc = call.user_context(arena).run();
     if (rc == KernelCall::kBindError) fail(VASHISTA_ERROR_KERNEL, call.error());
     if (rc != 0) fail(VASHISTA_ERROR_KERNEL, "kernel ", name, " returned Halide error ", rc);
 }
 
+// A sparse step's outputs, in the plan's workspace (or the sizing run's memory).
 struct SparseResult {
     Buffer<float> out, lse, diag;
     Buffer<int32_t> candidates, pages;
 };
 
-SparseResult run_sparse(vashista_cache *c, const DecodeVariant &v, Buffer<float> &qb, Buffer<int32_t> &lens,
-                        float scale) {
+// The kernels' view of a step: q (d, g, h, b) in f32, seq_lens, the block table cropped to
+// the pages the longest sequence uses.
+struct StepInputs {
+    Buffer<float> q;
+    Buffer<int32_t> lens, table;
+    float scale;
+};
+
+void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, SparseResult &r, Arena *ctx) {
     const auto &d = c->desc;
-    const int G = v.group_size;
-    SparseResult r{Buffer<float>(d.head_dim, G, d.kv_heads, d.batch), Buffer<float>(G, d.kv_heads, d.batch),
-                   Buffer<float>(vashista::kDiagFields, G, d.kv_heads, d.batch),
-                   Buffer<int32_t>(v.top_tokens, G, d.kv_heads, d.batch),
-                   Buffer<int32_t>(v.top_pages, G, d.kv_heads, d.batch)};
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
-    Buffer<int32_t> pt = c->page_table();
     KernelCall call(v.kernel);
-    call.buffer("q", qb.raw_buffer())
+    call.buffer("q", in.q.raw_buffer())
         .buffer("k_cache", k.raw_buffer())
         .buffer("v_cache", vv.raw_buffer())
-        .buffer("page_table", pt.raw_buffer())
-        .buffer("seq_lens", lens.raw_buffer())
+        .buffer("page_table", in.table.raw_buffer())
+        .buffer("seq_lens", in.lens.raw_buffer())
         .buffer("summary", c->summary.raw_buffer())
         .buffer("value_norm", c->value_norm.raw_buffer())
         .buffer("key_absmax", c->key_absmax.raw_buffer())
         .buffer("sketch", c->sketch.raw_buffer())
         .buffer("sketch_scale", c->sketch_scale.raw_buffer())
-        .scalar("scale", scale)
+        .scalar("scale", in.scale)
         .buffer("out", r.out.raw_buffer())
         .buffer("lse", r.lse.raw_buffer())
         .buffer("diag", r.diag.raw_buffer())
         .buffer("candidates", r.candidates.raw_buffer())
         .buffer("pages", r.pages.raw_buffer());
-    check_kernel(call, v.name);
-    return r;
+    check_kernel(call, v.name, ctx);
 }
 
-// Dense attention for the KV heads (b, h) listed, each through crops of the buffers.
-void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buffer<int32_t> &lens, float scale,
-               Buffer<float> &out, Buffer<float> &lse, const std::vector<std::pair<int, int>> *only) {
+// Dense attention for the KV heads (b, h) listed (all when `only` is null), each through
+// crops of the buffers; `scale` includes the solver's temperature.
+void run_dense(vashista_cache *c, const DenseVariant &v, StepInputs &in, float scale, Buffer<float> &out,
+               Buffer<float> &lse, const std::pair<int32_t, int32_t> *only, size_t only_count, Arena *ctx) {
     const auto &d = c->desc;
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
-    Buffer<int32_t> pt = c->page_table();
     auto dense = [&](Buffer<float> &q1, Buffer<void> &k1, Buffer<void> &v1, Buffer<int32_t> &p1, Buffer<int32_t> &s1,
                      Buffer<float> &o1, Buffer<float> &l1) {
         KernelCall call(v.kernel);
@@ -392,25 +423,27 @@ void run_dense(vashista_cache *c, const DenseVariant &v, Buffer<float> &qb, Buff
             .scalar("scale", scale)
             .buffer("out", o1.raw_buffer())
             .buffer("lse", l1.raw_buffer());
-        check_kernel(call, v.name);
+        check_kernel(call, v.name, ctx);
     };
     if (!only) {
-        dense(qb, k, vv, pt, lens, out, lse);
+        dense(in.q, k, vv, in.table, in.lens, out, lse);
         return;
     }
     const int head_axis = d.layout == VASHISTA_LAYOUT_HND ? 2 : 1;  // (d, s, h, page) or (d, h, s, page)
-    for (auto [b, h] : *only) {
-        Buffer<float> q1 = qb.cropped(2, h, 1).cropped(3, b, 1);
+    for (size_t i = 0; i < only_count; ++i) {
+        const auto [b, h] = only[i];
+        Buffer<float> q1 = in.q.cropped(2, h, 1).cropped(3, b, 1);
         Buffer<float> o1 = out.cropped(2, h, 1).cropped(3, b, 1);
         Buffer<float> l1 = lse.cropped(1, h, 1).cropped(2, b, 1);
         Buffer<void> k1 = k.cropped(head_axis, h, 1), v1 = vv.cropped(head_axis, h, 1);
-        Buffer<int32_t> p1 = pt.cropped(1, b, 1), s1 = lens.cropped(0, b, 1);
+        Buffer<int32_t> p1 = in.table.cropped(1, b, 1), s1 = in.lens.cropped(0, b, 1);
         dense(q1, k1, v1, p1, s1, o1, l1);
     }
 }
 
 void validate_config(const vashista_decode_config *cfg) {
     require_pointer(cfg, "config");
+    require_struct_size(*cfg, "config", "vashista_decode_config");
     if (cfg->top_pages < 1)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->top_pages = ", cfg->top_pages, " must be >= 1");
     if (cfg->top_tokens < 1)
@@ -451,25 +484,534 @@ float solver_temperature(const vashista_decode_config &cfg) {
 
 // Sequences whose summaries describe other keys than the block table now maps: a page
 // remapped since its tokens were appended, or a physical page another sequence rewrote.
-std::vector<char> stale_sequences(const vashista_cache &c, const int32_t *seq_lens) {
+void find_stale(const vashista_cache &c, const int32_t *table, const int32_t *seq_lens, char *stale) {
     const auto &d = c.desc;
-    std::vector<char> stale(d.batch, 0);
-    for (int32_t b = 0; b < d.batch; ++b)
+    for (int32_t b = 0; b < d.batch; ++b) {
+        stale[b] = 0;
         for (int32_t j = 0; j < (seq_lens[b] + d.page_size - 1) / d.page_size && !stale[b]; ++j) {
             const size_t at = size_t(b) * d.max_pages + j;
-            const int32_t page = d.page_table[at];
+            const int32_t page = table[at];
             stale[b] = page != c.summarized_page[at] || c.page_version[page] != c.summarized_version[at];
         }
-    return stale;
+    }
+}
+
+}  // namespace
+
+// ---- Plan and run ------------------------------------------------------------------
+
+namespace {
+
+// A run's workspace, carved into 64-byte aligned sections.
+struct Section {
+    size_t offset = 0, bytes = 0;
+};
+
+struct WorkspaceLayout {
+    Section q;                                            // f32 q (d, g, h, b)
+    Section out, lse, diag, candidates, pages;            // the sparse step
+    Section w_out, w_lse, w_diag, w_candidates, w_pages;  // the widened step (policy widen)
+    Section d_out, d_lse;                                 // dense fallback
+    Section stale, taken, pending, still, dense_heads;    // the policy's bookkeeping
+    Section arena;                                        // what the kernels allocate
+    size_t total = 0;
+
+    void add(Section &s, size_t bytes) {
+        s.offset = total;
+        s.bytes = bytes;
+        total += (bytes + 63) / 64 * 64;
+    }
+};
+
+// Sparse outputs of `v` over the cache's batch in the memory at `base` (sections of `at`).
+SparseResult sparse_buffers(uint8_t *base, const Section &out, const Section &lse, const Section &diag,
+                            const Section &cand, const Section &pages, const vashista_cache_desc &d,
+                            const DecodeVariant &v) {
+    const int G = v.group_size;
+    return SparseResult{
+        Buffer<float>(reinterpret_cast<float *>(base + out.offset), d.head_dim, G, d.kv_heads, d.batch),
+        Buffer<float>(reinterpret_cast<float *>(base + lse.offset), G, d.kv_heads, d.batch),
+        Buffer<float>(reinterpret_cast<float *>(base + diag.offset), vashista::kDiagFields, G, d.kv_heads, d.batch),
+        Buffer<int32_t>(reinterpret_cast<int32_t *>(base + cand.offset), v.top_tokens, G, d.kv_heads, d.batch),
+        Buffer<int32_t>(reinterpret_cast<int32_t *>(base + pages.offset), v.top_pages, G, d.kv_heads, d.batch)};
+}
+
+bool valid_dtype_value(vashista_dtype t) { return valid_dtype(raw(t)); }
+
+}  // namespace
+
+struct vashista_plan {
+    vashista_cache *cache;
+    vashista_decode_config cfg;
+    vashista_plan_desc desc;
+    int32_t group;
+    float scale, beta;
+    const DecodeVariant *variant;
+    const DecodeVariant *wide;  // policy widen's retry, or null
+    const DenseVariant *dense;  // policies dense and widen, or null
+    WorkspaceLayout layout;
+};
+
+namespace {
+
+void validate_plan_desc(const vashista_plan_desc *p, const vashista_cache_desc &d) {
+    require_pointer(p, "desc");
+    require_struct_size(*p, "desc", "vashista_plan_desc");
+    if (p->q_heads <= 0 || p->q_heads % d.kv_heads != 0)
+        fail(VASHISTA_ERROR_SHAPE_MISMATCH, "desc->q_heads = ", p->q_heads,
+             " is not a positive multiple of the cache's kv_heads = ", d.kv_heads);
+    if (!valid_dtype_value(p->q_dtype))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->q_dtype = ", raw(p->q_dtype), " is not a vashista_dtype");
+    if (!valid_dtype_value(p->out_dtype))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->out_dtype = ", raw(p->out_dtype), " is not a vashista_dtype");
+    auto stride = [&](int64_t v, int64_t least, const char *name) {
+        if (v != 0 && v < least)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->", name, " = ", v, " is not 0 (contiguous) or at least ",
+                 least, " elements (rows of one head would overlap)");
+    };
+    stride(p->q_stride_head, d.head_dim, "q_stride_head");
+    stride(p->out_stride_head, d.head_dim, "out_stride_head");
+    stride(p->q_stride_seq, 1, "q_stride_seq");
+    stride(p->out_stride_seq, 1, "out_stride_seq");
+}
+
+// Strides in elements, contiguous where the desc says 0.
+struct Strides {
+    int64_t seq, head;
+};
+Strides q_strides(const vashista_plan &p) {
+    const int64_t head = p.desc.q_stride_head ? p.desc.q_stride_head : p.cache->desc.head_dim;
+    return {p.desc.q_stride_seq ? p.desc.q_stride_seq : head * p.desc.q_heads, head};
+}
+Strides out_strides(const vashista_plan &p) {
+    const int64_t head = p.desc.out_stride_head ? p.desc.out_stride_head : p.cache->desc.head_dim;
+    return {p.desc.out_stride_seq ? p.desc.out_stride_seq : head * p.desc.q_heads, head};
+}
+
+// q in the plan's dtype and strides -> f32 (d, g, h, b), checking each element is finite.
+void load_q(const vashista_plan &p, const void *q, float *to) {
+    const auto &d = p.cache->desc;
+    const Strides st = q_strides(p);
+    const int bytes = dtype_bytes(p.desc.q_dtype);
+    const vashista::DType t = vashista::DType(p.desc.q_dtype);
+    for (int32_t b = 0; b < d.batch; ++b)
+        for (int32_t hq = 0; hq < p.desc.q_heads; ++hq) {
+            const auto *row = static_cast<const uint8_t *>(q) + (b * st.seq + hq * st.head) * bytes;
+            float *dst = to + (size_t(b) * p.desc.q_heads + hq) * d.head_dim;
+            for (int32_t x = 0; x < d.head_dim; ++x) {
+                float v;
+                if (t == vashista::DType::F32) {
+                    std::memcpy(&v, row + size_t(x) * 4, 4);
+                } else {
+                    uint16_t bits;
+                    std::memcpy(&bits, row + size_t(x) * 2, 2);
+                    v = vashista::from_bits16(t, bits);
+                }
+                if (!std::isfinite(v))
+                    fail(VASHISTA_ERROR_NON_FINITE, "q[", b, "][", hq, "][", x, "] = ", v, " is not finite");
+                dst[x] = v;
+            }
+        }
+}
+
+// f32 out (d, g, h, b) -> the plan's dtype and strides.
+void store_out(const vashista_plan &p, const Buffer<float> &from, void *out) {
+    const auto &d = p.cache->desc;
+    const Strides st = out_strides(p);
+    const int bytes = dtype_bytes(p.desc.out_dtype);
+    const vashista::DType t = vashista::DType(p.desc.out_dtype);
+    const int G = p.group;
+    for (int32_t b = 0; b < d.batch; ++b)
+        for (int32_t hq = 0; hq < p.desc.q_heads; ++hq) {
+            auto *row = static_cast<uint8_t *>(out) + (b * st.seq + hq * st.head) * bytes;
+            for (int32_t x = 0; x < d.head_dim; ++x) {
+                const float v = from(x, hq % G, hq / G, b);
+                if (t == vashista::DType::F32) {
+                    std::memcpy(row + size_t(x) * 4, &v, 4);
+                } else {
+                    const uint16_t bits = vashista::to_bits16(t, v);
+                    std::memcpy(row + size_t(x) * 2, &bits, 2);
+                }
+            }
+        }
+}
+
+// Runs every kernel the plan may call once, on the cache's own pages with a block table of
+// page 0 and every sequence at full capacity, measuring the most bytes each call has live at
+// once: the largest, with room for fragmentation, is the kernel workspace. (Halide sizes its
+// allocations from buffer extents and seq_lens, here at their largest.) A run whose
+// allocations outgrow it (say, on an engine's pool with more threads than the library's)
+// takes the rest from the system allocator.
+size_t measure_kernel_workspace(const vashista_plan &p) {
+    vashista_cache *c = p.cache;
+    const auto &d = c->desc;
+    const int G = p.group;
+    const size_t heads = size_t(d.batch) * d.kv_heads * G;
+    std::vector<float> q(heads * d.head_dim, 0.0f);
+    std::vector<int32_t> table(size_t(d.batch) * d.max_pages, 0);
+    std::vector<int32_t> lens(d.batch, d.max_pages * d.page_size);
+    StepInputs in{Buffer<float>(q.data(), d.head_dim, G, d.kv_heads, d.batch), Buffer<int32_t>(lens.data(), d.batch),
+                  Buffer<int32_t>(table.data(), d.max_pages, d.batch), p.scale};
+    Arena ctx;  // measuring
+    size_t most = 0;
+    for (const DecodeVariant *v : {p.variant, p.wide}) {
+        if (!v) continue;
+        SparseResult r{Buffer<float>(d.head_dim, G, d.kv_heads, d.batch), Buffer<float>(G, d.kv_heads, d.batch),
+                       Buffer<float>(vashista::kDiagFields, G, d.kv_heads, d.batch),
+                       Buffer<int32_t>(v->top_tokens, G, d.kv_heads, d.batch),
+                       Buffer<int32_t>(v->top_pages, G, d.kv_heads, d.batch)};
+        run_sparse(c, *v, in, r, &ctx);
+        if (std::getenv("VASHISTA_DEBUG_WORKSPACE")) fprintf(stderr, "sparse %zu\n", ctx.peak());
+        most = std::max(most, ctx.peak());
+    }
+    if (p.dense) {
+        Buffer<float> out(d.head_dim, G, d.kv_heads, d.batch), lse(G, d.kv_heads, d.batch);
+        run_dense(c, *p.dense, in, p.scale, out, lse, nullptr, 0, &ctx);
+        if (std::getenv("VASHISTA_DEBUG_WORKSPACE")) fprintf(stderr, "dense %zu\n", ctx.peak());
+        most = std::max(most, ctx.peak());
+        const std::pair<int32_t, int32_t> one{0, 0};
+        run_dense(c, *p.dense, in, p.scale, out, lse, &one, 1, &ctx);
+        most = std::max(most, ctx.peak());
+    }
+    if (std::getenv("VASHISTA_DEBUG_WORKSPACE")) fprintf(stderr, "kernel workspace %zu\n", most);
+    return arena_bytes_for(most);
+}
+
+void plan_layout(vashista_plan &p) {
+    const auto &d = p.cache->desc;
+    const size_t heads = size_t(d.batch) * p.desc.q_heads, kv = size_t(d.batch) * d.kv_heads;
+    WorkspaceLayout &w = p.layout;
+    w.add(w.q, heads * d.head_dim * 4);
+    auto sparse = [&](const DecodeVariant *v, Section &out, Section &lse, Section &diag, Section &cand,
+                      Section &pages) {
+        if (!v) return;
+        w.add(out, heads * d.head_dim * 4);
+        w.add(lse, heads * 4);
+        w.add(diag, heads * vashista::kDiagFields * 4);
+        w.add(cand, heads * v->top_tokens * 4);
+        w.add(pages, heads * v->top_pages * 4);
+    };
+    sparse(p.variant, w.out, w.lse, w.diag, w.candidates, w.pages);
+    sparse(p.wide, w.w_out, w.w_lse, w.w_diag, w.w_candidates, w.w_pages);
+    if (p.dense) {
+        w.add(w.d_out, heads * d.head_dim * 4);
+        w.add(w.d_lse, heads * 4);
+    }
+    w.add(w.stale, size_t(d.batch));
+    w.add(w.taken, heads * 4);
+    w.add(w.pending, heads * 4);
+    w.add(w.still, heads * 4);
+    w.add(w.dense_heads, kv * 8);
+    // 64 bytes before the arena: Halide may read a little before an allocation.
+    w.total += 64;
+    w.add(w.arena, measure_kernel_workspace(p));
+    w.total += 64 + 63;  // the slack after it, and aligning the caller's pointer to 64
+}
+
+// A fixed-capacity list in the workspace.
+template <typename T>
+struct List {
+    T *data;
+    size_t size = 0;
+    void push_back(const T &v) { data[size++] = v; }
+    bool empty() const { return size == 0; }
+    T &back() { return data[size - 1]; }
+};
+
+void run_plan(const vashista_plan &p, void *workspace, size_t workspace_size, const int32_t *page_table, const void *q,
+              const int32_t *seq_lens, void *out, float *lse, vashista_head_diag *diag, int32_t *candidates) {
+    vashista_cache *c = p.cache;
+    const auto &d = c->desc;
+    const vashista_decode_config &cfg = p.cfg;
+    const int G = p.group;
+    const WorkspaceLayout &w = p.layout;
+    if (workspace_size < w.total)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "workspace_size = ", workspace_size,
+             " is below vashista_plan_workspace_size = ", w.total);
+    uint8_t *base = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+    const int32_t *table = page_table ? page_table : d.page_table;
+    require_pointer(table, "page_table");
+    const int32_t pages_used = validate_seq_lens(*c, table, seq_lens);
+    float *q32 = reinterpret_cast<float *>(base + w.q.offset);
+    load_q(p, q, q32);
+
+    StepInputs in{Buffer<float>(q32, d.head_dim, G, d.kv_heads, d.batch),
+                  Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch),
+                  Buffer<int32_t>(const_cast<int32_t *>(table), d.max_pages, d.batch).cropped(0, 0, pages_used),
+                  p.scale};
+    Arena ctx(base + w.arena.offset, w.arena.bytes);
+    char *stale = reinterpret_cast<char *>(base + w.stale.offset);
+    find_stale(*c, table, seq_lens, stale);
+    // A sparse result whose summaries were stale certifies nothing.
+    auto run_certified = [&](const DecodeVariant &v, SparseResult &s) {
+        run_sparse(c, v, in, s, &ctx);
+        for (int b = 0; b < d.batch; ++b)
+            if (stale[b])
+                for (int h = 0; h < d.kv_heads; ++h)
+                    for (int g = 0; g < G; ++g) {
+                        s.diag(vashista::kDiagErrorBound, g, h, b) = INFINITY;
+                        s.diag(vashista::kDiagCertificate, g, h, b) = float(VASHISTA_UNCERTIFIED_STALE);
+                    }
+    };
+    SparseResult r = sparse_buffers(base, w.out, w.lse, w.diag, w.candidates, w.pages, d, *p.variant);
+    run_certified(*p.variant, r);
+
+    // Per head: what the step ends as. An uncertified head's bound is +inf: over.
+    const size_t heads = size_t(d.batch) * d.kv_heads * G;
+    int32_t *taken = reinterpret_cast<int32_t *>(base + w.taken.offset);
+    std::fill(taken, taken + heads, int32_t(VASHISTA_TAKEN_SPARSE));
+    auto over = [&](const SparseResult &s, int g, int h, int b) {
+        const float bound = s.diag(vashista::kDiagErrorBound, g, h, b);
+        if (!cfg.relative_tolerance) return !(bound <= cfg.tolerance);
+        // ||o_dense|| >= ||o_sparse|| - bound, so this bounds the error relative to dense.
+        double norm = 0;
+        for (int x = 0; x < d.head_dim; ++x) norm += double(s.out(x, g, h, b)) * s.out(x, g, h, b);
+        return !(double(bound) <= double(cfg.tolerance) * (std::sqrt(norm) - double(bound)));
+    };
+    List<std::pair<int32_t, int32_t>> dense_heads{
+        reinterpret_cast<std::pair<int32_t, int32_t> *>(base + w.dense_heads.offset)};  // KV heads to recompute
+    List<int32_t> pending{reinterpret_cast<int32_t *>(base + w.pending.offset)};
+    for (int b = 0; b < d.batch; ++b)
+        for (int h = 0; h < d.kv_heads; ++h)
+            for (int g = 0; g < G; ++g)
+                if (over(r, g, h, b)) pending.push_back((b * d.kv_heads + h) * G + g);
+    if (!pending.empty() && cfg.policy == VASHISTA_POLICY_NONE) {
+        for (size_t k = 0; k < pending.size; ++k) taken[pending.data[k]] = VASHISTA_TAKEN_REPORTED;
+        pending.size = 0;
+    }
+    if (!pending.empty() && p.wide) {
+        SparseResult wr = sparse_buffers(base, w.w_out, w.w_lse, w.w_diag, w.w_candidates, w.w_pages, d, *p.wide);
+        run_certified(*p.wide, wr);
+        List<int32_t> still{reinterpret_cast<int32_t *>(base + w.still.offset)};
+        for (size_t k = 0; k < pending.size; ++k) {
+            const int i = pending.data[k];
+            const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
+            if (over(wr, g, h, b)) {
+                still.push_back(i);
+                continue;
+            }
+            taken[i] = VASHISTA_TAKEN_WIDENED;
+            for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = wr.out(x, g, h, b);
+            r.lse(g, h, b) = wr.lse(g, h, b);
+            for (int x = 0; x < vashista::kDiagFields; ++x) r.diag(x, g, h, b) = wr.diag(x, g, h, b);
+        }
+        std::copy(still.data, still.data + still.size, pending.data);
+        pending.size = still.size;
+    }
+    if (!pending.empty()) {
+        for (size_t k = 0; k < pending.size; ++k) {
+            const int i = pending.data[k];
+            taken[i] = VASHISTA_TAKEN_DENSE;
+            const std::pair<int32_t, int32_t> bh{i / G / d.kv_heads, (i / G) % d.kv_heads};
+            if (dense_heads.empty() || dense_heads.back() != bh) dense_heads.push_back(bh);
+        }
+        // Dense with the solver's meaning: eg is softmax at temperature beta, and its
+        // LSE is (1/beta) log sum exp(beta s), as the sparse kernel reports it.
+        Buffer<float> dout(reinterpret_cast<float *>(base + w.d_out.offset), d.head_dim, G, d.kv_heads, d.batch);
+        Buffer<float> dlse(reinterpret_cast<float *>(base + w.d_lse.offset), G, d.kv_heads, d.batch);
+        run_dense(c, *p.dense, in, p.scale * p.beta, dout, dlse, dense_heads.data, dense_heads.size, &ctx);
+        for (size_t k = 0; k < pending.size; ++k) {
+            const int i = pending.data[k];
+            const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
+            for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = dout(x, g, h, b);
+            r.lse(g, h, b) = dlse(g, h, b) / p.beta;
+        }
+    }
+    // A non-finite answer from finite q, k and v: the scores or values exceed f32.
+    for (int b = 0; b < d.batch; ++b)
+        for (int h = 0; h < d.kv_heads; ++h)
+            for (int g = 0; g < G; ++g) {
+                bool ok = std::isfinite(r.lse(g, h, b));
+                for (int x = 0; ok && x < d.head_dim; ++x) ok = std::isfinite(r.out(x, g, h, b));
+                if (!ok)
+                    fail(VASHISTA_ERROR_NON_FINITE, "the ",
+                         taken[(size_t(b) * d.kv_heads + h) * G + g] == VASHISTA_TAKEN_DENSE ? "dense" : "sparse",
+                         " output of sequence ", b, " query head ", h * G + g,
+                         " is not finite: its scores (scale * q.k) or weighted values exceed the range of f32 ",
+                         "(or K/V pages written outside vashista_append hold NaN or Inf)");
+            }
+    // Everything is computed: only now write the caller's outputs.
+    store_out(p, r.out, out);
+    if (lse) std::memcpy(lse, r.lse.data(), r.lse.size_in_bytes());
+    if (candidates) std::memcpy(candidates, r.candidates.data(), r.candidates.size_in_bytes());
+    if (diag)
+        for (int b = 0; b < d.batch; ++b)
+            for (int h = 0; h < d.kv_heads; ++h)
+                for (int g = 0; g < G; ++g) {
+                    const size_t i = (size_t(b) * d.kv_heads + h) * G + g;
+                    auto field = [&](int k) { return r.diag(k, g, h, b); };
+                    diag[i] = vashista_head_diag{sizeof(vashista_head_diag),
+                                                 field(vashista::kDiagSupportGap),
+                                                 field(vashista::kDiagLeakage),
+                                                 field(vashista::kDiagErrorBound),
+                                                 int32_t(field(vashista::kDiagCandidates)),
+                                                 taken[i],
+                                                 field(vashista::kDiagFwGap),
+                                                 int32_t(field(vashista::kDiagCertificate))};
+                }
+}
+
+vashista_plan *create_plan(vashista_cache *c, const vashista_decode_config *cfg, const vashista_plan_desc *pd) {
+    require_pointer(c, "cache");
+    validate_config(cfg);
+    validate_plan_desc(pd, c->desc);
+    const auto &d = c->desc;
+    if (cfg->routing == VASHISTA_ROUTING_SKETCH && d.sketch_bits == 0)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = sketch (2) needs a cache that keeps a token ",
+             "sketch: create it with desc->sketch_bits = 8 or 4 and desc->sketch_group");
+    install_halide_hooks();
+    auto p = std::make_unique<vashista_plan>();
+    p->cache = c;
+    p->cfg = *cfg;
+    p->desc = *pd;
+    p->group = pd->q_heads / d.kv_heads;
+    p->scale = cfg->scale > 0 ? cfg->scale : 1.0f / std::sqrt(float(d.head_dim));
+    p->beta = solver_temperature(*cfg);
+    p->variant = &find_decode(*c, p->group, *cfg);
+    p->wide = cfg->policy == VASHISTA_POLICY_WIDEN ? find_wider(*c, p->group, *cfg) : nullptr;
+    p->dense = cfg->policy != VASHISTA_POLICY_NONE ? &find_dense(d, p->group) : nullptr;
+    plan_layout(*p);
+    return p.release();
+}
+
+}  // namespace
+
+namespace {
+
+// Summaries and sketch of logical pages [first, last] of `seq` computed from the pages the
+// block table maps them to, with `new_len` tokens valid: computed into buffers of their own
+// first, so a failure leaves the cache as it was.
+struct PageSummaries {
+    int32_t seq, first, count;
+    Buffer<void> rows;                // (d, c, h, n)
+    Buffer<float> norms, key_bounds;  // (h, n)
+    Buffer<uint8_t> codes;            // (s, byte, h, n)
+    Buffer<void> scales;              // (s, group, h, n)
+};
+
+PageSummaries summarize_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t last, int32_t new_len) {
+    const auto &d = c->desc;
+    const int touched_pages = last - first + 1;
+    PageSummaries s{
+        seq,
+        first,
+        touched_pages,
+        Buffer<void>(halide_type(d.summary_dtype), d.head_dim, vashista::kSummaryChannels, d.kv_heads, touched_pages),
+        Buffer<float>(d.kv_heads, touched_pages),
+        Buffer<float>(d.kv_heads, touched_pages),
+        Buffer<uint8_t>(),
+        Buffer<void>()};
+    std::vector<int32_t> lens = c->appended;
+    lens[seq] = new_len;
+    Buffer<int32_t> touched(2, touched_pages);
+    for (int i = 0; i < touched_pages; ++i) {
+        touched(0, i) = seq;
+        touched(1, i) = first + i;
+    }
+    Buffer<int32_t> lens_buffer(lens.data(), d.batch);
+    Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
+    Buffer<int32_t> pt = c->page_table();
+    KernelCall summarize(c->summarize->kernel);
+    summarize.buffer("k_cache", kb.raw_buffer())
+        .buffer("v_cache", vb.raw_buffer())
+        .buffer("page_table", pt.raw_buffer())
+        .buffer("seq_lens", lens_buffer.raw_buffer())
+        .buffer("touched", touched.raw_buffer())
+        .buffer("summary", s.rows.raw_buffer())
+        .buffer("value_norm", s.norms.raw_buffer())
+        .buffer("key_absmax", s.key_bounds.raw_buffer());
+    check_kernel(summarize, c->summarize->name);
+    // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
+    if (c->sketch_kernel) {
+        s.codes = Buffer<uint8_t>(d.page_size, vashista::sketch_code_bytes(d.head_dim, d.sketch_bits), d.kv_heads,
+                                  touched_pages);
+        s.scales = Buffer<void>(halide_type_t(halide_type_bfloat, 16), d.page_size, d.head_dim / d.sketch_group,
+                                d.kv_heads, touched_pages);
+        KernelCall sketch(c->sketch_kernel->kernel);
+        sketch.buffer("k_cache", kb.raw_buffer())
+            .buffer("page_table", pt.raw_buffer())
+            .buffer("seq_lens", lens_buffer.raw_buffer())
+            .buffer("touched", touched.raw_buffer())
+            .buffer("codes", s.codes.raw_buffer())
+            .buffer("scales", s.scales.raw_buffer());
+        check_kernel(sketch, c->sketch_kernel->name);
+    }
+    return s;
+}
+
+// Writes computed summaries into the cache's layout and records what they were computed from.
+void commit_pages(vashista_cache *c, PageSummaries &s) {
+    const auto &d = c->desc;
+    const int bytes = dtype_bytes(d.summary_dtype);
+    const uint8_t *src = static_cast<const uint8_t *>(s.rows.data());
+    uint8_t *dst = static_cast<uint8_t *>(c->summary.data());
+    const auto &sd = c->summary;
+    for (int i = 0; i < s.count; ++i) {
+        const int j = s.first + i;
+        const size_t at = size_t(s.seq) * d.max_pages + j;
+        c->summarized_page[at] = d.page_table[at];
+        c->summarized_version[at] = c->page_version[d.page_table[at]];
+        for (int h = 0; h < d.kv_heads; ++h) {
+            c->value_norm(j, h, s.seq) = s.norms(h, i);
+            c->key_absmax(j, h, s.seq) = s.key_bounds(h, i);
+            for (int ch = 0; ch < vashista::kSummaryChannels; ++ch)
+                for (int dd = 0; dd < d.head_dim; ++dd) {
+                    const size_t from =
+                        ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
+                    const auto at_summary = c->summary_layout.coords(j, dd, ch, h, s.seq);
+                    int64_t to = 0;
+                    for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
+                    std::memcpy(dst + to * bytes, src + from * bytes, bytes);
+                }
+            if (c->sketch_kernel) {
+                c->sketch.sliced(4, s.seq).sliced(3, h).sliced(2, j).copy_from(s.codes.sliced(3, i).sliced(2, h));
+                c->sketch_scale.sliced(4, s.seq).sliced(3, h).sliced(2, j).copy_from(
+                    s.scales.sliced(3, i).sliced(2, h));
+            }
+        }
+    }
+}
+
+// What append and summarize share: tokens [start, start + count) of `seq`, in pages the
+// block table maps in range, continuing what was summarized. Returns the logical pages.
+std::pair<int32_t, int32_t> validate_token_range(const vashista_cache *c, int32_t seq, int32_t start, int32_t count) {
+    require_pointer(c, "cache");
+    const auto &d = c->desc;
+    if (seq < 0 || seq >= d.batch)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
+    if (count < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "count = ", count, " must be >= 1");
+    if (start < 0 || start > c->appended[seq])
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "start = ", start, " is not in [0, tokens appended = ", c->appended[seq],
+             "]");
+    if (int64_t(start) + count > int64_t(d.max_pages) * d.page_size)
+        fail(VASHISTA_ERROR_OUT_OF_RANGE, "start + count = ", int64_t(start) + count,
+             " exceeds max_pages * page_size = ", int64_t(d.max_pages) * d.page_size);
+    const int32_t first = start / d.page_size, last = (start + count - 1) / d.page_size;
+    validate_pages(*c, d.page_table, seq, first, last + 1);
+    return {first, last};
+}
+
+// Summarizes the pages of tokens just written, then commits: the pages' write counts, the
+// summaries and the token count change together, after every kernel has succeeded.
+void summarize_written(vashista_cache *c, int32_t seq, int32_t start, int32_t count, int32_t first, int32_t last) {
+    const auto &d = c->desc;
+    const int32_t new_len = std::max(c->appended[seq], start + count);
+    PageSummaries s = summarize_pages(c, seq, first, last, new_len);
+    for (int32_t j = first; j <= last; ++j) ++c->page_version[d.page_table[size_t(seq) * d.max_pages + j]];
+    commit_pages(c, s);
+    c->appended[seq] = new_len;
 }
 
 }  // namespace
 
 extern "C" {
 
+uint32_t vashista_abi_version(void) { return VASHISTA_ABI_VERSION; }
+
 void vashista_decode_config_default(vashista_decode_config *config) {
     if (!config) return;
-    *config = vashista_decode_config{64,
+    *config = vashista_decode_config{sizeof(vashista_decode_config),
+                                     64,
                                      128,
                                      VASHISTA_SOLVER_SOFTMAX,
                                      VASHISTA_ROUTING_BOUND,
@@ -490,6 +1032,7 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         require_pointer(cache, "cache");
         *cache = nullptr;
         validate_desc(desc);
+        install_halide_hooks();
         auto c = std::make_unique<vashista_cache>();
         c->desc = *desc;
         c->summarize = &find_summarize(*desc);
@@ -539,21 +1082,10 @@ int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq) {
 vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, int32_t count, const void *k,
                                 const void *v) {
     return guarded([&] {
-        require_pointer(c, "cache");
+        const auto [first, last] = validate_token_range(c, seq, start, count);
         require_pointer(k, "k");
         require_pointer(v, "v");
         const auto &d = c->desc;
-        if (seq < 0 || seq >= d.batch)
-            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
-        if (count < 1) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "count = ", count, " must be >= 1");
-        if (start < 0 || start > c->appended[seq])
-            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "start = ", start,
-                 " is not in [0, tokens appended = ", c->appended[seq], "]");
-        if (int64_t(start) + count > int64_t(d.max_pages) * d.page_size)
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "start + count = ", int64_t(start) + count,
-                 " exceeds max_pages * page_size = ", int64_t(d.max_pages) * d.page_size);
-        const int32_t first = start / d.page_size, last = (start + count - 1) / d.page_size;
-        validate_pages(*c, seq, first, last + 1);
         const size_t row = size_t(d.head_dim) * dtype_bytes(d.kv_dtype);
         const size_t n = size_t(count) * d.kv_heads * d.head_dim;
         for (const auto *src : {static_cast<const uint8_t *>(k), static_cast<const uint8_t *>(v)})
@@ -563,90 +1095,83 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                     fail(VASHISTA_ERROR_NON_FINITE, src == k ? "k" : "v", "[", r / d.kv_heads, "][", r % d.kv_heads,
                          "][", i % d.head_dim, "] is not finite");
                 }
-        // Everything is valid: write the tokens, then summarize the touched pages. The
-        // token count changes only once the summaries are in place.
+        // Everything is valid: write the tokens (keeping what they overwrite, so a failed
+        // summary step can put it back), then summarize the touched pages.
+        std::vector<uint8_t> saved(2 * size_t(count) * d.kv_heads * row);
+        auto copy_rows = [&](bool restore) {
+            uint8_t *keep = saved.data();
+            for (int32_t t = 0; t < count; ++t) {
+                const int32_t pos = start + t;
+                const int32_t page = d.page_table[size_t(seq) * d.max_pages + pos / d.page_size];
+                for (int32_t h = 0; h < d.kv_heads; ++h) {
+                    const size_t src = (size_t(t) * d.kv_heads + h) * row;
+                    const size_t dst = c->token_offset(page, pos % d.page_size, h) * dtype_bytes(d.kv_dtype);
+                    for (auto [pages, from] : {std::pair{static_cast<uint8_t *>(d.k_pages), k},
+                                               std::pair{static_cast<uint8_t *>(d.v_pages), v}}) {
+                        if (restore) {
+                            std::memcpy(pages + dst, keep, row);
+                        } else {
+                            std::memcpy(keep, pages + dst, row);
+                            std::memcpy(pages + dst, static_cast<const uint8_t *>(from) + src, row);
+                        }
+                        keep += row;
+                    }
+                }
+            }
+        };
+        copy_rows(false);
+        try {
+            summarize_written(c, seq, start, count, first, last);
+        } catch (...) {
+            copy_rows(true);
+            throw;
+        }
+    });
+}
+
+vashista_status vashista_summarize(vashista_cache *c, int32_t seq, int32_t start, int32_t count) {
+    return guarded([&] {
+        const auto [first, last] = validate_token_range(c, seq, start, count);
+        const auto &d = c->desc;
+        const size_t bytes = dtype_bytes(d.kv_dtype);
         for (int32_t t = 0; t < count; ++t) {
             const int32_t pos = start + t;
             const int32_t page = d.page_table[size_t(seq) * d.max_pages + pos / d.page_size];
-            for (int32_t h = 0; h < d.kv_heads; ++h) {
-                const size_t src = (size_t(t) * d.kv_heads + h) * row;
-                const size_t dst = c->token_offset(page, pos % d.page_size, h) * dtype_bytes(d.kv_dtype);
-                std::memcpy(static_cast<uint8_t *>(d.k_pages) + dst, static_cast<const uint8_t *>(k) + src, row);
-                std::memcpy(static_cast<uint8_t *>(d.v_pages) + dst, static_cast<const uint8_t *>(v) + src, row);
-            }
-        }
-        const int touched_pages = last - first + 1;
-        for (int i = 0; i < touched_pages; ++i) ++c->page_version[d.page_table[size_t(seq) * d.max_pages + first + i]];
-
-        std::vector<int32_t> lens = c->appended;
-        lens[seq] = std::max(lens[seq], start + count);
-        Buffer<int32_t> touched(2, touched_pages);
-        for (int i = 0; i < touched_pages; ++i) {
-            touched(0, i) = seq;
-            touched(1, i) = first + i;
-        }
-        Buffer<int32_t> lens_buffer(lens.data(), d.batch);
-        Buffer<void> rows(halide_type(d.summary_dtype), d.head_dim, vashista::kSummaryChannels, d.kv_heads,
-                          touched_pages);
-        Buffer<float> norms(d.kv_heads, touched_pages), key_bounds(d.kv_heads, touched_pages);
-        Buffer<void> kb = c->kv_buffer(d.k_pages), vb = c->kv_buffer(d.v_pages);
-        Buffer<int32_t> pt = c->page_table();
-        KernelCall summarize(c->summarize->kernel);
-        summarize.buffer("k_cache", kb.raw_buffer())
-            .buffer("v_cache", vb.raw_buffer())
-            .buffer("page_table", pt.raw_buffer())
-            .buffer("seq_lens", lens_buffer.raw_buffer())
-            .buffer("touched", touched.raw_buffer())
-            .buffer("summary", rows.raw_buffer())
-            .buffer("value_norm", norms.raw_buffer())
-            .buffer("key_absmax", key_bounds.raw_buffer());
-        check_kernel(summarize, c->summarize->name);
-        // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
-        Buffer<uint8_t> codes;
-        Buffer<void> scales;
-        if (c->sketch_kernel) {
-            codes = Buffer<uint8_t>(d.page_size, vashista::sketch_code_bytes(d.head_dim, d.sketch_bits), d.kv_heads,
-                                    touched_pages);
-            scales = Buffer<void>(halide_type_t(halide_type_bfloat, 16), d.page_size, d.head_dim / d.sketch_group,
-                                  d.kv_heads, touched_pages);
-            KernelCall sketch(c->sketch_kernel->kernel);
-            sketch.buffer("k_cache", kb.raw_buffer())
-                .buffer("page_table", pt.raw_buffer())
-                .buffer("seq_lens", lens_buffer.raw_buffer())
-                .buffer("touched", touched.raw_buffer())
-                .buffer("codes", codes.raw_buffer())
-                .buffer("scales", scales.raw_buffer());
-            check_kernel(sketch, c->sketch_kernel->name);
-        }
-        c->appended[seq] = lens[seq];
-        const int bytes = dtype_bytes(d.summary_dtype);
-        const uint8_t *src = static_cast<const uint8_t *>(rows.data());
-        uint8_t *dst = static_cast<uint8_t *>(c->summary.data());
-        const auto &sd = c->summary;
-        for (int i = 0; i < touched_pages; ++i) {
-            const int j = first + i;
-            const size_t at = size_t(seq) * d.max_pages + j;
-            c->summarized_page[at] = d.page_table[at];
-            c->summarized_version[at] = c->page_version[d.page_table[at]];
-            for (int h = 0; h < d.kv_heads; ++h) {
-                c->value_norm(j, h, seq) = norms(h, i);
-                c->key_absmax(j, h, seq) = key_bounds(h, i);
-                for (int ch = 0; ch < vashista::kSummaryChannels; ++ch)
-                    for (int dd = 0; dd < d.head_dim; ++dd) {
-                        const size_t from =
-                            ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
-                        const auto at_summary = c->summary_layout.coords(j, dd, ch, h, seq);
-                        int64_t to = 0;
-                        for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
-                        std::memcpy(dst + to * bytes, src + from * bytes, bytes);
-                    }
-                if (c->sketch_kernel) {
-                    c->sketch.sliced(4, seq).sliced(3, h).sliced(2, j).copy_from(codes.sliced(3, i).sliced(2, h));
-                    c->sketch_scale.sliced(4, seq).sliced(3, h).sliced(2, j).copy_from(
-                        scales.sliced(3, i).sliced(2, h));
+            for (int32_t h = 0; h < d.kv_heads; ++h)
+                for (const void *pages : {d.k_pages, d.v_pages}) {
+                    const auto *row =
+                        static_cast<const uint8_t *>(pages) + c->token_offset(page, pos % d.page_size, h) * bytes;
+                    for (int32_t x = 0; x < d.head_dim; ++x)
+                        if (non_finite(row + x * bytes, d.kv_dtype))
+                            fail(VASHISTA_ERROR_NON_FINITE, pages == d.k_pages ? "k" : "v", " of sequence ", seq,
+                                 " token ", pos, " (physical page ", page, " slot ", pos % d.page_size, ") head ", h,
+                                 " channel ", x, " is not finite");
                 }
-            }
         }
+        summarize_written(c, seq, start, count, first, last);
+    });
+}
+
+vashista_status vashista_truncate(vashista_cache *c, int32_t seq, int32_t new_len) {
+    return guarded([&] {
+        require_pointer(c, "cache");
+        const auto &d = c->desc;
+        if (seq < 0 || seq >= d.batch)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
+        if (new_len < 0 || new_len > c->appended[seq])
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "new_len = ", new_len,
+                 " is not in [0, tokens appended = ", c->appended[seq], "]");
+        if (new_len == c->appended[seq]) return;
+        const int32_t cut = new_len / d.page_size;  // the page the cut falls in, if partial
+        const int32_t end = (c->appended[seq] + d.page_size - 1) / d.page_size;
+        if (new_len % d.page_size) {
+            validate_pages(*c, d.page_table, seq, cut, cut + 1);
+            PageSummaries s = summarize_pages(c, seq, cut, cut, new_len);
+            commit_pages(c, s);
+        }
+        for (int32_t j = (new_len + d.page_size - 1) / d.page_size; j < end; ++j)
+            c->summarized_page[size_t(seq) * d.max_pages + j] = -1;
+        c->appended[seq] = new_len;
     });
 }
 
@@ -655,124 +1180,36 @@ vashista_status vashista_decode(vashista_cache *c, const vashista_decode_config 
     return vashista_decode_with_candidates(c, cfg, q, q_heads, seq_lens, out, lse, diag, nullptr);
 }
 
+// The one-call API: a plan per (config, q_heads) kept in the cache, a workspace grown to the
+// largest plan's, and vashista_run.
 vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashista_decode_config *cfg, const float *q,
                                                 int32_t q_heads, const int32_t *seq_lens, float *out, float *lse,
                                                 vashista_head_diag *diag, int32_t *candidates) {
     return guarded([&] {
-        const Shape shape = validate_step(c, q, q_heads, seq_lens, out);
+        require_pointer(c, "cache");
+        require_pointer(cfg, "config");
+        require_pointer(q, "q");
+        require_pointer(seq_lens, "seq_lens");
+        require_pointer(out, "out");
         validate_config(cfg);
-        const auto &d = c->desc;
-        const int G = shape.group;
-        if (cfg->routing == VASHISTA_ROUTING_SKETCH && d.sketch_bits == 0)
-            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = sketch (2) needs a cache that keeps a token ",
-                 "sketch: create it with desc->sketch_bits = 8 or 4 and desc->sketch_group");
-        const DecodeVariant &variant = find_decode(*c, G, *cfg);
-        const float scale = cfg->scale > 0 ? cfg->scale : 1.0f / std::sqrt(float(d.head_dim));
-        Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);
-        Buffer<int32_t> lens(const_cast<int32_t *>(seq_lens), d.batch);
-        const std::vector<char> stale = stale_sequences(*c, seq_lens);
-        // A sparse result whose summaries were stale certifies nothing.
-        auto run_certified = [&](const DecodeVariant &v) {
-            SparseResult s = run_sparse(c, v, qb, lens, scale);
-            for (int b = 0; b < d.batch; ++b)
-                if (stale[b])
-                    for (int h = 0; h < d.kv_heads; ++h)
-                        for (int g = 0; g < G; ++g) {
-                            s.diag(vashista::kDiagErrorBound, g, h, b) = INFINITY;
-                            s.diag(vashista::kDiagCertificate, g, h, b) = float(VASHISTA_UNCERTIFIED_STALE);
-                        }
-            return s;
-        };
-        SparseResult r = run_certified(variant);
-
-        // Per head: what the step ends as. An uncertified head's bound is +inf: over.
-        std::vector<int32_t> taken(size_t(d.batch) * q_heads, VASHISTA_TAKEN_SPARSE);
-        auto over = [&](const SparseResult &s, int g, int h, int b) {
-            const float bound = s.diag(vashista::kDiagErrorBound, g, h, b);
-            if (!cfg->relative_tolerance) return !(bound <= cfg->tolerance);
-            // ||o_dense|| >= ||o_sparse|| - bound, so this bounds the error relative to dense.
-            double norm = 0;
-            for (int x = 0; x < d.head_dim; ++x) norm += double(s.out(x, g, h, b)) * s.out(x, g, h, b);
-            return !(double(bound) <= double(cfg->tolerance) * (std::sqrt(norm) - double(bound)));
-        };
-        std::vector<std::pair<int, int>> dense_heads;  // (b, h) KV heads with a head to recompute
-        auto mark_dense = [&](int b, int h) {
-            if (dense_heads.empty() || dense_heads.back() != std::make_pair(b, h)) dense_heads.push_back({b, h});
-        };
-        std::vector<int> pending;
-        for (int b = 0; b < d.batch; ++b)
-            for (int h = 0; h < d.kv_heads; ++h)
-                for (int g = 0; g < G; ++g)
-                    if (over(r, g, h, b)) pending.push_back((b * d.kv_heads + h) * G + g);
-        if (!pending.empty() && cfg->policy == VASHISTA_POLICY_NONE) {
-            for (int i : pending) taken[i] = VASHISTA_TAKEN_REPORTED;
-            pending.clear();
+        if (q_heads <= 0 || q_heads % c->desc.kv_heads != 0)
+            fail(VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = ", q_heads,
+                 " is not a positive multiple of kv_heads = ", c->desc.kv_heads);
+        std::vector<char> key(sizeof *cfg + sizeof q_heads);
+        std::memcpy(key.data(), cfg, sizeof *cfg);
+        std::memcpy(key.data() + sizeof *cfg, &q_heads, sizeof q_heads);
+        const vashista_plan *plan = nullptr;
+        for (const auto &[k, p] : c->plans)
+            if (k == key) plan = p.get();
+        if (!plan) {
+            vashista_plan_desc pd;
+            vashista_plan_desc_default(&pd, q_heads);
+            c->plans.emplace_back(key, std::unique_ptr<vashista_plan, void (*)(vashista_plan *)>(
+                                           create_plan(c, cfg, &pd), vashista_plan_destroy));
+            plan = c->plans.back().second.get();
         }
-        if (!pending.empty() && cfg->policy == VASHISTA_POLICY_WIDEN) {
-            if (const DecodeVariant *wide = find_wider(*c, G, *cfg)) {
-                SparseResult w = run_certified(*wide);
-                std::vector<int> still;
-                for (int i : pending) {
-                    const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
-                    if (over(w, g, h, b)) {
-                        still.push_back(i);
-                        continue;
-                    }
-                    taken[i] = VASHISTA_TAKEN_WIDENED;
-                    for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = w.out(x, g, h, b);
-                    r.lse(g, h, b) = w.lse(g, h, b);
-                    for (int x = 0; x < vashista::kDiagFields; ++x) r.diag(x, g, h, b) = w.diag(x, g, h, b);
-                }
-                pending.swap(still);
-            }
-        }
-        if (!pending.empty()) {
-            for (int i : pending) {
-                taken[i] = VASHISTA_TAKEN_DENSE;
-                mark_dense(i / G / d.kv_heads, (i / G) % d.kv_heads);
-            }
-            // Dense with the solver's meaning: eg is softmax at temperature beta, and its
-            // LSE is (1/beta) log sum exp(beta s), as the sparse kernel reports it.
-            const float beta = solver_temperature(*cfg);
-            const DenseVariant &dv = find_dense(d, G);
-            Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
-            run_dense(c, dv, qb, lens, scale * beta, dout, dlse, &dense_heads);
-            for (int i : pending) {
-                const int g = i % G, h = (i / G) % d.kv_heads, b = i / G / d.kv_heads;
-                for (int x = 0; x < d.head_dim; ++x) r.out(x, g, h, b) = dout(x, g, h, b);
-                r.lse(g, h, b) = dlse(g, h, b) / beta;
-            }
-        }
-        // A non-finite answer from finite q, k and v: the scores or values exceed f32.
-        for (int b = 0; b < d.batch; ++b)
-            for (int h = 0; h < d.kv_heads; ++h)
-                for (int g = 0; g < G; ++g) {
-                    bool ok = std::isfinite(r.lse(g, h, b));
-                    for (int x = 0; ok && x < d.head_dim; ++x) ok = std::isfinite(r.out(x, g, h, b));
-                    if (!ok)
-                        fail(VASHISTA_ERROR_NON_FINITE, "the ",
-                             taken[(size_t(b) * d.kv_heads + h) * G + g] == VASHISTA_TAKEN_DENSE ? "dense" : "sparse",
-                             " output of sequence ", b, " query head ", h * G + g,
-                             " is not finite: its scores (scale * q.k) or weighted values exceed the range of f32 ",
-                             "(or K/V pages written outside vashista_append hold NaN or Inf)");
-                }
-        std::memcpy(out, r.out.data(), r.out.size_in_bytes());
-        if (lse) std::memcpy(lse, r.lse.data(), r.lse.size_in_bytes());
-        if (candidates) std::memcpy(candidates, r.candidates.data(), r.candidates.size_in_bytes());
-        if (diag)
-            for (int b = 0; b < d.batch; ++b)
-                for (int h = 0; h < d.kv_heads; ++h)
-                    for (int g = 0; g < G; ++g) {
-                        const size_t i = (size_t(b) * d.kv_heads + h) * G + g;
-                        auto field = [&](int k) { return r.diag(k, g, h, b); };
-                        diag[i] = vashista_head_diag{field(vashista::kDiagSupportGap),
-                                                     field(vashista::kDiagLeakage),
-                                                     field(vashista::kDiagErrorBound),
-                                                     int32_t(field(vashista::kDiagCandidates)),
-                                                     taken[i],
-                                                     field(vashista::kDiagFwGap),
-                                                     int32_t(field(vashista::kDiagCertificate))};
-                    }
+        if (c->workspace.size() < plan->layout.total) c->workspace.resize(plan->layout.total);
+        run_plan(*plan, c->workspace.data(), c->workspace.size(), nullptr, q, seq_lens, out, lse, diag, candidates);
     });
 }
 
@@ -786,13 +1223,50 @@ vashista_status vashista_dense(vashista_cache *c, const float *q, int32_t q_head
         const int G = shape.group;
         const DenseVariant &dv = find_dense(d, G);
         if (scale == 0) scale = 1.0f / std::sqrt(float(d.head_dim));
-        Buffer<float> qb(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch);
-        Buffer<int32_t> lens(const_cast<int32_t *>(seq_lens), d.batch);
+        StepInputs in{Buffer<float>(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch),
+                      Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch), c->page_table(), scale};
         Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
-        run_dense(c, dv, qb, lens, scale, dout, dlse, nullptr);
+        run_dense(c, dv, in, scale, dout, dlse, nullptr, 0, nullptr);
         std::memcpy(out, dout.data(), dout.size_in_bytes());
         if (lse) std::memcpy(lse, dlse.data(), dlse.size_in_bytes());
     });
+}
+
+void vashista_plan_desc_default(vashista_plan_desc *desc, int32_t q_heads) {
+    if (!desc) return;
+    *desc = vashista_plan_desc{sizeof(vashista_plan_desc), q_heads, VASHISTA_DTYPE_F32, VASHISTA_DTYPE_F32, 0, 0, 0, 0};
+}
+
+vashista_status vashista_plan_create(vashista_cache *cache, const vashista_decode_config *config,
+                                     const vashista_plan_desc *desc, vashista_plan **plan) {
+    return guarded([&] {
+        require_pointer(plan, "plan");
+        *plan = nullptr;
+        *plan = create_plan(cache, config, desc);
+    });
+}
+
+void vashista_plan_destroy(vashista_plan *plan) { delete plan; }
+
+size_t vashista_plan_workspace_size(const vashista_plan *plan) { return plan ? plan->layout.total : 0; }
+
+vashista_status vashista_run(const vashista_plan *plan, void *workspace, size_t workspace_size,
+                             const int32_t *page_table, const void *q, const int32_t *seq_lens, void *out, float *lse,
+                             vashista_head_diag *diag, int32_t *candidates) {
+    return guarded([&] {
+        require_pointer(plan, "plan");
+        require_pointer(workspace, "workspace");
+        require_pointer(q, "q");
+        require_pointer(seq_lens, "seq_lens");
+        require_pointer(out, "out");
+        run_plan(*plan, workspace, workspace_size, page_table, q, seq_lens, out, lse, diag, candidates);
+    });
+}
+
+int32_t vashista_set_num_threads(int32_t n) { return vashista::runtime::set_num_threads(n); }
+
+void vashista_set_parallel_for(vashista_parallel_for_fn parallel_for, void *engine_ctx) {
+    vashista::runtime::set_parallel_for(parallel_for, engine_ctx);
 }
 
 const char *vashista_last_error(void) { return g_last_error.c_str(); }

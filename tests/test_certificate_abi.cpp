@@ -75,7 +75,8 @@ struct AbiCache {
         const int bytes = dtype_bytes(p.cache.dtype);
         k_pages.assign(p.cache.k.size() * bytes, 0);
         v_pages.assign(p.cache.v.size() * bytes, 0);
-        vashista_cache_desc desc{p.seqs.batch,
+        vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                                 p.seqs.batch,
                                  p.cache.kv_heads,
                                  p.cache.head_dim,
                                  S,

@@ -57,7 +57,8 @@ TEST_CASE("a multi-target library runs the forced ISA level's code and matches t
     const ref::Problem p = ref::make_problem(spec);
     std::vector<uint8_t> k_pages(p.cache.k.size() * 2), v_pages(p.cache.v.size() * 2);
     const int B = p.seqs.batch, QH = H * G;
-    vashista_cache_desc desc{B,
+    vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                             B,
                              H,
                              D,
                              S,

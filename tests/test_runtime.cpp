@@ -4,6 +4,7 @@
 #include "HalideBuffer.h"
 #include "kernel_call.h"
 #include "problem.h"
+#include "support/abi_fixture.h"
 #include "vashista.h"
 
 #include <catch2/catch.hpp>
@@ -18,106 +19,7 @@
 
 using namespace vashista;
 
-namespace {
-
-constexpr int H = 2, D = 128, S = 16;
-
-struct Fixture {
-    ref::Problem p;
-    std::vector<uint8_t> k_pages, v_pages;
-    vashista_cache *cache = nullptr;
-    int G;
-
-    KvLayout layout;
-
-    int sketch_bits = 0;  // the token sketch the cache keeps (groups of 16 channels), 0 for none
-
-    explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted,
-                     KvLayout layout_ = KvLayout::HND, const std::function<void(ref::Problem &)> &edit = {},
-                     int sketch_bits_ = 0)
-        : G(group), layout(layout_), sketch_bits(sketch_bits_) {
-        ref::ProblemSpec spec;
-        spec.kv_heads = H;
-        spec.group = group;
-        spec.head_dim = D;
-        spec.seq_lens = lens;
-        spec.kind = kind;
-        spec.needle_score = 30;
-        spec.layout = layout;
-        p = ref::make_problem(spec);
-        if (edit) edit(p);
-        k_pages.assign(p.cache.k.size() * 2, 0);
-        v_pages.assign(p.cache.v.size() * 2, 0);
-        vashista_cache_desc desc = describe();
-        REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
-        for (int b = 0; b < p.seqs.batch; ++b) append_all(b);
-    }
-    ~Fixture() { vashista_cache_destroy(cache); }
-
-    vashista_cache_desc describe() {
-        return vashista_cache_desc{p.seqs.batch,
-                                   H,
-                                   D,
-                                   S,
-                                   p.cache.num_pages,
-                                   p.seqs.max_pages,
-                                   VASHISTA_DTYPE_BF16,
-                                   VASHISTA_DTYPE_BF16,
-                                   layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
-                                   k_pages.data(),
-                                   v_pages.data(),
-                                   p.seqs.page_table.data(),
-                                   sketch_bits,
-                                   sketch_bits ? kSketchGroupDefault : 0};
-    }
-    // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
-    std::vector<uint16_t> tokens(const std::vector<float> &src, int b, int start, int n) {
-        const std::vector<uint8_t> bytes = ref::token_bytes(p.cache, p.seqs, src, b, start, n);
-        std::vector<uint16_t> out(bytes.size() / 2);
-        std::memcpy(out.data(), bytes.data(), bytes.size());
-        return out;
-    }
-    void append_all(int b) {
-        // Uneven chunks so pages are summarized while partial and again when full.
-        const int len = p.seqs.seq_lens[b];
-        for (int start = 0; start < len;) {
-            const int n = std::min(len - start, 1 + (start * 7) % 53);
-            auto k = tokens(p.cache.k, b, start, n), v = tokens(p.cache.v, b, start, n);
-            REQUIRE(vashista_append(cache, b, start, n, k.data(), v.data()) == VASHISTA_OK);
-            start += n;
-        }
-    }
-};
-
-// Stores an integer into a C enum field the way a C caller can, without C++'s
-// undefined behaviour for out-of-range enum values.
-template <typename E>
-void store_raw(E &field, int value) {
-    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
-    std::memcpy(&field, &value, sizeof value);
-}
-
-vashista_decode_config default_config() {
-    vashista_decode_config c;
-    vashista_decode_config_default(&c);
-    return c;
-}
-
-// The reference's options for a softmax config of the runtime.
-ref::SparseOptions options_of(const vashista_decode_config &c) {
-    ref::SparseOptions opt;
-    opt.top_pages = c.top_pages;
-    opt.top_tokens = c.top_tokens;
-    opt.routing = c.routing == VASHISTA_ROUTING_BOUND    ? RoutingMode::Bound
-                  : c.routing == VASHISTA_ROUTING_SKETCH ? RoutingMode::Sketch
-                                                         : RoutingMode::Mean;
-    opt.group_routing = c.group_routing == VASHISTA_GROUP_SHARED ? GroupRouting::Shared : GroupRouting::PerHead;
-    opt.sink_pages = c.sink_pages;
-    opt.local_pages = c.local_pages;
-    return opt;
-}
-
-}  // namespace
+using namespace vashista::testing;
 
 // A kernel of two arguments, as a Halide AOT object declares it: an input buffer `x`
 // (2-D float32) and a scalar `scale`; its argv entry point records what it was given.
@@ -582,7 +484,8 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         std::vector<int32_t> table(max_pages, 0);
         for (int j = 0; j < 8; ++j) table[j] = j;
         std::vector<uint16_t> k_pages(size_t(8) * KVH * S * D, 0), v_pages(k_pages.size(), 0);
-        vashista_cache_desc desc{1,
+        vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                                 1,
                                  KVH,
                                  D,
                                  S,
@@ -610,7 +513,10 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         const int32_t lens[] = {len};
         vashista_decode_config cfg = default_config();
         std::vector<vashista_head_diag> diag(32);
-        REQUIRE(vashista_decode(cache, &cfg, q.data(), 32, lens, sparse.data(), nullptr, diag.data()) == VASHISTA_OK);
+        const vashista_status decoded =
+            vashista_decode(cache, &cfg, q.data(), 32, lens, sparse.data(), nullptr, diag.data());
+        INFO(vashista_last_error());
+        REQUIRE(decoded == VASHISTA_OK);
         // K_c = 128 covers all 100 tokens: the answer is softmax attention over them.
         for (int qh = 0; qh < 32; ++qh) {
             const int h = qh / 4;
@@ -635,7 +541,8 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
     SECTION("past 2^31 - 1 elements: the kernels cannot address it without large_buffers") {
         std::vector<int32_t> table(700000, 0);
         uint16_t pages[16] = {};
-        vashista_cache_desc desc{1,
+        vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                                 1,
                                  8,
                                  D,
                                  S,
@@ -658,8 +565,8 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
         vashista_cache_desc desc{
-            1 << 30, 8,     D,     S, 1, 1 << 30, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND,
-            pages,   pages, table, 0, 0};
+            sizeof(vashista_cache_desc), 1 << 30, 8,     D,     S, 1, 1 << 30, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
+            VASHISTA_LAYOUT_HND,         pages,   pages, table, 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
         REQUIRE(cache == nullptr);
@@ -669,8 +576,8 @@ TEST_CASE("a cache whose summaries pass 2 GiB decodes and one too large to addre
         int32_t table[1] = {0};
         uint16_t pages[16] = {};
         vashista_cache_desc desc{
-            4096,  8,     D,     S, 1, 65536, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND,
-            pages, pages, table, 0, 0};
+            sizeof(vashista_cache_desc), 4096,  8,     D,     S, 1, 65536, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
+            VASHISTA_LAYOUT_HND,         pages, pages, table, 0, 0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_MEMORY);
         REQUIRE(cache == nullptr);

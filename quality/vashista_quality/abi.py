@@ -23,8 +23,12 @@ CERTIFIED = CERTIFICATES.index("certified")
 PAGE_SIZE = 16  # the page size of the kernel libraries these caches use
 
 
+# Every struct starts with struct_size (vashista.h, ABI version 2).
+ABI_VERSION = 2
+
+
 class CacheDesc(C.Structure):
-    _fields_ = [("batch", C.c_int32), ("kv_heads", C.c_int32), ("head_dim", C.c_int32),
+    _fields_ = [("struct_size", C.c_size_t), ("batch", C.c_int32), ("kv_heads", C.c_int32), ("head_dim", C.c_int32),
                 ("page_size", C.c_int32), ("num_pages", C.c_int32), ("max_pages", C.c_int32),
                 ("kv_dtype", C.c_int), ("summary_dtype", C.c_int), ("layout", C.c_int),
                 ("k_pages", C.c_void_p), ("v_pages", C.c_void_p), ("page_table", C.c_void_p),
@@ -32,7 +36,7 @@ class CacheDesc(C.Structure):
 
 
 class DecodeConfig(C.Structure):
-    _fields_ = [("top_pages", C.c_int32), ("top_tokens", C.c_int32), ("solver", C.c_int),
+    _fields_ = [("struct_size", C.c_size_t), ("top_pages", C.c_int32), ("top_tokens", C.c_int32), ("solver", C.c_int),
                 ("routing", C.c_int), ("group_routing", C.c_int), ("policy", C.c_int),
                 ("tolerance", C.c_float), ("scale", C.c_float), ("solver_steps", C.c_int32),
                 ("solver_eta", C.c_float), ("solver_tau", C.c_float), ("sink_pages", C.c_int32),
@@ -40,15 +44,15 @@ class DecodeConfig(C.Structure):
 
 
 class HeadDiag(C.Structure):
-    _fields_ = [("support_gap", C.c_float), ("leakage", C.c_float), ("error_bound", C.c_float),
-                ("candidates", C.c_int32), ("policy_taken", C.c_int32), ("fw_gap", C.c_float),
+    _fields_ = [("struct_size", C.c_size_t), ("support_gap", C.c_float), ("leakage", C.c_float),
+                ("error_bound", C.c_float), ("candidates", C.c_int32), ("policy_taken", C.c_int32), ("fw_gap", C.c_float),
                 ("certificate", C.c_int32)]
 
 
-HEAD_DIAG_DTYPE = np.dtype([("support_gap", np.float32), ("leakage", np.float32),
+HEAD_DIAG_DTYPE = np.dtype([("struct_size", np.uint64), ("support_gap", np.float32), ("leakage", np.float32),
                             ("error_bound", np.float32), ("candidates", np.int32),
                             ("policy_taken", np.int32), ("fw_gap", np.float32),
-                            ("certificate", np.int32)])
+                            ("certificate", np.int32)], align=True)
 assert HEAD_DIAG_DTYPE.itemsize == C.sizeof(HeadDiag)
 
 
@@ -74,6 +78,9 @@ class Library:
         L.vashista_decode_with_candidates.argtypes = [C.c_void_p, C.POINTER(DecodeConfig), C.c_void_p, C.c_int32,
                                                       C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p, C.c_void_p]
         L.vashista_dense.argtypes = [C.c_void_p, C.c_void_p, C.c_int32, C.c_void_p, C.c_float, C.c_void_p, C.c_void_p]
+        L.vashista_abi_version.restype = C.c_uint32
+        if L.vashista_abi_version() != ABI_VERSION:
+            raise VashistaError(f"{self.path} has ABI version {L.vashista_abi_version()}, these bindings {ABI_VERSION}")
         L.vashista_last_error.restype = C.c_char_p
         L.vashista_status_name.restype = C.c_char_p
         L.vashista_status_name.argtypes = [C.c_int]
@@ -139,7 +146,8 @@ class LayerCache:
     def __init__(self, lib, pool, pages, sketch_bits=0, sketch_group=16):
         self.lib, self.pool = lib, pool
         self.page_table = np.ascontiguousarray(pages, dtype=np.int32).reshape(1, -1)
-        d = CacheDesc(batch=1, kv_heads=pool.kv_heads, head_dim=pool.head_dim, page_size=pool.page_size,
+        d = CacheDesc(struct_size=C.sizeof(CacheDesc), batch=1, kv_heads=pool.kv_heads, head_dim=pool.head_dim,
+                      page_size=pool.page_size,
                       num_pages=pool.num_pages, max_pages=self.page_table.shape[1], kv_dtype=BF16,
                       summary_dtype=BF16, layout=HND, k_pages=_ptr(pool.k), v_pages=_ptr(pool.v),
                       page_table=_ptr(self.page_table), sketch_bits=sketch_bits,

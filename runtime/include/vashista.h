@@ -15,9 +15,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A kernel library built with a symbol prefix (vashista_add_kernel_library PREFIX) exports
+ * every function below as <prefix><name>; its CMake target defines VASHISTA_PREFIX for its
+ * users, and this header then maps the names. */
+#include "vashista_prefix.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The version of this header's ABI: raised whenever a public struct or function signature
+ * changes. vashista_abi_version() says which version a linked library was built with. Every
+ * public struct starts with struct_size: set it to sizeof the struct (the library rejects a
+ * struct of another size with a message naming both), so a library and a caller built
+ * against different headers fail loudly instead of reading past a field. */
+#define VASHISTA_ABI_VERSION 2
+uint32_t vashista_abi_version(void);
 
 typedef enum vashista_status {
     VASHISTA_OK = 0,
@@ -74,7 +87,8 @@ typedef enum vashista_policy_taken {
 } vashista_policy_taken;
 
 typedef struct vashista_cache_desc {
-    int32_t batch; /* sequences */
+    size_t struct_size; /* sizeof(vashista_cache_desc) */
+    int32_t batch;      /* sequences */
     int32_t kv_heads;
     int32_t head_dim;
     int32_t page_size;
@@ -103,10 +117,20 @@ void vashista_cache_destroy(vashista_cache *cache);
  * in kv_dtype. start may not exceed the tokens already appended to `seq`. */
 vashista_status vashista_append(vashista_cache *cache, int32_t seq, int32_t start, int32_t count, const void *k,
                                 const void *v);
-/* Tokens appended so far to `seq`, or -1 for a bad argument. */
+/* Summarizes tokens [start, start + count) of sequence `seq` that the caller has already
+ * written into its pages (engines write their own KV): the same as vashista_append without
+ * the copy. The tokens are read from the pages the block table maps them to and checked for
+ * NaN and Inf. start may not exceed the tokens already summarized for `seq`. */
+vashista_status vashista_summarize(vashista_cache *cache, int32_t seq, int32_t start, int32_t count);
+/* Cuts sequence `seq` back to its first new_len tokens (rolling back a speculative step,
+ * reusing a slot with new_len = 0) and recomputes the summary of the page the cut falls in.
+ * new_len may not exceed the tokens summarized. */
+vashista_status vashista_truncate(vashista_cache *cache, int32_t seq, int32_t new_len);
+/* Tokens appended or summarized so far to `seq`, or -1 for a bad argument. */
 int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq);
 
 typedef struct vashista_decode_config {
+    size_t struct_size; /* sizeof(vashista_decode_config); vashista_decode_config_default sets it */
     int32_t top_pages;  /* P */
     int32_t top_tokens; /* K_c */
     vashista_solver solver;
@@ -132,10 +156,11 @@ void vashista_decode_config_default(vashista_decode_config *config);
 
 /* Per head, about its sparse step (also for heads whose answer came from dense). */
 typedef struct vashista_head_diag {
-    float support_gap; /* Δ̂ */
-    float leakage;     /* L: an upper bound in bound routing, an estimate in mean routing */
-    float error_bound; /* bound on ||o_sparse - o_dense||, f32 rounding included; sparsemax:
-                          0 when it equals sparsemax over all tokens; +INFINITY when uncertified */
+    size_t struct_size; /* written by the library: sizeof(vashista_head_diag) */
+    float support_gap;  /* Δ̂ */
+    float leakage;      /* L: an upper bound in bound routing, an estimate in mean routing */
+    float error_bound;  /* bound on ||o_sparse - o_dense||, f32 rounding included; sparsemax:
+                           0 when it equals sparsemax over all tokens; +INFINITY when uncertified */
     int32_t candidates;
     int32_t policy_taken; /* vashista_policy_taken */
     float fw_gap;
@@ -165,6 +190,62 @@ vashista_status vashista_decode_with_candidates(vashista_cache *cache, const vas
 /* Dense decode attention over all tokens: the baseline and the fallback. */
 vashista_status vashista_dense(vashista_cache *cache, const float *q, int32_t q_heads, const int32_t *seq_lens,
                                float scale, float *out, float *lse);
+
+/* ---- Plan and run (for engines) ----------------------------------------------------
+ * A plan is made once per (cache, decode config, query layout): it validates them, picks
+ * the compiled variants and sizes the workspace. vashista_run then decodes one step with
+ * the caller's workspace: no allocation, no variant search, and of validation only what
+ * changes per step (q finite, seq_lens in range, the block table's entries for the pages in
+ * use). A step's work follows the longest sequence in the batch, not the block table's
+ * width. Plans are immutable: several threads may run one plan, each with its own
+ * workspace (and its own cache, since appends change the cache). */
+typedef struct vashista_plan vashista_plan;
+
+typedef struct vashista_plan_desc {
+    size_t struct_size; /* sizeof(vashista_plan_desc) */
+    int32_t q_heads;    /* a multiple of the cache's kv_heads */
+    vashista_dtype q_dtype;
+    vashista_dtype out_dtype;
+    /* Element strides of q and out between sequences and between heads; head_dim elements of
+     * one head are contiguous. 0: contiguous [batch][q_heads][head_dim]. */
+    int64_t q_stride_seq, q_stride_head;
+    int64_t out_stride_seq, out_stride_head;
+} vashista_plan_desc;
+
+/* f32 q and out, contiguous, q_heads query heads. */
+void vashista_plan_desc_default(vashista_plan_desc *desc, int32_t q_heads);
+vashista_status vashista_plan_create(vashista_cache *cache, const vashista_decode_config *config,
+                                     const vashista_plan_desc *desc, vashista_plan **plan);
+void vashista_plan_destroy(vashista_plan *plan);
+/* Bytes of workspace vashista_run needs (aligned to 64 bytes by the caller or not: the
+ * library aligns within it, and the size includes the slack for that). */
+size_t vashista_plan_workspace_size(const vashista_plan *plan);
+
+/* One decode step of every sequence of the plan's cache. page_table: [batch][max_pages] as
+ * in vashista_cache_desc (NULL: the cache's). q and out in the plan's dtypes and strides;
+ * lse [batch][q_heads] f32, diag [batch][q_heads] and candidates [batch][q_heads][top_tokens]
+ * may be NULL. On an error nothing has been written to out, lse, diag or candidates. */
+vashista_status vashista_run(const vashista_plan *plan, void *workspace, size_t workspace_size,
+                             const int32_t *page_table, const void *q, const int32_t *seq_lens, void *out, float *lse,
+                             vashista_head_diag *diag, int32_t *candidates);
+
+/* ---- Threads ---------------------------------------------------------------------------
+ * The kernels run their parallel loops on the library's thread pool. An engine can bound it
+ * or replace it with its own parallel-for. Both settings are process-wide (for this kernel
+ * library) and are best made before the first decode. */
+
+/* Threads of the library's pool: 0 for one per CPU core (the default), 1 to run every
+ * kernel serially on the calling thread. Returns the previous setting, or -1 for n < 0. */
+int32_t vashista_set_num_threads(int32_t n);
+
+/* An engine's parallel-for: runs task(task_ctx, i) for every i in [0, count), in any order
+ * and on any threads, and returns 0 when every call returned 0 (otherwise one of their
+ * nonzero results). It may run the calls on the calling thread. */
+typedef int (*vashista_task_fn)(void *task_ctx, int32_t index);
+typedef int (*vashista_parallel_for_fn)(void *engine_ctx, int32_t count, vashista_task_fn task, void *task_ctx);
+/* Routes the kernels' parallel loops through `parallel_for` (NULL: back to the library's
+ * pool). engine_ctx is passed through. */
+void vashista_set_parallel_for(vashista_parallel_for_fn parallel_for, void *engine_ctx);
 
 /* The message of the last error on this thread ("" after a success). */
 const char *vashista_last_error(void);

@@ -56,7 +56,8 @@ void run_case(int index, const Case &k) {
     std::vector<uint8_t> k_pages(p.cache.k.size() * bytes), v_pages(p.cache.v.size() * bytes);
     const bool sketch = k.routing == RoutingMode::Sketch;
     const int B = p.seqs.batch, QH = H * k.group;
-    vashista_cache_desc desc{B,
+    vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                             B,
                              H,
                              D,
                              S,

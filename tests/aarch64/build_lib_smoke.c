@@ -30,7 +30,7 @@ int main(void) {
         v[i] = bf16((float)((state >> 8) % 2001) / 1000.0f - 1.0f);
     }
     for (int i = 0; i < B * H * G * D; ++i) q[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
-    vashista_cache_desc desc = {
+    vashista_cache_desc desc = {sizeof(vashista_cache_desc),
         B,       H,       D,          S, PAGES, PAGES, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16, VASHISTA_LAYOUT_HND,
         k_pages, v_pages, page_table, 0, 0};
     vashista_cache *cache = NULL;

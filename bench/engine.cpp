@@ -1,0 +1,209 @@
+// What an engine pays per step (`make bench-engine`): the default decode through
+// vashista_run against the one-call vashista_decode, with allocations per call; a 16K
+// sequence through a block table of its own width against one 8x wider (vLLM sizes tables
+// by the model's longest context); and summary maintenance per appended token. Default
+// shape (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128), random keys and values
+// written into the pages by the "engine" and summarized in place; cold cache, round-robin,
+// median of repeats. JSON in build/engine-bench.json.
+#include "alloc_counter.h"
+#include "measure.h"
+#include "method_types.h"
+#include "vashista.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace vashista;
+
+constexpr int H = 8, G = 4, D = 128, S = 16;
+
+void check(vashista_status s, const char *what) {
+    if (s != VASHISTA_OK) {
+        std::fprintf(stderr, "%s failed: %s: %s\n", what, vashista_status_name(s), vashista_last_error());
+        std::exit(2);
+    }
+}
+
+// One sequence of `tokens` random bf16 keys and values in HND pages 0..pages-1, a block
+// table of `columns` columns (unused ones 0), summarized in place by vashista_summarize.
+struct Sequence {
+    int tokens, pages;
+    std::vector<uint16_t> k, v;
+    std::vector<int32_t> table;
+    vashista_cache *cache = nullptr;
+
+    Sequence(int tokens_, int columns, std::vector<uint16_t> *share_k = nullptr,
+             std::vector<uint16_t> *share_v = nullptr)
+        : tokens(tokens_), pages((tokens_ + S - 1) / S), table(columns, 0) {
+        for (int j = 0; j < pages; ++j) table[j] = j;
+        if (!share_k) {
+            k.resize(size_t(pages) * H * S * D);
+            v.resize(k.size());
+            std::mt19937 rng(7);
+            std::normal_distribution<float> n(0, 1);
+            for (auto *x : {&k, &v})
+                for (uint16_t &e : *x) e = to_bits16(DType::BF16, n(rng));
+        }
+        vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                                 1,
+                                 H,
+                                 D,
+                                 S,
+                                 pages,
+                                 columns,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND,
+                                 share_k ? share_k->data() : k.data(),
+                                 share_v ? share_v->data() : v.data(),
+                                 table.data(),
+                                 0,
+                                 0};
+        check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
+        check(vashista_summarize(cache, 0, 0, tokens), "vashista_summarize");
+    }
+    ~Sequence() { vashista_cache_destroy(cache); }
+};
+
+struct Plan {
+    vashista_plan *plan = nullptr;
+    std::vector<uint8_t> workspace;
+    Plan(vashista_cache *cache, const vashista_decode_config &cfg) {
+        vashista_plan_desc pd;
+        vashista_plan_desc_default(&pd, H * G);
+        check(vashista_plan_create(cache, &cfg, &pd, &plan), "vashista_plan_create");
+        workspace.resize(vashista_plan_workspace_size(plan));
+    }
+    ~Plan() { vashista_plan_destroy(plan); }
+    void run(const float *q, const int32_t *lens, float *out) {
+        check(vashista_run(plan, workspace.data(), workspace.size(), nullptr, q, lens, out, nullptr, nullptr, nullptr),
+              "vashista_run");
+    }
+};
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    int reps = 7, tokens = 131072;
+    std::string json_path = "build/engine-bench.json";
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) bench::usage_error("missing value after " + a);
+            return argv[++i];
+        };
+        if (a == "--reps")
+            reps = std::stoi(value());
+        else if (a == "--tokens")
+            tokens = std::stoi(value());
+        else if (a == "--json")
+            json_path = value();
+        else if (a == "--help" || a == "-h") {
+            std::printf("usage: vashista_engine_bench [--tokens 131072] [--reps 7] [--json build/engine-bench.json]\n");
+            return 0;
+        } else
+            bench::usage_error("unknown argument " + a);
+    }
+    if (reps < 1 || tokens < S) bench::usage_error("--reps must be >= 1 and --tokens >= 16");
+    const double bandwidth = bench::measure_read_bandwidth_gbps();
+    std::printf("machine read bandwidth: %.1f GB/s; cache flush %zu MB between runs\n", bandwidth,
+                bench::flush_bytes() >> 20);
+    bench::Flusher flusher;
+    nlohmann::json report;
+    report["read_bandwidth_gbps"] = bandwidth;
+    vashista_decode_config cfg;
+    vashista_decode_config_default(&cfg);
+    cfg.policy = VASHISTA_POLICY_NONE;  // the sparse step itself: random data certifies no head
+    std::vector<float> q(size_t(H) * G * D), out(q.size());
+    std::mt19937 rng(11);
+    std::normal_distribution<float> n(0, 1);
+    for (float &x : q) x = n(rng);
+
+    {  // 1. The default step through run and through the one-call API.
+        std::printf("\n== decode at T = %d: vashista_run against vashista_decode ==\n", tokens);
+        Sequence seq(tokens, (tokens + S - 1) / S);
+        Plan plan(seq.cache, cfg);
+        const int32_t lens[1] = {tokens};
+        auto one_call = [&] {
+            check(vashista_decode(seq.cache, &cfg, q.data(), H * G, lens, out.data(), nullptr, nullptr),
+                  "vashista_decode");
+        };
+        auto run = [&] { plan.run(q.data(), lens, out.data()); };
+        const std::vector<std::function<void()>> steps{run, one_call};
+        const auto times = bench::time_cold_round_robin(reps, flusher, steps);
+        const long run_allocs = bench::allocations_in(run), call_allocs = bench::allocations_in(one_call);
+        std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), %ld allocations per call, workspace %.1f MB\n",
+                    times[0].median, times[0].min, times[0].max, run_allocs, plan.workspace.size() / 1e6);
+        std::printf("vashista_decode  %7.3f ms (min %.3f, max %.3f), %ld allocations per call\n", times[1].median,
+                    times[1].min, times[1].max, call_allocs);
+        report["decode"] = {{"tokens", tokens},
+                            {"run_ms", times[0].median},
+                            {"run_min_ms", times[0].min},
+                            {"run_max_ms", times[0].max},
+                            {"run_allocations", run_allocs},
+                            {"one_call_ms", times[1].median},
+                            {"one_call_min_ms", times[1].min},
+                            {"one_call_max_ms", times[1].max},
+                            {"one_call_allocations", call_allocs},
+                            {"workspace_bytes", plan.workspace.size()}};
+
+        // 3. Summary maintenance per appended token, at the end of this sequence.
+        std::printf("\n== summary maintenance per appended token (T = %d) ==\n", tokens);
+        const int appends = 256;
+        check(vashista_truncate(seq.cache, 0, tokens - appends), "vashista_truncate");
+        bench::Timer summarize_timer;
+        for (int t = tokens - appends; t < tokens; ++t) check(vashista_summarize(seq.cache, 0, t, 1), "summarize");
+        const double summarize_us = summarize_timer.seconds() * 1e6 / appends;
+        check(vashista_truncate(seq.cache, 0, tokens - appends), "vashista_truncate");
+        std::vector<uint16_t> kt(size_t(H) * D), vt(kt.size());
+        bench::Timer append_timer;
+        for (int t = tokens - appends; t < tokens; ++t) {
+            const int page = t / S, slot = t % S;
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < D; ++d) {
+                    const size_t at = ((size_t(page) * H + h) * S + slot) * D + d;
+                    kt[size_t(h) * D + d] = seq.k[at];
+                    vt[size_t(h) * D + d] = seq.v[at];
+                }
+            check(vashista_append(seq.cache, 0, t, 1, kt.data(), vt.data()), "append");
+        }
+        const double append_us = append_timer.seconds() * 1e6 / appends;
+        std::printf("vashista_summarize %.1f us per token, vashista_append %.1f us per token (one token a call)\n",
+                    summarize_us, append_us);
+        report["maintenance"] = {{"summarize_us_per_token", summarize_us}, {"append_us_per_token", append_us}};
+    }
+
+    {  // 2. Work bounded by the sequence, not the block table.
+        const int len = 16384, narrow = 1024, wide = 8192;
+        std::printf("\n== T = %d through block tables of %d and %d columns ==\n", len, narrow, wide);
+        Sequence a(len, narrow);
+        Sequence b(len, wide, &a.k, &a.v);
+        Plan pa(a.cache, cfg), pb(b.cache, cfg);
+        const int32_t lens[1] = {len};
+        std::vector<float> out_b(out.size());
+        const std::vector<std::function<void()>> steps{[&] { pa.run(q.data(), lens, out.data()); },
+                                                       [&] { pb.run(q.data(), lens, out_b.data()); }};
+        const auto times = bench::time_cold_round_robin(reps, flusher, steps);
+        const bool same = out == out_b;
+        std::printf("%d columns %7.3f ms, %d columns %7.3f ms: ratio %.2f, outputs %s\n", narrow, times[0].median, wide,
+                    times[1].median, times[1].median / times[0].median, same ? "identical" : "DIFFERENT");
+        report["block_table"] = {{"tokens", len},
+                                 {"narrow_columns", narrow},
+                                 {"wide_columns", wide},
+                                 {"narrow_ms", times[0].median},
+                                 {"wide_ms", times[1].median},
+                                 {"identical", same}};
+        if (!same) return 1;
+    }
+    bench::write_json(json_path, report);
+    std::printf("\nwrote %s\n", json_path.c_str());
+    return 0;
+}

@@ -1,0 +1,115 @@
+# The prefixed libraries' symbols (tests/prefix/CMakeLists.txt), run by ctest:
+#   cmake -DNM=nm -DSOURCE_DIR=<source> -DPROGRAM=<test_prefix>
+#         -DPREFIX_A=pa_ -DLIBRARY_A=<archive> -DPREFIX_B=pb_ -DLIBRARY_B=<archive> -DSHARED_B=<shared library>
+#         -P check_symbols.cmake
+# 1. vashista_prefix.h maps exactly the functions vashista.h declares;
+# 2. each library (and B's shared library, dynamic symbols) defines as global symbols exactly its
+#    prefixed C ABI, besides only GNU unique symbols under its prefix;
+# 3. the program holds no unprefixed vashista_ function, defined or referenced.
+cmake_minimum_required(VERSION 3.28)
+set(failures "")
+
+# 1. The functions vashista.h declares (a declaration starts a line with its return type).
+file(STRINGS "${SOURCE_DIR}/runtime/include/vashista.h" lines REGEX "^[A-Za-z_][A-Za-z0-9_ ]*[ *]vashista_[a-z0-9_]+\\(")
+set(api "")
+foreach (line IN LISTS lines)
+    if (NOT line MATCHES "^typedef" AND line MATCHES "[ *](vashista_[a-z0-9_]+)\\(")
+        list(APPEND api "${CMAKE_MATCH_1}")
+    endif ()
+endforeach ()
+file(STRINGS "${SOURCE_DIR}/runtime/include/vashista_prefix.h" lines REGEX "^#define vashista_")
+set(mapped "")
+foreach (line IN LISTS lines)
+    if (line MATCHES "^#define (vashista_[a-z0-9_]+) VASHISTA_PREFIXED\\(([a-z0-9_]+)\\)$" AND
+        CMAKE_MATCH_1 STREQUAL CMAKE_MATCH_2)
+        list(APPEND mapped "${CMAKE_MATCH_1}")
+    else ()
+        list(APPEND failures "vashista_prefix.h: '${line}' is not '#define <name> VASHISTA_PREFIXED(<name>)'")
+    endif ()
+endforeach ()
+foreach (f IN LISTS api)
+    if (NOT f IN_LIST mapped)
+        list(APPEND failures "vashista.h declares ${f}, which vashista_prefix.h does not map")
+    endif ()
+endforeach ()
+foreach (f IN LISTS mapped)
+    if (NOT f IN_LIST api)
+        list(APPEND failures "vashista_prefix.h maps ${f}, which vashista.h does not declare")
+    endif ()
+endforeach ()
+list(LENGTH api n)
+message("vashista.h declares ${n} functions; vashista_prefix.h maps them")
+
+# Symbols nm lists (nm -P: "name type value size"; an archive adds a "file[member]:" line
+# first); <out>_unique: those of type u (GNU unique).
+function(symbols out)
+    execute_process(COMMAND "${NM}" -P ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE text ERROR_VARIABLE err)
+    if (NOT rc EQUAL 0)
+        message(FATAL_ERROR "nm ${ARGN} failed: ${err}")
+    endif ()
+    string(REPLACE "\n" ";" text "${text}")
+    set(names "")
+    set(unique "")
+    foreach (line IN LISTS text)
+        if (line MATCHES "^([^ ]+) ([A-Za-z]) ")
+            list(APPEND names "${CMAKE_MATCH_1}")
+            if (CMAKE_MATCH_2 STREQUAL "u")
+                list(APPEND unique "${CMAKE_MATCH_1}")
+            endif ()
+        endif ()
+    endforeach ()
+    set(${out} "${names}" PARENT_SCOPE)
+    set(${out}_unique "${unique}" PARENT_SCOPE)
+endfunction()
+
+# 2. Each library: its global definitions are <prefix><function> for each function, and
+# besides only GNU unique symbols (static data of inline functions, which objcopy cannot make
+# local) under the library's prefix.
+set(PREFIX_B_SHARED "${PREFIX_B}")
+set(LIBRARY_B_SHARED "${SHARED_B}")
+foreach (which IN ITEMS A B B_SHARED)
+    set(prefix "${PREFIX_${which}}")
+    set(library "${LIBRARY_${which}}")
+    if (which MATCHES "SHARED")
+        symbols(exported -D -g --defined-only "${library}")
+    else ()
+        symbols(exported -g --defined-only "${library}")
+    endif ()
+    set(want "")
+    foreach (f IN LISTS api)
+        list(APPEND want "${prefix}${f}")
+        if (NOT "${prefix}${f}" IN_LIST exported)
+            list(APPEND failures "${library} does not export ${prefix}${f}")
+        endif ()
+    endforeach ()
+    set(n_unique 0)
+    foreach (s IN LISTS exported)
+        if (s IN_LIST exported_unique AND s MATCHES "^${prefix}")
+            math(EXPR n_unique "${n_unique} + 1")
+        elseif (NOT s IN_LIST want)
+            list(APPEND failures "${library} exports ${s}, not a prefixed C ABI function")
+        endif ()
+    endforeach ()
+    list(LENGTH exported n)
+    message("${library}: ${n} global symbols: ${prefix}<function> for each function, ${n_unique} GNU unique "
+            "symbols under ${prefix}")
+endforeach ()
+
+# 3. The program: no vashista_<function> under its own name, and both prefixes' functions.
+symbols(all "${PROGRAM}")
+foreach (f IN LISTS api)
+    if (f IN_LIST all)
+        list(APPEND failures "${PROGRAM} has the unprefixed symbol ${f}")
+    endif ()
+endforeach ()
+foreach (s IN ITEMS "${PREFIX_A}vashista_decode" "${PREFIX_B}vashista_decode")
+    if (NOT s IN_LIST all)
+        list(APPEND failures "${PROGRAM} lacks ${s}")
+    endif ()
+endforeach ()
+
+if (failures)
+    list(JOIN failures "\n  " failures)
+    message(FATAL_ERROR "prefixed libraries:\n  ${failures}")
+endif ()
+message("no unprefixed vashista_ function in ${PROGRAM}")

@@ -1,0 +1,53 @@
+// vashista_run allocates nothing: this binary counts every malloc of the process (an
+// interposed malloc family) while plans run, in every policy, with sketch routing and with
+// dense fallbacks. Not built under the sanitizers, whose allocators it would replace.
+#include "alloc_counter.h"
+#include "support/abi_fixture.h"
+#include "vashista.h"
+
+#include <catch2/catch.hpp>
+
+#include <vector>
+
+using namespace vashista;
+using namespace vashista::testing;
+
+using bench::allocations_in;
+
+TEST_CASE("vashista_run allocates nothing", "[runtime][engine]") {
+    for (int sketch : {0, 8}) {
+        Fixture f(4, {3000, 777}, ref::DataKind::Gaussian, KvLayout::HND, {}, sketch);
+        const int n = 2 * H * 4;
+        std::vector<float> out(size_t(n) * D), lse(n);
+        std::vector<vashista_head_diag> diag(n);
+        std::vector<int32_t> candidates(size_t(n) * 256);
+        // The counter sees allocations: making a plan allocates.
+        vashista_decode_config cfg = default_config();
+        if (sketch) cfg.routing = VASHISTA_ROUTING_SKETCH;
+        vashista_plan_desc pd;
+        vashista_plan_desc_default(&pd, H * 4);
+        vashista_plan *plan = nullptr;
+        REQUIRE(allocations_in([&] { REQUIRE(vashista_plan_create(f.cache, &cfg, &pd, &plan) == VASHISTA_OK); }) > 0);
+        vashista_plan_destroy(plan);
+        for (vashista_policy policy : {VASHISTA_POLICY_NONE, VASHISTA_POLICY_DENSE, VASHISTA_POLICY_WIDEN}) {
+            // Tolerance 0 on Gaussian data: every head falls back (dense, or widen then dense).
+            cfg.policy = policy;
+            cfg.tolerance = 0;
+            INFO("sketch bits " << sketch << ", policy " << policy);
+            REQUIRE(vashista_plan_create(f.cache, &cfg, &pd, &plan) == VASHISTA_OK);
+            std::vector<uint8_t> workspace(vashista_plan_workspace_size(plan));
+            auto run = [&] {
+                REQUIRE(vashista_run(plan, workspace.data(), workspace.size(), nullptr, f.p.q.q.data(),
+                                     f.p.seqs.seq_lens.data(), out.data(), lse.data(), diag.data(),
+                                     candidates.data()) == VASHISTA_OK);
+            };
+            run();  // the thread pool starts on first use
+            REQUIRE(allocations_in([&] {
+                        for (int i = 0; i < 5; ++i) run();
+                    }) == 0);
+            if (policy != VASHISTA_POLICY_NONE)
+                for (int i = 0; i < n; ++i) REQUIRE(diag[i].policy_taken == VASHISTA_TAKEN_DENSE);
+            vashista_plan_destroy(plan);
+        }
+    }
+}
