@@ -9,7 +9,7 @@ CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
 HALIDE_DIR = $(shell $(VENV)/bin/python -c "import halide; print(halide.install_dir())")/lib64/cmake
 
-.PHONY: all setup configure build run test format-check format test-sanitize test-slow quality clean
+.PHONY: all setup configure build run test format-check format test-sanitize test-slow quality bench-engine fuzz clean
 
 all: build
 
@@ -29,6 +29,11 @@ build: configure
 
 run: build
 	@$(BUILD)/bin/vashista_demo --json $(BUILD)/demo.json
+
+# What an engine pays per step: vashista_run against the one-call API (time, allocations), a
+# 16K sequence through a narrow and a wide block table, summary upkeep per token.
+bench-engine: build
+	@$(BUILD)/bin/vashista_engine_bench --json $(BUILD)/engine-bench.json
 
 test: build format-check
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow
@@ -56,6 +61,21 @@ test-sanitize: setup
 	@# allocator_may_return_null: the library turns a failed allocation into a status, as
 	@# test_runtime checks with a request past what ASan's allocator serves.
 	@ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 $(CTEST) --test-dir build-sanitize --output-on-failure -LE slow
+
+# libFuzzer over the C ABI's validation and run path (tests/fuzz): a clang build of its own
+# in $(BUILD)/fuzz (runtime and harness under ASan and UBSan, a small kernel library from the
+# host build's generator), then FUZZ_RUNS executions from the seeds (tests/fuzz/seeds) and
+# the corpus it keeps in $(BUILD)/fuzz/corpus; a crash's input lands in $(BUILD)/fuzz/crashes.
+FUZZ_RUNS ?= 1000000
+fuzz: build
+	@tools/setup.sh fuzz
+	@echo "fuzz: building tests/fuzz with clang in $(BUILD)/fuzz"
+	@$(CMAKE) -S tests/fuzz -B $(BUILD)/fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+	    -DVASHISTA_GENERATOR=$(abspath $(BUILD))/generators/vashista_generators \
+	    -DHalide_DIR=$(HALIDE_DIR)/Halide -DHalideHelpers_DIR=$(HALIDE_DIR)/HalideHelpers >/dev/null
+	@$(CMAKE) --build $(BUILD)/fuzz -j $(JOBS)
+	@tests/fuzz/run.sh $(BUILD)/fuzz/fuzz_abi $(BUILD)/fuzz $(FUZZ_RUNS)
 
 # Real models in the loop (quality/README.md): SmolLM2-135M and Gemma-3-270M decoding a long
 # real text with the library's attention, swept over settings against dense; JSON, plots,

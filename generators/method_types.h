@@ -184,22 +184,43 @@ inline const char *to_string(DType v) { return v == DType::F32 ? "float32" : v =
 inline const char *short_name(DType v) { return v == DType::F32 ? "f32" : v == DType::F16 ? "f16" : "bf16"; }
 inline int dtype_bytes(DType v) { return v == DType::F32 ? 4 : 2; }
 
-// IEEE binary16, converted with round to nearest even: _Float16 on x86-64, __fp16 on
-// AArch64 (whose g++ 12 has no _Float16 in C++).
-#if defined(__aarch64__)
-using Half = __fp16;
-#else
-using Half = _Float16;
-#endif
+// IEEE binary16 and bfloat16 conversions in plain integer arithmetic (no compiler's half
+// type: g++ 12 on AArch64 and clang 14 on x86-64 have none in C++), round to nearest even.
+inline float f16_bits_to_float(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    uint32_t u;
+    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in f32
+        float f = float(mantissa) * (1.0f / 16777216.0f);
+        std::memcpy(&u, &f, 4);
+        u |= sign;
+    } else if (exponent == 31) {
+        u = sign | 0x7f800000u | (mantissa << 13);
+    } else {
+        u = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline uint16_t float_to_f16_bits(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // quiet NaN
+    if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);                        // 65520 and above round to infinity
+    if (a < 0x38800000u) {  // below 2^-14: a subnormal (or zero) of half, steps of 2^-24
+        float f;
+        std::memcpy(&f, &a, 4);
+        return uint16_t(sign | uint16_t(std::nearbyint(f * 16777216.0f)));
+    }
+    return uint16_t(sign | ((a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13));
+}
 
 // The F16 or BF16 bit pattern nearest to x (ties to even; NaN stays NaN).
 inline uint16_t to_bits16(DType t, float x) {
-    if (t == DType::F16) {
-        Half h = static_cast<Half>(x);
-        uint16_t bits;
-        std::memcpy(&bits, &h, 2);
-        return bits;
-    }
+    if (t == DType::F16) return float_to_f16_bits(x);
     uint32_t u;
     std::memcpy(&u, &x, 4);
     if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
@@ -208,11 +229,7 @@ inline uint16_t to_bits16(DType t, float x) {
 }
 
 inline float from_bits16(DType t, uint16_t bits) {
-    if (t == DType::F16) {
-        Half h;
-        std::memcpy(&h, &bits, 2);
-        return static_cast<float>(h);
-    }
+    if (t == DType::F16) return f16_bits_to_float(bits);
     uint32_t u = uint32_t(bits) << 16;
     float f;
     std::memcpy(&f, &u, 4);

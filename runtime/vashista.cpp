@@ -536,8 +536,6 @@ SparseResult sparse_buffers(uint8_t *base, const Section &out, const Section &ls
         Buffer<int32_t>(reinterpret_cast<int32_t *>(base + pages.offset), v.top_pages, G, d.kv_heads, d.batch)};
 }
 
-bool valid_dtype_value(vashista_dtype t) { return valid_dtype(raw(t)); }
-
 }  // namespace
 
 struct vashista_plan {
@@ -560,9 +558,9 @@ void validate_plan_desc(const vashista_plan_desc *p, const vashista_cache_desc &
     if (p->q_heads <= 0 || p->q_heads % d.kv_heads != 0)
         fail(VASHISTA_ERROR_SHAPE_MISMATCH, "desc->q_heads = ", p->q_heads,
              " is not a positive multiple of the cache's kv_heads = ", d.kv_heads);
-    if (!valid_dtype_value(p->q_dtype))
+    if (!valid_dtype(raw(p->q_dtype)))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->q_dtype = ", raw(p->q_dtype), " is not a vashista_dtype");
-    if (!valid_dtype_value(p->out_dtype))
+    if (!valid_dtype(raw(p->out_dtype)))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->out_dtype = ", raw(p->out_dtype), " is not a vashista_dtype");
     auto stride = [&](int64_t v, int64_t least, const char *name) {
         if (v != 0 && v < least)
@@ -827,8 +825,9 @@ void run_plan(const vashista_plan &p, void *workspace, size_t workspace_size, co
                     fail(VASHISTA_ERROR_NON_FINITE, "the ",
                          taken[(size_t(b) * d.kv_heads + h) * G + g] == VASHISTA_TAKEN_DENSE ? "dense" : "sparse",
                          " output of sequence ", b, " query head ", h * G + g,
-                         " is not finite: its scores (scale * q.k) or weighted values exceed the range of f32 ",
-                         "(or K/V pages written outside vashista_append hold NaN or Inf)");
+                         " is not finite: its scores (scale * q.k) or weighted values are too large for the kernels' "
+                         "f32 ",
+                         "arithmetic (or K/V pages written outside vashista_append hold NaN or Inf)");
             }
     // Everything is computed: only now write the caller's outputs.
     store_out(p, r.out, out);
@@ -1227,6 +1226,14 @@ vashista_status vashista_dense(vashista_cache *c, const float *q, int32_t q_head
                       Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch), c->page_table(), scale};
         Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
         run_dense(c, dv, in, scale, dout, dlse, nullptr, 0, nullptr);
+        // A non-finite answer from finite q, k and v: the scores or values exceed f32.
+        for (size_t i = 0; i < dout.number_of_elements(); ++i)
+            if (!std::isfinite(dout.data()[i]) || !std::isfinite(dlse.data()[i / d.head_dim]))
+                fail(VASHISTA_ERROR_NON_FINITE, "the dense output of sequence ",
+                     i / d.head_dim / shape.group / d.kv_heads, " query head ",
+                     i / d.head_dim % (shape.group * d.kv_heads),
+                     " is not finite: its scores (scale * q.k) or weighted values are too large for the kernels' f32 "
+                     "arithmetic");
         std::memcpy(out, dout.data(), dout.size_in_bytes());
         if (lse) std::memcpy(lse, dlse.data(), dlse.size_in_bytes());
     });

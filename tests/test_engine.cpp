@@ -156,6 +156,10 @@ TEST_CASE("plan and run give the one-call API's results and check the workspace"
     wrong.q_stride_head = D - 1;
     REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
     REQUIRE_THAT(vashista_last_error(), Catch::Contains("desc->q_stride_head = 127"));
+    wrong = pd;
+    store_raw(wrong.out_dtype, 7);  // found by the fuzzer: read as an enum, UB
+    REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("desc->out_dtype = 7 is not a vashista_dtype"));
     vashista_decode_config old = cfg;
     old.struct_size = 0;
     REQUIRE(vashista_plan_create(f.cache, &old, &pd, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
@@ -421,4 +425,15 @@ TEST_CASE("caches decoded from several threads at once give the serial results",
         REQUIRE(failures[t] == 0);
         REQUIRE(outs[t] == serial[t].out);
     }
+}
+
+TEST_CASE("dense scores past f32's range are an error, not a non-finite output", "[runtime][engine]") {
+    // Found by the fuzzer: vashista_dense returned OK with NaN outputs for scale = 1e30.
+    Fixture f(4, {300, 77});
+    std::vector<float> out(size_t(2) * H * 4 * D, 7.0f), lse(2 * H * 4, 7.0f);
+    REQUIRE(vashista_dense(f.cache, f.p.q.q.data(), H * 4, f.p.seqs.seq_lens.data(), 1e30f, out.data(), lse.data()) ==
+            VASHISTA_ERROR_NON_FINITE);
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("dense output of sequence 0 query head 0 is not finite"));
+    REQUIRE(std::all_of(out.begin(), out.end(), [](float x) { return x == 7.0f; }));
+    REQUIRE(std::all_of(lse.begin(), lse.end(), [](float x) { return x == 7.0f; }));
 }

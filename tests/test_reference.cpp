@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -156,6 +157,42 @@ TEST_CASE("bf16 and f16 rounding is round-to-nearest-even", "[reference]") {
     REQUIRE(round_to(DType::F16, 1.0f + 1.0f / 2048) == 1.0f);
     REQUIRE(from_bits16(DType::BF16, to_bits16(DType::BF16, -2.5f)) == -2.5f);
 }
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+TEST_CASE("f16 conversions agree with the compiler's _Float16 on every half and 44M floats", "[reference]") {
+    for (uint32_t h = 0; h < 65536; ++h) {
+        _Float16 x;
+        const uint16_t bits = uint16_t(h);
+        std::memcpy(&x, &bits, 2);
+        const float want = float(x), got = f16_bits_to_float(bits);
+        if (std::isnan(want)) {
+            REQUIRE(std::isnan(got));
+            continue;
+        }
+        REQUIRE(std::memcmp(&want, &got, 4) == 0);
+    }
+    // Every 97th f32 bit pattern (all exponents, both signs), and the halves' rounding edges.
+    auto check = [](uint32_t u) {
+        float f;
+        std::memcpy(&f, &u, 4);
+        const _Float16 x = static_cast<_Float16>(f);
+        uint16_t want;
+        std::memcpy(&want, &x, 2);
+        const uint16_t got = float_to_f16_bits(f);
+        if (std::isnan(f)) return (got & 0x7c00) == 0x7c00 && (got & 0x3ff) != 0;
+        return got == want;
+    };
+    size_t bad = 0;
+    for (uint64_t u = 0; u < (uint64_t(1) << 32); u += 97) bad += !check(uint32_t(u));
+    for (float edge : {65504.0f, 65519.99f, 65520.0f, 6.1035156e-5f, 5.9604645e-8f, 2.9802322e-8f, 2.9802326e-8f})
+        for (int k = -4; k <= 4; ++k) {
+            uint32_t u;
+            std::memcpy(&u, &edge, 4);
+            bad += !check(u + k) + !check((u + k) | 0x80000000u);
+        }
+    REQUIRE(bad == 0);
+}
+#endif
 
 namespace {
 // Moves every key channel but the first of each sketch group half a quantization step off

@@ -5,6 +5,7 @@
 #   tools/setup.sh            what `make run` and `make test` need
 #   tools/setup.sh quality    also what `make quality` needs: Gemma-3-270M and llama.cpp
 #                             (llama-cpp-python builds llama.cpp from source: about 10 minutes)
+#   tools/setup.sh fuzz       also what `make fuzz` needs: clang and its libFuzzer runtime
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ CMAKE_VERSION=3.31.10   # Halide's CMake package needs >= 3.28
 # crossbuild-essential-arm64 and qemu-user-static: the AArch64 library's test (cross-built,
 # run under emulation).
 APT_PACKAGES=(catch2 nlohmann-json3-dev python3-venv clang-format crossbuild-essential-arm64 qemu-user-static)
+# make fuzz (tests/fuzz): clang, and libclang-rt-dev for libclang_rt.fuzzer (-fsanitize=fuzzer),
+# which clang only recommends.
+[[ ${1:-} == fuzz ]] && APT_PACKAGES+=(clang libclang-rt-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
