@@ -7,6 +7,7 @@
 #include "variants.h"
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
@@ -153,7 +154,8 @@ struct vashista_cache {
     // cache's shape read (summary_block of their Generator).
     vashista::SummaryLayout summary_layout{0, 0, 0, 0};
     // The one-call API (vashista_decode): its plans, one per (config, q_heads), and workspace.
-    std::vector<std::pair<std::vector<char>, std::unique_ptr<vashista_plan, void (*)(vashista_plan *)>>> plans;
+    using PlanKey = std::array<char, sizeof(vashista_decode_config) + sizeof(int32_t)>;  // config, q_heads
+    std::vector<std::pair<PlanKey, std::unique_ptr<vashista_plan, void (*)(vashista_plan *)>>> plans;
     std::vector<uint8_t> workspace;
 
     Buffer<void> kv_buffer(void *data) const {
@@ -953,15 +955,16 @@ void commit_pages(vashista_cache *c, PageSummaries &s) {
         for (int h = 0; h < d.kv_heads; ++h) {
             c->value_norm(j, h, s.seq) = s.norms(h, i);
             c->key_absmax(j, h, s.seq) = s.key_bounds(h, i);
-            for (int ch = 0; ch < vashista::kSummaryChannels; ++ch)
-                for (int dd = 0; dd < d.head_dim; ++dd) {
-                    const size_t from =
-                        ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim + dd;
-                    const auto at_summary = c->summary_layout.coords(j, dd, ch, h, s.seq);
-                    int64_t to = 0;
-                    for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
-                    std::memcpy(dst + to * bytes, src + from * bytes, bytes);
-                }
+            for (int ch = 0; ch < vashista::kSummaryChannels; ++ch) {
+                // Channel d of the row is d strides of the layout's d dimension from channel 0.
+                const auto at_summary = c->summary_layout.coords(j, 0, ch, h, s.seq);
+                int64_t to = 0;
+                for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
+                const int64_t d_stride = sd.dim(1).stride();
+                const size_t from = ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim;
+                for (int dd = 0; dd < d.head_dim; ++dd)
+                    std::memcpy(dst + (to + dd * d_stride) * bytes, src + (from + dd) * bytes, bytes);
+            }
             if (c->sketch_kernel) {
                 c->sketch.sliced(4, s.seq).sliced(3, h).sliced(2, j).copy_from(s.codes.sliced(3, i).sliced(2, h));
                 c->sketch_scale.sliced(4, s.seq).sliced(3, h).sliced(2, j).copy_from(
@@ -1194,7 +1197,7 @@ vashista_status vashista_decode_with_candidates(vashista_cache *c, const vashist
         if (q_heads <= 0 || q_heads % c->desc.kv_heads != 0)
             fail(VASHISTA_ERROR_SHAPE_MISMATCH, "q_heads = ", q_heads,
                  " is not a positive multiple of kv_heads = ", c->desc.kv_heads);
-        std::vector<char> key(sizeof *cfg + sizeof q_heads);
+        vashista_cache::PlanKey key{};
         std::memcpy(key.data(), cfg, sizeof *cfg);
         std::memcpy(key.data() + sizeof *cfg, &q_heads, sizeof q_heads);
         const vashista_plan *plan = nullptr;
