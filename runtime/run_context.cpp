@@ -110,8 +110,10 @@ int run_loop_task(void *task_ctx, int32_t index) {
 // thread alone when set to one thread (Halide's own pool still wakes its workers then);
 // else on Halide's pool.
 int do_par_for(void *user_context, halide_task_t fn, int min, int size, uint8_t *closure) {
+    // A measuring arena sees one task at a time: its peak is what one thread needs.
+    const auto *arena = static_cast<const Arena *>(user_context);
     const vashista_parallel_for_fn engine = g_parallel_for.load();
-    if (!engine && g_num_threads.load() == 1) {
+    if ((arena && arena->measuring()) || (!engine && g_num_threads.load() == 1)) {
         for (int i = min; i < min + size; ++i)
             if (int rc = fn(user_context, i, closure)) return rc;
         return 0;
@@ -130,6 +132,11 @@ void install_halide_hooks() {
         halide_set_custom_free(arena_free);
         halide_set_custom_do_par_for(do_par_for);
     });
+}
+
+int32_t pool_threads() {
+    install_halide_hooks();
+    return g_num_threads.load() == 1 ? 1 : std::max(1, halide_get_num_threads());
 }
 
 int32_t set_num_threads(int32_t n) {

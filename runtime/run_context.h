@@ -44,14 +44,19 @@ private:
     size_t live_ = 0, peak_ = 0, overflowed_ = 0;
 };
 
-// Bytes of arena to give a call that was measured to need `peak` live bytes: room for
-// first-fit's fragmentation.
-constexpr size_t arena_bytes_for(size_t peak) { return peak + peak / 2 + 64 * 1024; }
+// Bytes of arena for a kernel call measured to need `peak` live bytes when its parallel
+// tasks ran one at a time, run on `threads` threads: the root's allocations and one task's
+// on each thread at once, at most (threads + 1) * peak, and room for first-fit's
+// fragmentation.
+constexpr size_t arena_bytes_for(size_t peak, int threads) { return peak * size_t(threads + 1) + peak / 2 + 64 * 1024; }
 
 // Installs the runtime's halide_malloc/halide_free and parallel-for into the library's Halide
 // runtime; idempotent and thread-safe.
 void install_halide_hooks();
 
+// Threads a kernel's parallel loop may run on at once: the library's pool (1 when set to one
+// thread). An engine's parallel-for may run more; the arena then may overflow to malloc.
+int32_t pool_threads();
 int32_t set_num_threads(int32_t n);
 void set_parallel_for(vashista_parallel_for_fn fn, void *engine_ctx);
 

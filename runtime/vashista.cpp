@@ -564,15 +564,26 @@ void validate_plan_desc(const vashista_plan_desc *p, const vashista_cache_desc &
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->q_dtype = ", raw(p->q_dtype), " is not a vashista_dtype");
     if (!valid_dtype(raw(p->out_dtype)))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->out_dtype = ", raw(p->out_dtype), " is not a vashista_dtype");
-    auto stride = [&](int64_t v, int64_t least, const char *name) {
-        if (v != 0 && v < least)
-            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->", name, " = ", v, " is not 0 (contiguous) or at least ",
-                 least, " elements (rows of one head would overlap)");
+    // The rows of q and of out, [sequence][head] at the strides given (0: contiguous), must not
+    // overlap: one stride at least head_dim, the other past all rows of the first.
+    auto rows = [&](int64_t seq_stride, int64_t head_stride, const char *seq_name, const char *head_name) {
+        if (seq_stride < 0 || head_stride < 0)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->", seq_stride < 0 ? seq_name : head_name, " = ",
+                 std::min(seq_stride, head_stride), " is negative");
+        const int64_t head = head_stride ? head_stride : d.head_dim;
+        const int64_t seq = seq_stride ? seq_stride : head * p->q_heads;
+        std::array<std::pair<int64_t, int64_t>, 2> dims{{{head, p->q_heads}, {seq, d.batch}}};  // (stride, rows)
+        if (dims[1].first < dims[0].first) std::swap(dims[0], dims[1]);
+        const bool inner_ok = dims[0].second == 1 || dims[0].first >= d.head_dim;
+        const bool outer_ok =
+            dims[1].second == 1 || dims[1].first >= std::max<int64_t>(d.head_dim, dims[0].first * dims[0].second);
+        if (!inner_ok || !outer_ok)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->", seq_name, " = ", seq_stride, " and ", head_name, " = ",
+                 head_stride, " make rows of ", d.head_dim, " elements overlap (", d.batch, " sequences, ", p->q_heads,
+                 " heads; 0 means contiguous)");
     };
-    stride(p->q_stride_head, d.head_dim, "q_stride_head");
-    stride(p->out_stride_head, d.head_dim, "out_stride_head");
-    stride(p->q_stride_seq, 1, "q_stride_seq");
-    stride(p->out_stride_seq, 1, "out_stride_seq");
+    rows(p->q_stride_seq, p->q_stride_head, "q_stride_seq", "q_stride_head");
+    rows(p->out_stride_seq, p->out_stride_head, "out_stride_seq", "out_stride_head");
 }
 
 // Strides in elements, contiguous where the desc says 0.
@@ -637,11 +648,13 @@ void store_out(const vashista_plan &p, const Buffer<float> &from, void *out) {
 }
 
 // Runs every kernel the plan may call once, on the cache's own pages with a block table of
-// page 0 and every sequence at full capacity, measuring the most bytes each call has live at
-// once: the largest, with room for fragmentation, is the kernel workspace. (Halide sizes its
-// allocations from buffer extents and seq_lens, here at their largest.) A run whose
-// allocations outgrow it (say, on an engine's pool with more threads than the library's)
-// takes the rest from the system allocator.
+// page 0 at its full width and one token per sequence, its parallel tasks one at a time,
+// measuring the most bytes each call has live at once: the kernel workspace is that for the
+// largest call on each of the pool's threads at once (arena_bytes_for). Halide sizes its
+// allocations from the buffers' extents (the table's width), not from seq_lens, so one token
+// measures what a full sequence needs without the work of one. A run whose allocations
+// outgrow it (an engine's pool with more threads than the library's) takes the rest from
+// the system allocator.
 size_t measure_kernel_workspace(const vashista_plan &p) {
     vashista_cache *c = p.cache;
     const auto &d = c->desc;
@@ -649,7 +662,7 @@ size_t measure_kernel_workspace(const vashista_plan &p) {
     const size_t heads = size_t(d.batch) * d.kv_heads * G;
     std::vector<float> q(heads * d.head_dim, 0.0f);
     std::vector<int32_t> table(size_t(d.batch) * d.max_pages, 0);
-    std::vector<int32_t> lens(d.batch, d.max_pages * d.page_size);
+    std::vector<int32_t> lens(d.batch, 1);
     StepInputs in{Buffer<float>(q.data(), d.head_dim, G, d.kv_heads, d.batch), Buffer<int32_t>(lens.data(), d.batch),
                   Buffer<int32_t>(table.data(), d.max_pages, d.batch), p.scale};
     Arena ctx;  // measuring
@@ -661,20 +674,17 @@ size_t measure_kernel_workspace(const vashista_plan &p) {
                        Buffer<int32_t>(v->top_tokens, G, d.kv_heads, d.batch),
                        Buffer<int32_t>(v->top_pages, G, d.kv_heads, d.batch)};
         run_sparse(c, *v, in, r, &ctx);
-        if (std::getenv("VASHISTA_DEBUG_WORKSPACE")) fprintf(stderr, "sparse %zu\n", ctx.peak());
         most = std::max(most, ctx.peak());
     }
     if (p.dense) {
         Buffer<float> out(d.head_dim, G, d.kv_heads, d.batch), lse(G, d.kv_heads, d.batch);
         run_dense(c, *p.dense, in, p.scale, out, lse, nullptr, 0, &ctx);
-        if (std::getenv("VASHISTA_DEBUG_WORKSPACE")) fprintf(stderr, "dense %zu\n", ctx.peak());
         most = std::max(most, ctx.peak());
         const std::pair<int32_t, int32_t> one{0, 0};
         run_dense(c, *p.dense, in, p.scale, out, lse, &one, 1, &ctx);
         most = std::max(most, ctx.peak());
     }
-    if (std::getenv("VASHISTA_DEBUG_WORKSPACE")) fprintf(stderr, "kernel workspace %zu\n", most);
-    return arena_bytes_for(most);
+    return arena_bytes_for(most, pool_threads());
 }
 
 void plan_layout(vashista_plan &p) {
@@ -841,14 +851,17 @@ void run_plan(const vashista_plan &p, void *workspace, size_t workspace_size, co
                 for (int g = 0; g < G; ++g) {
                     const size_t i = (size_t(b) * d.kv_heads + h) * G + g;
                     auto field = [&](int k) { return r.diag(k, g, h, b); };
-                    diag[i] = vashista_head_diag{sizeof(vashista_head_diag),
-                                                 field(vashista::kDiagSupportGap),
-                                                 field(vashista::kDiagLeakage),
-                                                 field(vashista::kDiagErrorBound),
-                                                 int32_t(field(vashista::kDiagCandidates)),
-                                                 taken[i],
-                                                 field(vashista::kDiagFwGap),
-                                                 int32_t(field(vashista::kDiagCertificate))};
+                    // Field by field over zeroed bytes, so its padding is deterministic too.
+                    vashista_head_diag &out_diag = diag[i];
+                    std::memset(&out_diag, 0, sizeof out_diag);
+                    out_diag.struct_size = sizeof(vashista_head_diag);
+                    out_diag.support_gap = field(vashista::kDiagSupportGap);
+                    out_diag.leakage = field(vashista::kDiagLeakage);
+                    out_diag.error_bound = field(vashista::kDiagErrorBound);
+                    out_diag.candidates = int32_t(field(vashista::kDiagCandidates));
+                    out_diag.policy_taken = taken[i];
+                    out_diag.fw_gap = field(vashista::kDiagFwGap);
+                    out_diag.certificate = int32_t(field(vashista::kDiagCertificate));
                 }
 }
 

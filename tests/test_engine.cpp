@@ -55,7 +55,17 @@ void require_same(const Step &a, const Step &b, const char *what = "") {
     REQUIRE(a.lse == b.lse);
     REQUIRE(a.candidates == b.candidates);
     REQUIRE(a.diag.size() == b.diag.size());
-    REQUIRE(std::memcmp(a.diag.data(), b.diag.data(), a.diag.size() * sizeof(vashista_head_diag)) == 0);
+    for (size_t i = 0; i < a.diag.size(); ++i) {
+        const vashista_head_diag &x = a.diag[i], &y = b.diag[i];
+        REQUIRE(std::memcmp(&x.support_gap, &y.support_gap, 4) == 0);  // NaN-safe bit equality
+        REQUIRE(std::memcmp(&x.leakage, &y.leakage, 4) == 0);
+        REQUIRE(std::memcmp(&x.error_bound, &y.error_bound, 4) == 0);
+        REQUIRE(std::memcmp(&x.fw_gap, &y.fw_gap, 4) == 0);
+        REQUIRE(x.candidates == y.candidates);
+        REQUIRE(x.policy_taken == y.policy_taken);
+        REQUIRE(x.certificate == y.certificate);
+        REQUIRE(x.struct_size == y.struct_size);
+    }
 }
 
 // A step against the reference at `lens` (the test_runtime tolerances): candidates exact,
@@ -155,7 +165,19 @@ TEST_CASE("plan and run give the one-call API's results and check the workspace"
     wrong = pd;
     wrong.q_stride_head = D - 1;
     REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
-    REQUIRE_THAT(vashista_last_error(), Catch::Contains("desc->q_stride_head = 127"));
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("q_stride_head = 127 make rows of 128 elements overlap"));
+    // Found by the fuzzer: sequences one element apart overlap (q was read, out would race).
+    wrong = pd;
+    wrong.out_stride_seq = 1;
+    REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("desc->out_stride_seq = 1 and out_stride_head = 0 make rows"));
+    // Heads outermost ([heads][sequences][D]) is a layout, not an overlap.
+    wrong = pd;
+    wrong.q_stride_seq = D;
+    wrong.q_stride_head = 2 * D;
+    REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_OK);
+    vashista_plan_destroy(bad);
+    bad = nullptr;
     wrong = pd;
     store_raw(wrong.out_dtype, 7);  // found by the fuzzer: read as an enum, UB
     REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);

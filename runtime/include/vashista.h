@@ -198,7 +198,8 @@ vashista_status vashista_dense(vashista_cache *cache, const float *q, int32_t q_
  * changes per step (q finite, seq_lens in range, the block table's entries for the pages in
  * use). A step's work follows the longest sequence in the batch, not the block table's
  * width. Plans are immutable: several threads may run one plan, each with its own
- * workspace (and its own cache, since appends change the cache). */
+ * workspace, while no append, summarize or truncate changes its cache. A plan refers to its
+ * cache: destroy the plan first. */
 typedef struct vashista_plan vashista_plan;
 
 typedef struct vashista_plan_desc {
