@@ -219,7 +219,10 @@ vashista_status vashista_plan_create(vashista_cache *cache, const vashista_decod
                                      const vashista_plan_desc *desc, vashista_plan **plan);
 void vashista_plan_destroy(vashista_plan *plan);
 /* Bytes of workspace vashista_run needs (aligned to 64 bytes by the caller or not: the
- * library aligns within it, and the size includes the slack for that). */
+ * library aligns within it, and the size includes the slack for that). The kernels' share
+ * is sized for the library's pool as it is when the plan is made; a run whose parallel
+ * loops use more threads at once (a larger pool set later, or an engine's parallel-for)
+ * may take the rest from the system allocator. */
 size_t vashista_plan_workspace_size(const vashista_plan *plan);
 
 /* One decode step of every sequence of the plan's cache. page_table: [batch][max_pages] as
