@@ -32,8 +32,7 @@ Buffer<void> cache_buffer(const ref::Cache &c, const std::vector<float> &values)
 
 }  // namespace
 
-ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype,
-                               int summary_block) {
+ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype) {
     ProblemBuffers buf;
     buf.q = Buffer<float>(p.q.head_dim, p.q.group, p.q.kv_heads, p.q.batch);
     std::memcpy(buf.q.data(), p.q.q.data(), p.q.q.size() * sizeof(float));
@@ -44,58 +43,61 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
     buf.seq_lens = Buffer<int32_t>(p.seqs.batch);
     std::memcpy(buf.seq_lens.data(), p.seqs.seq_lens.data(), p.seqs.seq_lens.size() * 4);
 
-    const SummaryLayout layout{sum.head_dim, sum.max_pages, sum.kv_heads, sum.batch, summary_block};
+    // Every page a sequence holds tokens in, at the physical page it maps to (problems give
+    // each sequence pages of its own); pages no sequence uses stay zero.
+    const int S = sum.page_size, D = sum.head_dim, num_pages = p.cache.num_pages;
+    auto for_each_page = [&](auto &&fn) {
+        for (int b = 0; b < sum.batch; ++b)
+            for (int j = 0; j * S < p.seqs.seq_lens[b]; ++j)
+                for (int h = 0; h < sum.kv_heads; ++h) fn(b, j, h, p.seqs.page_table[size_t(b) * p.seqs.max_pages + j]);
+    };
+    const SummaryLayout layout{D, num_pages, sum.kv_heads};
     const auto extents = layout.extents();
     buf.summary = Buffer<void>(halide_runtime_type(summary_dtype), std::vector<int>(extents.begin(), extents.end()));
     std::memset(buf.summary.data(), 0, buf.summary.size_in_bytes());
-    for (int b = 0; b < sum.batch; ++b)
-        for (int h = 0; h < sum.kv_heads; ++h)
-            for (int j = 0; j < sum.max_pages; ++j)
-                for (int d = 0; d < sum.head_dim; ++d) {
-                    const size_t row = sum.at(b, h, j) * sum.head_dim + d;
-                    const float channel[kSummaryChannels] = {sum.mean[row], sum.lo[row], sum.hi[row]};
-                    for (int c = 0; c < kSummaryChannels; ++c) {
-                        const auto at = layout.coords(j, d, c, h, b);
-                        size_t flat = 0;
-                        for (int k = 0; k < 6; ++k) flat += size_t(at[k] * buf.summary.dim(k).stride());
-                        store(buf.summary, flat, channel[c], summary_dtype);
-                    }
-                }
-    buf.value_norm = Buffer<float>(sum.max_pages, sum.kv_heads, sum.batch);
-    buf.key_absmax = Buffer<float>(sum.max_pages, sum.kv_heads, sum.batch);
-    const float margin = float(fp::value_norm_margin(sum.head_dim));
-    for (size_t i = 0; i < sum.value_norm.size(); ++i) {
-        buf.value_norm.data()[i] = float(sum.value_norm[i]) * margin;
-        buf.key_absmax.data()[i] = sum.key_absmax[i];
-    }
+    buf.value_norm = Buffer<float>(num_pages, sum.kv_heads);
+    buf.key_absmax = Buffer<float>(num_pages, sum.kv_heads);
+    buf.value_norm.fill(0.0f);
+    buf.key_absmax.fill(0.0f);
+    const float margin = float(fp::value_norm_margin(D));
+    for_each_page([&](int b, int j, int h, int page) {
+        const size_t at = sum.at(b, h, j);
+        for (int c = 0; c < kSummaryChannels; ++c) {
+            const std::vector<float> &channel = c == kSummaryMean ? sum.mean : c == kSummaryMin ? sum.lo : sum.hi;
+            for (int d = 0; d < D; ++d)
+                store(buf.summary, size_t(layout.row(page, c, h) + d), channel[at * D + d], summary_dtype);
+        }
+        buf.value_norm(page, h) = float(sum.value_norm[at]) * margin;
+        buf.key_absmax(page, h) = sum.key_absmax[at];
+    });
     // The token sketch, codes packed as the sketch kernel packs them (algorithm.h).
     const halide_type_t bf16(halide_type_bfloat, 16);
     if (sum.sketch_bits == 0) {
-        buf.sketch = Buffer<uint8_t>(1, 1, 1, 1, 1);
-        buf.sketch_scale = Buffer<void>(bf16, {1, 1, 1, 1, 1});
+        buf.sketch = Buffer<uint8_t>(1, 1, 1, 1);
+        buf.sketch_scale = Buffer<void>(bf16, {1, 1, 1, 1});
         buf.sketch.fill(0);
         std::memset(buf.sketch_scale.data(), 0, buf.sketch_scale.size_in_bytes());
         return buf;
     }
-    const int S = sum.page_size, D = sum.head_dim, bits = sum.sketch_bits, bytes = sketch_code_bytes(D, bits);
-    const int groups = D / sum.sketch_group;
-    buf.sketch = Buffer<uint8_t>(S, bytes, sum.max_pages, sum.kv_heads, sum.batch);
-    buf.sketch_scale = Buffer<void>(bf16, {S, groups, sum.max_pages, sum.kv_heads, sum.batch});
-    for (int b = 0; b < sum.batch; ++b)
-        for (int h = 0; h < sum.kv_heads; ++h)
-            for (int j = 0; j < sum.max_pages; ++j)
-                for (int s = 0; s < S; ++s) {
-                    const size_t tok = sum.token_at(b, h, j, s);
-                    const int8_t *code = &sum.sketch_code[tok * D];
-                    for (int x = 0; x < bytes; ++x) {
-                        const int packed = bits == 8 ? code[x] : (code[2 * x] & 15) | ((code[2 * x + 1] & 15) << 4);
-                        buf.sketch(s, x, j, h, b) = uint8_t(packed);
-                    }
-                    for (int x = 0; x < groups; ++x) {
-                        const size_t flat = (((size_t(b) * sum.kv_heads + h) * sum.max_pages + j) * groups + x) * S + s;
-                        store(buf.sketch_scale, flat, sum.sketch_scale[tok * groups + x], ref::DType::BF16);
-                    }
-                }
+    const int bits = sum.sketch_bits, bytes = sketch_code_bytes(D, bits), groups = D / sum.sketch_group;
+    buf.sketch = Buffer<uint8_t>(S, bytes, num_pages, sum.kv_heads);
+    buf.sketch_scale = Buffer<void>(bf16, {S, groups, num_pages, sum.kv_heads});
+    buf.sketch.fill(0);
+    std::memset(buf.sketch_scale.data(), 0, buf.sketch_scale.size_in_bytes());
+    for_each_page([&](int b, int j, int h, int page) {
+        for (int s = 0; s < S; ++s) {
+            const size_t tok = sum.token_at(b, h, j, s);
+            const int8_t *code = &sum.sketch_code[tok * D];
+            for (int x = 0; x < bytes; ++x) {
+                const int packed = bits == 8 ? code[x] : (code[2 * x] & 15) | ((code[2 * x + 1] & 15) << 4);
+                buf.sketch(s, x, page, h) = uint8_t(packed);
+            }
+            for (int x = 0; x < groups; ++x) {
+                const size_t flat = ((size_t(h) * num_pages + page) * groups + x) * S + s;
+                store(buf.sketch_scale, flat, sum.sketch_scale[tok * groups + x], ref::DType::BF16);
+            }
+        }
+    });
     return buf;
 }
 

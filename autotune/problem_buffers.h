@@ -11,16 +11,15 @@ struct ProblemBuffers {
     Halide::Runtime::Buffer<float> q;                       // (d, g, h, b)
     Halide::Runtime::Buffer<void> k_cache, v_cache;         // 4-D per layout
     Halide::Runtime::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
-    Halide::Runtime::Buffer<void> summary;                  // (lane, d, c, blk, h, b)
-    Halide::Runtime::Buffer<float> value_norm, key_absmax;  // (j, h, b)
-    Halide::Runtime::Buffer<uint8_t> sketch;                // (s, byte, j, h, b); 1 element without one
-    Halide::Runtime::Buffer<void> sketch_scale;             // (s, group, j, h, b) bf16
+    Halide::Runtime::Buffer<void> summary;                  // (d, c, p, h)
+    Halide::Runtime::Buffer<float> value_norm, key_absmax;  // (p, h)
+    Halide::Runtime::Buffer<uint8_t> sketch;                // (s, byte, p, h); 1 element without one
+    Halide::Runtime::Buffer<void> sketch_scale;             // (s, group, p, h) bf16
 };
 
 // Summaries come from the reference, rounded outward to `summary_dtype` as the
-// summarize kernel rounds them, in blocks of `summary_block` pages; value norms are
-// inflated as the kernel inflates them.
-ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype,
-                               int summary_block = kSummaryBlockDefault);
+// summarize kernel rounds them, each sequence's pages at the physical pages its block
+// table maps them to; value norms are inflated as the kernel inflates them.
+ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype);
 
 }  // namespace vashista

@@ -33,7 +33,7 @@ function(_vashista_defaults out kind)
     if (kind STREQUAL "decode")
         set(d head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4 kv_type=bfloat16 summary_type=
               layout=HND solver=softmax routing=bound group_routing=per_head sink_pages=0 local_pages=0
-              solver_steps=6 solver_eta=0.2 solver_tau=1.0 sketch_bits=8 sketch_group=16 summary_block=16
+              solver_steps=6 solver_eta=0.2 solver_tau=1.0 sketch_bits=8 sketch_group=16
               schedule_file=)
     elseif (kind STREQUAL "dense")
         set(d head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
@@ -172,7 +172,6 @@ function(vashista_add_kernel_library NAME)
                        "${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${s_sink_pages}, ${s_local_pages}, "
                        "${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, "
                        "${s_solver_steps}, float(${s_solver_eta}), float(${s_solver_tau}), ${s_sketch_bits}, ${s_sketch_group}, "
-                       "${s_summary_block}, "
                        "${kernel}},\n")
             elseif (kind STREQUAL "dense")
                 string(APPEND dense_rows "        {\"${readable}\", "
@@ -412,11 +411,6 @@ function(vashista_tuned_spec OUT)
     endif ()
     _vashista_resolve_host(want_target "${ARG_TARGET}")
     _vashista_parse_spec(s ${ARG_GENERATOR} "${ARG_SPEC}")
-    # Records are tuned on the default summary layout.
-    if (ARG_GENERATOR STREQUAL "decode" AND NOT s_summary_block EQUAL 16)
-        set(${OUT} "${ARG_SPEC}" PARENT_SCOPE)
-        return()
-    endif ()
     set(query ${s_params})  # the variant's GeneratorParams; the query picks the fields it matches
     if (ARG_TOKENS)
         list(APPEND query --tokens ${ARG_TOKENS})

@@ -197,8 +197,6 @@ DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInput
       scale(in.scale),
       rd(0, D, "rd"),
       rc(0, KC, "rc") {
-    if (cfg.summary_block < 1)
-        throw std::invalid_argument("summary_block = " + std::to_string(cfg.summary_block) + " must be >= 1");
     if (sketch) {
         const std::string err = sketch_config_error(D, cfg.sketch_bits, cfg.sketch_group);
         if (!err.empty()) throw std::invalid_argument(err);
@@ -215,18 +213,18 @@ DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInput
 DecodeDefinition::SketchScores DecodeDefinition::sketch_scores(const std::string &name, std::vector<Var> token_vars,
                                                                Expr s_at, Expr page_at) {
     const int gs = cfg.sketch_group, groups = D / gs;
-    Expr page = clamp(page_at, 0, in.max_pages - 1);
+    Expr page = physical_page(page_at);
     // Channel 2 * pair + e of the token's sketch, as int16.
     auto code = [&](Expr pair, Expr e) -> Expr {
         if (cfg.sketch_bits == 8)
-            return cast<int16_t>(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, 2 * pair + e, page, h, b)));
+            return cast<int16_t>(Halide::reinterpret(Halide::Int(8), in.sketch(s_at, 2 * pair + e, page, h)));
         // 4 bits: the byte's low nibble is the even channel; each nibble moved to the
         // top of an int8 and back with its sign.
-        Expr byte = Halide::reinterpret(Halide::Int(8), in.sketch(s_at, pair, page, h, b));
+        Expr byte = Halide::reinterpret(Halide::Int(8), in.sketch(s_at, pair, page, h));
         Expr low = (byte << cast<int8_t>(4)) >> cast<int8_t>(4), high = byte >> cast<int8_t>(4);
         return cast<int16_t>(select(e == 0, low, high));
     };
-    auto sigma = [&](Expr grp) { return as_f32(in.sketch_scale(s_at, grp, page, h, b)); };
+    auto sigma = [&](Expr grp) { return as_f32(in.sketch_scale(s_at, grp, page, h)); };
     std::vector<Var> head = token_vars;
     head.insert(head.end(), {g, h, b});
     std::vector<Var> inner_vars = head;
@@ -307,15 +305,15 @@ void DecodeDefinition::route() {
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
     } else {
-        Expr blk = i / cfg.summary_block, lane = i % cfg.summary_block;
+        Expr page = physical_page(i);
         Expr qd = in.q(rd, g, h, b);
         st.head_page_score(i, g, h, b) = 0.0f;
         if (cfg.routing == RoutingMode::Mean) {
-            Expr mean = as_f32(in.summary(lane, rd, kSummaryMean, blk, h, b));
+            Expr mean = as_f32(in.summary(rd, kSummaryMean, page, h));
             st.head_page_score(i, g, h, b) += qd * mean;
         } else {
-            Expr lo = as_f32(in.summary(lane, rd, kSummaryMin, blk, h, b));
-            Expr hi = as_f32(in.summary(lane, rd, kSummaryMax, blk, h, b));
+            Expr lo = as_f32(in.summary(rd, kSummaryMin, page, h));
+            Expr hi = as_f32(in.summary(rd, kSummaryMax, page, h));
             st.head_page_score(i, g, h, b) += Halide::max(qd * lo, qd * hi);
         }
     }
@@ -559,9 +557,9 @@ void DecodeDefinition::certificate() {
         Expr outside = valid && !st.select.kept(rt, g, h, b);
         // Sketch: ub_t already bounds the exact score.
         Expr s = sketch ? st.slot_token(rt % S, rt / S, g, h, b)[1] : score_at(rt);
-        Expr page = clamp(slot_page(rt), 0, in.max_pages - 1);
-        Expr vnorm = in.value_norm(page, h, b);
-        Expr error = sketch ? Expr(0.0f) : error_per_key * in.key_absmax(page, h, b);
+        Expr page = physical_page(slot_page(rt));
+        Expr vnorm = in.value_norm(page, h);
+        Expr error = sketch ? Expr(0.0f) : error_per_key * in.key_absmax(page, h);
         st.inside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.inside_stats(g, h, b) =
             Tuple(st.inside_stats(g, h, b)[0] + select(outside, upper_term(s, error), 0.0f),
@@ -578,13 +576,13 @@ void DecodeDefinition::certificate() {
         // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
         Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scale * st.head_page_score(rp, g, h, b);
         Expr tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
-        Expr kabs = in.key_absmax(rp, h, b);
+        Expr kabs = in.key_absmax(physical_page(rp), h);
         Expr error = sketch ? Expr(0.0f) : error_per_key * kabs;
         st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.outside_stats(g, h, b) =
             Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * upper_term(u_p, error), 0.0f),
                   Halide::max(st.outside_stats(g, h, b)[1], select(outside, u_p, neg_inf())),
-                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, in.value_norm(rp, h, b), 0.0f)),
+                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, in.value_norm(physical_page(rp), h), 0.0f)),
                   Halide::max(st.outside_stats(g, h, b)[3], select(exists, kabs, 0.0f)),
                   Halide::max(st.outside_stats(g, h, b)[4], select(outside, upper_score(u_p, error), neg_inf())));
     }
@@ -887,10 +885,10 @@ SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in) {
 }
 
 Halide::Region sketch_region(const ShapeEstimate &e, int bits) {
-    return {{0, e.page_size}, {0, sketch_code_bytes(e.head_dim, bits)}, {0, e.pages}, {0, e.kv_heads}, {0, e.batch}};
+    return {{0, e.page_size}, {0, sketch_code_bytes(e.head_dim, bits)}, {0, e.pages * e.batch}, {0, e.kv_heads}};
 }
 Halide::Region sketch_scale_region(const ShapeEstimate &e, int group) {
-    return {{0, e.page_size}, {0, e.head_dim / group}, {0, e.pages}, {0, e.kv_heads}, {0, e.batch}};
+    return {{0, e.page_size}, {0, e.head_dim / group}, {0, e.pages * e.batch}, {0, e.kv_heads}};
 }
 
 Halide::Region q_region(const ShapeEstimate &e) {
@@ -902,13 +900,13 @@ Halide::Region kv_cache_region(const ShapeEstimate &e) {
     return {{0, e.head_dim}, {0, e.kv_heads}, {0, e.page_size}, {0, pages}};
 }
 Halide::Region page_table_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.batch}}; }
-Halide::Region summary_region(const ShapeEstimate &e, int summary_block) {
+Halide::Region summary_region(const ShapeEstimate &e) {
     Halide::Region r;
-    for (int64_t extent : SummaryLayout{e.head_dim, e.pages, e.kv_heads, e.batch, summary_block}.extents())
+    for (int64_t extent : SummaryLayout{e.head_dim, int64_t(e.pages) * e.batch, e.kv_heads}.extents())
         r.push_back({0, int(extent)});
     return r;
 }
-Halide::Region value_norm_region(const ShapeEstimate &e) { return {{0, e.pages}, {0, e.kv_heads}, {0, e.batch}}; }
+Halide::Region value_norm_region(const ShapeEstimate &e) { return {{0, e.pages * e.batch}, {0, e.kv_heads}}; }
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {
     Halide::Region r{{0, e.group}, {0, e.kv_heads}, {0, e.batch}};
     if (first_extent > 0) r.insert(r.begin(), {0, first_extent});

@@ -9,15 +9,16 @@
 //   k_cache, v_cache  HND (d, s, h, page) or NHD (d, h, s, page)
 //   page_table        (j, b)            logical page j of sequence b -> physical page
 //   seq_lens          (b)
-//   summary           (lane, d, c, blk, h, b)  logical page j = blk*summary_block + lane;
-//                     c = 0 mean, 1 per-channel min, 2 per-channel max
-//   value_norm        (j, h, b)         upper bound on max ||v|| over the valid tokens of page j
-//   key_absmax        (j, h, b)         max |x| over page j's stored min/max summary: bounds
+//   Summaries and the sketch are kept per physical page p (what page_table maps a
+//   sequence's logical pages to), so a page several sequences share has one of each:
+//   summary           (d, c, p, h)      c = 0 mean, 1 per-channel min, 2 per-channel max
+//   value_norm        (p, h)            upper bound on max ||v|| over the page's summarized tokens
+//   key_absmax        (p, h)            max |x| over page p's stored min/max summary: bounds
 //                                       every |k_d| of the page (the scores' rounding terms)
-//   sketch            (s, byte, j, h, b) uint8: the b-bit codes of token j*S + s, D*b/8 bytes
+//   sketch            (s, byte, p, h)   uint8: the b-bit codes of the page's token s, D*b/8 bytes
 //                                       (bits 8: one int8 per channel; bits 4: channel 2i in
 //                                       the low nibble of byte i, 2i+1 in the high one)
-//   sketch_scale      (s, grp, j, h, b) bf16: sigma of each group of g channels, rounded up
+//   sketch_scale      (s, grp, p, h)    bf16: sigma of each group of g channels, rounded up
 #pragma once
 
 #include "Halide.h"
@@ -48,14 +49,13 @@ struct DecodeConfig {
     Solver solver = Solver::Softmax;
     RoutingMode routing = RoutingMode::Bound;
     GroupRouting group_routing = GroupRouting::PerHead;
-    int sink_pages = 0;                        // first pages of each sequence, always routed (count toward P)
-    int local_pages = 0;                       // last pages of each sequence, always routed (count toward P)
-    int solver_steps = kSolverStepsDefault;    // eg: N, fw: N
-    float solver_eta = kSolverEtaDefault;      // eg step size
-    float solver_tau = kSolverTauDefault;      // fw and sparsemax regularization
-    int sketch_bits = kSketchBitsDefault;      // routing sketch: bits per code (4 or 8)
-    int sketch_group = kSketchGroupDefault;    // routing sketch: channels per scale
-    int summary_block = kSummaryBlockDefault;  // pages per block of the summary layout it reads
+    int sink_pages = 0;                      // first pages of each sequence, always routed (count toward P)
+    int local_pages = 0;                     // last pages of each sequence, always routed (count toward P)
+    int solver_steps = kSolverStepsDefault;  // eg: N, fw: N
+    float solver_eta = kSolverEtaDefault;    // eg step size
+    float solver_tau = kSolverTauDefault;    // fw and sparsemax regularization
+    int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
+    int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
     // heads that route together: G for per_head, 1 for shared
     int routing_groups() const { return group_routing == GroupRouting::PerHead ? group_size : 1; }
 };
@@ -226,7 +226,7 @@ struct ShapeEstimate {
 Halide::Region q_region(const ShapeEstimate &e);  // also out
 Halide::Region kv_cache_region(const ShapeEstimate &e);
 Halide::Region page_table_region(const ShapeEstimate &e);
-Halide::Region summary_region(const ShapeEstimate &e, int summary_block);
+Halide::Region summary_region(const ShapeEstimate &e);
 Halide::Region value_norm_region(const ShapeEstimate &e);  // also key_absmax
 Halide::Region sketch_region(const ShapeEstimate &e, int bits);
 Halide::Region sketch_scale_region(const ShapeEstimate &e, int group);

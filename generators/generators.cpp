@@ -80,7 +80,6 @@ public:
     GeneratorParam<float> solver_tau{"solver_tau", kDecode.solver_tau};
     GeneratorParam<int> sketch_bits{"sketch_bits", kDecode.sketch_bits};
     GeneratorParam<int> sketch_group{"sketch_group", kDecode.sketch_group};
-    GeneratorParam<int> summary_block{"summary_block", kDecode.summary_block};
     GeneratorParam<std::string> schedule{"schedule", ""};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
     GeneratorParam<int> estimate_tokens{"estimate_tokens", 32768};
@@ -92,11 +91,11 @@ public:
     Input<Buffer<void, 4>> v_cache{"v_cache"};
     Input<Buffer<int32_t, 2>> page_table{"page_table"};
     Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
-    Input<Buffer<void, 6>> summary{"summary"};
-    Input<Buffer<float, 3>> value_norm{"value_norm"};
-    Input<Buffer<float, 3>> key_absmax{"key_absmax"};
-    Input<Buffer<uint8_t, 5>> sketch{"sketch"};
-    Input<Buffer<void, 5>> sketch_scale{"sketch_scale"};
+    Input<Buffer<void, 4>> summary{"summary"};
+    Input<Buffer<float, 2>> value_norm{"value_norm"};
+    Input<Buffer<float, 2>> key_absmax{"key_absmax"};
+    Input<Buffer<uint8_t, 4>> sketch{"sketch"};
+    Input<Buffer<void, 4>> sketch_scale{"sketch_scale"};
     Input<float> scale{"scale"};
     Output<Buffer<float, 4>> out{"out"};
     Output<Buffer<float, 3>> lse{"lse"};
@@ -131,7 +130,6 @@ public:
         c.solver_tau = solver_tau;
         c.sketch_bits = sketch_bits;
         c.sketch_group = sketch_group;
-        c.summary_block = summary_block;
         return c;
     }
 
@@ -169,7 +167,7 @@ public:
     void set_estimates(const DecodeConfig &cfg) {
         const ShapeEstimate e = shape_estimate(*this, cfg.head_dim, cfg.page_size, cfg.group_size, cfg.layout);
         set_common_estimates(*this, e);
-        summary.set_estimates(summary_region(e, cfg.summary_block));
+        summary.set_estimates(summary_region(e));
         value_norm.set_estimates(value_norm_region(e));
         key_absmax.set_estimates(value_norm_region(e));
         sketch.set_estimates(sketch_region(e, cfg.sketch_bits));
@@ -349,8 +347,7 @@ GeneratorParams generator_params(const DecodeConfig &c) {
             {"solver_eta", exact(c.solver_eta)},
             {"solver_tau", exact(c.solver_tau)},
             {"sketch_bits", std::to_string(c.sketch_bits)},
-            {"sketch_group", std::to_string(c.sketch_group)},
-            {"summary_block", std::to_string(c.summary_block)}};
+            {"sketch_group", std::to_string(c.sketch_group)}};
 }
 
 GeneratorParams generator_params(const DenseConfig &c) {

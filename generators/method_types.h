@@ -16,10 +16,6 @@ enum class Solver { Softmax, EG, FW, Sparsemax };
 enum class RoutingMode { Mean, Bound, Sketch };
 enum class GroupRouting { PerHead, Shared };
 
-// Pages per summary block: routing scores 16 pages per vector with no horizontal sums.
-// Pages per block of the summary layout, the decode Generators' summary_block by default:
-// routing vectorizes across the pages of a block (16 f32 lanes of AVX-512).
-constexpr int kSummaryBlockDefault = 16;
 // Token-sketch routing (method.md, "Token-sketch bounds"): the defaults of its bits and
 // channels per scale group, and the bit widths the kernels decode (8: one signed byte
 // per channel; 4: two channels per byte, the even channel in the low nibble).
@@ -50,17 +46,17 @@ inline std::string sketch_config_error(int head_dim, int bits, int group) {
 // Summary channels, in the order of the c dimension.
 enum SummaryChannel { kSummaryMean = 0, kSummaryMin = 1, kSummaryMax = 2, kSummaryChannels = 3 };
 
-// The page summaries' layout, summary (lane, d, channel, block, h, b) in algorithm.h: page j
-// of a sequence is lane j % block of block j / block. The one statement of it outside the
-// definitions, for the runtime's cache and the tuner's buffers.
+// The page summaries' layout, summary (d, channel, page, h) in algorithm.h: one row of
+// head_dim values per channel of each physical page and KV head, so pages that several
+// sequences share are summarized once and memory follows num_pages. The one statement of
+// it outside the definitions, for the runtime's cache and the tuner's buffers.
 struct SummaryLayout {
-    int64_t head_dim, max_pages, kv_heads, batch;
-    int64_t block = kSummaryBlockDefault;
-    int64_t blocks() const { return (max_pages + block - 1) / block; }
-    std::array<int64_t, 6> extents() const { return {block, head_dim, kSummaryChannels, blocks(), kv_heads, batch}; }
-    // Coordinates of channel d of summary `channel` of page j, KV head h, sequence b.
-    std::array<int64_t, 6> coords(int64_t j, int64_t d, int64_t channel, int64_t h, int64_t b) const {
-        return {j % block, d, channel, j / block, h, b};
+    int64_t head_dim, num_pages, kv_heads;
+    std::array<int64_t, 4> extents() const { return {head_dim, kSummaryChannels, num_pages, kv_heads}; }
+    // Offset, in elements, of channel 0 of summary `channel` of physical page `page`, KV head h
+    // (the channels of a row are adjacent).
+    int64_t row(int64_t page, int64_t channel, int64_t h) const {
+        return ((h * num_pages + page) * kSummaryChannels + channel) * head_dim;
     }
 };
 

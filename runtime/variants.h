@@ -19,7 +19,6 @@ struct DecodeVariant {
     int solver_steps;
     float solver_eta, solver_tau;
     int sketch_bits, sketch_group;  // read in sketch routing only
-    int summary_block;              // pages per block of the summary layout it reads
     Kernel kernel;                  // arguments as its Generator declares them
 };
 

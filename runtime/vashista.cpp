@@ -103,29 +103,31 @@ struct FreeDeleter {
 };
 using HostMemory = std::unique_ptr<void, FreeDeleter>;
 
-// Whether the kernels can address a buffer of `elements` whose outermost dimension has
-// extent `outer`: 2^31 - 1 elements, or with large_buffers an int32 outermost stride.
-void require_addressable(int64_t elements, int64_t outer, const char *what) {
+// The elements of a buffer of `sizes` (innermost first), checked for overflow and for
+// whether the kernels can address them: 2^31 - 1 elements, or with large_buffers an int32
+// outermost stride.
+int64_t addressable_elements(const std::vector<int64_t> &sizes, const char *what) {
+    int64_t elements = 1;
+    for (int64_t s : sizes)
+        if (__builtin_mul_overflow(elements, s, &elements))
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " would hold more than 2^63 elements");
     const bool large = vashista::runtime::large_buffers();
-    if (large ? elements / outer > INT32_MAX : elements > INT32_MAX)
+    if (large ? elements / sizes.back() > INT32_MAX : elements > INT32_MAX)
         fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " hold ", elements, " elements; ",
              large ? "one dimension's stride is an int32"
                    : "kernels compiled without Halide's large_buffers feature address at most 2^31 - 1 "
                      "(build the kernel library with TARGET host-large_buffers)");
+    return elements;
 }
 
 // A zeroed host buffer of `sizes` (innermost first) in memory owned by `memory`. calloc
 // lets a failed allocation come back as a status.
 Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::vector<int64_t> &sizes,
                            const char *what) {
-    int64_t elements = 1;
-    for (int64_t s : sizes)
-        if (__builtin_mul_overflow(elements, s, &elements))
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, what, " would hold more than 2^63 elements");
+    const int64_t elements = addressable_elements(sizes, what);
     memory.reset(std::calloc(size_t(elements), type.bytes()));
     if (!memory)
         fail(VASHISTA_ERROR_OUT_OF_MEMORY, "cannot allocate ", double(elements) * type.bytes(), " bytes for ", what);
-    require_addressable(elements, sizes.back(), what);
     return Buffer<void>(type, memory.get(), std::vector<int>(sizes.begin(), sizes.end()));
 }
 
@@ -134,25 +136,24 @@ Buffer<void> zeroed_buffer(HostMemory &memory, halide_type_t type, const std::ve
 struct vashista_cache {
     vashista_cache_desc desc;
     std::vector<int32_t> appended;  // tokens appended per sequence
+    // Summaries and the sketch per physical page (algorithm.h), so a page several sequences
+    // share is summarized once.
     HostMemory summary_memory, value_norm_memory, key_absmax_memory;
-    Buffer<void> summary;      // (lane, d, c, blk, h, b)
-    Buffer<float> value_norm;  // (j, h, b)
-    Buffer<float> key_absmax;  // (j, h, b)
+    Buffer<void> summary;      // (d, c, p, h)
+    Buffer<float> value_norm;  // (p, h)
+    Buffer<float> key_absmax;  // (p, h)
     // The token sketch (sketch routing), or one zero element of each when the cache keeps none.
     HostMemory sketch_memory, sketch_scale_memory;
-    Buffer<void> sketch;        // (s, byte, j, h, b) uint8
-    Buffer<void> sketch_scale;  // (s, group, j, h, b) bf16
+    Buffer<void> sketch;        // (s, byte, p, h) uint8
+    Buffer<void> sketch_scale;  // (s, group, p, h) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
-    // What each (sequence, logical page) summary was computed from: the physical page and
-    // that page's write count, so a remapped block table or a page another sequence
-    // rewrote is seen at decode (vashista_certificate STALE).
-    std::vector<int32_t> summarized_page;      // [b][j], -1 before any append
-    std::vector<uint32_t> summarized_version;  // [b][j]
-    std::vector<uint32_t> page_version;        // [physical page]: appends that wrote into it
+    // Per physical page, the tokens (slots 0 .. n-1) its summary was computed from, 0 before
+    // any: a sequence whose valid tokens in a page are more than that reads keys the summary
+    // does not describe (vashista_certificate STALE). Every write the runtime is told of
+    // (append, summarize, truncate) recomputes the page's summary from what it then holds.
+    std::vector<int32_t> summarized_tokens;
     const vashista::runtime::SummarizeVariant *summarize = nullptr;
-    // The summary layout's pages per block: the one the library's decode kernels for this
-    // cache's shape read (summary_block of their Generator).
-    vashista::SummaryLayout summary_layout{0, 0, 0, 0};
+    vashista::SummaryLayout summary_layout{0, 0, 0};
     // The one-call API (vashista_decode): its plans, one per (config, q_heads), and workspace.
     using PlanKey = std::array<char, sizeof(vashista_decode_config) + sizeof(int32_t)>;  // config, q_heads
     std::vector<std::pair<PlanKey, std::unique_ptr<vashista_plan, void (*)(vashista_plan *)>>> plans;
@@ -237,23 +238,6 @@ const SummarizeVariant &find_summarize(const vashista_cache_desc &d) {
          d.layout == VASHISTA_LAYOUT_HND ? " HND" : " NHD", "; compiled variants:\n", list_variants());
 }
 
-// The summary block the library's decode kernels for caches like `d` read; they must agree,
-// since one cache holds one summary layout.
-int summary_block_for(const vashista_cache_desc &d) {
-    int block = 0;
-    for (const auto &v : decode_variants()) {
-        if (v.head_dim != d.head_dim || v.page_size != d.page_size || v.kv_dtype != d.kv_dtype ||
-            v.summary_dtype != d.summary_dtype || v.layout != d.layout)
-            continue;
-        if (block && v.summary_block != block)
-            fail(VASHISTA_ERROR_NO_VARIANT, "the library's decode kernels for head_dim=", d.head_dim,
-                 " page_size=", d.page_size, " read summary blocks of ", block, " and ", v.summary_block, " pages (",
-                 v.name, "); one cache holds one summary layout, so a library needs one per shape");
-        block = v.summary_block;
-    }
-    return block ? block : vashista::kSummaryBlockDefault;
-}
-
 void validate_pages(const vashista_cache &c, const int32_t *table, int32_t seq, int32_t first_page, int32_t end_page) {
     for (int32_t j = first_page; j < end_page; ++j) {
         const int32_t page = table[size_t(seq) * c.desc.max_pages + j];
@@ -321,11 +305,10 @@ const DenseVariant &find_dense(const vashista_cache_desc &d, int32_t group) {
 
 bool decode_matches(const DecodeVariant &v, const vashista_cache &c, int32_t group, const vashista_decode_config &cfg) {
     const vashista_cache_desc &d = c.desc;
-    bool ok = v.summary_block == c.summary_layout.block && v.head_dim == d.head_dim && v.page_size == d.page_size &&
-              v.group_size == group && v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype &&
-              v.layout == d.layout && v.solver == cfg.solver && v.routing == cfg.routing &&
-              v.group_routing == cfg.group_routing && v.sink_pages == cfg.sink_pages &&
-              v.local_pages == cfg.local_pages;
+    bool ok = v.head_dim == d.head_dim && v.page_size == d.page_size && v.group_size == group &&
+              v.kv_dtype == d.kv_dtype && v.summary_dtype == d.summary_dtype && v.layout == d.layout &&
+              v.solver == cfg.solver && v.routing == cfg.routing && v.group_routing == cfg.group_routing &&
+              v.sink_pages == cfg.sink_pages && v.local_pages == cfg.local_pages;
     if (ok && cfg.routing == VASHISTA_ROUTING_SKETCH)
         ok = v.sketch_bits == d.sketch_bits && v.sketch_group == d.sketch_group;
     if (ok && (cfg.solver == VASHISTA_SOLVER_EG || cfg.solver == VASHISTA_SOLVER_FW))
@@ -484,16 +467,20 @@ float solver_temperature(const vashista_decode_config &cfg) {
     return cfg.solver == VASHISTA_SOLVER_EG ? vashista::eg_temperature(cfg.solver_steps, cfg.solver_eta) : 1.0f;
 }
 
-// Sequences whose summaries describe other keys than the block table now maps: a page
-// remapped since its tokens were appended, or a physical page another sequence rewrote.
+// Tokens of logical page j that a sequence of `len` tokens holds.
+int32_t tokens_in_page(int32_t len, int32_t j, int32_t page_size) { return std::min(page_size, len - j * page_size); }
+
+// Sequences that read keys their pages' summaries do not describe: a page the block table
+// maps that was summarized over fewer tokens than the sequence holds in it (never
+// summarized, truncated through another sequence, or rewritten by one with fewer tokens).
+// A summary over more tokens bounds the sequence's tokens too (its box holds theirs).
 void find_stale(const vashista_cache &c, const int32_t *table, const int32_t *seq_lens, char *stale) {
     const auto &d = c.desc;
     for (int32_t b = 0; b < d.batch; ++b) {
         stale[b] = 0;
         for (int32_t j = 0; j < (seq_lens[b] + d.page_size - 1) / d.page_size && !stale[b]; ++j) {
-            const size_t at = size_t(b) * d.max_pages + j;
-            const int32_t page = table[at];
-            stale[b] = page != c.summarized_page[at] || c.page_version[page] != c.summarized_version[at];
+            const int32_t page = table[size_t(b) * d.max_pages + j];
+            stale[b] = c.summarized_tokens[page] < tokens_in_page(seq_lens[b], j, d.page_size);
         }
     }
 }
@@ -953,35 +940,26 @@ PageSummaries summarize_pages(vashista_cache *c, int32_t seq, int32_t first, int
     return s;
 }
 
-// Writes computed summaries into the cache's layout and records what they were computed from.
-void commit_pages(vashista_cache *c, PageSummaries &s) {
+// Writes computed summaries into the pages' places in the cache and records the tokens
+// each covers.
+void commit_pages(vashista_cache *c, PageSummaries &s, int32_t new_len) {
     const auto &d = c->desc;
-    const int bytes = dtype_bytes(d.summary_dtype);
+    const size_t bytes = dtype_bytes(d.summary_dtype), row_bytes = vashista::kSummaryChannels * d.head_dim * bytes;
     const uint8_t *src = static_cast<const uint8_t *>(s.rows.data());
     uint8_t *dst = static_cast<uint8_t *>(c->summary.data());
-    const auto &sd = c->summary;
     for (int i = 0; i < s.count; ++i) {
-        const int j = s.first + i;
-        const size_t at = size_t(s.seq) * d.max_pages + j;
-        c->summarized_page[at] = d.page_table[at];
-        c->summarized_version[at] = c->page_version[d.page_table[at]];
+        const int32_t j = s.first + i;
+        const int32_t page = d.page_table[size_t(s.seq) * d.max_pages + j];
+        c->summarized_tokens[page] = tokens_in_page(new_len, j, d.page_size);
         for (int h = 0; h < d.kv_heads; ++h) {
-            c->value_norm(j, h, s.seq) = s.norms(h, i);
-            c->key_absmax(j, h, s.seq) = s.key_bounds(h, i);
-            for (int ch = 0; ch < vashista::kSummaryChannels; ++ch) {
-                // Channel d of the row is d strides of the layout's d dimension from channel 0.
-                const auto at_summary = c->summary_layout.coords(j, 0, ch, h, s.seq);
-                int64_t to = 0;
-                for (int k = 0; k < 6; ++k) to += at_summary[k] * sd.dim(k).stride();
-                const int64_t d_stride = sd.dim(1).stride();
-                const size_t from = ((size_t(i) * d.kv_heads + h) * vashista::kSummaryChannels + ch) * d.head_dim;
-                for (int dd = 0; dd < d.head_dim; ++dd)
-                    std::memcpy(dst + (to + dd * d_stride) * bytes, src + (from + dd) * bytes, bytes);
-            }
+            c->value_norm(page, h) = s.norms(h, i);
+            c->key_absmax(page, h) = s.key_bounds(h, i);
+            // The staged rows (d, c, h, n) hold a page's channels adjacent, as the layout does.
+            std::memcpy(dst + c->summary_layout.row(page, 0, h) * bytes, src + (size_t(i) * d.kv_heads + h) * row_bytes,
+                        row_bytes);
             if (c->sketch_kernel) {
-                c->sketch.sliced(4, s.seq).sliced(3, h).sliced(2, j).copy_from(s.codes.sliced(3, i).sliced(2, h));
-                c->sketch_scale.sliced(4, s.seq).sliced(3, h).sliced(2, j).copy_from(
-                    s.scales.sliced(3, i).sliced(2, h));
+                c->sketch.sliced(3, h).sliced(2, page).copy_from(s.codes.sliced(3, i).sliced(2, h));
+                c->sketch_scale.sliced(3, h).sliced(2, page).copy_from(s.scales.sliced(3, i).sliced(2, h));
             }
         }
     }
@@ -1006,15 +984,26 @@ std::pair<int32_t, int32_t> validate_token_range(const vashista_cache *c, int32_
     return {first, last};
 }
 
-// Summarizes the pages of tokens just written, then commits: the pages' write counts, the
-// summaries and the token count change together, after every kernel has succeeded.
+// Summarizes the pages of tokens just written, then commits: the summaries and the token
+// count change together, after every kernel has succeeded.
 void summarize_written(vashista_cache *c, int32_t seq, int32_t start, int32_t count, int32_t first, int32_t last) {
-    const auto &d = c->desc;
     const int32_t new_len = std::max(c->appended[seq], start + count);
     PageSummaries s = summarize_pages(c, seq, first, last, new_len);
-    for (int32_t j = first; j <= last; ++j) ++c->page_version[d.page_table[size_t(seq) * d.max_pages + j]];
-    commit_pages(c, s);
+    commit_pages(c, s, new_len);
     c->appended[seq] = new_len;
+}
+
+// The cache's own buffers, in bytes: summaries, value norms and key bounds, the sketch (or
+// its placeholder) and the per-page and per-sequence counts.
+size_t cache_bytes(const vashista_cache_desc &d) {
+    const size_t pages = size_t(d.num_pages) * d.kv_heads;
+    size_t bytes = pages * vashista::kSummaryChannels * d.head_dim * dtype_bytes(d.summary_dtype) + pages * 2 * 4;
+    if (d.sketch_bits)
+        bytes += pages * d.page_size *
+                 (size_t(vashista::sketch_code_bytes(d.head_dim, d.sketch_bits)) + 2 * (d.head_dim / d.sketch_group));
+    else
+        bytes += 1 + 2;
+    return bytes + size_t(d.num_pages) * sizeof(int32_t) + size_t(d.batch) * sizeof(int32_t);
 }
 
 }  // namespace
@@ -1022,6 +1011,17 @@ void summarize_written(vashista_cache *c, int32_t seq, int32_t start, int32_t co
 extern "C" {
 
 uint32_t vashista_abi_version(void) { return VASHISTA_ABI_VERSION; }
+
+size_t vashista_cache_memory_size(const vashista_cache_desc *desc) {
+    size_t bytes = 0;
+    guarded([&] {
+        validate_desc(desc);
+        addressable_elements({desc->head_dim, desc->page_size, desc->kv_heads, desc->num_pages},
+                             "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
+        bytes = cache_bytes(*desc);
+    });
+    return bytes;
+}
 
 void vashista_decode_config_default(vashista_decode_config *config) {
     if (!config) return;
@@ -1051,38 +1051,33 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         auto c = std::make_unique<vashista_cache>();
         c->desc = *desc;
         c->summarize = &find_summarize(*desc);
-        require_addressable(int64_t(desc->num_pages) * desc->kv_heads * desc->page_size * desc->head_dim,
-                            desc->num_pages, "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
-        c->summary_layout = vashista::SummaryLayout{desc->head_dim, desc->max_pages, desc->kv_heads, desc->batch,
-                                                    summary_block_for(*desc)};
+        addressable_elements({desc->head_dim, desc->page_size, desc->kv_heads, desc->num_pages},
+                             "the K/V pages (num_pages x kv_heads x page_size x head_dim)");
+        c->summary_layout = vashista::SummaryLayout{desc->head_dim, desc->num_pages, desc->kv_heads};
         const auto extents = c->summary_layout.extents();
         c->summary = zeroed_buffer(c->summary_memory, halide_type(desc->summary_dtype),
                                    std::vector<int64_t>(extents.begin(), extents.end()),
-                                   "page summaries (batch x max_pages x kv_heads x 3 x head_dim)");
-        const std::vector<int64_t> per_page{desc->max_pages, desc->kv_heads, desc->batch};
+                                   "page summaries (num_pages x kv_heads x 3 x head_dim)");
+        const std::vector<int64_t> per_page{desc->num_pages, desc->kv_heads};
         const halide_type_t f32(halide_type_float, 32);
-        c->value_norm =
-            zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (batch x max_pages x kv_heads)");
-        c->key_absmax = zeroed_buffer(c->key_absmax_memory, f32, per_page, "key bounds (batch x max_pages x kv_heads)");
+        c->value_norm = zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (num_pages x kv_heads)");
+        c->key_absmax = zeroed_buffer(c->key_absmax_memory, f32, per_page, "key bounds (num_pages x kv_heads)");
         const halide_type_t u8(halide_type_uint, 8), bf16(halide_type_bfloat, 16);
         if (desc->sketch_bits) {
             c->sketch_kernel = &find_sketch(*desc);
             const int64_t bytes = vashista::sketch_code_bytes(desc->head_dim, desc->sketch_bits);
-            c->sketch = zeroed_buffer(c->sketch_memory, u8,
-                                      {desc->page_size, bytes, desc->max_pages, desc->kv_heads, desc->batch},
-                                      "the token sketch (batch x max_pages x page_size x kv_heads x code bytes)");
-            c->sketch_scale = zeroed_buffer(
-                c->sketch_scale_memory, bf16,
-                {desc->page_size, desc->head_dim / desc->sketch_group, desc->max_pages, desc->kv_heads, desc->batch},
-                "the token sketch's scales (batch x max_pages x page_size x kv_heads x groups)");
+            c->sketch = zeroed_buffer(c->sketch_memory, u8, {desc->page_size, bytes, desc->num_pages, desc->kv_heads},
+                                      "the token sketch (num_pages x kv_heads x page_size x code bytes)");
+            c->sketch_scale =
+                zeroed_buffer(c->sketch_scale_memory, bf16,
+                              {desc->page_size, desc->head_dim / desc->sketch_group, desc->num_pages, desc->kv_heads},
+                              "the token sketch's scales (num_pages x kv_heads x page_size x groups)");
         } else {
-            c->sketch = zeroed_buffer(c->sketch_memory, u8, {1, 1, 1, 1, 1}, "a placeholder sketch");
-            c->sketch_scale = zeroed_buffer(c->sketch_scale_memory, bf16, {1, 1, 1, 1, 1}, "a placeholder sketch");
+            c->sketch = zeroed_buffer(c->sketch_memory, u8, {1, 1, 1, 1}, "a placeholder sketch");
+            c->sketch_scale = zeroed_buffer(c->sketch_scale_memory, bf16, {1, 1, 1, 1}, "a placeholder sketch");
         }
         c->appended.assign(desc->batch, 0);
-        c->summarized_page.assign(size_t(desc->batch) * desc->max_pages, -1);
-        c->summarized_version.assign(size_t(desc->batch) * desc->max_pages, 0);
-        c->page_version.assign(desc->num_pages, 0);
+        c->summarized_tokens.assign(desc->num_pages, 0);
         *cache = c.release();
     });
 }
@@ -1178,15 +1173,35 @@ vashista_status vashista_truncate(vashista_cache *c, int32_t seq, int32_t new_le
                  " is not in [0, tokens appended = ", c->appended[seq], "]");
         if (new_len == c->appended[seq]) return;
         const int32_t cut = new_len / d.page_size;  // the page the cut falls in, if partial
-        const int32_t end = (c->appended[seq] + d.page_size - 1) / d.page_size;
         if (new_len % d.page_size) {
             validate_pages(*c, d.page_table, seq, cut, cut + 1);
             PageSummaries s = summarize_pages(c, seq, cut, cut, new_len);
-            commit_pages(c, s);
+            commit_pages(c, s, new_len);
         }
-        for (int32_t j = (new_len + d.page_size - 1) / d.page_size; j < end; ++j)
-            c->summarized_page[size_t(seq) * d.max_pages + j] = -1;
         c->appended[seq] = new_len;
+    });
+}
+
+vashista_status vashista_share_prefix(vashista_cache *c, int32_t seq, int32_t tokens) {
+    return guarded([&] {
+        require_pointer(c, "cache");
+        const auto &d = c->desc;
+        if (seq < 0 || seq >= d.batch)
+            fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
+        if (tokens < 0 || int64_t(tokens) > int64_t(d.max_pages) * d.page_size)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "tokens = ", tokens, " is not in [0, max_pages * page_size = ",
+                 int64_t(d.max_pages) * d.page_size, "]");
+        const int32_t pages = (tokens + d.page_size - 1) / d.page_size;
+        validate_pages(*c, d.page_table, seq, 0, pages);
+        for (int32_t j = 0; j < pages; ++j) {
+            const int32_t page = d.page_table[size_t(seq) * d.max_pages + j];
+            const int32_t need = tokens_in_page(tokens, j, d.page_size);
+            if (c->summarized_tokens[page] < need)
+                fail(VASHISTA_ERROR_INVALID_ARGUMENT, "sequence ", seq, " page ", j, " (physical page ", page,
+                     ") holds ", need, " of its tokens but has a summary of ", c->summarized_tokens[page],
+                     "; append or summarize them instead");
+        }
+        c->appended[seq] = tokens;
     });
 }
 

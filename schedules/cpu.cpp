@@ -132,9 +132,6 @@ const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
             std::string e = divides("dot_lanes", s.dot_lanes, "head_dim", cfg.head_dim);
             if (e.empty())
                 e = divides("out_unroll * vector_width", s.out_unroll * s.vector_width, "head_dim", cfg.head_dim);
-            // Routing's vectors of pages are rounded up to page_lanes; they stay inside the
-            // summary layout's last block when page_lanes divides it.
-            if (e.empty()) e = divides("page_lanes", s.page_lanes, "summary_block", cfg.summary_block);
             return e;
         }};
     return s;
@@ -185,7 +182,6 @@ DecodeCpuSchedule hand_schedule(const DecodeConfig &cfg) {
     while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0 && s.out_unroll > 1) s.out_unroll /= 2;
     while (cfg.head_dim % (s.out_unroll * s.vector_width) != 0) s.vector_width = 8, s.out_unroll = 1;
     if (cfg.head_dim % s.dot_lanes != 0) s.dot_lanes = 8;
-    while (cfg.summary_block % s.page_lanes != 0 && s.page_lanes > 4) s.page_lanes /= 2;
     return s;
 }
 
@@ -261,36 +257,29 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         schedule_sketch_scores(st.sketch_token, st.sketch_dot, st.sketch_width, st.sketch_inner, st.s, st.x, i, g,
                                cfg.head_dim / cfg.sketch_group, true);
     } else {
-        Var io("io"), ii("ii"), ib("ib"), task("route_task");
-        RVar rd = st.head_page_score.rvars(0)[0];
+        // Mean and bound routing: a page's summary rows are contiguous in d, so each page's
+        // score is a dot-product-like reduction over D (lanes of d), every head of the group
+        // from the same row loads with group_inner. Inside the head's task, or (route_split)
+        // as its own parallel loop over blocks of pages.
         Func hps = st.head_page_score;
+        vectorize_dot(hps, i, g, s.dot_lanes, s.group_inner);
         if (s.route_split) {
-            hps.compute_root();
-            hps.split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
-                .vectorize(i, s.page_lanes)
+            Var ib("ib"), task("route_task");
+            hps.compute_root()
+                .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .reorder(i, g, ib, h, b)
                 .fuse(ib, h, task)
                 .fuse(task, b, task);
-            auto u = hps.update()
-                         .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
-                         .split(i, io, ii, s.page_lanes, TailStrategy::GuardWithIf);
-            if (s.group_inner)
-                u.reorder(ii, g, rd, io, ib, h, b).unroll(g);
-            else
-                u.reorder(ii, rd, io, g, ib, h, b);
-            u.vectorize(ii).fuse(ib, h, task).fuse(task, b, task);
+            hps.update()
+                .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .fuse(ib, h, task)
+                .fuse(task, b, task);
             if (s.parallel) {
                 hps.parallel(task);
-                u.parallel(task);
+                hps.update().parallel(task);
             }
         } else {
             at_head(hps);
-            hps.vectorize(i, s.page_lanes, TailStrategy::RoundUp);
-            auto u = hps.update().split(i, io, ii, s.page_lanes, TailStrategy::RoundUp);
-            if (s.group_inner) {
-                u.reorder(ii, g, rd, io).vectorize(ii).unroll(g);
-            } else {
-                u.reorder(ii, rd, io, g).vectorize(ii);
-            }
         }
     }
     if (cfg.group_routing == GroupRouting::Shared) {

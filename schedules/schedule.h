@@ -32,10 +32,10 @@ struct Space {
 
 struct DecodeCpuSchedule {
     int vector_width = 16;  // f32 lanes of elementwise stages
-    int page_lanes = 16;    // pages scored per vector in routing (divides 16)
+    int page_lanes = 16;    // pages per vector in the sketch scan's per-page reductions
     int group_inner = 1;    // one summary / key load serves all heads of a group
     int count_lanes = 16;   // lanes of the top-k counting passes
-    int dot_lanes = 16;     // lanes along D of token scores
+    int dot_lanes = 16;     // lanes along D of token scores and summary page scores
     int out_unroll = 8;     // D vectors accumulated at once in the output sum
     int parallel = 1;       // parallel over (KV head, sequence)
     int route_split = 0;    // 1: page scores in their own parallel loop over page blocks

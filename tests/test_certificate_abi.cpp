@@ -380,48 +380,71 @@ TEST_CASE("f32 keys with bf16 summaries: the stored box still contains every key
     for (const auto &d : s.diag) CHECK(d.error_bound > 0.1f);  // no gap: the bound says so
 }
 
-TEST_CASE("a block table changed after append makes its sequence's summaries stale", "[certificate]") {
+TEST_CASE("summaries follow physical pages: a page summarized over fewer tokens than a sequence holds is stale",
+          "[certificate]") {
     const Variant &v = kVariants[0];
-    AbiCache c(small_problem(v, {300, 200}));
+    AbiCache c(small_problem(v, {300, 200}));  // sequence 0: 18 full pages and 12 tokens; 1: 12 and 8
     auto &pt = c.p.seqs.page_table;
     const int MP = c.p.seqs.max_pages;
-    auto taken_and_cert = [&](const Step &s, int b, int32_t taken, int32_t cert) {
+    auto certs = [&](const Step &s, int b, int32_t taken, int32_t cert) {  // taken -1: either
         for (int i = 0; i < H * v.group; ++i) {
             INFO("sequence " << b << " head " << i);
             CHECK(s.diag[size_t(b) * H * v.group + i].certificate == cert);
-            CHECK(s.diag[size_t(b) * H * v.group + i].policy_taken == taken);
+            if (taken >= 0) CHECK(s.diag[size_t(b) * H * v.group + i].policy_taken == taken);
         }
     };
+    const vashista_decode_config none = config_for(v, VASHISTA_POLICY_NONE);
     SECTION("remapped entries") {
-        std::swap(pt[1], pt[2]);  // sequence 0's logical pages 1 and 2 trade physical pages
-        Step none = decode(c, config_for(v, VASHISTA_POLICY_NONE));
-        taken_and_cert(none, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
-        check_certified(c, none);
+        std::swap(pt[1], pt[2]);  // two full pages trade places: their summaries go with them
+        Step s = decode(c, none);
+        certs(s, 0, -1, VASHISTA_CERTIFIED);
+        REQUIRE(check_certified(c, s) == 2 * H * v.group);
+        // Sequence 0's page 1 and sequence 1's last page (8 tokens summarized) trade places.
+        std::swap(pt[1], pt[MP + 12]);
+        // What the runtime's pages hold there: nothing was appended past the 8 tokens.
+        for (int t = 8; t < S; ++t)
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < v.head_dim; ++d)
+                    c.p.cache.k[c.p.cache.offset(pt[1], t, h, d)] = c.p.cache.v[c.p.cache.offset(pt[1], t, h, d)] = 0;
+        s = decode(c, none);
+        certs(s, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        certs(s, 1, -1, VASHISTA_CERTIFIED);  // 16 summarized, 8 read
+        REQUIRE(check_certified(c, s) == H * v.group);
         // Policy dense answers sequence 0 densely over the table as it now is.
         vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_DENSE);
         cfg.tolerance = 1e30f;
         Step dense = decode(c, cfg);
-        taken_and_cert(dense, 0, VASHISTA_TAKEN_DENSE, VASHISTA_UNCERTIFIED_STALE);
-        taken_and_cert(dense, 1, VASHISTA_TAKEN_SPARSE, VASHISTA_CERTIFIED);
+        certs(dense, 0, VASHISTA_TAKEN_DENSE, VASHISTA_UNCERTIFIED_STALE);
+        certs(dense, 1, VASHISTA_TAKEN_SPARSE, VASHISTA_CERTIFIED);
         for (int i = 0; i < H * v.group; ++i) {
             ref::DenseResult d = ref::dense_head(c.p.cache, c.p.seqs, c.p.q, 0.0, 0, i / v.group, i % v.group);
             for (int x = 0; x < v.head_dim; ++x)
                 REQUIRE(dense.out[size_t(i) * v.head_dim + x] == Approx(d.out[x]).margin(1e-4));
         }
     }
-    SECTION("a shared physical page rewritten by another sequence") {
+    SECTION("an entry mapped to a page nothing was appended to") {
+        pt[MP + 3] = pt[MP - 1];  // a spare page (the problem's unused entries point at it)
+        Step s = decode(c, none);
+        certs(s, 0, -1, VASHISTA_CERTIFIED);
+        certs(s, 1, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        REQUIRE(check_certified(c, s) == H * v.group);
+    }
+    SECTION("a page two sequences share has one summary") {
         pt[MP + 0] = pt[0];  // sequence 1's first page becomes sequence 0's (a shared prefix)
         for (int t = 0; t < S; ++t)
             for (int h = 0; h < H; ++h)
                 for (int d = 0; d < v.head_dim; ++d)
                     c.p.cache.k[c.p.cache.offset(pt[0], t, h, d)] = ref::round_to(v.kv, 0.5f * float(d % 7) - 1.0f);
-        c.append(1, 0, S);  // rewrites the shared page: sequence 0's summary of it is stale
-        Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
-        taken_and_cert(s, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
-        REQUIRE(check_certified(c, s) == H * v.group);  // sequence 1 is fresh and certified
-        c.append(0, 0, S);  // sequence 0 writes it in turn: now sequence 1's summary is stale
-        s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
-        taken_and_cert(s, 1, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        c.append(1, 0, S);  // rewrites the shared page: both sequences read the new summary
+        Step s = decode(c, none);
+        REQUIRE(check_certified(c, s) == 2 * H * v.group);
+        // Sequence 1 cut to half a page: the shared page's summary covers 8 tokens, fewer than
+        // sequence 0 holds in it.
+        REQUIRE(vashista_truncate(c.cache, 1, S / 2) == VASHISTA_OK);
+        c.p.seqs.seq_lens[1] = S / 2;
+        s = decode(c, none);
+        certs(s, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
+        certs(s, 1, -1, VASHISTA_CERTIFIED);
         REQUIRE(check_certified(c, s) == H * v.group);
     }
 }

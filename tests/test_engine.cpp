@@ -340,6 +340,53 @@ TEST_CASE("summarize reads KV the engine wrote and truncate rolls back", "[runti
     }
 }
 
+TEST_CASE("a page sequences share has one summary: vashista_share_prefix, memory by num_pages", "[runtime][engine]") {
+    const vashista_decode_config c = report_only();
+    const int prefix = 768;  // 48 full pages of sequence 0 that sequence 1 maps too
+    auto share = [&](ref::Problem &p) {
+        for (int j = 0; j < prefix / S; ++j) p.seqs.page_table[size_t(p.seqs.max_pages) + j] = p.seqs.page_table[j];
+    };
+    Fixture f(4, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, share);  // both appended in full
+    const Step want = decode(f, c, f.p.seqs.seq_lens);
+    require_reference(f, want, c, f.p.seqs.seq_lens);
+
+    // The engine wrote the pages; sequence 0 is summarized, sequence 1 takes the prefix as it
+    // is and summarizes only its own 9 tokens.
+    Fixture g(4, {1, 1});
+    g.p = f.p;
+    g.k_pages = f.k_pages;
+    g.v_pages = f.v_pages;
+    vashista_cache_desc desc = g.describe();
+    vashista_cache *cache = nullptr;
+    REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
+    vashista_cache_destroy(g.cache);
+    g.cache = cache;
+    REQUIRE(vashista_summarize(g.cache, 0, 0, 3000) == VASHISTA_OK);
+    REQUIRE(vashista_share_prefix(g.cache, 1, prefix + 1) == VASHISTA_ERROR_INVALID_ARGUMENT);
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("sequence 1 page 48 (physical page " +
+                                                        std::to_string(g.p.seqs.page_table[g.p.seqs.max_pages + 48]) +
+                                                        ") holds 1 of its tokens but has a summary of 0"));
+    REQUIRE(vashista_appended_tokens(g.cache, 1) == 0);
+    REQUIRE(vashista_share_prefix(g.cache, 1, prefix) == VASHISTA_OK);
+    REQUIRE(vashista_appended_tokens(g.cache, 1) == prefix);
+    REQUIRE(vashista_summarize(g.cache, 1, prefix, 777 - prefix) == VASHISTA_OK);
+    require_same(want, decode(g, c, f.p.seqs.seq_lens), "shared prefix");
+
+    // The cache's memory: per physical page and KV head 3 x D bf16 summary values and two
+    // f32 bounds, and an int32 count per page; the block table's width does not enter.
+    vashista_cache_desc wider = desc;
+    wider.max_pages *= 8;
+    REQUIRE(vashista_cache_memory_size(&wider) == vashista_cache_memory_size(&desc));
+    vashista_cache_desc more_pages = desc;
+    more_pages.num_pages *= 2;
+    REQUIRE(vashista_cache_memory_size(&more_pages) - vashista_cache_memory_size(&desc) ==
+            size_t(desc.num_pages) * (H * (3 * D * 2 + 2 * 4) + 4));
+    vashista_cache_desc bad = desc;
+    bad.head_dim = 0;
+    REQUIRE(vashista_cache_memory_size(&bad) == 0);
+    REQUIRE(vashista_cache_memory_size(nullptr) == 0);
+}
+
 namespace {
 
 // An engine's parallel-for: runs the tasks on the calling thread and counts the loops; fails

@@ -76,8 +76,6 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
         // Sketch routing: 8- and 4-bit codes, scale groups of 8, 16 and 32 channels.
         cfg.sketch_bits = index % 2 ? 4 : 8;
         cfg.sketch_group = 8 << (index % 3);
-        // Summary layouts of 8, 16 and 32 pages per block.
-        cfg.summary_block = 8 << (index % 3 == 1 ? 0 : index % 3 == 2 ? 2 : 1);
         auto jit = test::compile_decode(cfg);
         for (ref::DataKind kind : {ref::DataKind::Gaussian, ref::DataKind::Dyadic, ref::DataKind::Planted}) {
             ref::ProblemSpec spec;

@@ -24,7 +24,7 @@ PAGE_SIZE = 16  # the page size of the kernel libraries these caches use
 
 
 # Every struct starts with struct_size (vashista.h, ABI version 2).
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 class CacheDesc(C.Structure):

@@ -1,7 +1,8 @@
 /* Vashista Kernels: sparse decode attention over a paged KV cache.
  *
  * C ABI. The caller owns the KV pages and the block table; the library owns page
- * summaries, which vashista_append keeps up to date. A decode step routes each query
+ * summaries, one per physical page (a page several sequences share, as with prefix
+ * caching, is summarized once), which vashista_append keeps up to date. A decode step routes each query
  * head to its top P pages, keeps the top K_c tokens, solves a sparse softmax over them,
  * and certifies the result with a support-gap bound, falling back to dense attention
  * for heads whose bound exceeds the tolerance.
@@ -29,7 +30,7 @@ extern "C" {
  * public struct starts with struct_size: set it to sizeof the struct (the library rejects a
  * struct of another size with a message naming both), so a library and a caller built
  * against different headers fail loudly instead of reading past a field. */
-#define VASHISTA_ABI_VERSION 2
+#define VASHISTA_ABI_VERSION 3
 uint32_t vashista_abi_version(void);
 
 typedef enum vashista_status {
@@ -74,7 +75,7 @@ typedef enum vashista_certificate {
     VASHISTA_CERTIFIED = 0,                /* ||out_sparse - exact dense|| <= error_bound */
     VASHISTA_UNCERTIFIED_MEAN_ROUTING = 1, /* mean-key page scores are estimates, not bounds */
     VASHISTA_UNCERTIFIED_SOLVER = 2,       /* fw; sparsemax with an outside score above its threshold */
-    VASHISTA_UNCERTIFIED_STALE = 3,        /* the block table maps a page to other keys than were summarized */
+    VASHISTA_UNCERTIFIED_STALE = 3,        /* a page holds more of the sequence's tokens than were summarized */
     VASHISTA_UNCERTIFIED_OVERFLOW = 4      /* scores or values beyond f32's range: no finite bound */
 } vashista_certificate;
 
@@ -111,6 +112,9 @@ typedef struct vashista_cache vashista_cache;
 
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache);
 void vashista_cache_destroy(vashista_cache *cache);
+/* Bytes a cache of `desc` allocates (summaries, sketch and bookkeeping; the KV pages are the
+ * caller's): proportional to num_pages, plus a few bytes per sequence. 0 for a bad desc. */
+size_t vashista_cache_memory_size(const vashista_cache_desc *desc);
 
 /* Writes tokens [start, start + count) of sequence `seq` into their pages and updates
  * the summaries of exactly the pages they touch. k and v: [count][kv_heads][head_dim]
@@ -126,6 +130,15 @@ vashista_status vashista_summarize(vashista_cache *cache, int32_t seq, int32_t s
  * reusing a slot with new_len = 0) and recomputes the summary of the page the cut falls in.
  * new_len may not exceed the tokens summarized. */
 vashista_status vashista_truncate(vashista_cache *cache, int32_t seq, int32_t new_len);
+/* Sequence `seq` now holds its first `tokens` tokens in pages that were summarized through
+ * other sequences (a cached prefix the block table maps): no kernel runs and nothing is
+ * read from the pages. Every page the sequence holds tokens in must have a summary of at
+ * least as many tokens as the sequence holds there, else nothing changes and the error
+ * names the page. Decode later reports VASHISTA_UNCERTIFIED_STALE for a sequence if one of
+ * its pages has since been summarized over fewer tokens (truncated through another
+ * sequence); a page rewritten through another sequence and summarized again describes what
+ * it now holds, for every sequence that maps it. */
+vashista_status vashista_share_prefix(vashista_cache *cache, int32_t seq, int32_t tokens);
 /* Tokens appended or summarized so far to `seq`, or -1 for a bad argument. */
 int32_t vashista_appended_tokens(const vashista_cache *cache, int32_t seq);
 
@@ -171,9 +184,10 @@ typedef struct vashista_head_diag {
  * A head that falls back computes dense attention with its solver's meaning: softmax,
  * or eg's softmax at temperature N * eta; lse is (1/beta) log sum exp(beta s) with beta
  * that temperature (1 for softmax), for merging partial results. fw and sparsemax have no
- * dense kernel: they take policy none. seq_lens[b] pages whose block-table entry changed
- * since their tokens were appended (or whose physical page another sequence rewrote) are
- * reported VASHISTA_UNCERTIFIED_STALE.
+ * dense kernel: they take policy none. A sequence that maps a page whose summary covers
+ * fewer of the page's tokens than the sequence holds there (never summarized, or truncated
+ * through another sequence) is reported VASHISTA_UNCERTIFIED_STALE; a remapped entry whose
+ * page's summary covers its tokens is not (summaries belong to physical pages).
  * seq_lens: [batch], each in [1, tokens appended]. out: [batch][q_heads][head_dim]
  * f32; lse: [batch][q_heads] (may be NULL); diag: [batch][q_heads] (may be NULL). */
 vashista_status vashista_decode(vashista_cache *cache, const vashista_decode_config *config, const float *q,

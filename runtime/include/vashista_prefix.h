@@ -22,6 +22,8 @@
 #define vashista_append VASHISTA_PREFIXED(vashista_append)
 #define vashista_summarize VASHISTA_PREFIXED(vashista_summarize)
 #define vashista_truncate VASHISTA_PREFIXED(vashista_truncate)
+#define vashista_share_prefix VASHISTA_PREFIXED(vashista_share_prefix)
+#define vashista_cache_memory_size VASHISTA_PREFIXED(vashista_cache_memory_size)
 #define vashista_appended_tokens VASHISTA_PREFIXED(vashista_appended_tokens)
 #define vashista_decode_config_default VASHISTA_PREFIXED(vashista_decode_config_default)
 #define vashista_decode VASHISTA_PREFIXED(vashista_decode)

@@ -51,5 +51,3 @@ expect(x86-64-linux-avx512 hand head_dim=64)
 expect(${spr} spr head_dim=96)         # its own record, though a Zen 5 one is faster
 expect(${icelake} zen5 head_dim=96)    # never tuned: the fastest of its ISA level (AVX-512)
 expect(x86-64-linux-avx-avx2-f16c-fma-sse41 hand head_dim=96)  # an AVX-512 record never serves AVX2
-# Records are tuned on the default summary layout; another layout takes the hand schedule.
-expect(x86-64-linux-avx512 hand head_dim=128:summary_block=32)

@@ -1,5 +1,5 @@
 // libFuzzer target over the C ABI (vashista.h): each input is decoded into a cache
-// description, a block table and up to kMaxOps calls (append, summarize, truncate, decode,
+// description, a block table and up to kMaxOps calls (append, summarize, truncate, share_prefix, decode,
 // dense, plan and run, block-table edits, list_variants), with valid values mostly and
 // invalid ones now and then, the kernels' loops on the library's serial pool or on an
 // engine's parallel-for, and every call's result is checked against what the header promises:
@@ -88,8 +88,8 @@ __attribute__((format(printf, 1, 2))) void trace(const char *fmt, ...) {
 }
 
 // Calls per function: [function][0] all, [1] OK.
-enum Fn { kCreate, kAppend, kSummarize, kTruncate, kDecode, kDense, kPlan, kRun, kFnCount };
-const char *const kFnNames[kFnCount] = {"cache_create", "append", "summarize",   "truncate",
+enum Fn { kCreate, kAppend, kSummarize, kTruncate, kShare, kDecode, kDense, kPlan, kRun, kFnCount };
+const char *const kFnNames[kFnCount] = {"cache_create", "append", "summarize",   "truncate", "share_prefix",
                                         "decode",       "dense",  "plan_create", "run"};
 unsigned long long g_calls[kFnCount][2];
 unsigned long long g_inputs, g_status[9];
@@ -271,47 +271,46 @@ struct World {
     }
     int model(int seq) const { return seq >= 0 && seq < batch ? appended[seq] : 0; }
 
-    // The model of what the certificate calls stale (vashista.h, vashista_decode): per logical
-    // page of each sequence, the physical page its summary was computed from and that page's
-    // write count then; per physical page, the appends and summaries that wrote into it.
-    std::vector<int32_t> summarized_page;
-    std::vector<uint32_t> summarized_version, page_version;
+    // The model of what the certificate calls stale (vashista.h): per physical page, the
+    // tokens its summary covers (0 before any); a sequence is stale when one of its pages
+    // holds more of its tokens than that.
+    std::vector<int32_t> summarized_tokens;
     void init_model() {
         appended.assign(batch, 0);
-        summarized_page.assign(size_t(batch) * max_pages, -1);
-        summarized_version.assign(size_t(batch) * max_pages, 0);
-        page_version.assign(num_pages, 0);
+        summarized_tokens.assign(num_pages, 0);
     }
+    int tokens_in_page(int len, int j) const { return std::min(page_size, len - j * page_size); }
     // A successful append or summarize of tokens [start, start + count) of seq.
     void wrote(int seq, int start, int count) {
+        const int new_len = std::max(appended[seq], start + count);
         const int first = start / page_size, last = (start + count - 1) / page_size;
-        const size_t row = size_t(seq) * max_pages;
-        for (int j = first; j <= last; ++j) ++page_version[table[row + j]];
-        for (int j = first; j <= last; ++j) {
-            summarized_page[row + j] = table[row + j];
-            summarized_version[row + j] = page_version[table[row + j]];
-        }
-        appended[seq] = std::max(appended[seq], start + count);
+        for (int j = first; j <= last; ++j) summarized_tokens[table[size_t(seq) * max_pages + j]] = tokens_in_page(new_len, j);
+        appended[seq] = new_len;
     }
     // A successful truncate of seq to new_len tokens.
     void truncated(int seq, int new_len) {
         if (new_len == appended[seq]) return;
-        const size_t row = size_t(seq) * max_pages;
-        const int end = (appended[seq] + page_size - 1) / page_size;
         if (new_len % page_size) {
             const int cut = new_len / page_size;
-            summarized_page[row + cut] = table[row + cut];
-            summarized_version[row + cut] = page_version[table[row + cut]];
+            summarized_tokens[table[size_t(seq) * max_pages + cut]] = tokens_in_page(new_len, cut);
         }
-        for (int j = (new_len + page_size - 1) / page_size; j < end; ++j) summarized_page[row + j] = -1;
         appended[seq] = new_len;
+    }
+    // Whether vashista_share_prefix(seq, tokens) must succeed: the pages are mapped in range
+    // and each has a summary of at least the tokens seq holds in it.
+    bool shareable(int seq, int tokens) const {
+        if (seq < 0 || seq >= batch || tokens < 0 || tokens > capacity()) return false;
+        for (int j = 0; j < (tokens + page_size - 1) / page_size; ++j) {
+            const int page = table[size_t(seq) * max_pages + j];
+            if (page < 0 || page >= num_pages || summarized_tokens[page] < tokens_in_page(tokens, j)) return false;
+        }
+        return true;
     }
     // Whether a step of seq over len tokens through block table t reads a stale summary.
     bool stale(const int32_t *t, int seq, int len) const {
         const size_t row = size_t(seq) * max_pages;
         for (int j = 0; j < (len + page_size - 1) / page_size; ++j)
-            if (t[row + j] != summarized_page[row + j] || page_version[t[row + j]] != summarized_version[row + j])
-                return true;
+            if (summarized_tokens[t[row + j]] < tokens_in_page(len, j)) return true;
         return false;
     }
 };
@@ -563,6 +562,24 @@ void op_truncate(Reader &r, World &w) {
     const vashista_status s = vashista_truncate(w.cache, seq, new_len);
     check_status(s, kTruncate);
     if (s == VASHISTA_OK) w.truncated(seq, new_len);
+}
+
+// Sharing a prefix: mostly as many tokens as another sequence holds (the pages it maps may
+// be that sequence's), now and then any length or a bad argument.
+void op_share_prefix(Reader &r, World &w) {
+    const int seq = read_seq(r, w);
+    const uint8_t b = r.byte();
+    const int tokens = b < 200   ? w.model(b % w.batch)
+                       : b < 240 ? b % (w.capacity() + 1)
+                                 : one_of(b, {-1, w.capacity() + 1, INT_MAX, INT_MIN});
+    trace("share_prefix seq %d tokens %d\n", seq, tokens);
+    const vashista_status s = vashista_share_prefix(w.cache, seq, tokens);
+    check_status(s, kShare);
+    const bool expect = w.shareable(seq, tokens);
+    if ((s == VASHISTA_OK) != expect)
+        violation("share_prefix seq %d tokens %d returned %s, the model says it %s", seq, tokens,
+                  vashista_status_name(s), expect ? "must succeed" : "must fail");
+    if (s == VASHISTA_OK) w.appended[seq] = tokens;
 }
 
 // A decode configuration: the compiled variant's settings mostly (P = 4, K_c = 16, softmax,
@@ -1025,7 +1042,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     // Without a cache every call must say so; two suffice.
     const int ops = created ? kMaxOps : 2;
     for (int i = 0; i < ops && !r.empty(); ++i) {
-        const uint8_t op = r.byte() % 8;
+        const uint8_t op = r.byte() % 9;
         if (op == 6) trace("edit block table\n");
         switch (op) {
             case 0:
@@ -1048,6 +1065,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 break;
             case 6:
                 op_edit_table(r, w);
+                break;
+            case 7:
+                op_share_prefix(r, w);
                 break;
             default:
                 op_list_variants(r);

@@ -12,7 +12,7 @@ run (the format and this file drifted apart)."""
 import os
 import sys
 
-APPEND, SUMMARIZE, TRUNCATE, DECODE, DENSE, PLAN, EDIT, LIST_VARIANTS = range(8)
+APPEND, SUMMARIZE, TRUNCATE, DECODE, DENSE, PLAN, EDIT, SHARE_PREFIX, LIST_VARIANTS = range(9)
 
 
 class Seed:
@@ -20,6 +20,7 @@ class Seed:
         assert len(table) == batch * max_pages
         self.b = bytearray()
         self.batch = batch
+        self.max_pages = max_pages
         kv_byte = {"bf16": 0, "f32": 160, "f16": 205}[kv]
         self.bytes(batch - 1, kv_heads - 1, 0, 0, num_pages - 1, max_pages - 1, kv_byte, 0, 0, 150 if sketch else 0)
         self.bytes(*table)
@@ -46,6 +47,11 @@ class Seed:
 
     def truncate(self, seq, new_len):
         self.bytes(TRUNCATE, seq, new_len)  # new_len = byte % (appended + 1)
+
+    def share_prefix(self, seq, tokens):
+        capacity = self.max_pages * 16
+        assert 0 <= tokens <= capacity and 200 + (tokens - 200) % (capacity + 1) < 240
+        self.bytes(SHARE_PREFIX, seq, 200 + (tokens - 200) % (capacity + 1))  # 200..239: byte % (capacity + 1)
 
     # Decode config: top_pages, top_tokens, solver, routing (< 160 bound, 160..214 sketch,
     # 215..234 mean), group routing, policy (< 140 dense, 140..189 none, 190..229 widen),
@@ -142,13 +148,14 @@ def seeds():
     s.decode()
     yield "engine_summarize", s
 
-    # Three sequences sharing a prefix page, one KV head, the kernels' loops on an engine's
+    # Three sequences sharing a prefix page (sequence 1 through share_prefix), one KV head, the kernels' loops on an engine's
     # parallel-for: tolerance 0 (every head dense), then 1e30 relative (every head sparse),
     # overlapping out rows between sequences, the variants listed into a short buffer.
     s = Seed(batch=3, kv_heads=1, num_pages=12, max_pages=4,
              table=[0, 1, 2, 3, 0, 4, 5, 6, 0, 7, 8, 9], engine_loops=True)
     s.append(0, 48)
-    s.append(1, 40, seed=3)
+    s.share_prefix(1, 16)  # sequence 1 takes page 0 as sequence 0 summarized it
+    s.append(1, 24, seed=3)
     s.append(2, 33, seed=4)
     s.decode(tolerance=140)
     s.decode(tolerance=180, relative=200)

@@ -7,7 +7,7 @@
 namespace vashista::test {
 
 DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, const ref::Summaries &sum, double scale) {
-    ProblemBuffers pb = problem_buffers(p, sum, dtype_of(cfg.summary_type), cfg.summary_block);
+    ProblemBuffers pb = problem_buffers(p, sum, dtype_of(cfg.summary_type));
     DecodeBuffers buf;
     buf.q = Halide::Buffer<float>(std::move(pb.q));
     buf.k_cache = Halide::Buffer<>(std::move(pb.k_cache));
