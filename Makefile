@@ -58,8 +58,8 @@ test-sanitize: setup
 	@$(CMAKE) -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVASHISTA_SANITIZE=ON \
 	    -DHalide_DIR=$(HALIDE_DIR)/Halide -DHalideHelpers_DIR=$(HALIDE_DIR)/HalideHelpers >/dev/null
 	@$(CMAKE) --build build-sanitize -j $(JOBS)
-	@# allocator_may_return_null: the library turns a failed allocation into a status, as
-	@# test_runtime checks with a request past what ASan's allocator serves.
+	@# allocator_may_return_null: a failed allocation comes back to the library, which turns
+	@# it into a status, as without ASan.
 	@ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 $(CTEST) --test-dir build-sanitize --output-on-failure -LE slow
 
 # libFuzzer over the C ABI's validation and run path (tests/fuzz): a clang build of its own

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -33,7 +34,8 @@ void check(vashista_status s, const char *what) {
 }
 
 // One sequence of `tokens` random bf16 keys and values in HND pages 0..pages-1, a block
-// table of `columns` columns (unused ones 0), summarized in place by vashista_summarize.
+// table of `columns` columns (unused ones 0) mapping logical page j to physical page j or
+// (shuffled) to a random permutation of them, summarized in place by vashista_summarize.
 struct Sequence {
     int tokens, pages;
     std::vector<uint16_t> k, v;
@@ -41,9 +43,10 @@ struct Sequence {
     vashista_cache *cache = nullptr;
 
     Sequence(int tokens_, int columns, std::vector<uint16_t> *share_k = nullptr,
-             std::vector<uint16_t> *share_v = nullptr)
+             std::vector<uint16_t> *share_v = nullptr, bool shuffled = false)
         : tokens(tokens_), pages((tokens_ + S - 1) / S), table(columns, 0) {
         for (int j = 0; j < pages; ++j) table[j] = j;
+        if (shuffled) std::shuffle(table.begin(), table.begin() + pages, std::mt19937(5));
         if (!share_k) {
             k.resize(size_t(pages) * H * S * D);
             v.resize(k.size());
@@ -131,19 +134,26 @@ int main(int argc, char **argv) {
         std::printf("\n== decode at T = %d: vashista_run against vashista_decode ==\n", tokens);
         Sequence seq(tokens, (tokens + S - 1) / S);
         Plan plan(seq.cache, cfg);
+        // The same pages in a shuffled order, as an engine's allocator leaves them: routing
+        // reads each page's summary where the page lies.
+        Sequence scattered(tokens, (tokens + S - 1) / S, &seq.k, &seq.v, true);
+        Plan scattered_plan(scattered.cache, cfg);
         const int32_t lens[1] = {tokens};
         auto one_call = [&] {
             check(vashista_decode(seq.cache, &cfg, q.data(), H * G, lens, out.data(), nullptr, nullptr),
                   "vashista_decode");
         };
         auto run = [&] { plan.run(q.data(), lens, out.data()); };
-        const std::vector<std::function<void()>> steps{run, one_call};
+        const std::vector<std::function<void()>> steps{run, one_call,
+                                                       [&] { scattered_plan.run(q.data(), lens, out.data()); }};
         const auto times = bench::time_cold_round_robin(reps, flusher, steps);
         const long run_allocs = bench::allocations_in(run), call_allocs = bench::allocations_in(one_call);
         std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), %ld allocations per call, workspace %.1f MB\n",
                     times[0].median, times[0].min, times[0].max, run_allocs, plan.workspace.size() / 1e6);
         std::printf("vashista_decode  %7.3f ms (min %.3f, max %.3f), %ld allocations per call\n", times[1].median,
                     times[1].min, times[1].max, call_allocs);
+        std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), the pages in shuffled physical order\n",
+                    times[2].median, times[2].min, times[2].max);
         report["decode"] = {{"tokens", tokens},
                             {"run_ms", times[0].median},
                             {"run_min_ms", times[0].min},
@@ -153,6 +163,7 @@ int main(int argc, char **argv) {
                             {"one_call_min_ms", times[1].min},
                             {"one_call_max_ms", times[1].max},
                             {"one_call_allocations", call_allocs},
+                            {"run_shuffled_pages_ms", times[2].median},
                             {"workspace_bytes", plan.workspace.size()}};
 
         // 3. Summary maintenance per appended token, at the end of this sequence.
@@ -202,6 +213,56 @@ int main(int argc, char **argv) {
                                  {"wide_ms", times[1].median},
                                  {"identical", same}};
         if (!same) return 1;
+    }
+    {  // 4. Summary memory with prefix caching: B = 64 sequences whose 8192-column tables share
+       // a 64K-token prefix (4096 pages), each with 64 pages of its own.
+        const int batch = 64, columns = 8192, prefix_pages = 4096, own_pages = 64;
+        const int num_pages = prefix_pages + batch * own_pages;
+        std::vector<int32_t> table(size_t(batch) * columns, 0);
+        for (int b = 0; b < batch; ++b) {
+            for (int j = 0; j < prefix_pages; ++j) table[size_t(b) * columns + j] = j;
+            for (int j = 0; j < own_pages; ++j)
+                table[size_t(b) * columns + prefix_pages + j] = prefix_pages + b * own_pages + j;
+        }
+        uint16_t page_placeholder[1] = {0};  // the pages are not read: the cache is only sized
+        vashista_cache_desc desc{sizeof(vashista_cache_desc),
+                                 batch,
+                                 H,
+                                 D,
+                                 S,
+                                 num_pages,
+                                 columns,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_DTYPE_BF16,
+                                 VASHISTA_LAYOUT_HND,
+                                 page_placeholder,
+                                 page_placeholder,
+                                 table.data(),
+                                 0,
+                                 0};
+        const size_t bytes = vashista_cache_memory_size(&desc);
+        vashista_cache *cache = nullptr;
+        bench::start_counting_allocations();
+        check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
+        bench::stop_counting_allocations();
+        const long long allocated = bench::counted_bytes();
+        vashista_cache_destroy(cache);
+        // Summaries per (sequence, logical page), as the cache kept them before: 3 x D bf16 and
+        // two f32 bounds per KV head and two int32 per (sequence, page).
+        const double per_sequence = double(batch) * columns * (H * (3 * D * 2 + 2 * 4) + 8) + 4.0 * num_pages;
+        std::printf("\n== summary memory, B = %d sharing a %d-token prefix, %d-column tables ==\n", batch,
+                    prefix_pages * S, columns);
+        std::printf(
+            "per physical page: %.1f MB (vashista_cache_memory_size; cache_create asked for %.1f MB); "
+            "per sequence and logical page it would be %.0f MB\n",
+            bytes / 1e6, allocated / 1e6, per_sequence / 1e6);
+        report["summary_memory"] = {{"batch", batch},
+                                    {"prefix_tokens", prefix_pages * S},
+                                    {"num_pages", num_pages},
+                                    {"columns", columns},
+                                    {"bytes", bytes},
+                                    {"allocated_bytes", allocated},
+                                    {"per_sequence_layout_bytes", per_sequence}};
     }
     bench::write_json(json_path, report);
     std::printf("\nwrote %s\n", json_path.c_str());

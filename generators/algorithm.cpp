@@ -305,15 +305,17 @@ void DecodeDefinition::route() {
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
     } else {
-        Expr page = physical_page(i);
+        // The rows of the physical page that logical page i maps to.
+        st.page_rows = Func("page_rows");
+        st.page_rows(d, c, i, h, b) = in.summary(d, c, physical_page(i), h);
         Expr qd = in.q(rd, g, h, b);
         st.head_page_score(i, g, h, b) = 0.0f;
         if (cfg.routing == RoutingMode::Mean) {
-            Expr mean = as_f32(in.summary(rd, kSummaryMean, page, h));
+            Expr mean = as_f32(st.page_rows(rd, kSummaryMean, i, h, b));
             st.head_page_score(i, g, h, b) += qd * mean;
         } else {
-            Expr lo = as_f32(in.summary(rd, kSummaryMin, page, h));
-            Expr hi = as_f32(in.summary(rd, kSummaryMax, page, h));
+            Expr lo = as_f32(st.page_rows(rd, kSummaryMin, i, h, b));
+            Expr hi = as_f32(st.page_rows(rd, kSummaryMax, i, h, b));
             st.head_page_score(i, g, h, b) += Halide::max(qd * lo, qd * hi);
         }
     }

@@ -94,6 +94,7 @@ struct TopKStages {
 // Every named stage of the fused decode step, so schedules can place each one.
 struct DecodeStages {
     Var d{"d"}, i{"i"}, g{"g"}, h{"h"}, b{"b"}, c{"c"}, k{"k"}, s{"s"}, x{"x"};
+    Func page_rows;        // (d, c, i=page, h, b): the summary rows of logical page i (mean, bound)
     Func head_page_score;  // (i=page, g, h, b): q.m_p (mean), u_p / scale (bound),
                            // max over the page's tokens of a_t (sketch)
     // Sketch routing: the query's int16 codes q_code (d, g, h, b), each group's step

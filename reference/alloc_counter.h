@@ -8,6 +8,7 @@ namespace vashista::bench {
 
 void start_counting_allocations();
 long stop_counting_allocations();  // allocations since start_counting_allocations
+long long counted_bytes();         // bytes those allocations asked for (calloc: n * size)
 
 template <typename F>
 long allocations_in(F &&f) {

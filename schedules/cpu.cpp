@@ -73,6 +73,46 @@ void vectorize_dot(Func f, Var token, Var g, int lanes, bool group_inner) {
     f.update().atomic().vectorize(ri);
 }
 
+// Page scores from summary rows, `block` pages at a time: with `gather`, the block's rows
+// are copied together first (each page's rows lie where its physical page does; a short copy
+// loop keeps many scattered rows in flight, where scoring page by page waits on each); D
+// split into `lanes` vector lanes (rfactor) accumulated per page and head, every head of the
+// group from the same row loads with `group_inner`; then the lanes summed for the block's
+// pages as vectors across pages (a horizontal sum per score is a serial chain under
+// strict_float). Returns the loop over blocks.
+Var vectorize_page_scores(Func f, Func rows, Var i, Var g, int lanes, int block, bool group_inner, bool gather) {
+    RVar rd = f.rvars(0)[0];
+    RVar ro("rdo"), ri("rdi");
+    Var u("u"), io("pio"), ii("pii");
+    Func lanes_f = f.update().split(rd, ro, ri, lanes).rfactor(ri, u);
+    // The lanes folded in halves, each a contiguous vector add per page and head, down to 4;
+    // the last 4 summed per page as vectors across the block's pages.
+    RVar rest = ri;
+    std::vector<Func> folds;
+    for (int width = lanes / 2; width >= 4; width /= 2) {
+        const std::string n = std::to_string(width);
+        RVar hi("rh" + n), lo("rl" + n);
+        Var v("v" + n);
+        folds.push_back(f.update().split(rest, hi, lo, width).rfactor(lo, v));
+        rest = lo;
+    }
+    f.update().split(i, io, ii, block, TailStrategy::RoundUp).reorder(ii, rest, g, io).vectorize(ii);
+    f.vectorize(i, block, TailStrategy::RoundUp);
+    for (Func fold : folds) {
+        const Var v = fold.args()[0];
+        fold.compute_at(f, io).vectorize(v);
+        fold.update().vectorize(v);
+    }
+    lanes_f.compute_at(f, io).reorder_storage(u, g, i).vectorize(u);
+    if (group_inner) {
+        lanes_f.update().reorder(u, g, ro, i).vectorize(u).unroll(g);
+    } else {
+        lanes_f.update().reorder(u, ro, g, i).vectorize(u);
+    }
+    if (gather) rows.compute_at(f, io).vectorize(rows.args()[0], lanes);
+    return io;
+}
+
 // The sketch scores of a page's tokens (s across vector lanes), placed by the caller: per
 // page i, the per-group inner sums, their sigma-weighted sum and the width. With
 // `group_inner` the heads of the group inside the page, unrolled, so each code load serves
@@ -126,6 +166,7 @@ const Space<DecodeCpuSchedule, DecodeConfig> &DecodeCpuSchedule::space() {
             {"route_block", {64, 256, 1024}, &DecodeCpuSchedule::route_block},
             {"count_unroll", {1, 2, 4}, &DecodeCpuSchedule::count_unroll},
             {"head_tasks", {0, 1}, &DecodeCpuSchedule::head_tasks},
+            {"route_gather", {0, 1}, &DecodeCpuSchedule::route_gather},
         },
         [](const DecodeCpuSchedule &s, const DecodeConfig &cfg) -> std::string {
             if (!s.route_split && s.route_block != 64) return "route_block only applies with route_split = 1";
@@ -258,11 +299,12 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
                                cfg.head_dim / cfg.sketch_group, true);
     } else {
         // Mean and bound routing: a page's summary rows are contiguous in d, so each page's
-        // score is a dot-product-like reduction over D (lanes of d), every head of the group
-        // from the same row loads with group_inner. Inside the head's task, or (route_split)
-        // as its own parallel loop over blocks of pages.
+        // score is a dot-product-like reduction over D (lanes of d), page_lanes pages at a
+        // time. Inside the head's task, or (route_split) as its own parallel loop over blocks
+        // of pages.
         Func hps = st.head_page_score;
-        vectorize_dot(hps, i, g, s.dot_lanes, s.group_inner);
+        const Var blocks =
+            vectorize_page_scores(hps, st.page_rows, i, g, s.dot_lanes, s.page_lanes, s.group_inner, s.route_gather);
         if (s.route_split) {
             Var ib("ib"), task("route_task");
             hps.compute_root()
@@ -271,7 +313,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
                 .fuse(ib, h, task)
                 .fuse(task, b, task);
             hps.update()
-                .split(i, ib, i, s.route_block, TailStrategy::GuardWithIf)
+                .split(blocks, ib, blocks, s.route_block / s.page_lanes, TailStrategy::GuardWithIf)
                 .fuse(ib, h, task)
                 .fuse(task, b, task);
             if (s.parallel) {

@@ -32,7 +32,7 @@ struct Space {
 
 struct DecodeCpuSchedule {
     int vector_width = 16;  // f32 lanes of elementwise stages
-    int page_lanes = 16;    // pages per vector in the sketch scan's per-page reductions
+    int page_lanes = 16;    // pages per block of routing's page scores (a vector of them in the sketch scan)
     int group_inner = 1;    // one summary / key load serves all heads of a group
     int count_lanes = 16;   // lanes of the top-k counting passes
     int dot_lanes = 16;     // lanes along D of token scores and summary page scores
@@ -42,6 +42,7 @@ struct DecodeCpuSchedule {
     int route_block = 64;   // pages per task when route_split (64 when not split)
     int count_unroll = 1;   // unroll of the top-k counting passes
     int head_tasks = 0;     // 0: one task per KV head (a group together); 1: per query head
+    int route_gather = 1;   // 1: routing copies a block's summary rows together before scoring them
     static const Space<DecodeCpuSchedule, DecodeConfig> &space();
 };
 

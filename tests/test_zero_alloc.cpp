@@ -51,3 +51,27 @@ TEST_CASE("vashista_run allocates nothing", "[runtime][engine]") {
         }
     }
 }
+
+TEST_CASE("a cache allocates what vashista_cache_memory_size says, whatever the block table's width",
+          "[runtime][engine]") {
+    for (int sketch : {0, 8}) {
+        Fixture f(4, {3000, 777}, ref::DataKind::Gaussian, KvLayout::HND, {}, sketch);
+        for (int columns : {f.p.seqs.max_pages, 64 * f.p.seqs.max_pages}) {
+            INFO("sketch bits " << sketch << ", " << columns << " block-table columns");
+            std::vector<int32_t> table(size_t(f.p.seqs.batch) * columns, 0);
+            vashista_cache_desc desc = f.describe();
+            desc.max_pages = columns;
+            desc.page_table = table.data();
+            vashista_cache *cache = nullptr;
+            const long calls = allocations_in([&] { REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK); });
+            const long long asked = bench::counted_bytes();
+            vashista_cache_destroy(cache);
+            const size_t said = vashista_cache_memory_size(&desc);
+            // The buffers it names, plus the cache object and its vectors' headers.
+            REQUIRE(said > 0);
+            REQUIRE(asked >= (long long)said);
+            REQUIRE(asked <= (long long)said + 4096);
+            REQUIRE(calls < 20);
+        }
+    }
+}

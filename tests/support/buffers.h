@@ -11,10 +11,10 @@ struct DecodeBuffers {
     Halide::Buffer<float> q;                       // (d, g, h, b)
     Halide::Buffer<> k_cache, v_cache;             // 4-D per layout
     Halide::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
-    Halide::Buffer<> summary;                      // (lane, d, c, blk, h, b)
-    Halide::Buffer<float> value_norm, key_absmax;  // (j, h, b)
-    Halide::Buffer<uint8_t> sketch;                // (s, byte, j, h, b)
-    Halide::Buffer<> sketch_scale;                 // (s, group, j, h, b) bf16
+    Halide::Buffer<> summary;                      // (d, c, p, h)
+    Halide::Buffer<float> value_norm, key_absmax;  // (p, h)
+    Halide::Buffer<uint8_t> sketch;                // (s, byte, p, h)
+    Halide::Buffer<> sketch_scale;                 // (s, group, p, h) bf16
     float scale = 0;
     Halide::Buffer<float> out, lse, diag;       // (d,g,h,b), (g,h,b), (k,g,h,b)
     Halide::Buffer<int32_t> candidates, pages;  // (c,g,h,b), (i,g,h,b)
