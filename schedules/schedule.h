@@ -42,7 +42,7 @@ struct DecodeCpuSchedule {
     int route_block = 64;   // pages per task when route_split (64 when not split)
     int count_unroll = 1;   // unroll of the top-k counting passes
     int head_tasks = 0;     // 0: one task per KV head (a group together); 1: per query head
-    int route_gather = 1;   // 1: routing copies a block's summary rows together before scoring them
+    int route_gather = 0;   // 1: routing copies a block's summary rows together before scoring them (scattered pages)
     static const Space<DecodeCpuSchedule, DecodeConfig> &space();
 };
 
