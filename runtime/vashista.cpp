@@ -1189,8 +1189,8 @@ vashista_status vashista_share_prefix(vashista_cache *c, int32_t seq, int32_t to
         if (seq < 0 || seq >= d.batch)
             fail(VASHISTA_ERROR_INVALID_ARGUMENT, "seq = ", seq, " is not in [0, batch = ", d.batch, ")");
         if (tokens < 0 || int64_t(tokens) > int64_t(d.max_pages) * d.page_size)
-            fail(VASHISTA_ERROR_OUT_OF_RANGE, "tokens = ", tokens, " is not in [0, max_pages * page_size = ",
-                 int64_t(d.max_pages) * d.page_size, "]");
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "tokens = ", tokens,
+                 " is not in [0, max_pages * page_size = ", int64_t(d.max_pages) * d.page_size, "]");
         const int32_t pages = (tokens + d.page_size - 1) / d.page_size;
         validate_pages(*c, d.page_table, seq, 0, pages);
         for (int32_t j = 0; j < pages; ++j) {
