@@ -54,6 +54,7 @@ void AttentionInstance::bind(runtime::KernelCall &call) {
     call.buffer("summary", in_.summary.raw_buffer())
         .buffer("value_norm", in_.value_norm.raw_buffer())
         .buffer("key_absmax", in_.key_absmax.raw_buffer())
+        .buffer("summary_scale", in_.summary_scale.raw_buffer())
         .buffer("sketch", in_.sketch.raw_buffer())
         .buffer("sketch_scale", in_.sketch_scale.raw_buffer())
         .buffer("diag", diag_.raw_buffer())

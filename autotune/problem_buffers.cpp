@@ -4,6 +4,8 @@
 #include "method_types.h"
 
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 namespace vashista {
 
@@ -13,7 +15,9 @@ namespace {
 
 void store(Buffer<void> &buf, size_t flat, float x, ref::DType t) {
     uint8_t *base = static_cast<uint8_t *>(buf.data());
-    if (t == ref::DType::F32) {
+    if (t == ref::DType::I8) {
+        base[flat] = uint8_t(int8_t(x));
+    } else if (t == ref::DType::F32) {
         std::memcpy(base + 4 * flat, &x, 4);
     } else {
         const uint16_t bits = ref::to_bits16(t, x);
@@ -51,8 +55,16 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
             for (int j = 0; j * S < p.seqs.seq_lens[b]; ++j)
                 for (int h = 0; h < sum.kv_heads; ++h) fn(b, j, h, p.seqs.page_table[size_t(b) * p.seqs.max_pages + j]);
     };
+    if (sum.dtype != summary_dtype)
+        throw std::invalid_argument(std::string("problem_buffers: summaries made for ") + to_string(sum.dtype) +
+                                    ", buffers asked for " + to_string(summary_dtype));
     const SummaryLayout layout{D, num_pages, sum.kv_heads};
     const auto extents = layout.extents();
+    const bool compact = summary_dtype == ref::DType::I8;
+    const int scale_groups = summary_scale_groups(D, summary_dtype);
+    const halide_type_t bf16(halide_type_bfloat, 16);
+    buf.summary_scale = Buffer<void>(bf16, {scale_groups, num_pages, sum.kv_heads});
+    std::memset(buf.summary_scale.data(), 0, buf.summary_scale.size_in_bytes());
     buf.summary = Buffer<void>(halide_runtime_type(summary_dtype), std::vector<int>(extents.begin(), extents.end()));
     std::memset(buf.summary.data(), 0, buf.summary.size_in_bytes());
     buf.value_norm = Buffer<float>(num_pages, sum.kv_heads);
@@ -64,14 +76,21 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
         const size_t at = sum.at(b, h, j);
         for (int c = 0; c < kSummaryChannels; ++c) {
             const std::vector<float> &channel = c == kSummaryMean ? sum.mean : c == kSummaryMin ? sum.lo : sum.hi;
-            for (int d = 0; d < D; ++d)
-                store(buf.summary, size_t(layout.row(page, c, h) + d), channel[at * D + d], summary_dtype);
+            for (int d = 0; d < D; ++d) {
+                // int8: the reference's values are sigma * code, so the quotient is the code.
+                const float x = channel[at * D + d];
+                const float value = compact ? x / sum.summary_scale[at * scale_groups + d / kSummaryScaleGroup] : x;
+                store(buf.summary, size_t(layout.row(page, c, h) + d), value, summary_dtype);
+            }
         }
+        if (compact)
+            for (int x = 0; x < scale_groups; ++x)
+                store(buf.summary_scale, (size_t(h) * num_pages + page) * scale_groups + x,
+                      sum.summary_scale[at * scale_groups + x], ref::DType::BF16);
         buf.value_norm(page, h) = float(sum.value_norm[at]) * margin;
         buf.key_absmax(page, h) = sum.key_absmax[at];
     });
     // The token sketch, codes packed as the sketch kernel packs them (algorithm.h).
-    const halide_type_t bf16(halide_type_bfloat, 16);
     if (sum.sketch_bits == 0) {
         buf.sketch = Buffer<uint8_t>(1, 1, 1, 1);
         buf.sketch_scale = Buffer<void>(bf16, {1, 1, 1, 1});

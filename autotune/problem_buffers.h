@@ -13,13 +13,15 @@ struct ProblemBuffers {
     Halide::Runtime::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
     Halide::Runtime::Buffer<void> summary;                  // (d, c, p, h)
     Halide::Runtime::Buffer<float> value_norm, key_absmax;  // (p, h)
+    Halide::Runtime::Buffer<void> summary_scale;            // (x, p, h) bf16; one group but for int8
     Halide::Runtime::Buffer<uint8_t> sketch;                // (s, byte, p, h); 1 element without one
     Halide::Runtime::Buffer<void> sketch_scale;             // (s, group, p, h) bf16
 };
 
 // Summaries come from the reference, rounded outward to `summary_dtype` as the
-// summarize kernel rounds them, each sequence's pages at the physical pages its block
-// table maps them to; value norms are inflated as the kernel inflates them.
+// summarize kernel rounds them (int8: the codes of the reference's values and scales),
+// each sequence's pages at the physical pages its block table maps them to; value norms
+// are inflated as the kernel inflates them.
 ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum, ref::DType summary_dtype);
 
 }  // namespace vashista

@@ -99,8 +99,8 @@ Workload Workload::from_json(const json &j) {
         const std::string why = sketch_config_error(w.head_dim, w.sketch_bits, w.sketch_group);
         if (!why.empty()) throw std::invalid_argument("workload: " + why);
     }
-    parse_dtype(w.kv_type);
-    parse_dtype(w.summary_type);
+    const std::string dtypes = summary_config_error(w.head_dim, parse_dtype(w.kv_type), parse_dtype(w.summary_type));
+    if (!dtypes.empty()) throw std::invalid_argument("workload: " + dtypes);
     return w;
 }
 

@@ -1,9 +1,8 @@
-// The decode demo behind `make run`: sparse (bound routing, and sketch routing with an
-// 8-bit sketch in groups of 16 channels) vs dense decode on the built-in default shape
-// (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128) over synthetic KV with planted
-// structure, cold cache, round-robin, median of repeats. Exits non-zero if a sparse answer
-// is wrong: farther from the double-precision dense reference than its own certificate
-// allows (plus rounding), or if the dense kernel disagrees with the reference.
+// The decode demo behind `make run`: sparse (bound routing over bf16 and over int8
+// summaries, and sketch routing with an 8-bit sketch in groups of 16 channels) vs dense decode on the built-in default
+// shape (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128) over synthetic KV with planted structure, cold cache,
+// round-robin, median of repeats. Exits non-zero if a sparse answer is wrong: farther from the double-precision dense
+// reference than its own certificate allows (plus rounding), or if the dense kernel disagrees with the reference.
 #include "measure.h"
 #include "problem.h"
 #include "vashista.h"
@@ -124,6 +123,14 @@ int main(int argc, char **argv) {
             check(vashista_append(cache, 0, start, n, kc.data(), vc.data()), "vashista_append");
         }
         std::printf("appended %d tokens with summaries and sketch: %.2f s\n", T, append_timer.seconds());
+        // The same pages with compact (int8) summaries: a second cache over the KV just
+        // written, summarized in place.
+        vashista_cache_desc compact_desc = desc;
+        compact_desc.summary_dtype = VASHISTA_DTYPE_I8;
+        compact_desc.sketch_bits = 0;
+        vashista_cache *compact = nullptr;
+        check(vashista_cache_create(&compact_desc, &compact), "vashista_cache_create (int8 summaries)");
+        check(vashista_summarize(compact, 0, 0, T), "vashista_summarize (int8 summaries)");
 
         vashista_decode_config cfg;
         vashista_decode_config_default(&cfg);
@@ -131,8 +138,9 @@ int main(int argc, char **argv) {
         sketch_cfg.routing = VASHISTA_ROUTING_SKETCH;
         const int32_t seq_lens[1] = {T};
         std::vector<float> sparse_out(size_t(H) * G * D), sketch_out(sparse_out.size()), dense_out(sparse_out.size());
+        std::vector<float> compact_out(sparse_out.size());
         std::vector<float> lse(H * G);
-        std::vector<vashista_head_diag> diag(H * G), sketch_diag(H * G);
+        std::vector<vashista_head_diag> diag(H * G), sketch_diag(H * G), compact_diag(H * G);
         bench::Flusher flusher;
         const std::vector<std::function<void()>> steps = {
             [&] {
@@ -148,9 +156,14 @@ int main(int argc, char **argv) {
             [&] {
                 check(vashista_dense(cache, p.q.q.data(), H * G, seq_lens, 0.0f, dense_out.data(), nullptr),
                       "vashista_dense");
+            },
+            [&] {
+                check(vashista_decode(compact, &cfg, p.q.q.data(), H * G, seq_lens, compact_out.data(), lse.data(),
+                                      compact_diag.data()),
+                      "vashista_decode (int8 summaries)");
             }};
         const std::vector<bench::Stats> times = bench::time_cold_round_robin(opt.reps, flusher, steps);
-        const bench::Stats &sparse_ms = times[0], &sketch_ms = times[1], &dense_ms = times[2];
+        const bench::Stats &sparse_ms = times[0], &sketch_ms = times[1], &dense_ms = times[2], &compact_ms = times[3];
 
         // Against the double-precision dense reference.
         double max_err = 0, max_dense_err = 0, max_bound = 0, worst_excess = -1e30;
@@ -158,6 +171,10 @@ int main(int argc, char **argv) {
         int sketch_heads_sparse = 0;
         std::vector<double> gaps;
         int heads_sparse = 0, heads_dense = 0, heads_reported = 0, heads_widened = 0;
+        // int8 summaries: heads certified, and the bound's ratio to the bf16 summaries' per head.
+        int compact_heads_sparse = 0;
+        double compact_max_err = 0, compact_max_bound = 0;
+        std::vector<double> looser;
         for (int h = 0; h < H; ++h)
             for (int g = 0; g < G; ++g) {
                 const int i = h * G + g;
@@ -177,6 +194,17 @@ int main(int argc, char **argv) {
                     sketch_max_bound = std::max<double>(sketch_max_bound, sd.error_bound);
                 }
                 worst_excess = std::max(worst_excess, serr - ((sketch_sparse ? sd.error_bound : 0.0) + 2e-4));
+                double cerr = 0;
+                for (int d = 0; d < D; ++d) cerr = std::max(cerr, std::abs(compact_out[size_t(i) * D + d] - r.out[d]));
+                const auto &cd = compact_diag[i];
+                const bool compact_sparse = cd.policy_taken != VASHISTA_TAKEN_DENSE;
+                compact_max_err = std::max(compact_max_err, cerr);
+                if (compact_sparse) {
+                    ++compact_heads_sparse;
+                    compact_max_bound = std::max<double>(compact_max_bound, cd.error_bound);
+                }
+                if (diag[i].error_bound > 0) looser.push_back(double(cd.error_bound) / diag[i].error_bound);
+                worst_excess = std::max(worst_excess, cerr - ((compact_sparse ? cd.error_bound : 0.0) + 2e-4));
                 max_err = std::max(max_err, err);
                 max_dense_err = std::max(max_dense_err, derr);
                 const auto &hd = diag[i];
@@ -214,14 +242,25 @@ int main(int argc, char **argv) {
         // K and V of the K_c candidates per query head.
         const double sketch_token_bytes = sketch_code_bytes(D, kSketchBitsDefault) + 2.0 * D / kSketchGroupDefault;
         const double sketch_bytes = double(T) * H * sketch_token_bytes + H * M * 8 + H * G * double(KC) * D * 2 * 2;
+        // int8 summaries: lo and hi codes and a bf16 scale per 16 channels instead of bf16 rows.
+        const double compact_bytes = sparse_bytes - H * M * D * 2 * 2 + H * M * (D * 2 + 2.0 * D / kSummaryScaleGroup);
+        std::sort(looser.begin(), looser.end());
         std::printf("sparse step  %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", sparse_ms.median,
                     sparse_ms.min, sparse_ms.max, sparse_bytes / bandwidth * 1e-6, sparse_bytes * 1e-6);
         std::printf("dense step   %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", dense_ms.median,
                     dense_ms.min, dense_ms.max, dense_bytes / bandwidth * 1e-6, dense_bytes * 1e-6);
         std::printf("sketch step  %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", sketch_ms.median,
                     sketch_ms.min, sketch_ms.max, sketch_bytes / bandwidth * 1e-6, sketch_bytes * 1e-6);
-        std::printf("speedup      %8.2fx (bound routing), %.2fx (sketch routing) over dense\n",
-                    dense_ms.median / sparse_ms.median, dense_ms.median / sketch_ms.median);
+        std::printf("int8 summ.   %8.3f ms  (min %.3f, max %.3f; floor %.3f ms for %.1f MB)\n", compact_ms.median,
+                    compact_ms.min, compact_ms.max, compact_bytes / bandwidth * 1e-6, compact_bytes * 1e-6);
+        std::printf("speedup      %8.2fx (bound routing), %.2fx (sketch routing), %.2fx (int8 summaries) over dense\n",
+                    dense_ms.median / sparse_ms.median, dense_ms.median / sketch_ms.median,
+                    dense_ms.median / compact_ms.median);
+        std::printf(
+            "int8 summaries: %d of %d heads certified at tolerance %.0e (largest bound %.3g), max |int8 - dense_ref| "
+            "= %.3g, bound / bf16 summaries' bound per head: median %.3g, max %.3g\n",
+            compact_heads_sparse, H * G, double(cfg.tolerance), compact_max_bound, compact_max_err,
+            looser.empty() ? 0.0 : looser[looser.size() / 2], looser.empty() ? 0.0 : looser.back());
         std::printf(
             "sketch: %d of %d heads certified at tolerance %.0e (largest bound %.3g), max |sketch - dense_ref| "
             "= %.3g\n",
@@ -251,6 +290,16 @@ int main(int argc, char **argv) {
                            {"sketch_bytes", sketch_bytes},
                            {"sketch_heads_certified", sketch_heads_sparse},
                            {"sketch_max_abs_err", sketch_max_err},
+                           {"int8_ms", compact_ms.median},
+                           {"int8_ms_min", compact_ms.min},
+                           {"int8_ms_max", compact_ms.max},
+                           {"int8_speedup", dense_ms.median / compact_ms.median},
+                           {"int8_floor_ms", compact_bytes / bandwidth * 1e-6},
+                           {"int8_bytes", compact_bytes},
+                           {"int8_heads_certified", compact_heads_sparse},
+                           {"int8_max_abs_err", compact_max_err},
+                           {"int8_error_bound", compact_max_bound},
+                           {"int8_bound_ratio_median", looser.empty() ? 0.0 : looser[looser.size() / 2]},
                            {"sketch_error_bound", sketch_max_bound},
                            {"sparse_bytes", sparse_bytes},
                            {"dense_bytes", dense_bytes},
@@ -269,6 +318,7 @@ int main(int argc, char **argv) {
                            {"dense_floor_ms", dense_bytes / bandwidth * 1e-6},
                            {"reps", opt.reps},
                            {"correct", correct}});
+        vashista_cache_destroy(compact);
         vashista_cache_destroy(cache);
     }
     bench::write_json(opt.json_path, records);

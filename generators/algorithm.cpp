@@ -307,7 +307,13 @@ void DecodeDefinition::route() {
     } else {
         // The rows of the physical page that logical page i maps to.
         st.page_rows = Func("page_rows");
-        st.page_rows(d, c, i, h, b) = in.summary(d, c, physical_page(i), h);
+        if (cfg.summary_type == Halide::Int(8)) {
+            Expr page = physical_page(i);
+            st.page_rows(d, c, i, h, b) =
+                as_f32(in.summary_scale(d / kSummaryScaleGroup, page, h)) * as_f32(in.summary(d, c, page, h));
+        } else {
+            st.page_rows(d, c, i, h, b) = in.summary(d, c, physical_page(i), h);
+        }
         Expr qd = in.q(rd, g, h, b);
         st.head_page_score(i, g, h, b) = 0.0f;
         if (cfg.routing == RoutingMode::Mean) {
@@ -832,10 +838,43 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
     Expr mean = select(tokens > 0, st.key_sum(d, h, n) / as_f32(tokens), 0.0f);
     // A box narrower than the keys is rounded outward, so it still contains every key.
     Func lo("key_min_stored"), hi("key_max_stored");
-    lo(d, h, n) = round_outward(st.key_min(d, h, n), cfg.summary_type, false);
-    hi(d, h, n) = round_outward(st.key_max(d, h, n), cfg.summary_type, true);
     st.summary = Func("summary");
-    st.summary(d, c, h, n) = Halide::mux(c, {cast(cfg.summary_type, mean), lo(d, h, n), hi(d, h, n)});
+    st.scale = Func("summary_scale");
+    Var x("x");
+    if (cfg.summary_type == Halide::Int(8)) {
+        // Compact summaries (method_types.h): sigma per group from the group's largest |min|
+        // or |max| (0 for a page without tokens), min coded down and max up: floor or ceil of
+        // the f32 quotient, corrected by one where the exact product sigma * code says so.
+        const int gs = kSummaryScaleGroup;
+        Func key_lo("key_min_or_zero"), key_hi("key_max_or_zero"), absmax("summary_absmax");
+        key_lo(d, h, n) = select(tokens > 0, st.key_min(d, h, n), 0.0f);
+        key_hi(d, h, n) = select(tokens > 0, st.key_max(d, h, n), 0.0f);
+        RDom rc(0, gs, "rc");
+        absmax(x, h, n) = 0.0f;
+        absmax(x, h, n) = Halide::max(absmax(x, h, n), Halide::max(Halide::abs(key_lo(x * gs + rc, h, n)),
+                                                                   Halide::abs(key_hi(x * gs + rc, h, n))));
+        st.scale(x, h, n) = Halide::max(round_outward(absmax(x, h, n) * kSummaryScaleFactor, Halide::BFloat(16), true),
+                                        Halide::cast(Halide::BFloat(16), kSummaryScaleMin));
+        Expr sigma = as_f32(st.scale(d / gs, h, n));
+        Expr lo_x = key_lo(d, h, n), hi_x = key_hi(d, h, n);
+        Expr down = Halide::floor(lo_x / sigma), up = Halide::ceil(hi_x / sigma);
+        down = select(sigma * down > lo_x, down - 1.0f, sigma * (down + 1.0f) <= lo_x, down + 1.0f, down);
+        up = select(sigma * up < hi_x, up + 1.0f, sigma * (up - 1.0f) >= hi_x, up - 1.0f, up);
+        const float m = float(kSummaryMaxCode);
+        Func code("summary_code");
+        code(d, c, h, n) = cast<int8_t>(Halide::mux(c, {Halide::clamp(Halide::round(mean / sigma), -m, m),
+                                                        Halide::clamp(down, -m, m), Halide::clamp(up, -m, m)}));
+        st.summary(d, c, h, n) = code(d, c, h, n);
+        lo(d, h, n) = sigma * as_f32(code(d, kSummaryMin, h, n));
+        hi(d, h, n) = sigma * as_f32(code(d, kSummaryMax, h, n));
+        st.scale.bound(x, 0, cfg.head_dim / gs);
+    } else {
+        lo(d, h, n) = round_outward(st.key_min(d, h, n), cfg.summary_type, false);
+        hi(d, h, n) = round_outward(st.key_max(d, h, n), cfg.summary_type, true);
+        st.summary(d, c, h, n) = Halide::mux(c, {cast(cfg.summary_type, mean), lo(d, h, n), hi(d, h, n)});
+        st.scale(x, h, n) = Halide::cast(Halide::BFloat(16), 0.0f);  // a placeholder, not read
+        st.scale.bound(x, 0, 1);
+    }
     // The largest |x| of the stored box bounds every |k_d| of the page.
     st.key_absmax = Func("key_absmax");
     st.key_absmax(h, n) = 0.0f;
@@ -908,6 +947,9 @@ Halide::Region summary_region(const ShapeEstimate &e) {
         r.push_back({0, int(extent)});
     return r;
 }
+Halide::Region summary_scale_region(const ShapeEstimate &e, int groups) {
+    return {{0, groups}, {0, e.pages * e.batch}, {0, e.kv_heads}};
+}
 Halide::Region value_norm_region(const ShapeEstimate &e) { return {{0, e.pages * e.batch}, {0, e.kv_heads}}; }
 Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {
     Halide::Region r{{0, e.group}, {0, e.kv_heads}, {0, e.batch}};
@@ -918,15 +960,15 @@ Halide::Region per_head_region(const ShapeEstimate &e, int first_extent) {
 Type halide_type(DType t) { return Type(halide_runtime_type(t)); }
 
 DType dtype_of(const Type &t) {
-    for (DType d : {DType::F32, DType::F16, DType::BF16})
+    for (DType d : {DType::F32, DType::F16, DType::BF16, DType::I8})
         if (t == halide_type(d)) return d;
-    throw std::invalid_argument("type " + type_name(t) + " is not float32, float16 or bfloat16");
+    throw std::invalid_argument("type " + type_name(t) + " is not float32, float16, bfloat16 or int8");
 }
 
 Type parse_type(const std::string &name) { return halide_type(parse_dtype(name)); }
 
 std::string type_name(const Type &t) {
-    for (DType d : {DType::F32, DType::F16, DType::BF16})
+    for (DType d : {DType::F32, DType::F16, DType::BF16, DType::I8})
         if (t == halide_type(d)) return to_string(d);
     std::ostringstream os;
     os << t;

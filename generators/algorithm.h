@@ -12,6 +12,9 @@
 //   Summaries and the sketch are kept per physical page p (what page_table maps a
 //   sequence's logical pages to), so a page several sequences share has one of each:
 //   summary           (d, c, p, h)      c = 0 mean, 1 per-channel min, 2 per-channel max
+//                                       (int8 summaries: codes, the value sigma * code)
+//   summary_scale     (x, p, h)         bf16: int8 summaries' sigma of channels
+//                                       [16 x, 16 x + 16) (method_types.h), else not read
 //   value_norm        (p, h)            upper bound on max ||v|| over the page's summarized tokens
 //   key_absmax        (p, h)            max |x| over page p's stored min/max summary: bounds
 //                                       every |k_d| of the page (the scores' rounding terms)
@@ -63,6 +66,7 @@ struct DecodeConfig {
 // Inputs of a decode step as Funcs, with the extents the definitions need.
 struct DecodeInputs {
     Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
+    Func summary_scale;         // read for int8 summaries only
     Func sketch, sketch_scale;  // read in sketch routing only
     Expr scale;                 // score scale, > 0
     Expr max_pages;             // page_table extent along j
@@ -193,6 +197,7 @@ struct SummaryStages {
     Var d{"d"}, c{"c"}, h{"h"}, n{"n"};
     Func key_sum, key_min, key_max, value_norm_sq;
     Func summary;     // (d, c, h, n) in the summary type; min rounded down, max up
+    Func scale;       // (x, h, n) bf16: sigma per channel group (int8 summaries), else one 0
     Func value_norm;  // (h, n) f32, rounded up
     Func key_absmax;  // (h, n) f32: max |x| over the stored min and max
 };
@@ -228,6 +233,7 @@ Halide::Region q_region(const ShapeEstimate &e);  // also out
 Halide::Region kv_cache_region(const ShapeEstimate &e);
 Halide::Region page_table_region(const ShapeEstimate &e);
 Halide::Region summary_region(const ShapeEstimate &e);
+Halide::Region summary_scale_region(const ShapeEstimate &e, int groups);
 Halide::Region value_norm_region(const ShapeEstimate &e);  // also key_absmax
 Halide::Region sketch_region(const ShapeEstimate &e, int bits);
 Halide::Region sketch_scale_region(const ShapeEstimate &e, int group);

@@ -8,9 +8,10 @@
 namespace vashista {
 
 inline halide_type_t halide_runtime_type(DType t) {
-    return t == DType::F32   ? halide_type_t(halide_type_float, 32)
-           : t == DType::F16 ? halide_type_t(halide_type_float, 16)
-                             : halide_type_t(halide_type_bfloat, 16);
+    return t == DType::F32    ? halide_type_t(halide_type_float, 32)
+           : t == DType::F16  ? halide_type_t(halide_type_float, 16)
+           : t == DType::BF16 ? halide_type_t(halide_type_bfloat, 16)
+                              : halide_type_t(halide_type_int, 8);
 }
 
 }  // namespace vashista

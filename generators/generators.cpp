@@ -94,6 +94,7 @@ public:
     Input<Buffer<void, 4>> summary{"summary"};
     Input<Buffer<float, 2>> value_norm{"value_norm"};
     Input<Buffer<float, 2>> key_absmax{"key_absmax"};
+    Input<Buffer<void, 3>> summary_scale{"summary_scale"};
     Input<Buffer<uint8_t, 4>> sketch{"sketch"};
     Input<Buffer<void, 4>> sketch_scale{"sketch_scale"};
     Input<float> scale{"scale"};
@@ -107,6 +108,7 @@ public:
         k_cache.set_type(parse_type(kv_type));
         v_cache.set_type(parse_type(kv_type));
         summary.set_type(parse_type(summary_type));
+        summary_scale.set_type(Halide::BFloat(16));
         sketch_scale.set_type(Halide::BFloat(16));
     }
 
@@ -149,6 +151,7 @@ public:
                         summary,
                         value_norm,
                         key_absmax,
+                        summary_scale,
                         sketch,
                         sketch_scale,
                         scale,
@@ -170,6 +173,8 @@ public:
         summary.set_estimates(summary_region(e));
         value_norm.set_estimates(value_norm_region(e));
         key_absmax.set_estimates(value_norm_region(e));
+        summary_scale.set_estimates(
+            summary_scale_region(e, summary_scale_groups(cfg.head_dim, dtype_of(cfg.summary_type))));
         sketch.set_estimates(sketch_region(e, cfg.sketch_bits));
         sketch_scale.set_estimates(sketch_scale_region(e, cfg.sketch_group));
         diag.set_estimates(per_head_region(e, kDiagFields));
@@ -240,11 +245,13 @@ public:
     Output<Buffer<void, 4>> summary{"summary"};
     Output<Buffer<float, 2>> value_norm{"value_norm"};
     Output<Buffer<float, 2>> key_absmax{"key_absmax"};
+    Output<Buffer<void, 3>> summary_scale{"summary_scale"};
 
     void configure() {
         k_cache.set_type(parse_type(kv_type));
         v_cache.set_type(parse_type(kv_type));
         summary.set_type(parse_type(summary_type));
+        summary_scale.set_type(Halide::BFloat(16));
     }
 
     void generate() {
@@ -266,6 +273,7 @@ public:
         summary = st.summary;
         value_norm = st.value_norm;
         key_absmax = st.key_absmax;
+        summary_scale = st.scale;
         if (!using_autoscheduler()) apply_cpu(hand_schedule(cfg), cfg, st);
     }
 };

@@ -174,11 +174,45 @@ inline const char *to_string(RoutingMode v) {
 inline const char *to_string(GroupRouting v) { return v == GroupRouting::PerHead ? "per_head" : "shared"; }
 
 // Element types of keys, values and summaries, numbered as the C ABI's vashista_dtype; the
-// one table of their names (generator parameters, workloads, JSON, the reference).
-enum class DType { F32 = 0, F16 = 1, BF16 = 2 };
-inline const char *to_string(DType v) { return v == DType::F32 ? "float32" : v == DType::F16 ? "float16" : "bfloat16"; }
-inline const char *short_name(DType v) { return v == DType::F32 ? "f32" : v == DType::F16 ? "f16" : "bf16"; }
-inline int dtype_bytes(DType v) { return v == DType::F32 ? 4 : 2; }
+// one table of their names (generator parameters, workloads, JSON, the reference). I8 is a
+// summary type only: compact summaries (below).
+enum class DType { F32 = 0, F16 = 1, BF16 = 2, I8 = 3 };
+inline const char *to_string(DType v) {
+    return v == DType::F32 ? "float32" : v == DType::F16 ? "float16" : v == DType::BF16 ? "bfloat16" : "int8";
+}
+inline const char *short_name(DType v) {
+    return v == DType::F32 ? "f32" : v == DType::F16 ? "f16" : v == DType::BF16 ? "bf16" : "i8";
+}
+inline int dtype_bytes(DType v) { return v == DType::F32 ? 4 : v == DType::I8 ? 1 : 2; }
+inline bool is_float_dtype(DType v) { return v == DType::F32 || v == DType::F16 || v == DType::BF16; }
+
+// Compact page summaries (summary dtype int8; method.md, "Reading fewer bytes"): per page, KV
+// head and group of kSummaryScaleGroup channels a bf16 scale sigma >= absmax / 126 (absmax over
+// the group's min and max, so every code lies in [-127, 127]), and per channel the int8 codes
+// of the mean (nearest), the min (rounded down) and the max (rounded up). A stored value is
+// sigma * code, exact in f32 (an 8-bit significand times an integer of at most 8 bits), so the
+// decoded box contains every key of the page and the bound arithmetic is unchanged. Half the
+// bytes of bf16 min/max rows, plus 2 bytes per group.
+constexpr int kSummaryScaleGroup = 16;
+constexpr int kSummaryMaxCode = 127;
+// sigma = absmax * fl(1/126) rounded up to bf16 (a product, as compilers turn a division by a
+// constant into): 127 sigma > absmax despite the f32 roundings of the factor and the product.
+constexpr float kSummaryScaleFactor = 1.0f / 126.0f;
+constexpr float kSummaryScaleMin = 1.0f / (float(1 << 30) * float(1 << 30) * float(1 << 30) * float(1 << 30) *
+                                           float(1 << 6));  // 2^-126: sigma * code stays normal, so exact
+// Scale groups of a row: head_dim / kSummaryScaleGroup for int8 summaries, else 1 (a
+// placeholder the kernels do not read).
+inline int summary_scale_groups(int head_dim, DType summary) {
+    return summary == DType::I8 ? head_dim / kSummaryScaleGroup : 1;
+}
+// Why `summary` cannot summarize keys of `kv` with head_dim channels, or "" when it can.
+inline std::string summary_config_error(int head_dim, DType kv, DType summary) {
+    if (!is_float_dtype(kv)) return std::string("kv dtype ") + to_string(kv) + " is a summary dtype only";
+    if (summary == DType::I8 && head_dim % kSummaryScaleGroup != 0)
+        return "int8 summaries need head_dim a multiple of " + std::to_string(kSummaryScaleGroup) +
+               " (head_dim = " + std::to_string(head_dim) + ")";
+    return "";
+}
 
 // IEEE binary16 and bfloat16 conversions in plain integer arithmetic (no compiler's half
 // type: g++ 12 on AArch64 and clang 14 on x86-64 have none in C++), round to nearest even.
@@ -261,7 +295,7 @@ inline GroupRouting parse_group_routing(const std::string &s) {
     return detail::parse_name(s, v, "group_routing");
 }
 inline DType parse_dtype(const std::string &s) {
-    static const DType v[] = {DType::F32, DType::F16, DType::BF16};
+    static const DType v[] = {DType::F32, DType::F16, DType::BF16, DType::I8};
     return detail::parse_name(s, v, "dtype");
 }
 

@@ -42,14 +42,50 @@ size_t Cache::offset(int page, int slot, int head, int d) const {
 
 double default_scale(int head_dim) { return 1.0 / std::sqrt(double(head_dim)); }
 
+float summary_scale_of(float absmax) {
+    return std::max(round_toward(DType::BF16, absmax * kSummaryScaleFactor, true), kSummaryScaleMin);
+}
+
+namespace {
+int clamp_code(float c) { return int(std::clamp(c, -float(kSummaryMaxCode), float(kSummaryMaxCode))); }
+}  // namespace
+
+// floor and ceil of the f32 quotient are within one of the exact ones; the exact products
+// sigma * c decide.
+int summary_code_down(float x, float sigma) {
+    float c = std::floor(x / sigma);
+    if (sigma * c > x)
+        c -= 1;
+    else if (sigma * (c + 1) <= x)
+        c += 1;
+    return clamp_code(c);
+}
+
+int summary_code_up(float x, float sigma) {
+    float c = std::ceil(x / sigma);
+    if (sigma * c < x)
+        c += 1;
+    else if (sigma * (c - 1) >= x)
+        c -= 1;
+    return clamp_code(c);
+}
+
+int summary_code_nearest(float x, float sigma) { return clamp_code(std::nearbyint(x / sigma)); }
+
 Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype, int sketch_bits, int sketch_group) {
+    if (summary_dtype == DType::I8 && cache.head_dim % kSummaryScaleGroup != 0)
+        throw std::invalid_argument(summary_config_error(cache.head_dim, cache.dtype, summary_dtype));
     Summaries s;
     s.batch = seqs.batch;
     s.kv_heads = cache.kv_heads;
     s.max_pages = seqs.max_pages;
     s.head_dim = cache.head_dim;
+    s.dtype = summary_dtype;
     const int D = cache.head_dim, S = cache.page_size;
+    const bool compact = summary_dtype == DType::I8;
+    const int scale_groups = summary_scale_groups(D, summary_dtype);
     size_t rows = size_t(s.batch) * s.kv_heads * s.max_pages;
+    if (compact) s.summary_scale.assign(rows * scale_groups, 0.0f);
     s.mean.assign(rows * D, 0.0f);
     s.lo.assign(rows * D, 0.0f);
     s.hi.assign(rows * D, 0.0f);
@@ -62,19 +98,35 @@ Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dty
             const int n = std::min(S, len - j * S);
             for (int h = 0; h < s.kv_heads; ++h) {
                 size_t row = s.at(b, h, j);
+                std::vector<float> mean(D), lo(D), hi(D);
                 for (int d = 0; d < D; ++d) {
                     double sum = 0;
-                    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+                    lo[d] = std::numeric_limits<float>::infinity(), hi[d] = -lo[d];
                     for (int t = 0; t < n; ++t) {
                         float x = cache.k[cache.offset(page, t, h, d)];
                         sum += x;
-                        lo = std::min(lo, x);
-                        hi = std::max(hi, x);
+                        lo[d] = std::min(lo[d], x);
+                        hi[d] = std::max(hi[d], x);
                     }
                     // The mean as the kernel forms it: an f32 sum divided in f32.
-                    s.mean[row * D + d] = round_to(summary_dtype, float(sum) / float(n));
-                    s.lo[row * D + d] = round_toward(summary_dtype, lo, false);
-                    s.hi[row * D + d] = round_toward(summary_dtype, hi, true);
+                    mean[d] = float(sum) / float(n);
+                }
+                for (int d = 0; d < D; ++d) {
+                    if (compact) {
+                        const int grp = d / kSummaryScaleGroup;
+                        float absmax = 0;
+                        for (int x = grp * kSummaryScaleGroup; x < (grp + 1) * kSummaryScaleGroup; ++x)
+                            absmax = std::max({absmax, std::abs(lo[x]), std::abs(hi[x])});
+                        const float sigma = summary_scale_of(absmax);
+                        s.summary_scale[row * scale_groups + grp] = sigma;
+                        s.mean[row * D + d] = sigma * float(summary_code_nearest(mean[d], sigma));
+                        s.lo[row * D + d] = sigma * float(summary_code_down(lo[d], sigma));
+                        s.hi[row * D + d] = sigma * float(summary_code_up(hi[d], sigma));
+                    } else {
+                        s.mean[row * D + d] = round_to(summary_dtype, mean[d]);
+                        s.lo[row * D + d] = round_toward(summary_dtype, lo[d], false);
+                        s.hi[row * D + d] = round_toward(summary_dtype, hi[d], true);
+                    }
                     s.key_absmax[row] =
                         std::max({s.key_absmax[row], std::abs(s.lo[row * D + d]), std::abs(s.hi[row * D + d])});
                 }

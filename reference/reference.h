@@ -43,12 +43,16 @@ struct Queries {
 };
 
 // Per (sequence, KV head, logical page): the mean rounded to `dtype`, the box rounded
-// outward (lo down, hi up), the largest |x| of the stored box, exact value norms.
+// outward (lo down, hi up), the largest |x| of the stored box, exact value norms. For int8
+// summaries mean, lo and hi hold the values the codes stand for, sigma * code, and
+// summary_scale each group's sigma (method_types.h).
 struct Summaries {
     int batch = 0, kv_heads = 0, max_pages = 0, head_dim = 0;
-    std::vector<float> mean, lo, hi;  // [b][h][j][d]
-    std::vector<float> key_absmax;    // [b][h][j]
-    std::vector<double> value_norm;   // [b][h][j]
+    DType dtype = DType::BF16;
+    std::vector<float> mean, lo, hi;   // [b][h][j][d]
+    std::vector<float> key_absmax;     // [b][h][j]
+    std::vector<float> summary_scale;  // [b][h][j][group], int8 summaries only
+    std::vector<double> value_norm;    // [b][h][j]
     // The token sketch (sketch routing; bits 0 when head_dim does not fit the group):
     // per (b, h, j, s) the codes of the D channels and sigma of each group, rounded up to bf16.
     int page_size = 0, sketch_bits = 0, sketch_group = 0;
@@ -57,6 +61,14 @@ struct Summaries {
     size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
     size_t token_at(int b, int h, int j, int s) const { return at(b, h, j) * page_size + s; }
 };
+// An int8 summary's sigma for a group whose largest |min| or |max| is absmax, and the
+// codes of a min (rounded down), a max (rounded up) or a mean (nearest) under sigma: what
+// the summarize kernel computes (sigma * code exact in f32).
+float summary_scale_of(float absmax);
+int summary_code_down(float x, float sigma);
+int summary_code_up(float x, float sigma);
+int summary_code_nearest(float x, float sigma);
+
 Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype,
                     int sketch_bits = kSketchBitsDefault, int sketch_group = kSketchGroupDefault);
 

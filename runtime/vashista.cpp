@@ -65,10 +65,17 @@ int raw(const E &e) {
     return v;
 }
 
+// Element types of keys, values, q and out; summaries may also be int8.
 bool valid_dtype(int t) { return t >= VASHISTA_DTYPE_F32 && t <= VASHISTA_DTYPE_BF16; }
+bool valid_summary_dtype(int t) { return valid_dtype(t) || t == VASHISTA_DTYPE_I8; }
+const char *element_dtypes = " is not a vashista_dtype of elements (F32 0, F16 1, BF16 2; I8 3 is for summaries)";
 int dtype_bytes(vashista_dtype t) { return vashista::dtype_bytes(vashista::DType(t)); }
 
 halide_type_t halide_type(vashista_dtype t) { return vashista::halide_runtime_type(vashista::DType(t)); }
+// Scale groups of a page's summary row (1, not read, unless int8).
+int scale_groups(const vashista_cache_desc &d) {
+    return vashista::summary_scale_groups(d.head_dim, vashista::DType(d.summary_dtype));
+}
 
 // NaN or Inf in an element of `t`.
 bool non_finite(const uint8_t *p, vashista_dtype t) {
@@ -142,6 +149,8 @@ struct vashista_cache {
     Buffer<void> summary;      // (d, c, p, h)
     Buffer<float> value_norm;  // (p, h)
     Buffer<float> key_absmax;  // (p, h)
+    HostMemory summary_scale_memory;
+    Buffer<void> summary_scale;  // (x, p, h) bf16: int8 summaries' scales, else one zero element
     // The token sketch (sketch routing), or one zero element of each when the cache keeps none.
     HostMemory sketch_memory, sketch_scale_memory;
     Buffer<void> sketch;        // (s, byte, p, h) uint8
@@ -204,10 +213,13 @@ void validate_desc(const vashista_cache_desc *d) {
     positive(d->num_pages, "desc->num_pages");
     positive(d->max_pages, "desc->max_pages");
     if (!valid_dtype(raw(d->kv_dtype)))
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", raw(d->kv_dtype), " is not a vashista_dtype");
-    if (!valid_dtype(raw(d->summary_dtype)))
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = ", raw(d->kv_dtype), element_dtypes);
+    if (!valid_summary_dtype(raw(d->summary_dtype)))
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->summary_dtype = ", raw(d->summary_dtype),
              " is not a vashista_dtype");
+    const std::string summary_error =
+        vashista::summary_config_error(d->head_dim, vashista::DType(d->kv_dtype), vashista::DType(d->summary_dtype));
+    if (!summary_error.empty()) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc: ", summary_error);
     if (raw(d->layout) != VASHISTA_LAYOUT_HND && raw(d->layout) != VASHISTA_LAYOUT_NHD)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = ", raw(d->layout), " is not HND (0) or NHD (1)");
     if (d->sketch_bits != 0 && !vashista::valid_sketch_bits(d->sketch_bits))
@@ -380,6 +392,7 @@ void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, Spars
         .buffer("summary", c->summary.raw_buffer())
         .buffer("value_norm", c->value_norm.raw_buffer())
         .buffer("key_absmax", c->key_absmax.raw_buffer())
+        .buffer("summary_scale", c->summary_scale.raw_buffer())
         .buffer("sketch", c->sketch.raw_buffer())
         .buffer("sketch_scale", c->sketch_scale.raw_buffer())
         .scalar("scale", in.scale)
@@ -548,9 +561,9 @@ void validate_plan_desc(const vashista_plan_desc *p, const vashista_cache_desc &
         fail(VASHISTA_ERROR_SHAPE_MISMATCH, "desc->q_heads = ", p->q_heads,
              " is not a positive multiple of the cache's kv_heads = ", d.kv_heads);
     if (!valid_dtype(raw(p->q_dtype)))
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->q_dtype = ", raw(p->q_dtype), " is not a vashista_dtype");
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->q_dtype = ", raw(p->q_dtype), element_dtypes);
     if (!valid_dtype(raw(p->out_dtype)))
-        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->out_dtype = ", raw(p->out_dtype), " is not a vashista_dtype");
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->out_dtype = ", raw(p->out_dtype), element_dtypes);
     // The rows of q and of out, [sequence][head] at the strides given (0: contiguous), must not
     // overlap: one stride at least head_dim, the other past all rows of the first.
     auto rows = [&](int64_t seq_stride, int64_t head_stride, const char *seq_name, const char *head_name) {
@@ -885,6 +898,7 @@ namespace {
 struct PageSummaries {
     int32_t seq, first, count;
     Buffer<void> rows;                // (d, c, h, n)
+    Buffer<void> row_scales;          // (x, h, n) bf16
     Buffer<float> norms, key_bounds;  // (h, n)
     Buffer<uint8_t> codes;            // (s, byte, h, n)
     Buffer<void> scales;              // (s, group, h, n)
@@ -898,6 +912,7 @@ PageSummaries summarize_pages(vashista_cache *c, int32_t seq, int32_t first, int
         first,
         touched_pages,
         Buffer<void>(halide_type(d.summary_dtype), d.head_dim, vashista::kSummaryChannels, d.kv_heads, touched_pages),
+        Buffer<void>(halide_type_t(halide_type_bfloat, 16), scale_groups(d), d.kv_heads, touched_pages),
         Buffer<float>(d.kv_heads, touched_pages),
         Buffer<float>(d.kv_heads, touched_pages),
         Buffer<uint8_t>(),
@@ -920,7 +935,8 @@ PageSummaries summarize_pages(vashista_cache *c, int32_t seq, int32_t first, int
         .buffer("touched", touched.raw_buffer())
         .buffer("summary", s.rows.raw_buffer())
         .buffer("value_norm", s.norms.raw_buffer())
-        .buffer("key_absmax", s.key_bounds.raw_buffer());
+        .buffer("key_absmax", s.key_bounds.raw_buffer())
+        .buffer("summary_scale", s.row_scales.raw_buffer());
     check_kernel(summarize, c->summarize->name);
     // The token sketch of the same pages: codes (s, byte, h, n), scales (s, group, h, n).
     if (c->sketch_kernel) {
@@ -957,6 +973,8 @@ void commit_pages(vashista_cache *c, PageSummaries &s, int32_t new_len) {
             // The staged rows (d, c, h, n) hold a page's channels adjacent, as the layout does.
             std::memcpy(dst + c->summary_layout.row(page, 0, h) * bytes, src + (size_t(i) * d.kv_heads + h) * row_bytes,
                         row_bytes);
+            if (d.summary_dtype == VASHISTA_DTYPE_I8)
+                c->summary_scale.sliced(2, h).sliced(1, page).copy_from(s.row_scales.sliced(2, i).sliced(1, h));
             if (c->sketch_kernel) {
                 c->sketch.sliced(3, h).sliced(2, page).copy_from(s.codes.sliced(3, i).sliced(2, h));
                 c->sketch_scale.sliced(3, h).sliced(2, page).copy_from(s.scales.sliced(3, i).sliced(2, h));
@@ -997,7 +1015,8 @@ void summarize_written(vashista_cache *c, int32_t seq, int32_t start, int32_t co
 // its placeholder) and the per-page and per-sequence counts.
 size_t cache_bytes(const vashista_cache_desc &d) {
     const size_t pages = size_t(d.num_pages) * d.kv_heads;
-    size_t bytes = pages * vashista::kSummaryChannels * d.head_dim * dtype_bytes(d.summary_dtype) + pages * 2 * 4;
+    size_t bytes = pages * vashista::kSummaryChannels * d.head_dim * dtype_bytes(d.summary_dtype) + pages * 2 * 4 +
+                   (d.summary_dtype == VASHISTA_DTYPE_I8 ? pages * scale_groups(d) * 2 : 2);
     if (d.sketch_bits)
         bytes += pages * d.page_size *
                  (size_t(vashista::sketch_code_bytes(d.head_dim, d.sketch_bits)) + 2 * (d.head_dim / d.sketch_group));
@@ -1063,6 +1082,12 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
         c->value_norm = zeroed_buffer(c->value_norm_memory, f32, per_page, "value norms (num_pages x kv_heads)");
         c->key_absmax = zeroed_buffer(c->key_absmax_memory, f32, per_page, "key bounds (num_pages x kv_heads)");
         const halide_type_t u8(halide_type_uint, 8), bf16(halide_type_bfloat, 16);
+        if (desc->summary_dtype == VASHISTA_DTYPE_I8)
+            c->summary_scale =
+                zeroed_buffer(c->summary_scale_memory, bf16, {scale_groups(*desc), desc->num_pages, desc->kv_heads},
+                              "summary scales (num_pages x kv_heads x head_dim / 16)");
+        else
+            c->summary_scale = zeroed_buffer(c->summary_scale_memory, bf16, {1, 1, 1}, "a placeholder summary scale");
         if (desc->sketch_bits) {
             c->sketch_kernel = &find_sketch(*desc);
             const int64_t bytes = vashista::sketch_code_bytes(desc->head_dim, desc->sketch_bits);

@@ -143,6 +143,11 @@ TEST_CASE("workloads and records round-trip through JSON", "[autotune]") {
     CHECK(default_key.find("sink") == std::string::npos);
     CHECK_THROWS_WITH(Workload::from_json({{"sink_pages", 40}, {"local_pages", 40}}),
                       Catch::Contains("together at most top_pages = 64"));
+    CHECK_THROWS_WITH(Workload::from_json({{"kv_type", "int8"}}),
+                      Catch::Contains("kv dtype int8 is a summary dtype only"));
+    CHECK_THROWS_WITH(Workload::from_json({{"summary_type", "int8"}, {"head_dim", 72}}),
+                      Catch::Contains("int8 summaries need head_dim a multiple of 16"));
+    CHECK(Workload::from_json({{"summary_type", "int8"}}).summary_type == "int8");
     CHECK(shard(default_workloads("host"), "1/2").size() == 1);
     CHECK(shard(default_workloads("host"), "0/2").size() == 2);
     CHECK_THROWS_WITH(shard(default_workloads("host"), "2/2"), Catch::Contains("is not i/n"));

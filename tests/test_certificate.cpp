@@ -94,14 +94,16 @@ ref::Problem make(Adversary a, uint64_t seed, int batch, std::mt19937 &rng) {
 
 namespace {
 
-void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group = 8) {
+void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group = 8,
+                     Halide::Type summary_type = Halide::Float(32)) {
     DecodeConfig cfg;
     cfg.head_dim = 16;
     cfg.page_size = 8;
     cfg.top_pages = 3;
     cfg.top_tokens = 8;
     cfg.group_size = 4;
-    cfg.kv_type = cfg.summary_type = Halide::Float(32);
+    cfg.kv_type = Halide::Float(32);
+    cfg.summary_type = summary_type;
     cfg.routing = routing;
     cfg.sketch_bits = sketch_bits;
     cfg.sketch_group = sketch_group;
@@ -116,7 +118,7 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
     for (uint64_t call = 0; heads < target_heads; ++call) {
         const Adversary a = Adversary(call % kAdversaries);
         ref::Problem p = make(a, 1000 + call, batch, rng);
-        ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::F32, sketch_bits, sketch_group);
+        ref::Summaries sum = ref::summarize(p.cache, p.seqs, dtype_of(summary_type), sketch_bits, sketch_group);
         test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
         run(*jit, buf);
         for (int b = 0; b < batch; ++b)
@@ -158,11 +160,12 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
     }
     std::sort(tightness.begin(), tightness.end());
     auto pct = [&](double q) { return tightness.empty() ? 0.0 : tightness[size_t(q * (tightness.size() - 1))]; };
-    std::printf("certificate (%s routing%s): %ld heads, %ld violations, %ld certified below 1e-3\n", to_string(routing),
+    std::printf("certificate (%s routing%s, %s summaries): %ld heads, %ld violations, %ld certified below 1e-3\n",
+                to_string(routing),
                 routing == RoutingMode::Sketch
                     ? (", " + std::to_string(sketch_bits) + "-bit, group " + std::to_string(sketch_group)).c_str()
                     : "",
-                heads, violations, certified);
+                type_name(summary_type).c_str(), heads, violations, certified);
     std::printf("halving one term: delta %ld, V_out %ld, ||o|| %ld, rounding R %ld violations\n", halved_violations[0],
                 halved_violations[1], halved_violations[2], halved_violations[3]);
     std::printf(
@@ -184,6 +187,10 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
 
 TEST_CASE("the error bound holds on 10^5 heads, bound routing", "[certificate]") {
     check_soundness(RoutingMode::Bound);
+}
+
+TEST_CASE("the error bound holds on 10^5 heads, bound routing over int8 summaries", "[certificate]") {
+    check_soundness(RoutingMode::Bound, 8, 8, Halide::Int(8));
 }
 
 TEST_CASE("the error bound holds on 10^5 heads, 8-bit sketch routing", "[certificate]") {

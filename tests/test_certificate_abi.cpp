@@ -38,6 +38,7 @@ struct Variant {
     Solver solver;
     int sink, local;
     int sketch_bits = 0;  // 0: bound routing; 8 or 4: sketch routing, scales per 16 channels
+    ref::DType summary = ref::DType::BF16;
 };
 const Variant kVariants[] = {
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 0, 0},
@@ -52,18 +53,19 @@ const Variant kVariants[] = {
     {64, 3, ref::DType::F32, KvLayout::HND, GroupRouting::PerHead, Solver::Sparsemax, 0, 0},
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 1, 2, 8},
     {64, 3, ref::DType::F16, KvLayout::HND, GroupRouting::Shared, Solver::EG, 0, 0, 4},
+    {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 1, 2, 0, ref::DType::I8},
+    {64, 3, ref::DType::F32, KvLayout::NHD, GroupRouting::Shared, Solver::EG, 0, 0, 0, ref::DType::I8},
 };
 
 std::string describe(const Variant &v) {
     return "D=" + std::to_string(v.head_dim) + " G=" + std::to_string(v.group) + " " + to_string(v.kv) + " " +
            to_string(v.layout) + " " + to_string(v.group_routing) + " " + to_string(v.solver) +
            " sink=" + std::to_string(v.sink) + " local=" + std::to_string(v.local) +
-           (v.sketch_bits ? " sketch " + std::to_string(v.sketch_bits) + "-bit" : std::string(" bound"));
+           (v.sketch_bits ? " sketch " + std::to_string(v.sketch_bits) + "-bit" : std::string(" bound")) + " " +
+           to_string(v.summary) + " summaries";
 }
 
-vashista_dtype abi_dtype(ref::DType t) {
-    return t == ref::DType::F32 ? VASHISTA_DTYPE_F32 : t == ref::DType::F16 ? VASHISTA_DTYPE_F16 : VASHISTA_DTYPE_BF16;
-}
+vashista_dtype abi_dtype(ref::DType t) { return vashista_dtype(int(t)); }  // numbered alike (method_types.h)
 
 // A reference problem held by the library: pages in the KV dtype, appended through the ABI.
 struct AbiCache {
@@ -71,7 +73,8 @@ struct AbiCache {
     std::vector<uint8_t> k_pages, v_pages;
     vashista_cache *cache = nullptr;
 
-    explicit AbiCache(ref::Problem problem, int sketch_bits = 0) : p(std::move(problem)) {
+    explicit AbiCache(ref::Problem problem, int sketch_bits = 0, ref::DType summary = ref::DType::BF16)
+        : p(std::move(problem)) {
         const int bytes = dtype_bytes(p.cache.dtype);
         k_pages.assign(p.cache.k.size() * bytes, 0);
         v_pages.assign(p.cache.v.size() * bytes, 0);
@@ -83,7 +86,7 @@ struct AbiCache {
                                  p.cache.num_pages,
                                  p.seqs.max_pages,
                                  abi_dtype(p.cache.dtype),
-                                 VASHISTA_DTYPE_BF16,
+                                 abi_dtype(summary),
                                  p.cache.layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
                                  k_pages.data(),
                                  v_pages.data(),
@@ -252,7 +255,7 @@ TEST_CASE("the certificate holds through the library on 10^5 heads at engine sha
         for (const Variant &v : kVariants) {
             for (Family f : kFamilies) {
                 const int batch = v.head_dim == 128 ? 8 : 12;
-                AbiCache c(make(f, v, seed++, batch), v.sketch_bits);
+                AbiCache c(make(f, v, seed++, batch), v.sketch_bits, v.summary);
                 Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
                 const double scale = ref::default_scale(v.head_dim);
                 ref::SparseOptions opt;

@@ -182,6 +182,10 @@ TEST_CASE("plan and run give the one-call API's results and check the workspace"
     store_raw(wrong.out_dtype, 7);  // found by the fuzzer: read as an enum, UB
     REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
     REQUIRE_THAT(vashista_last_error(), Catch::Contains("desc->out_dtype = 7 is not a vashista_dtype"));
+    wrong = pd;
+    wrong.q_dtype = VASHISTA_DTYPE_I8;  // a summary dtype only
+    REQUIRE(vashista_plan_create(f.cache, &cfg, &wrong, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);
+    REQUIRE_THAT(vashista_last_error(), Catch::Contains("desc->q_dtype = 3 is not a vashista_dtype of elements"));
     vashista_decode_config old = cfg;
     old.struct_size = 0;
     REQUIRE(vashista_plan_create(f.cache, &old, &pd, &bad) == VASHISTA_ERROR_INVALID_ARGUMENT);

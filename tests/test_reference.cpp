@@ -9,6 +9,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 using namespace vashista;
 using namespace vashista::ref;
@@ -64,6 +65,71 @@ TEST_CASE("outward rounding gives a box that contains the value, one step wide a
         }
     }
     REQUIRE(round_toward(DType::F32, 0.1f, true) == 0.1f);
+}
+
+TEST_CASE("int8 summaries: the decoded box contains every key, codes in range, one code step from tight",
+          "[reference]") {
+    // Pages of one 16-channel group whose channels span 2^-140 .. 2^127 (subnormal keys,
+    // keys near the f32 maximum, zeros and channels far smaller than the group's largest).
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> mantissa(-1, 1);
+    std::uniform_int_distribution<int> exponent(-140, 127), spread(0, 40), kind(0, 5);
+    const int D = kSummaryScaleGroup, S = 8;
+    long boxes = 0;
+    for (int page = 0; page < 20000; ++page) {
+        Cache cache(1, 1, S, D, KvLayout::HND, DType::F32);
+        const int top = exponent(rng);
+        for (int d = 0; d < D; ++d) {
+            const int e = top - (kind(rng) == 0 ? 0 : spread(rng));
+            for (int t = 0; t < S; ++t) {
+                const int k = kind(rng);
+                float x = k == 1 ? 0.0f : std::ldexp(mantissa(rng), e);
+                if (k == 2 && page % 7 == 0) x = std::copysign(3.4e38f, mantissa(rng));
+                cache.k[cache.offset(0, t, 0, d)] = x;
+            }
+        }
+        Sequences seqs{1, 1, {0}, {S}};
+        Summaries sum = summarize(cache, seqs, DType::I8);
+        const float sigma = sum.summary_scale[0];
+        REQUIRE(sigma >= kSummaryScaleMin);
+        REQUIRE(round_to(DType::BF16, sigma) == sigma);
+        for (int d = 0; d < D; ++d) {
+            float lo = cache.k[cache.offset(0, 0, 0, d)], hi = lo;
+            for (int t = 1; t < S; ++t) {
+                lo = std::min(lo, cache.k[cache.offset(0, t, 0, d)]);
+                hi = std::max(hi, cache.k[cache.offset(0, t, 0, d)]);
+            }
+            INFO("page " << page << " channel " << d << " keys [" << lo << ", " << hi << "] sigma " << sigma << " box ["
+                         << sum.lo[d] << ", " << sum.hi[d] << "]");
+            REQUIRE(sum.lo[d] <= lo);
+            REQUIRE(sum.hi[d] >= hi);
+            // The stored value is sigma * code for an integer code in [-127, 127], exact in f32
+            // (or infinite where sigma * code passes the f32 maximum: still a box), and one code
+            // step further in would cut a key off.
+            for (const auto &[value, key, sign] : {std::tuple{sum.lo[d], lo, -1.0}, std::tuple{sum.hi[d], hi, 1.0}}) {
+                if (std::isinf(value)) {
+                    REQUIRE(value == float(sign * INFINITY));
+                    continue;
+                }
+                const double code = double(value) / sigma;
+                REQUIRE(code == std::trunc(code));
+                REQUIRE(std::abs(code) <= kSummaryMaxCode);
+                REQUIRE(double(sigma) * (code - sign) * sign < double(key) * sign);
+            }
+            ++boxes;
+        }
+        REQUIRE(sum.key_absmax[0] >= 0.0f);
+    }
+    REQUIRE(boxes == 20000L * D);
+    // A page of zeros: codes 0, the smallest scale.
+    Cache zeros(1, 1, S, D, KvLayout::HND, DType::F32);
+    Summaries z = summarize(zeros, Sequences{1, 1, {0}, {S}}, DType::I8);
+    REQUIRE(z.summary_scale[0] == kSummaryScaleMin);
+    for (int d = 0; d < D; ++d) REQUIRE((z.lo[d] == 0.0f && z.hi[d] == 0.0f && z.mean[d] == 0.0f));
+    // A head_dim that is not a whole number of groups is refused, naming why.
+    Cache odd(1, 1, S, 24, KvLayout::HND, DType::F32);
+    REQUIRE_THROWS_WITH(summarize(odd, Sequences{1, 1, {0}, {S}}, DType::I8),
+                        Catch::Contains("int8 summaries need head_dim a multiple of 16"));
 }
 
 TEST_CASE("sink and local pages are always routed and count toward P", "[reference]") {

@@ -406,6 +406,10 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
     expect(with([](auto &d) { store_raw(d.kv_dtype, 8); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->kv_dtype = 8");
     expect(with([](auto &d) { store_raw(d.summary_dtype, -1); }), VASHISTA_ERROR_INVALID_ARGUMENT,
            "desc->summary_dtype = -1");
+    expect(with([](auto &d) { d.kv_dtype = VASHISTA_DTYPE_I8; }), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "desc->kv_dtype = 3 is not a vashista_dtype of elements (F32 0, F16 1, BF16 2; I8 3 is for summaries)");
+    expect(with([](auto &d) { d.summary_dtype = VASHISTA_DTYPE_I8, d.head_dim = 72; }), VASHISTA_ERROR_INVALID_ARGUMENT,
+           "int8 summaries need head_dim a multiple of 16 (head_dim = 72)");
     expect(with([](auto &d) { store_raw(d.layout, 2); }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->layout = 2");
     expect(with([](auto &d) { d.head_dim = 64; }), VASHISTA_ERROR_NO_VARIANT, "no summarize kernel for head_dim=64");
     expect(with([](auto &d) { d.sketch_bits = 5; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->sketch_bits = 5");

@@ -60,6 +60,8 @@ TEST_CASE("a cache allocates what vashista_cache_memory_size says, whatever the 
             INFO("sketch bits " << sketch << ", " << columns << " block-table columns");
             std::vector<int32_t> table(size_t(f.p.seqs.batch) * columns, 0);
             vashista_cache_desc desc = f.describe();
+            if (columns > f.p.seqs.max_pages) desc.summary_dtype = VASHISTA_DTYPE_I8;  // and their scales
+            INFO("summaries " << (desc.summary_dtype == VASHISTA_DTYPE_I8 ? "int8" : "bf16"));
             desc.max_pages = columns;
             desc.page_table = table.data();
             vashista_cache *cache = nullptr;
@@ -71,7 +73,7 @@ TEST_CASE("a cache allocates what vashista_cache_memory_size says, whatever the 
             REQUIRE(said > 0);
             REQUIRE(asked >= (long long)said);
             REQUIRE(asked <= (long long)said + 4096);
-            REQUIRE(calls < 20);
+            REQUIRE(calls < 24);  // a fixed few, whatever the sizes
         }
     }
 }

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-F32, F16, BF16 = 0, 1, 2
+F32, F16, BF16, I8 = 0, 1, 2, 3  # I8: summaries only
 HND, NHD = 0, 1
 SOLVERS = {"softmax": 0, "eg": 1, "fw": 2, "sparsemax": 3}
 ROUTINGS = {"mean": 0, "bound": 1, "sketch": 2}
@@ -23,8 +23,8 @@ CERTIFIED = CERTIFICATES.index("certified")
 PAGE_SIZE = 16  # the page size of the kernel libraries these caches use
 
 
-# Every struct starts with struct_size (vashista.h, ABI version 2).
-ABI_VERSION = 3
+# Every struct starts with struct_size (vashista.h, ABI version 4).
+ABI_VERSION = 4
 
 
 class CacheDesc(C.Structure):

@@ -30,7 +30,7 @@ extern "C" {
  * public struct starts with struct_size: set it to sizeof the struct (the library rejects a
  * struct of another size with a message naming both), so a library and a caller built
  * against different headers fail loudly instead of reading past a field. */
-#define VASHISTA_ABI_VERSION 3
+#define VASHISTA_ABI_VERSION 4
 uint32_t vashista_abi_version(void);
 
 typedef enum vashista_status {
@@ -45,7 +45,15 @@ typedef enum vashista_status {
     VASHISTA_ERROR_OUT_OF_MEMORY = 8
 } vashista_status;
 
-typedef enum vashista_dtype { VASHISTA_DTYPE_F32 = 0, VASHISTA_DTYPE_F16 = 1, VASHISTA_DTYPE_BF16 = 2 } vashista_dtype;
+/* I8: summaries only (vashista_cache_desc.summary_dtype): compact page summaries, int8 codes
+ * with a bf16 scale per 16 channels, rounded outward (half the bytes routing reads of bf16
+ * summaries, a looser bound); head_dim a multiple of 16. */
+typedef enum vashista_dtype {
+    VASHISTA_DTYPE_F32 = 0,
+    VASHISTA_DTYPE_F16 = 1,
+    VASHISTA_DTYPE_BF16 = 2,
+    VASHISTA_DTYPE_I8 = 3
+} vashista_dtype;
 /* HND: [num_pages][kv_heads][page_size][head_dim]; NHD: [num_pages][page_size][kv_heads][head_dim] */
 typedef enum vashista_layout { VASHISTA_LAYOUT_HND = 0, VASHISTA_LAYOUT_NHD = 1 } vashista_layout;
 typedef enum vashista_solver {

@@ -333,7 +333,7 @@ void read_desc(Reader &r, World &w) {
                  : b < 235 ? VASHISTA_DTYPE_F16
                            : one_of(b, {3, -1, 255, INT_MIN, INT_MAX});
     b = r.byte();
-    const int summary = b < 230 ? w.kv_dtype : one_of(b, {0, 1, 2, 3, -1});
+    const int summary = b < 200 ? w.kv_dtype : b < 230 ? VASHISTA_DTYPE_I8 : one_of(b, {0, 1, 2, 4, -1});
     b = r.byte();
     // The layouts the library compiles: bf16 HND, f32 NHD.
     const int usual = w.kv_dtype == VASHISTA_DTYPE_F32 ? VASHISTA_LAYOUT_NHD : VASHISTA_LAYOUT_HND;

@@ -16,13 +16,16 @@ APPEND, SUMMARIZE, TRUNCATE, DECODE, DENSE, PLAN, EDIT, SHARE_PREFIX, LIST_VARIA
 
 
 class Seed:
-    def __init__(self, batch, kv_heads, num_pages, max_pages, table, kv="bf16", sketch=False, engine_loops=False):
+    def __init__(self, batch, kv_heads, num_pages, max_pages, table, kv="bf16", sketch=False, engine_loops=False,
+                 int8_summaries=False):
         assert len(table) == batch * max_pages
         self.b = bytearray()
         self.batch = batch
         self.max_pages = max_pages
         kv_byte = {"bf16": 0, "f32": 160, "f16": 205}[kv]
-        self.bytes(batch - 1, kv_heads - 1, 0, 0, num_pages - 1, max_pages - 1, kv_byte, 0, 0, 150 if sketch else 0)
+        summary_byte = 200 if int8_summaries else 0  # < 200: the KV dtype; 200..229: int8
+        self.bytes(batch - 1, kv_heads - 1, 0, 0, num_pages - 1, max_pages - 1, kv_byte, summary_byte, 0,
+                   150 if sketch else 0)
         self.bytes(*table)
         self.bytes(0)  # desc: struct_size and pointers as they are
         # cache_create with the desc; bit 6: the kernels' loops on the harness's parallel-for
@@ -163,6 +166,19 @@ def seeds():
     s.dense(seed=10)
     s.list_variants(140)
     yield "shared_prefix", s
+
+    # Compact (int8) summaries: appends across pages shuffled in physical order, a decode in
+    # every policy, a plan run with a remapped entry, a cut and a decode after it.
+    s = Seed(batch=2, kv_heads=2, num_pages=12, max_pages=6, table=[7, 2, 9, 0, 11, 4, 1, 8, 3, 10, 5, 6],
+             int8_summaries=True)
+    s.append(0, 70)
+    s.append(1, 90, seed=13)
+    s.decode()
+    s.decode(seed=14, policy=140)
+    s.plan([{}, {"table_edit": (1, 6)}])
+    s.truncate(1, 33)
+    s.decode(seed=15, policy=190)
+    yield "int8_summaries", s
 
     # f32 NHD: appends, engine writes and cuts run; decode has no kernel for it (NO_VARIANT).
     s = Seed(batch=3, kv_heads=3, num_pages=12, max_pages=4, table=list(range(12)), kv="f32")

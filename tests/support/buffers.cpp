@@ -17,6 +17,7 @@ DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, con
     buf.summary = Halide::Buffer<>(std::move(pb.summary));
     buf.value_norm = Halide::Buffer<float>(std::move(pb.value_norm));
     buf.key_absmax = Halide::Buffer<float>(std::move(pb.key_absmax));
+    buf.summary_scale = Halide::Buffer<>(std::move(pb.summary_scale));
     buf.sketch = Halide::Buffer<uint8_t>(std::move(pb.sketch));
     buf.sketch_scale = Halide::Buffer<>(std::move(pb.sketch_scale));
     buf.scale = float(scale);
@@ -38,6 +39,7 @@ void run(GeneratorJit &decode, DecodeBuffers &buf) {
         .buffer("summary", buf.summary)
         .buffer("value_norm", buf.value_norm)
         .buffer("key_absmax", buf.key_absmax)
+        .buffer("summary_scale", buf.summary_scale)
         .buffer("sketch", buf.sketch)
         .buffer("sketch_scale", buf.sketch_scale)
         .scalar("scale", buf.scale)

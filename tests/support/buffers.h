@@ -13,6 +13,7 @@ struct DecodeBuffers {
     Halide::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
     Halide::Buffer<> summary;                      // (d, c, p, h)
     Halide::Buffer<float> value_norm, key_absmax;  // (p, h)
+    Halide::Buffer<> summary_scale;                // (x, p, h) bf16
     Halide::Buffer<uint8_t> sketch;                // (s, byte, p, h)
     Halide::Buffer<> sketch_scale;                 // (s, group, p, h) bf16
     float scale = 0;
