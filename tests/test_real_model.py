@@ -114,6 +114,15 @@ class RealModel(unittest.TestCase):
             for h in heads:
                 self.assertIn(h["recommendation"], ("sparse", "widen", "dense"))
                 self.assertLessEqual(h["mass_captured"]["min"], 1.0 + 1e-9)
+            # Compact (int8) summaries: a looser box, still a bound on every certified head.
+            rc = diagnose.main([str(path), "--lib", LIB, "--top-pages", "16", "--top-tokens", "64",
+                                "--summary-dtype", "int8", "--json", str(report)])
+            self.assertEqual(rc, 0)
+            compact = json.loads(report.read_text())
+            self.assertEqual(compact["settings"]["summary_dtype"], "int8")
+            for h in compact["heads"]:
+                if h["certified_share"] == 1.0:
+                    self.assertLessEqual(h["error_rel"]["max"], h["bound_rel"]["max"] + 1e-5, h)
             blob = path.read_bytes()
             bad = Path(d) / "truncated.safetensors"
             bad.write_bytes(blob[: len(blob) // 2])

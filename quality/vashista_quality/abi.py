@@ -140,16 +140,17 @@ class PagePool:
 
 class LayerCache:
     """One sequence's cache for one layer: a block table over a PagePool, and the
-    library's summaries of it (and a token sketch of sketch_bits, 0 for none, in groups
-    of sketch_group channels, for sketch routing)."""
+    library's summaries of it in summary_dtype (BF16, or I8 for compact summaries), and a
+    token sketch of sketch_bits, 0 for none, in groups of sketch_group channels, for sketch
+    routing."""
 
-    def __init__(self, lib, pool, pages, sketch_bits=0, sketch_group=16):
+    def __init__(self, lib, pool, pages, sketch_bits=0, sketch_group=16, summary_dtype=BF16):
         self.lib, self.pool = lib, pool
         self.page_table = np.ascontiguousarray(pages, dtype=np.int32).reshape(1, -1)
         d = CacheDesc(struct_size=C.sizeof(CacheDesc), batch=1, kv_heads=pool.kv_heads, head_dim=pool.head_dim,
                       page_size=pool.page_size,
                       num_pages=pool.num_pages, max_pages=self.page_table.shape[1], kv_dtype=BF16,
-                      summary_dtype=BF16, layout=HND, k_pages=_ptr(pool.k), v_pages=_ptr(pool.v),
+                      summary_dtype=summary_dtype, layout=HND, k_pages=_ptr(pool.k), v_pages=_ptr(pool.v),
                       page_table=_ptr(self.page_table), sketch_bits=sketch_bits,
                       sketch_group=sketch_group if sketch_bits else 0)
         self.handle = C.c_void_p()

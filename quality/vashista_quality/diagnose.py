@@ -23,11 +23,14 @@ from .model import dense_attention64
 DEFAULT_LIBS = ("build/lib/libvashista_models.so", "build/lib/libvashista_smollm2_test.so")
 
 
-def diagnose(lib, q, k, v, positions, scale, top_pages, top_tokens, tolerance, **settings):
+SUMMARY_DTYPES = {"bfloat16": abi.BF16, "int8": abi.I8}
+
+
+def diagnose(lib, q, k, v, positions, scale, top_pages, top_tokens, tolerance, summary_dtype=abi.BF16, **settings):
     Q, H, D = q.shape
     T, KVH, _ = k.shape
     pool = abi.PagePool(abi.pages_for(T), KVH, D)
-    cache = abi.LayerCache(lib, pool, np.arange(pool.num_pages))
+    cache = abi.LayerCache(lib, pool, np.arange(pool.num_pages), summary_dtype=summary_dtype)
     cache.append(k, v)
     ks, vs = cache.keys_values()  # what the kernels read: bf16
     cfg = lib.decode_config(top_pages=top_pages, top_tokens=top_tokens, policy="none", scale=scale, **settings)
@@ -67,6 +70,8 @@ def main(argv=None):
     ap.add_argument("--top-pages", type=int, default=64, help="P (default 64)")
     ap.add_argument("--top-tokens", type=int, default=128, help="K_c (default 128)")
     ap.add_argument("--routing", default="bound", choices=sorted(abi.ROUTINGS))
+    ap.add_argument("--summary-dtype", default="bfloat16", choices=sorted(SUMMARY_DTYPES),
+                    help="page summaries: bfloat16 (default) or int8 (compact, a looser box)")
     ap.add_argument("--group-routing", default="per_head", choices=sorted(abi.GROUP_ROUTINGS))
     ap.add_argument("--sink-pages", type=int, default=1)
     ap.add_argument("--local-pages", type=int, default=2)
@@ -87,13 +92,14 @@ def main(argv=None):
     scale = float(meta.get("scale", 1.0 / np.sqrt(q.shape[2])))
     try:
         heads = diagnose(abi.Library(lib_path), q, k, v, positions, scale, a.top_pages, a.top_tokens, a.tolerance,
-                         routing=a.routing, group_routing=a.group_routing, sink_pages=a.sink_pages,
+                         summary_dtype=SUMMARY_DTYPES[a.summary_dtype], routing=a.routing, group_routing=a.group_routing, sink_pages=a.sink_pages,
                          local_pages=a.local_pages, solver=a.solver)
     except abi.VashistaError as e:
         print(f"vashista diagnose: {e}", file=sys.stderr)
         return 2
     print(f"{a.dump}: {q.shape[0]} queries, {q.shape[1]} query heads over {k.shape[1]} KV heads, D={q.shape[2]}, "
-          f"{k.shape[0]} tokens; P={a.top_pages} K_c={a.top_tokens} {a.routing} routing, tolerance {a.tolerance:g}")
+          f"{k.shape[0]} tokens; P={a.top_pages} K_c={a.top_tokens} {a.routing} routing, {a.summary_dtype} summaries, "
+          f"tolerance {a.tolerance:g}")
     print(f"{'head':>4} {'gap med':>8} {'mass min':>8} {'mass med':>8} {'bound/|o|':>10} {'err/|o|':>9} "
           f"{'cert':>5}  recommendation")
     for r in heads:
@@ -105,6 +111,7 @@ def main(argv=None):
     if a.json:
         report = {"dump": a.dump, "metadata": meta, "library": lib_path,
                   "settings": {"top_pages": a.top_pages, "top_tokens": a.top_tokens, "routing": a.routing,
+                               "summary_dtype": a.summary_dtype,
                                "group_routing": a.group_routing, "sink_pages": a.sink_pages,
                                "local_pages": a.local_pages, "solver": a.solver, "tolerance": a.tolerance},
                   "heads": heads, "summary": counts}
