@@ -1,7 +1,8 @@
 // What an engine pays per step (`make bench-engine`): the default decode through
-// vashista_run against the one-call vashista_decode, with allocations per call; a 16K
-// sequence through a block table of its own width against one 8x wider (vLLM sizes tables
-// by the model's longest context); and summary maintenance per appended token. Default
+// vashista_run against the one-call vashista_decode, with allocations per call, and with the
+// pages in shuffled physical order and with int8 summaries; a 16K sequence through a block
+// table of its own width against one 8x wider (vLLM sizes tables by the model's longest
+// context); summary maintenance per appended token; summary memory with a shared prefix. Default
 // shape (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128), random keys and values
 // written into the pages by the "engine" and summarized in place; cold cache, round-robin,
 // median of repeats. JSON in build/engine-bench.json.
@@ -43,7 +44,8 @@ struct Sequence {
     vashista_cache *cache = nullptr;
 
     Sequence(int tokens_, int columns, std::vector<uint16_t> *share_k = nullptr,
-             std::vector<uint16_t> *share_v = nullptr, bool shuffled = false)
+             std::vector<uint16_t> *share_v = nullptr, bool shuffled = false,
+             vashista_dtype summary_dtype = VASHISTA_DTYPE_BF16)
         : tokens(tokens_), pages((tokens_ + S - 1) / S), table(columns, 0) {
         for (int j = 0; j < pages; ++j) table[j] = j;
         if (shuffled) std::shuffle(table.begin(), table.begin() + pages, std::mt19937(5));
@@ -63,7 +65,7 @@ struct Sequence {
                                  pages,
                                  columns,
                                  VASHISTA_DTYPE_BF16,
-                                 VASHISTA_DTYPE_BF16,
+                                 summary_dtype,
                                  VASHISTA_LAYOUT_HND,
                                  share_k ? share_k->data() : k.data(),
                                  share_v ? share_v->data() : v.data(),
@@ -138,6 +140,10 @@ int main(int argc, char **argv) {
         // reads each page's summary where the page lies.
         Sequence scattered(tokens, (tokens + S - 1) / S, &seq.k, &seq.v, true);
         Plan scattered_plan(scattered.cache, cfg);
+        // Compact (int8) summaries of the same pages, in order and shuffled.
+        Sequence compact(tokens, (tokens + S - 1) / S, &seq.k, &seq.v, false, VASHISTA_DTYPE_I8);
+        Sequence compact_scattered(tokens, (tokens + S - 1) / S, &seq.k, &seq.v, true, VASHISTA_DTYPE_I8);
+        Plan compact_plan(compact.cache, cfg), compact_scattered_plan(compact_scattered.cache, cfg);
         const int32_t lens[1] = {tokens};
         auto one_call = [&] {
             check(vashista_decode(seq.cache, &cfg, q.data(), H * G, lens, out.data(), nullptr, nullptr),
@@ -145,7 +151,9 @@ int main(int argc, char **argv) {
         };
         auto run = [&] { plan.run(q.data(), lens, out.data()); };
         const std::vector<std::function<void()>> steps{run, one_call,
-                                                       [&] { scattered_plan.run(q.data(), lens, out.data()); }};
+                                                       [&] { scattered_plan.run(q.data(), lens, out.data()); },
+                                                       [&] { compact_plan.run(q.data(), lens, out.data()); },
+                                                       [&] { compact_scattered_plan.run(q.data(), lens, out.data()); }};
         const auto times = bench::time_cold_round_robin(reps, flusher, steps);
         const long run_allocs = bench::allocations_in(run), call_allocs = bench::allocations_in(one_call);
         std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), %ld allocations per call, workspace %.1f MB\n",
@@ -154,6 +162,10 @@ int main(int argc, char **argv) {
                     times[1].min, times[1].max, call_allocs);
         std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), the pages in shuffled physical order\n",
                     times[2].median, times[2].min, times[2].max);
+        std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), int8 summaries\n", times[3].median, times[3].min,
+                    times[3].max);
+        std::printf("vashista_run     %7.3f ms (min %.3f, max %.3f), int8 summaries, shuffled pages\n", times[4].median,
+                    times[4].min, times[4].max);
         report["decode"] = {{"tokens", tokens},
                             {"run_ms", times[0].median},
                             {"run_min_ms", times[0].min},
@@ -164,6 +176,8 @@ int main(int argc, char **argv) {
                             {"one_call_max_ms", times[1].max},
                             {"one_call_allocations", call_allocs},
                             {"run_shuffled_pages_ms", times[2].median},
+                            {"run_int8_summaries_ms", times[3].median},
+                            {"run_int8_summaries_shuffled_pages_ms", times[4].median},
                             {"workspace_bytes", plan.workspace.size()}};
 
         // 3. Summary maintenance per appended token, at the end of this sequence.
@@ -241,6 +255,9 @@ int main(int argc, char **argv) {
                                  0,
                                  0};
         const size_t bytes = vashista_cache_memory_size(&desc);
+        vashista_cache_desc compact_desc = desc;
+        compact_desc.summary_dtype = VASHISTA_DTYPE_I8;
+        const size_t compact_bytes = vashista_cache_memory_size(&compact_desc);
         vashista_cache *cache = nullptr;
         bench::start_counting_allocations();
         check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
@@ -254,15 +271,16 @@ int main(int argc, char **argv) {
                     prefix_pages * S, columns);
         std::printf(
             "per physical page: %.1f MB (vashista_cache_memory_size; cache_create asked for %.1f MB); "
-            "per sequence and logical page it would be %.0f MB\n",
-            bytes / 1e6, allocated / 1e6, per_sequence / 1e6);
+            "per sequence and logical page it would be %.0f MB; int8 summaries %.1f MB\n",
+            bytes / 1e6, allocated / 1e6, per_sequence / 1e6, compact_bytes / 1e6);
         report["summary_memory"] = {{"batch", batch},
                                     {"prefix_tokens", prefix_pages * S},
                                     {"num_pages", num_pages},
                                     {"columns", columns},
                                     {"bytes", bytes},
                                     {"allocated_bytes", allocated},
-                                    {"per_sequence_layout_bytes", per_sequence}};
+                                    {"per_sequence_layout_bytes", per_sequence},
+                                    {"int8_summaries_bytes", compact_bytes}};
     }
     bench::write_json(json_path, report);
     std::printf("\nwrote %s\n", json_path.c_str());
