@@ -187,8 +187,9 @@ inline int dtype_bytes(DType v) { return v == DType::F32 ? 4 : v == DType::I8 ? 
 inline bool is_float_dtype(DType v) { return v == DType::F32 || v == DType::F16 || v == DType::BF16; }
 
 // Compact page summaries (summary dtype int8; method.md, "Reading fewer bytes"): per page, KV
-// head and group of kSummaryScaleGroup channels a bf16 scale sigma >= absmax / 126 (absmax over
-// the group's min and max, so every code lies in [-127, 127]), and per channel the int8 codes
+// head and group of kSummaryScaleGroup channels a bf16 scale sigma, about absmax / 126 rounded up
+// (absmax over the group's min and max; 127 sigma > absmax, so every code lies in
+// [-127, 127]), and per channel the int8 codes
 // of the mean (nearest), the min (rounded down) and the max (rounded up). A stored value is
 // sigma * code, exact in f32 (an 8-bit significand times an integer of at most 8 bits), so the
 // decoded box contains every key of the page and the bound arithmetic is unchanged. Half the

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <map>
 #include <thread>
+#include <utility>
 #include <vector>
 
 using namespace vashista;
@@ -74,7 +75,7 @@ void require_reference(const Fixture &f, const Step &s, const vashista_decode_co
                        const std::vector<int32_t> &lens) {
     ref::Sequences seqs = f.p.seqs;
     seqs.seq_lens = lens;
-    const ref::Summaries sum = ref::summarize(f.p.cache, seqs, ref::DType::BF16);
+    const ref::Summaries sum = ref::summarize(f.p.cache, seqs, ref::DType(int(f.summary_dtype)));
     const ref::SparseOptions opt = options_of(cfg);
     for (int b = 0; b < seqs.batch; ++b)
         for (int h = 0; h < H; ++h)
@@ -290,16 +291,18 @@ TEST_CASE("a wide block table changes nothing but the table", "[runtime][engine]
 
 TEST_CASE("summarize reads KV the engine wrote and truncate rolls back", "[runtime][engine]") {
     const vashista_decode_config cfg = report_only();
-    for (int sketch : {0, 8}) {
-        INFO("sketch bits " << sketch);
-        Fixture f(4, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, {}, sketch);
+    // bf16 summaries, with and without a sketch (sketch routing), and int8 summaries.
+    for (const auto [sketch, summary] :
+         {std::pair{0, VASHISTA_DTYPE_BF16}, std::pair{8, VASHISTA_DTYPE_BF16}, std::pair{0, VASHISTA_DTYPE_I8}}) {
+        INFO("sketch bits " << sketch << ", summary dtype " << summary);
+        Fixture f(4, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, {}, sketch, summary);
         vashista_decode_config c = cfg;
         if (sketch) c.routing = VASHISTA_ROUTING_SKETCH;
         const Step want = decode(f, c, f.p.seqs.seq_lens);
 
         // The engine writes the pages itself (here: a copy of what append wrote) and
         // summarizes in uneven chunks.
-        Fixture g(4, {1, 1}, ref::DataKind::Planted, KvLayout::HND, {}, sketch);
+        Fixture g(4, {1, 1}, ref::DataKind::Planted, KvLayout::HND, {}, sketch, summary);
         g.p = f.p;
         g.k_pages = f.k_pages;
         g.v_pages = f.v_pages;

@@ -25,11 +25,12 @@ struct Fixture {
     KvLayout layout;
 
     int sketch_bits = 0;  // the token sketch the cache keeps (groups of 16 channels), 0 for none
+    vashista_dtype summary_dtype = VASHISTA_DTYPE_BF16;
 
     explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted,
                      KvLayout layout_ = KvLayout::HND, const std::function<void(ref::Problem &)> &edit = {},
-                     int sketch_bits_ = 0)
-        : G(group), layout(layout_), sketch_bits(sketch_bits_) {
+                     int sketch_bits_ = 0, vashista_dtype summary_dtype_ = VASHISTA_DTYPE_BF16)
+        : G(group), layout(layout_), sketch_bits(sketch_bits_), summary_dtype(summary_dtype_) {
         ref::ProblemSpec spec;
         spec.kv_heads = H;
         spec.group = group;
@@ -57,7 +58,7 @@ struct Fixture {
                                    p.cache.num_pages,
                                    p.seqs.max_pages,
                                    VASHISTA_DTYPE_BF16,
-                                   VASHISTA_DTYPE_BF16,
+                                   summary_dtype,
                                    layout == KvLayout::HND ? VASHISTA_LAYOUT_HND : VASHISTA_LAYOUT_NHD,
                                    k_pages.data(),
                                    v_pages.data(),
