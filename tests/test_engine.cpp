@@ -292,7 +292,7 @@ TEST_CASE("a wide block table changes nothing but the table", "[runtime][engine]
 TEST_CASE("summarize reads KV the engine wrote and truncate rolls back", "[runtime][engine]") {
     const vashista_decode_config cfg = report_only();
     // bf16 summaries, with and without a sketch (sketch routing), and int8 summaries.
-    for (const auto [sketch, summary] :
+    for (const auto &[sketch, summary] :
          {std::pair{0, VASHISTA_DTYPE_BF16}, std::pair{8, VASHISTA_DTYPE_BF16}, std::pair{0, VASHISTA_DTYPE_I8}}) {
         INFO("sketch bits " << sketch << ", summary dtype " << summary);
         Fixture f(4, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, {}, sketch, summary);
