@@ -9,7 +9,7 @@ CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
 HALIDE_DIR = $(shell $(VENV)/bin/python -c "import halide; print(halide.install_dir())")/lib64/cmake
 
-.PHONY: all setup configure build run test format-check format test-sanitize test-slow quality bench-engine fuzz clean
+.PHONY: all setup configure build run test format-check format test-sanitize test-slow quality bench-engine bench bench-quick bench-run fuzz clean
 
 all: build
 
@@ -34,6 +34,30 @@ run: build
 # 16K sequence through a narrow and a wide block table, summary upkeep per token.
 bench-engine: build
 	@$(BUILD)/bin/vashista_engine_bench --json $(BUILD)/engine-bench.json
+
+# The sweep (bench/sweep): T = 4K..256K on the CPU default shape and B=8 up to 32K, every
+# routing mode, summary dtype and group routing, our dense, llama.cpp's CPU flash attention and
+# mul_mat path on the same data (its ggml built from the pinned llama-cpp-python source), and
+# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench. About 25 minutes, plus a
+# few to build the bench's kernels and ggml once. bench-quick: 8K and 128K, 3 repeats, no loop.
+LLAMA_CPP_DIR := $(abspath .venv/src/llama_cpp_python-0.3.36/vendor/llama.cpp)
+BENCH_ARGS ?=
+bench: build
+	@$(MAKE) --no-print-directory bench-run BENCH_RUN_ARGS="$(BENCH_ARGS)"
+
+bench-quick: build
+	@$(MAKE) --no-print-directory bench-run STAGES_ARGS="--lengths 131072 --reps 3" \
+	    BENCH_RUN_ARGS="--lengths 8192,131072 --batch-lengths none --reps 3 --loop-layers 0 $(BENCH_ARGS)"
+
+bench-run:
+	@tools/setup.sh bench
+	@dir=$(LLAMA_CPP_DIR); [ -f $$dir/ggml/CMakeLists.txt ] || dir=""; \
+	    $(CMAKE) -S . -B $(BUILD) -DVASHISTA_LLAMA_CPP_DIR="$$dir" >/dev/null
+	@echo "bench: building the bench's kernel library and llama.cpp's ggml (once: a few minutes)"
+	@$(CMAKE) --build $(BUILD) -j $(JOBS) --target vashista_bench vashista_bench_stages
+	@$(BUILD)/bin/vashista_bench --json $(BUILD)/bench/bench.json $(BENCH_RUN_ARGS)
+	@$(BUILD)/bin/vashista_bench_stages --json $(BUILD)/bench/stages.json $(STAGES_ARGS)
+	@$(VENV)/bin/python bench/sweep/plot.py $(BUILD)/bench/bench.json $(BUILD)/bench
 
 test: build format-check
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow

@@ -6,6 +6,8 @@
 #   tools/setup.sh quality    also what `make quality` needs: Gemma-3-270M and llama.cpp
 #                             (llama-cpp-python builds llama.cpp from source: about 10 minutes)
 #   tools/setup.sh fuzz       also what `make fuzz` needs: clang and its libFuzzer runtime
+#   tools/setup.sh bench      also what `make bench` needs: llama.cpp's source (the ggml tree
+#                             vendored in the llama-cpp-python sdist), unpacked in .venv/src
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,5 +64,21 @@ if [[ ${1:-} == quality ]]; then
     if ! grep -qx "llama-cpp-python==0.3.36" <<<"$have"; then
         echo "setup: building llama-cpp-python 0.3.36 (llama.cpp from source, about 10 minutes)"
         .venv/bin/python -m pip install -q --disable-pip-version-check llama-cpp-python==0.3.36
+    fi
+fi
+
+# make bench: the peer's source, not a build. The llama-cpp-python source distribution vendors
+# llama.cpp; the bench builds only its ggml library and links it into its own timing code.
+if [[ ${1:-} == bench ]]; then
+    LLAMA_SRC=.venv/src/llama_cpp_python-0.3.36
+    if [[ ! -f $LLAMA_SRC/vendor/llama.cpp/ggml/CMakeLists.txt ]]; then
+        echo "setup: downloading the llama-cpp-python 0.3.36 source distribution (llama.cpp's ggml for make bench)"
+        mkdir -p .venv/src
+        if .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+            -d .venv/src llama-cpp-python==0.3.36 && tar -xzf .venv/src/llama_cpp_python-0.3.36.tar.gz -C .venv/src; then
+            rm -f .venv/src/llama_cpp_python-0.3.36.tar.gz
+        else
+            echo "setup: could not fetch llama-cpp-python 0.3.36; make bench runs without llama.cpp" >&2
+        fi
     fi
 fi

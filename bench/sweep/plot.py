@@ -1,0 +1,155 @@
+"""Plots of `make bench` (vashista_bench's JSON): step time against context length, log-log,
+per batch size, with the byte floors of bound routing and dense, and llama.cpp beside ours;
+the decode loop's attention tokens per second. Prints the headline ratios.
+
+usage: plot.py bench.json out_dir"""
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {
+    "bound": ("tab:blue", "-"),
+    "bound int8": ("tab:cyan", "-"),
+    "mean": ("tab:gray", "-"),
+    "mean int8": ("silver", "-"),
+    "sketch": ("tab:green", "-"),
+    "dense": ("black", "-"),
+    "llama.cpp flash_attn": ("tab:red", "-"),
+    "llama.cpp mul_mat": ("tab:orange", "-"),
+}
+
+
+def style(name):
+    shared = name.endswith(" shared")
+    color, line = STYLE.get(name.removesuffix(" shared"), ("tab:purple", "-"))
+    return color, "--" if shared else line
+
+
+def kernel(point, name):
+    return next((k for k in point["kernels"] if k["kernel"] == name), None)
+
+
+def plot_times(points, batch, path):
+    pts = sorted((p for p in points if p["batch"] == batch), key=lambda p: p["T"])
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    names = [k["kernel"] for k in pts[0]["kernels"]]
+    ts = [p["T"] for p in pts]
+    for name in names:
+        rows = [kernel(p, name) for p in pts]
+        med = [r["median_ms"] for r in rows]
+        lo = [r["median_ms"] - r["min_ms"] for r in rows]
+        hi = [r["max_ms"] - r["median_ms"] for r in rows]
+        color, line = style(name)
+        ax.errorbar(ts, med, yerr=[lo, hi], color=color, linestyle=line, marker="o", ms=3, capsize=2, label=name)
+    for name, color in (("bound", "tab:blue"), ("dense", "black")):
+        ax.plot(ts, [kernel(p, name)["floor_ms"] for p in pts], color=color, linestyle=":", label=f"{name}: byte floor")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(ts)
+    ax.set_xticklabels([f"{t // 1024}K" for t in ts])
+    ax.set_xlabel("context length T")
+    ax.set_ylabel("step time, ms (cold cache; median, min-max)")
+    bw = pts[0]["bandwidth_gbps"]
+    ax.set_title(f"decode step, B={batch}, H_q=32, H_kv=8, D=128, P=64, K_c=128 ({bw:.1f} GB/s read)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_loop(loop, path):
+    labels = ["sparse (bound)", "dense"]
+    values = [loop["sparse_tokens_per_s"], loop["dense_tokens_per_s"]]
+    if "llama_cpp_tokens_per_s" in loop:
+        labels.append("llama.cpp flash_attn")
+        values.append(loop["llama_cpp_tokens_per_s"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["tab:blue", "black", "tab:red"][: len(values)])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("attention tokens per second")
+    ax.set_title(f"decode loop: {loop['layers']} layers at T={loop['T'] // 1024}K, append + step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+STAGES = ["routing", "selection", "solve+output", "diagnostics", "waiting on parallel tasks", "allocation", "other"]
+
+
+def plot_stages(stages, path):
+    """Stacked bars: the profiled step's time per stage at each length."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = [f"{r['T'] // 1024}K" for r in stages]
+    bottom = [0.0] * len(stages)
+    for stage in STAGES:
+        vals = [r["stages_ms"].get(stage, 0.0) for r in stages]
+        if not any(vals):
+            continue
+        ax.bar(labels, vals, bottom=bottom, label=stage)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xlabel("context length T")
+    ax.set_ylabel("ms per step (under the sampling profiler)")
+    ax.set_title("bound routing, B=1: where the step's time goes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    for r in stages:
+        parts = ", ".join(f"{s} {100 * r['stages_ms'].get(s, 0) / r['total_ms']:.0f}%" for s in STAGES
+                          if r["stages_ms"].get(s, 0) > 0)
+        print(f"stages at T={r['T'] // 1024}K ({r['total_ms']:.2f} ms profiled): {parts}")
+    return path
+
+
+def headline(points):
+    """The issue's targets: at the longest B=1 length, the default step against llama.cpp's
+    flash attention, our dense and its floor; growth from 8K to the longest."""
+    pts = sorted((p for p in points if p["batch"] == 1), key=lambda p: p["T"])
+    if not pts:
+        return
+    last = pts[-1]
+    b = kernel(last, "bound")
+    d = kernel(last, "dense")
+    fa = kernel(last, "llama.cpp flash_attn")
+    print(f"T={last['T'] // 1024}K, B=1: bound routing {b['median_ms']:.2f} ms, "
+          f"{b['ratio_to_floor']:.1f}x its floor, {d['median_ms'] / b['median_ms']:.1f}x faster than our dense"
+          + (f", {fa['median_ms'] / b['median_ms']:.1f}x faster than llama.cpp flash_attn" if fa else ""))
+    first = next((p for p in pts if p["T"] == 8192), pts[0])
+    if first is not last:
+        fb, fd = kernel(first, "bound"), kernel(first, "dense")
+        print(f"growth {first['T'] // 1024}K -> {last['T'] // 1024}K: bound routing "
+              f"{b['median_ms'] / fb['median_ms']:.1f}x, dense {d['median_ms'] / fd['median_ms']:.1f}x")
+
+
+def main(src, out_dir):
+    result = json.load(open(src))
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for batch in sorted({p["batch"] for p in result["points"]}):
+        path = plot_times(result["points"], batch, os.path.join(out_dir, f"time_vs_T_B{batch}.png"))
+        if path:
+            written.append(path)
+    if "decode_loop" in result:
+        written.append(plot_loop(result["decode_loop"], os.path.join(out_dir, "decode_loop.png")))
+    stages_path = os.path.join(os.path.dirname(src), "stages.json")
+    if os.path.exists(stages_path):
+        written.append(plot_stages(json.load(open(stages_path)), os.path.join(out_dir, "stages.png")))
+    headline(result["points"])
+    for path in written:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
