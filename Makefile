@@ -38,7 +38,7 @@ bench-engine: build
 # The sweep (bench/sweep): T = 4K..256K on the CPU default shape and B=8 up to 32K, every
 # routing mode, summary dtype and group routing, our dense, llama.cpp's CPU flash attention and
 # mul_mat path on the same data (its ggml built from the pinned llama-cpp-python source), and
-# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench. About 25 minutes, plus a
+# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench-report. About 25 minutes, plus a
 # few to build the bench's kernels and ggml once. bench-quick: 8K and 128K, 3 repeats, no loop.
 LLAMA_CPP_DIR := $(abspath .venv/src/llama_cpp_python-0.3.36/vendor/llama.cpp)
 BENCH_ARGS ?=
@@ -55,9 +55,9 @@ bench-run:
 	    $(CMAKE) -S . -B $(BUILD) -DVASHISTA_LLAMA_CPP_DIR="$$dir" >/dev/null
 	@echo "bench: building the bench's kernel library and llama.cpp's ggml (once: a few minutes)"
 	@$(CMAKE) --build $(BUILD) -j $(JOBS) --target vashista_bench vashista_bench_stages
-	@$(BUILD)/bin/vashista_bench --json $(BUILD)/bench/bench.json $(BENCH_RUN_ARGS)
-	@$(BUILD)/bin/vashista_bench_stages --json $(BUILD)/bench/stages.json $(STAGES_ARGS)
-	@$(VENV)/bin/python bench/sweep/plot.py $(BUILD)/bench/bench.json $(BUILD)/bench
+	@$(BUILD)/bin/vashista_bench --json $(BUILD)/bench-report/bench.json $(BENCH_RUN_ARGS)
+	@$(BUILD)/bin/vashista_bench_stages --json $(BUILD)/bench-report/stages.json $(STAGES_ARGS)
+	@$(VENV)/bin/python bench/sweep/plot.py $(BUILD)/bench-report/bench.json $(BUILD)/bench-report
 
 test: build format-check
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow

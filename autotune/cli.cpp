@@ -35,7 +35,8 @@ const char *kUsage =
     "commands:\n"
     "  tune       search schedules for workloads and record them in a database\n"
     "  db         show | best | merge | ingest tuning databases\n"
-    "  bench      measure schedules: --compare-schedulers (hand, tuned, autoschedulers)\n"
+    "  bench      measure schedules: --compare-schedulers (hand, tuned, autoschedulers);\n"
+    "             --sweep: sparse vs dense vs llama.cpp over context lengths (make bench)\n"
     "  bundle     build candidates and a runner to measure on another machine\n"
     "  build-lib  build a static kernel library from a database's best schedules\n"
     "  quality    a real model decoding with sparse attention against dense (make quality)\n"
@@ -284,9 +285,23 @@ std::pair<json, BuildResult> build_kind(const Workload &w, const std::string &ki
 }
 
 int cmd_bench(int argc, char **argv) {
+    // vashista bench --sweep [options]: the sweep `make bench` runs (bench/sweep), a program of
+    // its own because it links llama.cpp's ggml; its options are its own (--help).
+    if (argc > 2 && std::string(argv[2]) == "--sweep") {
+        const fs::path sweep = fs::path(argv[0]).parent_path() / "vashista_bench";
+        if (!fs::exists(sweep))
+            fail("vashista bench --sweep runs " + sweep.string() +
+                 ", which is not built: `make bench` or `make bench-quick` builds it (with llama.cpp's ggml)");
+        std::vector<char *> args{const_cast<char *>(sweep.c_str())};
+        for (int i = 3; i < argc; ++i) args.push_back(argv[i]);
+        args.push_back(nullptr);
+        execv(sweep.c_str(), args.data());
+        fail("could not run " + sweep.string() + ": " + std::strerror(errno));
+    }
     static const std::string help =
         std::string(
             "usage: vashista bench --compare-schedulers [options]\n"
+            "       vashista bench --sweep [options]   (make bench's sweep: vashista bench --sweep --help)\n"
             "Measures the fused decode per workload with the hand schedule, the tuned schedule\n"
             "(the database's best) and Halide's CPU autoschedulers (Mullapudi2016, Adams2019,\n"
             "Li2018) applied to the same definitions: cold cache, median of repeats, each checked\n"

@@ -4,7 +4,10 @@
 // accumulation, as llama.cpp's graph requests) and the mul_mat + soft_max + mul_mat path it takes
 // without flash attention. The cache is laid out as llama.cpp keeps it: f16, token-major
 // with the KV heads of a token side by side (the mul_mat path's V transposed,
-// [channel][token]). No mask: every token is visible to a decode query.
+// [channel][token]). No mask: every token is visible to a decode query. A third path runs
+// the same flash attention over a copy laid out head-major ([kv_head][token][channel]), which
+// llama.cpp's cache is not: on the CPU its flash attention is much faster that way, so the
+// bench shows both rather than pick the peer's slower layout.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +30,7 @@ public:
     void set_q(const float *q);
     // One step; out: [batch][kv_heads * group][head_dim] f32.
     void flash_attention(float *out);
+    void flash_attention_head_major(float *out);
     void mul_mat(float *out);
     // Bytes each path must read: K and V in f16.
     double kv_bytes() const;

@@ -21,6 +21,7 @@ STYLE = {
     "dense": ("black", "-"),
     "llama.cpp flash_attn": ("tab:red", "-"),
     "llama.cpp mul_mat": ("tab:orange", "-"),
+    "flash_attn head-major": ("tab:pink", "-."),
 }
 
 
@@ -70,11 +71,11 @@ def plot_loop(loop, path):
     labels = ["sparse (bound)", "dense"]
     values = [loop["sparse_tokens_per_s"], loop["dense_tokens_per_s"]]
     if "llama_cpp_tokens_per_s" in loop:
-        labels.append("llama.cpp flash_attn")
-        values.append(loop["llama_cpp_tokens_per_s"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bars = ax.bar(labels, values, color=["tab:blue", "black", "tab:red"][: len(values)])
-    ax.bar_label(bars, fmt="%.1f")
+        labels += ["llama.cpp flash_attn", "llama.cpp mul_mat"]
+        values += [loop["llama_cpp_tokens_per_s"], loop["llama_cpp_mul_mat_tokens_per_s"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = ax.bar(labels, values, color=["tab:blue", "black", "tab:red", "tab:orange"][: len(values)])
+    ax.bar_label(bars, fmt="%.3g")
     ax.set_ylabel("attention tokens per second")
     ax.set_title(f"decode loop: {loop['layers']} layers at T={loop['T'] // 1024}K, append + step")
     fig.tight_layout()
@@ -112,19 +113,23 @@ def plot_stages(stages, path):
 
 
 def headline(points):
-    """The issue's targets: at the longest B=1 length, the default step against llama.cpp's
-    flash attention, our dense and its floor; growth from 8K to the longest."""
+    """At 128K (else the longest B=1 length): the default step against its floor, our dense and
+    llama.cpp's paths; then the growth from 8K to the longest length, sparse and dense."""
     pts = sorted((p for p in points if p["batch"] == 1), key=lambda p: p["T"])
     if not pts:
         return
-    last = pts[-1]
+    last = next((p for p in pts if p["T"] == 131072), pts[-1])
     b = kernel(last, "bound")
     d = kernel(last, "dense")
-    fa = kernel(last, "llama.cpp flash_attn")
     print(f"T={last['T'] // 1024}K, B=1: bound routing {b['median_ms']:.2f} ms, "
-          f"{b['ratio_to_floor']:.1f}x its floor, {d['median_ms'] / b['median_ms']:.1f}x faster than our dense"
-          + (f", {fa['median_ms'] / b['median_ms']:.1f}x faster than llama.cpp flash_attn" if fa else ""))
+          f"{b['ratio_to_floor']:.1f}x its floor, {d['median_ms'] / b['median_ms']:.1f}x faster than our dense")
+    for peer in ("llama.cpp flash_attn", "llama.cpp mul_mat", "flash_attn head-major"):
+        p = kernel(last, peer)
+        if p:
+            print(f"  {p['median_ms'] / b['median_ms']:.1f}x faster than {peer} ({p['median_ms']:.1f} ms)")
     first = next((p for p in pts if p["T"] == 8192), pts[0])
+    last = pts[-1]
+    b, d = kernel(last, "bound"), kernel(last, "dense")
     if first is not last:
         fb, fd = kernel(first, "bound"), kernel(first, "dense")
         print(f"growth {first['T'] // 1024}K -> {last['T'] // 1024}K: bound routing "

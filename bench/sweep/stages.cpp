@@ -59,7 +59,7 @@ std::string stage_of(const std::string &func) {
 int main(int argc, char **argv) {
     std::vector<int> lengths{8192, 32768, 131072};
     int reps = 40;  // a sample every 500 us: some 800 samples at 128K
-    std::string json_path = "build/bench/stages.json";
+    std::string json_path = "build/bench-report/stages.json";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (i + 1 >= argc)

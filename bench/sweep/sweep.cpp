@@ -39,7 +39,7 @@ struct Options {
     bool llama = true;
     // The decode loop: layers per token, distinct caches they cycle through, context, tokens.
     int loop_layers = 32, loop_caches = 8, loop_tokens = 131072, loop_steps = 5;
-    std::string json_path = "build/bench/bench.json";
+    std::string json_path = "build/bench-report/bench.json";
 };
 
 Options parse(int argc, char **argv) {
@@ -77,7 +77,7 @@ Options parse(int argc, char **argv) {
         else if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: vashista_bench [--lengths 4096,...,262144|none] [--batch-lengths 4096,...,32768|none]\n"
-                "                      [--batch 8] [--reps 7] [--no-llama-cpp] [--json build/bench/bench.json]\n"
+                "                      [--batch 8] [--reps 7] [--no-llama-cpp] [--json build/bench-report/bench.json]\n"
                 "                      [--loop-layers 32 (0: no decode loop)] [--loop-caches 8] [--loop-tokens "
                 "131072]\n"
                 "                      [--loop-steps 5]\n");
@@ -299,20 +299,26 @@ nlohmann::json sweep_point(const Options &opt, int B, int T, double bandwidth, b
         peer = std::make_unique<bench::LlamaCppAttention>(B, T, H, G, D, kThreads);
         fill_llama(*peer, p, T);
         peer->set_q(p.q.q.data());
-        for (bool flash : {true, false}) {
+        struct Path {
+            const char *name, *path;
+            void (bench::LlamaCppAttention::*run)(float *);
+        };
+        const Path paths[] = {{"llama.cpp flash_attn", "flash_attn_ext", &bench::LlamaCppAttention::flash_attention},
+                              {"llama.cpp mul_mat", "mul_mat+soft_max", &bench::LlamaCppAttention::mul_mat},
+                              {"flash_attn head-major", "flash_attn_ext over a [kv_head][token][channel] copy",
+                               &bench::LlamaCppAttention::flash_attention_head_major}};
+        for (const Path &path : paths) {
             Kernel k;
-            k.name = flash ? "llama.cpp flash_attn" : "llama.cpp mul_mat";
+            k.name = path.name;
             k.kind = "llama.cpp";
-            k.params = {{"path", flash ? "flash_attn_ext" : "mul_mat+soft_max"}, {"kv_type", "float16"}};
+            k.params = {{"path", path.path}, {"kv_type", "float16"}};
             k.bytes = peer->kv_bytes();
             kernels.push_back(std::move(k));
             Kernel &kk = kernels.back();
             kk.out.resize(out_size);
             bench::LlamaCppAttention *pp = peer.get();
-            if (flash)
-                kk.run = [&kk, pp] { pp->flash_attention(kk.out.data()); };
-            else
-                kk.run = [&kk, pp] { pp->mul_mat(kk.out.data()); };
+            const auto run = path.run;
+            kk.run = [&kk, pp, run] { (pp->*run)(kk.out.data()); };
         }
     }
 #endif
@@ -443,7 +449,7 @@ nlohmann::json decode_loop(const Options &opt) {
     vashista_decode_config_default(&cfg);
     std::vector<float> out(size_t(H) * G * D);
     std::vector<vashista_head_diag> diag(H * G);
-    std::vector<double> sparse_ms, dense_ms, llama_ms, append_us;
+    std::vector<double> sparse_ms, dense_ms, llama_ms, llama_mm_ms, append_us;
     int fallbacks = 0;
     for (int i = 0; i < opt.loop_steps; ++i) {
         const int32_t len = T0 + i + 1;
@@ -472,22 +478,28 @@ nlohmann::json decode_loop(const Options &opt) {
         dense_ms.push_back(dense.seconds() * 1e3);
 #ifdef VASHISTA_HAVE_LLAMA_CPP
         if (opt.llama) {
-            std::vector<uint16_t> k(D), v(D);
-            bench::Timer llama;
-            for (int layer = 0; layer < L; ++layer) {
-                Layer &l = layers[layer % C];
-                for (int h = 0; h < H; ++h) {
-                    std::memcpy(k.data(), &l.new_k[(size_t(i) * H + h) * D * 2], D * 2);
-                    std::memcpy(v.data(), &l.new_v[(size_t(i) * H + h) * D * 2], D * 2);
-                    for (int d = 0; d < D; ++d) {  // bf16 bits to f16 bits
-                        k[d] = ref::to_bits16(ref::DType::F16, ref::from_bits16(ref::DType::BF16, k[d]));
-                        v[d] = ref::to_bits16(ref::DType::F16, ref::from_bits16(ref::DType::BF16, v[d]));
+            // llama.cpp's two paths: flash attention, then mul_mat (the token written once more).
+            for (int path = 0; path < 2; ++path) {
+                std::vector<uint16_t> k(D), v(D);
+                bench::Timer llama;
+                for (int layer = 0; layer < L; ++layer) {
+                    Layer &l = layers[layer % C];
+                    for (int h = 0; h < H; ++h) {
+                        std::memcpy(k.data(), &l.new_k[(size_t(i) * H + h) * D * 2], D * 2);
+                        std::memcpy(v.data(), &l.new_v[(size_t(i) * H + h) * D * 2], D * 2);
+                        for (int d = 0; d < D; ++d) {  // bf16 bits to f16 bits
+                            k[d] = ref::to_bits16(ref::DType::F16, ref::from_bits16(ref::DType::BF16, k[d]));
+                            v[d] = ref::to_bits16(ref::DType::F16, ref::from_bits16(ref::DType::BF16, v[d]));
+                        }
+                        l.peer->set_token(0, T0 + i, h, k.data(), v.data());
                     }
-                    l.peer->set_token(0, T0 + i, h, k.data(), v.data());
+                    if (path == 0)
+                        l.peer->flash_attention(out.data());
+                    else
+                        l.peer->mul_mat(out.data());
                 }
-                l.peer->flash_attention(out.data());
+                (path == 0 ? llama_ms : llama_mm_ms).push_back(llama.seconds() * 1e3);
             }
-            llama_ms.push_back(llama.seconds() * 1e3);
         }
 #endif
         std::printf(
@@ -495,7 +507,7 @@ nlohmann::json decode_loop(const Options &opt) {
             llama_ms.empty() ? "" : (", llama.cpp flash_attn " + std::to_string(llama_ms.back()) + " ms").c_str());
     }
     const bench::Stats s = bench::summarize(sparse_ms), d = bench::summarize(dense_ms), a = bench::summarize(append_us);
-    std::printf("per token (%d layers, median of %d): sparse %.1f ms (%.1f tokens/s), dense %.1f ms (%.1f tokens/s)", L,
+    std::printf("per token (%d layers, median of %d): sparse %.1f ms (%.3g tokens/s), dense %.1f ms (%.3g tokens/s)", L,
                 opt.loop_steps, s.median, 1e3 / s.median, d.median, 1e3 / d.median);
     nlohmann::json j = {{"layers", L},
                         {"caches", C},
@@ -508,10 +520,13 @@ nlohmann::json decode_loop(const Options &opt) {
                         {"append_us_per_layer", a.median},
                         {"heads_fallen_back", fallbacks}};
     if (!llama_ms.empty()) {
-        const bench::Stats ll = bench::summarize(llama_ms);
-        std::printf(", llama.cpp flash_attn %.1f ms (%.1f tokens/s)", ll.median, 1e3 / ll.median);
+        const bench::Stats ll = bench::summarize(llama_ms), mm = bench::summarize(llama_mm_ms);
+        std::printf(", llama.cpp flash_attn %.1f ms (%.3g tokens/s), mul_mat %.1f ms (%.3g tokens/s)", ll.median,
+                    1e3 / ll.median, mm.median, 1e3 / mm.median);
         j["llama_cpp_flash_attn"] = stats_json(ll);
         j["llama_cpp_tokens_per_s"] = 1e3 / ll.median;
+        j["llama_cpp_mul_mat"] = stats_json(mm);
+        j["llama_cpp_mul_mat_tokens_per_s"] = 1e3 / mm.median;
     }
     std::printf("\nsummary upkeep (vashista_append of one token, one layer): %.1f us; heads fallen back to dense: %d\n",
                 a.median, fallbacks);
