@@ -38,15 +38,15 @@ bench-engine: build
 # The sweep (bench/sweep): T = 4K..256K on the CPU default shape and B=8 up to 32K, every
 # routing mode, summary dtype and group routing, our dense, llama.cpp's CPU flash attention and
 # mul_mat path on the same data (its ggml built from the pinned llama-cpp-python source), and
-# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench-report. About 25 minutes, plus a
-# few to build the bench's kernels and ggml once. bench-quick: 8K and 128K, 3 repeats, no loop.
+# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench-report. About 20 minutes, plus a
+# few to build the bench's kernels and ggml once. bench-quick: 8K and 128K, 3 repeats, no batch, no loop (about 1.5 minutes).
 LLAMA_CPP_DIR := $(abspath .venv/src/llama_cpp_python-0.3.36/vendor/llama.cpp)
 BENCH_ARGS ?=
 bench: build
 	@$(MAKE) --no-print-directory bench-run BENCH_RUN_ARGS="$(BENCH_ARGS)"
 
 bench-quick: build
-	@$(MAKE) --no-print-directory bench-run STAGES_ARGS="--lengths 131072 --reps 3" \
+	@$(MAKE) --no-print-directory bench-run STAGES_ARGS="--lengths 131072 --reps 10" \
 	    BENCH_RUN_ARGS="--lengths 8192,131072 --batch-lengths none --reps 3 --loop-layers 0 $(BENCH_ARGS)"
 
 bench-run:

@@ -502,9 +502,10 @@ nlohmann::json decode_loop(const Options &opt) {
             }
         }
 #endif
-        std::printf(
-            "  token %d: sparse %.1f ms, dense %.1f ms%s\n", i + 1, sparse_ms.back(), dense_ms.back(),
-            llama_ms.empty() ? "" : (", llama.cpp flash_attn " + std::to_string(llama_ms.back()) + " ms").c_str());
+        std::printf("  token %d: sparse %.1f ms, dense %.1f ms", i + 1, sparse_ms.back(), dense_ms.back());
+        if (!llama_ms.empty())
+            std::printf(", llama.cpp flash_attn %.1f ms, mul_mat %.1f ms", llama_ms.back(), llama_mm_ms.back());
+        std::printf("\n");
     }
     const bench::Stats s = bench::summarize(sparse_ms), d = bench::summarize(dense_ms), a = bench::summarize(append_us);
     std::printf("per token (%d layers, median of %d): sparse %.1f ms (%.3g tokens/s), dense %.1f ms (%.3g tokens/s)", L,
