@@ -38,7 +38,7 @@ bench-engine: build
 # The sweep (bench/sweep): T = 4K..256K on the CPU default shape and B=8 up to 32K, every
 # routing mode, summary dtype and group routing, our dense, llama.cpp's CPU flash attention and
 # mul_mat path on the same data (its ggml built from the pinned llama-cpp-python source), and
-# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench-report. About 20 minutes, plus a
+# the 32-layer decode loop at 128K. JSON and plots in $(BUILD)/bench-report. About 10 minutes, plus a
 # few to build the bench's kernels and ggml once. bench-quick: 8K and 128K, 3 repeats, no batch, no loop (about 1.5 minutes).
 LLAMA_CPP_DIR := $(abspath .venv/src/llama_cpp_python-0.3.36/vendor/llama.cpp)
 BENCH_ARGS ?=

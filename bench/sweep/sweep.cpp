@@ -226,8 +226,7 @@ nlohmann::json stats_json(const bench::Stats &s) {
 }
 
 // One sweep point: B sequences of T tokens.
-nlohmann::json sweep_point(const Options &opt, int B, int T, double bandwidth, bench::Flusher &flusher,
-                           bool &all_correct) {
+nlohmann::json sweep_point(const Options &opt, int B, int T, bench::Flusher &flusher, bool &all_correct) {
     std::printf("\n== B=%d, T=%d: H_q=%d, H_kv=%d, D=%d, bf16 pages of %d, P=%d, K_c=%d ==\n", B, T, H * G, H, D, S, P,
                 KC);
     bench::Timer setup;
@@ -323,6 +322,9 @@ nlohmann::json sweep_point(const Options &opt, int B, int T, double bandwidth, b
     }
 #endif
     std::printf("setup (synthetic KV, appends, summaries, peer's cache): %.1f s\n", setup.seconds());
+    // The floor of this point: the read bandwidth measured now, beside the kernels.
+    const double bandwidth = bench::measure_read_bandwidth_gbps();
+    std::printf("read bandwidth now: %.1f GB/s\n", bandwidth);
 
     std::vector<std::function<void()>> runs;
     for (Kernel &k : kernels) runs.push_back(k.run);
@@ -559,8 +561,8 @@ int main(int argc, char **argv) {
     bool all_correct = true;
     bench::Flusher flusher;
     nlohmann::json points = nlohmann::json::array();
-    for (int T : opt.lengths) points.push_back(sweep_point(opt, 1, T, bandwidth, flusher, all_correct));
-    for (int T : opt.batch_lengths) points.push_back(sweep_point(opt, opt.batch, T, bandwidth, flusher, all_correct));
+    for (int T : opt.lengths) points.push_back(sweep_point(opt, 1, T, flusher, all_correct));
+    for (int T : opt.batch_lengths) points.push_back(sweep_point(opt, opt.batch, T, flusher, all_correct));
     result["points"] = points;
     if (opt.loop_layers > 0) result["decode_loop"] = decode_loop(opt);
     result["correct"] = all_correct;
