@@ -51,7 +51,9 @@ void AttentionInstance::bind(runtime::KernelCall &call) {
         .buffer("out", out_.raw_buffer())
         .buffer("lse", lse_.raw_buffer());
     if (w_.generator != "decode") return;
-    call.buffer("summary", in_.summary.raw_buffer())
+    call.buffer("route_pages", in_.route_pages.raw_buffer())
+        .buffer("route_rank", in_.route_rank.raw_buffer())
+        .buffer("summary", in_.summary.raw_buffer())
         .buffer("value_norm", in_.value_norm.raw_buffer())
         .buffer("key_absmax", in_.key_absmax.raw_buffer())
         .buffer("summary_scale", in_.summary_scale.raw_buffer())

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace vashista {
 
@@ -46,6 +47,14 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
     std::memcpy(buf.page_table.data(), p.seqs.page_table.data(), p.seqs.page_table.size() * 4);
     buf.seq_lens = Buffer<int32_t>(p.seqs.batch);
     std::memcpy(buf.seq_lens.data(), p.seqs.seq_lens.data(), p.seqs.seq_lens.size() * 4);
+    // The order decode's routing reads the pages' summaries in, as the runtime computes it.
+    const int W = p.seqs.max_pages;
+    buf.route_pages = Buffer<int32_t>(W, p.seqs.batch);
+    buf.route_rank = Buffer<int32_t>(W, p.seqs.batch);
+    std::vector<uint32_t> scratch(size_t(2) * W);
+    for (int b = 0; b < p.seqs.batch; ++b)
+        route_order(&p.seqs.page_table[size_t(b) * W], (p.seqs.seq_lens[b] + p.cache.page_size - 1) / p.cache.page_size,
+                    W, &buf.route_pages(0, b), &buf.route_rank(0, b), scratch.data());
 
     // Every page a sequence holds tokens in, at the physical page it maps to (problems give
     // each sequence pages of its own); pages no sequence uses stay zero.

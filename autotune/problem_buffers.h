@@ -8,14 +8,15 @@
 namespace vashista {
 
 struct ProblemBuffers {
-    Halide::Runtime::Buffer<float> q;                       // (d, g, h, b)
-    Halide::Runtime::Buffer<void> k_cache, v_cache;         // 4-D per layout
-    Halide::Runtime::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
-    Halide::Runtime::Buffer<void> summary;                  // (d, c, p, h)
-    Halide::Runtime::Buffer<float> value_norm, key_absmax;  // (p, h)
-    Halide::Runtime::Buffer<void> summary_scale;            // (x, p, h) bf16; one group but for int8
-    Halide::Runtime::Buffer<uint8_t> sketch;                // (s, byte, p, h); 1 element without one
-    Halide::Runtime::Buffer<void> sketch_scale;             // (s, group, p, h) bf16
+    Halide::Runtime::Buffer<float> q;                          // (d, g, h, b)
+    Halide::Runtime::Buffer<void> k_cache, v_cache;            // 4-D per layout
+    Halide::Runtime::Buffer<int32_t> page_table, seq_lens;     // (j, b), (b)
+    Halide::Runtime::Buffer<int32_t> route_pages, route_rank;  // (j, b): route_order of each row
+    Halide::Runtime::Buffer<void> summary;                     // (d, c, p, h)
+    Halide::Runtime::Buffer<float> value_norm, key_absmax;     // (p, h)
+    Halide::Runtime::Buffer<void> summary_scale;               // (x, p, h) bf16; one group but for int8
+    Halide::Runtime::Buffer<uint8_t> sketch;                   // (s, byte, p, h); 1 element without one
+    Halide::Runtime::Buffer<void> sketch_scale;                // (s, group, p, h) bf16
 };
 
 // Summaries come from the reference, rounded outward to `summary_dtype` as the

@@ -155,6 +155,13 @@ private:
     Expr score_at(Expr slot) const {
         return sketch ? st.slot_token(slot % S, slot / S, g, h, b)[0] : scale * st.token_score(slot, g, h, b);
     }
+    // Logical page i's score, scaled (head_page_score is by position in physical order,
+    // except in sketch routing).
+    Expr scaled_page_score(Expr logical, Expr head) const {
+        if (sketch) return st.head_page_score(logical, head, h, b);
+        Expr rank = clamp(in.route_rank(clamp(logical, 0, in.max_pages - 1), b), 0, in.max_pages - 1);
+        return scale * st.head_page_score(rank, head, h, b);
+    }
     Expr physical_page(Expr logical) const {
         return clamp(in.page_table(clamp(logical, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
     }
@@ -305,14 +312,16 @@ void DecodeDefinition::route() {
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
     } else {
-        // The rows of the physical page that logical page i maps to.
+        // The rows of the j-th page in physical order (route_pages), so the rows are read at
+        // increasing addresses; head_page_score(j) is that page's score, and page_score()
+        // reads a logical page's at its rank.
         st.page_rows = Func("page_rows");
+        Expr page = clamp(in.route_pages(clamp(i, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
         if (cfg.summary_type == Halide::Int(8)) {
-            Expr page = physical_page(i);
             st.page_rows(d, c, i, h, b) =
                 as_f32(in.summary_scale(d / kSummaryScaleGroup, page, h)) * as_f32(in.summary(d, c, page, h));
         } else {
-            st.page_rows(d, c, i, h, b) = in.summary(d, c, physical_page(i), h);
+            st.page_rows(d, c, i, h, b) = in.summary(d, c, page, h);
         }
         Expr qd = in.q(rd, g, h, b);
         st.head_page_score(i, g, h, b) = 0.0f;
@@ -325,9 +334,7 @@ void DecodeDefinition::route() {
             st.head_page_score(i, g, h, b) += Halide::max(qd * lo, qd * hi);
         }
     }
-    auto page_score = [&](Expr page, Expr head) {  // scaled
-        return sketch ? st.head_page_score(page, head, h, b) : scale * st.head_page_score(page, head, h, b);
-    };
+    auto page_score = [&](Expr page, Expr head) { return scaled_page_score(page, head); };
     st.route_score = Func("route_score");
     if (per_head) {
         st.route_score(i, g, h, b) = page_score(i, g);
@@ -582,7 +589,7 @@ void DecodeDefinition::certificate() {
         Expr exists = rp < n_pages;
         Expr outside = exists && !st.route.kept(rp, gr, h, b);
         // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
-        Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scale * st.head_page_score(rp, g, h, b);
+        Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scaled_page_score(rp, g);
         Expr tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
         Expr kabs = in.key_absmax(physical_page(rp), h);
         Expr error = sketch ? Expr(0.0f) : error_per_key * kabs;

@@ -9,6 +9,10 @@
 //   k_cache, v_cache  HND (d, s, h, page) or NHD (d, h, s, page)
 //   page_table        (j, b)            logical page j of sequence b -> physical page
 //   seq_lens          (b)
+//   route_pages       (j, b)            the order routing reads summaries in: the physical page
+//                                       of sequence b's j-th logical page by physical page
+//   route_rank        (i, b)            j of logical page i in that order (route_order in
+//                                       method_types.h computes both from the block table)
 //   Summaries and the sketch are kept per physical page p (what page_table maps a
 //   sequence's logical pages to), so a page several sequences share has one of each:
 //   summary           (d, c, p, h)      c = 0 mean, 1 per-channel min, 2 per-channel max
@@ -66,11 +70,12 @@ struct DecodeConfig {
 // Inputs of a decode step as Funcs, with the extents the definitions need.
 struct DecodeInputs {
     Func q, k_cache, v_cache, page_table, seq_lens, summary, value_norm, key_absmax;
-    Func summary_scale;         // read for int8 summaries only
-    Func sketch, sketch_scale;  // read in sketch routing only
-    Expr scale;                 // score scale, > 0
-    Expr max_pages;             // page_table extent along j
-    Expr num_pages;             // physical pages in the cache
+    Func route_pages, route_rank;  // read in mean and bound routing
+    Func summary_scale;            // read for int8 summaries only
+    Func sketch, sketch_scale;     // read in sketch routing only
+    Expr scale;                    // score scale, > 0
+    Expr max_pages;                // page_table extent along j
+    Expr num_pages;                // physical pages in the cache
 };
 
 // In the library's sketch layout a token byte's rows are page_size bytes apart (dense);
@@ -98,9 +103,10 @@ struct TopKStages {
 // Every named stage of the fused decode step, so schedules can place each one.
 struct DecodeStages {
     Var d{"d"}, i{"i"}, g{"g"}, h{"h"}, b{"b"}, c{"c"}, k{"k"}, s{"s"}, x{"x"};
-    Func page_rows;        // (d, c, i=page, h, b): the summary rows of logical page i (mean, bound)
-    Func head_page_score;  // (i=page, g, h, b): q.m_p (mean), u_p / scale (bound),
-                           // max over the page's tokens of a_t (sketch)
+    Func page_rows;        // (d, c, j, h, b): the summary rows of route_pages(j) (mean, bound)
+    Func head_page_score;  // (j, g, h, b): q.m_p (mean), u_p / scale (bound) of the page at
+                           // route_pages(j); (i=logical page, g, h, b): max over the page's
+                           // tokens of a_t (sketch)
     // Sketch routing: the query's int16 codes q_code (d, g, h, b), each group's step
     // q_step and weight q_group_weight (x=group, g, h, b) = ||q_grp||_1 + a multiple of the
     // step; then the scan of every token's sketch, per (s, page i, g, h, b):

@@ -91,6 +91,8 @@ public:
     Input<Buffer<void, 4>> v_cache{"v_cache"};
     Input<Buffer<int32_t, 2>> page_table{"page_table"};
     Input<Buffer<int32_t, 1>> seq_lens{"seq_lens"};
+    Input<Buffer<int32_t, 2>> route_pages{"route_pages"};
+    Input<Buffer<int32_t, 2>> route_rank{"route_rank"};
     Input<Buffer<void, 4>> summary{"summary"};
     Input<Buffer<float, 2>> value_norm{"value_norm"};
     Input<Buffer<float, 2>> key_absmax{"key_absmax"};
@@ -151,6 +153,8 @@ public:
                         summary,
                         value_norm,
                         key_absmax,
+                        route_pages,
+                        route_rank,
                         summary_scale,
                         sketch,
                         sketch_scale,
@@ -173,6 +177,8 @@ public:
         summary.set_estimates(summary_region(e));
         value_norm.set_estimates(value_norm_region(e));
         key_absmax.set_estimates(value_norm_region(e));
+        route_pages.set_estimates(page_table_region(e));
+        route_rank.set_estimates(page_table_region(e));
         summary_scale.set_estimates(
             summary_scale_region(e, summary_scale_groups(cfg.head_dim, dtype_of(cfg.summary_type))));
         sketch.set_estimates(sketch_region(e, cfg.sketch_bits));

@@ -380,7 +380,14 @@ struct StepInputs {
     float scale;
 };
 
-void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, SparseResult &r, Arena *ctx) {
+// The order routing reads a step's page summaries in (route_order in method_types.h):
+// (j, b), as wide as the step's block table.
+struct RouteOrder {
+    Buffer<int32_t> pages, rank;
+};
+
+void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, RouteOrder &route, SparseResult &r,
+                Arena *ctx) {
     const auto &d = c->desc;
     Buffer<void> k = c->kv_buffer(d.k_pages), vv = c->kv_buffer(d.v_pages);
     KernelCall call(v.kernel);
@@ -389,6 +396,8 @@ void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, Spars
         .buffer("v_cache", vv.raw_buffer())
         .buffer("page_table", in.table.raw_buffer())
         .buffer("seq_lens", in.lens.raw_buffer())
+        .buffer("route_pages", route.pages.raw_buffer())
+        .buffer("route_rank", route.rank.raw_buffer())
         .buffer("summary", c->summary.raw_buffer())
         .buffer("value_norm", c->value_norm.raw_buffer())
         .buffer("key_absmax", c->key_absmax.raw_buffer())
@@ -514,6 +523,7 @@ struct WorkspaceLayout {
     Section out, lse, diag, candidates, pages;            // the sparse step
     Section w_out, w_lse, w_diag, w_candidates, w_pages;  // the widened step (policy widen)
     Section d_out, d_lse;                                 // dense fallback
+    Section route_pages, route_rank, route_scratch;       // the order routing reads pages in
     Section stale, taken, pending, still, dense_heads;    // the policy's bookkeeping
     Section arena;                                        // what the kernels allocate
     size_t total = 0;
@@ -663,6 +673,13 @@ size_t measure_kernel_workspace(const vashista_plan &p) {
     std::vector<float> q(heads * d.head_dim, 0.0f);
     std::vector<int32_t> table(size_t(d.batch) * d.max_pages, 0);
     std::vector<int32_t> lens(d.batch, 1);
+    std::vector<int32_t> route_pages(table.size()), route_rank(table.size());
+    std::vector<uint32_t> scratch(size_t(2) * d.max_pages);
+    for (int b = 0; b < d.batch; ++b)
+        vashista::route_order(&table[size_t(b) * d.max_pages], 1, d.max_pages, &route_pages[size_t(b) * d.max_pages],
+                              &route_rank[size_t(b) * d.max_pages], scratch.data());
+    RouteOrder route{Buffer<int32_t>(route_pages.data(), d.max_pages, d.batch),
+                     Buffer<int32_t>(route_rank.data(), d.max_pages, d.batch)};
     StepInputs in{Buffer<float>(q.data(), d.head_dim, G, d.kv_heads, d.batch), Buffer<int32_t>(lens.data(), d.batch),
                   Buffer<int32_t>(table.data(), d.max_pages, d.batch), p.scale};
     Arena ctx;  // measuring
@@ -673,7 +690,7 @@ size_t measure_kernel_workspace(const vashista_plan &p) {
                        Buffer<float>(vashista::kDiagFields, G, d.kv_heads, d.batch),
                        Buffer<int32_t>(v->top_tokens, G, d.kv_heads, d.batch),
                        Buffer<int32_t>(v->top_pages, G, d.kv_heads, d.batch)};
-        run_sparse(c, *v, in, r, &ctx);
+        run_sparse(c, *v, in, route, r, &ctx);
         most = std::max(most, ctx.peak());
     }
     if (p.dense) {
@@ -707,6 +724,9 @@ void plan_layout(vashista_plan &p) {
         w.add(w.d_out, heads * d.head_dim * 4);
         w.add(w.d_lse, heads * 4);
     }
+    w.add(w.route_pages, size_t(d.batch) * d.max_pages * 4);
+    w.add(w.route_rank, size_t(d.batch) * d.max_pages * 4);
+    w.add(w.route_scratch, size_t(2) * d.max_pages * 4);
     w.add(w.stale, size_t(d.batch));
     w.add(w.taken, heads * 4);
     w.add(w.pending, heads * 4);
@@ -749,12 +769,21 @@ void run_plan(const vashista_plan &p, void *workspace, size_t workspace_size, co
                   Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch),
                   Buffer<int32_t>(const_cast<int32_t *>(table), d.max_pages, d.batch).cropped(0, 0, pages_used),
                   p.scale};
+    // Routing's page order per sequence, over the step's table width.
+    int32_t *route_pages = reinterpret_cast<int32_t *>(base + w.route_pages.offset);
+    int32_t *route_rank = reinterpret_cast<int32_t *>(base + w.route_rank.offset);
+    for (int b = 0; b < d.batch; ++b)
+        vashista::route_order(table + size_t(b) * d.max_pages, (seq_lens[b] + d.page_size - 1) / d.page_size,
+                              pages_used, route_pages + size_t(b) * pages_used, route_rank + size_t(b) * pages_used,
+                              reinterpret_cast<uint32_t *>(base + w.route_scratch.offset));
+    RouteOrder route{Buffer<int32_t>(route_pages, pages_used, d.batch),
+                     Buffer<int32_t>(route_rank, pages_used, d.batch)};
     Arena ctx(base + w.arena.offset, w.arena.bytes);
     char *stale = reinterpret_cast<char *>(base + w.stale.offset);
     find_stale(*c, table, seq_lens, stale);
     // A sparse result whose summaries were stale certifies nothing.
     auto run_certified = [&](const DecodeVariant &v, SparseResult &s) {
-        run_sparse(c, v, in, s, &ctx);
+        run_sparse(c, v, in, route, s, &ctx);
         for (int b = 0; b < d.batch; ++b)
             if (stale[b])
                 for (int h = 0; h < d.kv_heads; ++h)

@@ -305,12 +305,13 @@ TEST_CASE("the runner checks a loaded kernel against the metadata it was built w
     INFO(ok.error);
     REQUIRE(ok.status == "ok");
     REQUIRE(ok.max_abs_err <= 1e-4);
-    // The same kernel given to a decode task: its metadata has no `summary`, so the call is
+    // The same kernel given to a decode task: its metadata has no `route_pages`, so the call is
     // refused before it runs, naming the argument and the kernel's real arguments.
     Runner as_decode(decode_task.instantiate(), {2, 2, 1.0});
     Measurement wrong = as_decode.measure(built.library, built.function);
     REQUIRE(wrong.status == "run_failed");
-    REQUIRE_THAT(wrong.error, Catch::Contains("has no argument 'summary'") && Catch::Contains("q, k_cache, v_cache"));
+    REQUIRE_THAT(wrong.error,
+                 Catch::Contains("has no argument 'route_pages'") && Catch::Contains("q, k_cache, v_cache"));
     // A function that is not there.
     Measurement missing = as_dense.measure(built.library, "no_such_kernel");
     REQUIRE(missing.status == "run_failed");

@@ -14,6 +14,8 @@ DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, con
     buf.v_cache = Halide::Buffer<>(std::move(pb.v_cache));
     buf.page_table = Halide::Buffer<int32_t>(std::move(pb.page_table));
     buf.seq_lens = Halide::Buffer<int32_t>(std::move(pb.seq_lens));
+    buf.route_pages = Halide::Buffer<int32_t>(std::move(pb.route_pages));
+    buf.route_rank = Halide::Buffer<int32_t>(std::move(pb.route_rank));
     buf.summary = Halide::Buffer<>(std::move(pb.summary));
     buf.value_norm = Halide::Buffer<float>(std::move(pb.value_norm));
     buf.key_absmax = Halide::Buffer<float>(std::move(pb.key_absmax));
@@ -36,6 +38,8 @@ void run(GeneratorJit &decode, DecodeBuffers &buf) {
         .buffer("v_cache", buf.v_cache)
         .buffer("page_table", buf.page_table)
         .buffer("seq_lens", buf.seq_lens)
+        .buffer("route_pages", buf.route_pages)
+        .buffer("route_rank", buf.route_rank)
         .buffer("summary", buf.summary)
         .buffer("value_norm", buf.value_norm)
         .buffer("key_absmax", buf.key_absmax)

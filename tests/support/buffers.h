@@ -8,14 +8,15 @@
 namespace vashista::test {
 
 struct DecodeBuffers {
-    Halide::Buffer<float> q;                       // (d, g, h, b)
-    Halide::Buffer<> k_cache, v_cache;             // 4-D per layout
-    Halide::Buffer<int32_t> page_table, seq_lens;  // (j, b), (b)
-    Halide::Buffer<> summary;                      // (d, c, p, h)
-    Halide::Buffer<float> value_norm, key_absmax;  // (p, h)
-    Halide::Buffer<> summary_scale;                // (x, p, h) bf16
-    Halide::Buffer<uint8_t> sketch;                // (s, byte, p, h)
-    Halide::Buffer<> sketch_scale;                 // (s, group, p, h) bf16
+    Halide::Buffer<float> q;                          // (d, g, h, b)
+    Halide::Buffer<> k_cache, v_cache;                // 4-D per layout
+    Halide::Buffer<int32_t> page_table, seq_lens;     // (j, b), (b)
+    Halide::Buffer<int32_t> route_pages, route_rank;  // (j, b): route_order of each row
+    Halide::Buffer<> summary;                         // (d, c, p, h)
+    Halide::Buffer<float> value_norm, key_absmax;     // (p, h)
+    Halide::Buffer<> summary_scale;                   // (x, p, h) bf16
+    Halide::Buffer<uint8_t> sketch;                   // (s, byte, p, h)
+    Halide::Buffer<> sketch_scale;                    // (s, group, p, h) bf16
     float scale = 0;
     Halide::Buffer<float> out, lse, diag;       // (d,g,h,b), (g,h,b), (k,g,h,b)
     Halide::Buffer<int32_t> candidates, pages;  // (c,g,h,b), (i,g,h,b)
