@@ -3,6 +3,7 @@
 // shape (B=1, H_q=32, H_kv=8, D=128, bf16, S=16, P=64, K_c=128) over synthetic KV with planted structure, cold cache,
 // round-robin, median of repeats. Exits non-zero if a sparse answer is wrong: farther from the double-precision dense
 // reference than its own certificate allows (plus rounding), or if the dense kernel disagrees with the reference.
+#include "default_problem.h"
 #include "measure.h"
 #include "problem.h"
 #include "vashista.h"
@@ -52,18 +53,13 @@ Options parse(int argc, char **argv) {
     return o;
 }
 
-void check(vashista_status s, const char *what) {
-    if (s != VASHISTA_OK) {
-        std::fprintf(stderr, "%s failed: %s: %s\n", what, vashista_status_name(s), vashista_last_error());
-        std::exit(2);
-    }
-}
+using bench::check;
 
 }  // namespace
 
 int main(int argc, char **argv) {
     const Options opt = parse(argc, argv);
-    const int H = 8, G = 4, D = 128, S = 16, P = 64, KC = 128;
+    const int H = bench::kKvHeads, G = bench::kGroupSize, D = bench::kHeadDim, S = bench::kPageSize, P = 64, KC = 128;
     const double bandwidth = bench::measure_read_bandwidth_gbps();
     std::printf("machine read bandwidth: %.1f GB/s (1 GiB buffer, 2 threads); cache flush %zu MB between runs\n",
                 bandwidth, bench::flush_bytes() >> 20);
@@ -72,64 +68,27 @@ int main(int argc, char **argv) {
 
     for (int T : opt.lengths) {
         std::printf("\n== T = %d: B=1, H_q=%d, H_kv=%d, D=%d, bf16, S=%d, P=%d, K_c=%d ==\n", T, H * G, H, D, S, P, KC);
-        ref::ProblemSpec spec;
-        spec.kv_heads = H;
-        spec.group = G;
-        spec.head_dim = D;
-        spec.page_size = S;
-        spec.seq_lens = {T};
-        spec.extra_pages = 0;
-        spec.spare_pages = 0;
-        spec.kind = ref::DataKind::Planted;
-        spec.needle_score = 40.0;
-        spec.seed = 42;
         bench::Timer setup_timer;
-        ref::Problem p = ref::make_problem(spec);
+        ref::Problem p = bench::default_problem(1, T, 0, 42);
         std::printf("synthetic KV (needles, sink, local window): %.1f s\n", setup_timer.seconds());
 
-        // Caller-owned pages, filled through vashista_append (which builds summaries).
-        std::vector<uint8_t> k_pages(p.cache.k.size() * 2), v_pages(p.cache.v.size() * 2);
-        vashista_cache_desc desc{sizeof(vashista_cache_desc),
-                                 1,
-                                 H,
-                                 D,
-                                 S,
-                                 p.cache.num_pages,
-                                 p.seqs.max_pages,
-                                 VASHISTA_DTYPE_BF16,
-                                 VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND,
-                                 k_pages.data(),
-                                 v_pages.data(),
-                                 p.seqs.page_table.data(),
-                                 kSketchBitsDefault,
-                                 kSketchGroupDefault};
-        vashista_cache *cache = nullptr;
-        check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
+        // Caller-owned pages, filled through vashista_append (which builds summaries and the sketch).
+        bench::Pages pages = bench::make_pages(p);
+        vashista_cache_desc &desc = pages.desc;
+        desc.sketch_bits = kSketchBitsDefault;
+        desc.sketch_group = kSketchGroupDefault;
+        bench::CachePtr cache_owner = bench::create_cache(desc, "bf16 summaries and sketch");
+        vashista_cache *cache = cache_owner.get();
         bench::Timer append_timer;
-        const int chunk = 4096;
-        std::vector<uint16_t> kc(size_t(chunk) * H * D), vc(size_t(chunk) * H * D);
-        for (int start = 0; start < T; start += chunk) {
-            const int n = std::min(chunk, T - start);
-            for (int t = 0; t < n; ++t) {
-                const int pos = start + t, page = p.seqs.page_of(0, pos, S);
-                for (int h = 0; h < H; ++h)
-                    for (int d = 0; d < D; ++d) {
-                        const size_t at = (size_t(t) * H + h) * D + d;
-                        kc[at] = ref::to_bits16(ref::DType::BF16, p.cache.k[p.cache.offset(page, pos % S, h, d)]);
-                        vc[at] = ref::to_bits16(ref::DType::BF16, p.cache.v[p.cache.offset(page, pos % S, h, d)]);
-                    }
-            }
-            check(vashista_append(cache, 0, start, n, kc.data(), vc.data()), "vashista_append");
-        }
+        bench::append_all(cache, p, T);
         std::printf("appended %d tokens with summaries and sketch: %.2f s\n", T, append_timer.seconds());
         // The same pages with compact (int8) summaries: a second cache over the KV just
         // written, summarized in place.
         vashista_cache_desc compact_desc = desc;
         compact_desc.summary_dtype = VASHISTA_DTYPE_I8;
         compact_desc.sketch_bits = 0;
-        vashista_cache *compact = nullptr;
-        check(vashista_cache_create(&compact_desc, &compact), "vashista_cache_create (int8 summaries)");
+        bench::CachePtr compact_owner = bench::create_cache(compact_desc, "int8 summaries");
+        vashista_cache *compact = compact_owner.get();
         check(vashista_summarize(compact, 0, 0, T), "vashista_summarize (int8 summaries)");
 
         vashista_decode_config cfg;
@@ -318,8 +277,6 @@ int main(int argc, char **argv) {
                            {"dense_floor_ms", dense_bytes / bandwidth * 1e-6},
                            {"reps", opt.reps},
                            {"correct", correct}});
-        vashista_cache_destroy(compact);
-        vashista_cache_destroy(cache);
     }
     bench::write_json(opt.json_path, records);
     std::printf("\nwrote %s\n", opt.json_path.c_str());

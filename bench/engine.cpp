@@ -7,6 +7,7 @@
 // written into the pages by the "engine" and summarized in place; cold cache, round-robin,
 // median of repeats. JSON in build/engine-bench.json.
 #include "alloc_counter.h"
+#include "default_problem.h"
 #include "measure.h"
 #include "method_types.h"
 #include "vashista.h"
@@ -25,14 +26,8 @@ namespace {
 
 using namespace vashista;
 
-constexpr int H = 8, G = 4, D = 128, S = 16;
-
-void check(vashista_status s, const char *what) {
-    if (s != VASHISTA_OK) {
-        std::fprintf(stderr, "%s failed: %s: %s\n", what, vashista_status_name(s), vashista_last_error());
-        std::exit(2);
-    }
-}
+constexpr int H = bench::kKvHeads, G = bench::kGroupSize, D = bench::kHeadDim, S = bench::kPageSize;
+using bench::check;
 
 // One sequence of `tokens` random bf16 keys and values in HND pages 0..pages-1, a block
 // table of `columns` columns (unused ones 0) mapping logical page j to physical page j or

@@ -2,9 +2,8 @@
 // summaries, per-head groups) of the bench's shape, compiled with Halide's sampling profiler,
 // run cold at each context length; the profiler's time per Func summed into the method's
 // stages. A separate program because the profiled kernels carry their own Halide runtime.
+#include "default_problem.h"
 #include "measure.h"
-#include "problem.h"
-#include "vashista.h"
 
 #include <HalideRuntime.h>
 #include <nlohmann/json.hpp>
@@ -19,14 +18,8 @@ namespace {
 
 using namespace vashista;
 
-constexpr int H = 8, G = 4, D = 128, S = 16;
-
-void check(vashista_status s, const char *what) {
-    if (s != VASHISTA_OK) {
-        std::fprintf(stderr, "%s failed: %s: %s\n", what, vashista_status_name(s), vashista_last_error());
-        std::exit(2);
-    }
-}
+constexpr int H = bench::kKvHeads, G = bench::kGroupSize, D = bench::kHeadDim;
+using bench::check;
 
 // The method's stages by the Funcs of the decode definition (generators/algorithm.cpp).
 // Routing: the page scores and the top-P pass (route_*); selection: the routed pages' token
@@ -81,39 +74,11 @@ int main(int argc, char **argv) {
         "sampling profiler, cold, %d runs) ==\n",
         reps);
     for (int T : lengths) {
-        ref::ProblemSpec spec;
-        spec.kv_heads = H;
-        spec.group = G;
-        spec.head_dim = D;
-        spec.page_size = S;
-        spec.seq_lens = {T};
-        spec.extra_pages = 0;
-        spec.spare_pages = 0;
-        spec.kind = ref::DataKind::Planted;
-        spec.needle_score = 40.0;
-        spec.seed = 42;
-        ref::Problem p = ref::make_problem(spec);
-        std::vector<uint8_t> k(p.cache.k.size() * 2), v(p.cache.v.size() * 2);
-        vashista_cache_desc desc{sizeof(vashista_cache_desc),
-                                 1,
-                                 H,
-                                 D,
-                                 S,
-                                 p.cache.num_pages,
-                                 p.seqs.max_pages,
-                                 VASHISTA_DTYPE_BF16,
-                                 VASHISTA_DTYPE_BF16,
-                                 VASHISTA_LAYOUT_HND,
-                                 k.data(),
-                                 v.data(),
-                                 p.seqs.page_table.data(),
-                                 0,
-                                 0};
-        vashista_cache *cache = nullptr;
-        check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
-        const auto kb = ref::token_bytes(p.cache, p.seqs, p.cache.k, 0, 0, T);
-        const auto vb = ref::token_bytes(p.cache, p.seqs, p.cache.v, 0, 0, T);
-        check(vashista_append(cache, 0, 0, T, kb.data(), vb.data()), "vashista_append");
+        const ref::Problem p = bench::default_problem(1, T, 0, 42);
+        bench::Pages pages = bench::make_pages(p);
+        bench::CachePtr owner = bench::create_cache(pages.desc, "bf16 summaries");
+        vashista_cache *cache = owner.get();
+        bench::append_all(cache, p, T);
         vashista_decode_config cfg;
         vashista_decode_config_default(&cfg);
         cfg.policy = VASHISTA_POLICY_NONE;
@@ -153,7 +118,6 @@ int main(int argc, char **argv) {
             if (stages.count("other") && stage_of(name) == "other")
                 std::printf("    other: %s %.3f ms\n", name.c_str(), ms);
         out.push_back({{"T", T}, {"total_ms", total}, {"stages_ms", stages}, {"funcs_ms", funcs}, {"reps", reps}});
-        vashista_cache_destroy(cache);
     }
     halide_profiler_reset();  // no report of its own at exit: the figures are above
     bench::write_json(json_path, out);

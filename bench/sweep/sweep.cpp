@@ -5,6 +5,7 @@
 // bytes each must read, the floor the machine's measured bandwidth sets, the error against
 // a double-precision dense reference, the certificate. Then the decode loop: 32 layers, one
 // appended token and one step per layer. JSON for plot.py.
+#include "default_problem.h"
 #include "measure.h"
 #include "problem.h"
 #include "vashista.h"
@@ -28,7 +29,7 @@ namespace {
 using namespace vashista;
 
 // The CPU default shape (the default library's and the demo's).
-constexpr int H = 8, G = 4, D = 128, S = 16, P = 64, KC = 128;
+constexpr int H = bench::kKvHeads, G = bench::kGroupSize, D = bench::kHeadDim, S = bench::kPageSize, P = 64, KC = 128;
 constexpr int kThreads = 2;
 
 struct Options {
@@ -97,78 +98,12 @@ Options parse(int argc, char **argv) {
     return o;
 }
 
-void check(vashista_status s, const std::string &what) {
-    if (s != VASHISTA_OK) {
-        std::fprintf(stderr, "%s failed: %s: %s\n", what.c_str(), vashista_status_name(s), vashista_last_error());
-        std::exit(2);
-    }
-}
-
-ref::Problem make_problem(int batch, int tokens, int extra_pages, uint64_t seed) {
-    ref::ProblemSpec spec;
-    spec.kv_heads = H;
-    spec.group = G;
-    spec.head_dim = D;
-    spec.page_size = S;
-    spec.seq_lens.assign(batch, tokens);
-    spec.extra_pages = extra_pages;
-    spec.spare_pages = extra_pages;
-    spec.kind = ref::DataKind::Planted;
-    spec.needle_score = 40.0;
-    spec.seed = seed;
-    return ref::make_problem(spec);
-}
-
-// Caller-owned bf16 pages and the library's caches over them.
-struct Pages {
-    std::vector<uint8_t> k, v;
-    vashista_cache_desc desc{};
-};
-
-Pages make_pages(const ref::Problem &p) {
-    Pages pg;
-    pg.k.resize(p.cache.k.size() * 2);
-    pg.v.resize(p.cache.v.size() * 2);
-    pg.desc = vashista_cache_desc{sizeof(vashista_cache_desc),
-                                  p.seqs.batch,
-                                  H,
-                                  D,
-                                  S,
-                                  p.cache.num_pages,
-                                  p.seqs.max_pages,
-                                  VASHISTA_DTYPE_BF16,
-                                  VASHISTA_DTYPE_BF16,
-                                  VASHISTA_LAYOUT_HND,
-                                  pg.k.data(),
-                                  pg.v.data(),
-                                  p.seqs.page_table.data(),
-                                  0,
-                                  0};
-    return pg;
-}
-
-struct CacheDeleter {
-    void operator()(vashista_cache *c) const { vashista_cache_destroy(c); }
-};
-using CachePtr = std::unique_ptr<vashista_cache, CacheDeleter>;
-
-CachePtr create_cache(const vashista_cache_desc &desc, const std::string &what) {
-    vashista_cache *c = nullptr;
-    check(vashista_cache_create(&desc, &c), "vashista_cache_create (" + what + ")");
-    return CachePtr(c);
-}
-
-// Appends every token of every sequence through vashista_append (pages, summaries, sketch).
-void append_all(vashista_cache *cache, const ref::Problem &p, int tokens) {
-    const int chunk = 4096;
-    for (int b = 0; b < p.seqs.batch; ++b)
-        for (int start = 0; start < tokens; start += chunk) {
-            const int n = std::min(chunk, tokens - start);
-            const auto k = ref::token_bytes(p.cache, p.seqs, p.cache.k, b, start, n);
-            const auto v = ref::token_bytes(p.cache, p.seqs, p.cache.v, b, start, n);
-            check(vashista_append(cache, b, start, n, k.data(), v.data()), "vashista_append");
-        }
-}
+using bench::append_all;
+using bench::CachePtr;
+using bench::check;
+using bench::create_cache;
+using bench::make_pages;
+using bench::Pages;
 
 #ifdef VASHISTA_HAVE_LLAMA_CPP
 // The same tokens in llama.cpp's f16 cache (bf16 values are f16 values at these magnitudes,
@@ -230,7 +165,7 @@ nlohmann::json sweep_point(const Options &opt, int B, int T, bench::Flusher &flu
     std::printf("\n== B=%d, T=%d: H_q=%d, H_kv=%d, D=%d, bf16 pages of %d, P=%d, K_c=%d ==\n", B, T, H * G, H, D, S, P,
                 KC);
     bench::Timer setup;
-    ref::Problem p = make_problem(B, T, 0, 42);
+    ref::Problem p = bench::default_problem(B, T, 0, 42);
     Pages pages = make_pages(p);
     vashista_cache_desc full_desc = pages.desc;
     full_desc.sketch_bits = kSketchBitsDefault;
@@ -429,7 +364,7 @@ nlohmann::json decode_loop(const Options &opt) {
     bench::Timer setup;
     for (int c = 0; c < C; ++c) {
         Layer &l = layers[c];
-        ref::Problem p = make_problem(1, T0 + opt.loop_steps, 1, 1000 + c);
+        ref::Problem p = bench::default_problem(1, T0 + opt.loop_steps, 1, 1000 + c);
         l.q = p.q.q;
         l.pages = make_pages(p);
         l.page_table = p.seqs.page_table;
