@@ -30,13 +30,25 @@ const AbstractGenerator::ArgInfo &GeneratorJit::arg(const std::string &name) con
 
 GeneratorJit &GeneratorJit::buffer(const std::string &name, const Halide::Buffer<> &b) {
     const auto &a = arg(name);
-    if (a.kind != ArgInfoKind::Buffer || a.dimensions != b.dimensions() || a.types.at(0) != b.type())
+    const Halide::Type t = a.kind == ArgInfoKind::Buffer ? a.types.at(0) : Halide::Type();
+    // A Generator may take 16-bit floats as their bits (stored_type): the same memory, typed so.
+    const bool as_bits = t == Halide::UInt(16) && b.type().is_float() && b.type().bits() == 16;
+    if (a.kind != ArgInfoKind::Buffer || a.dimensions != b.dimensions() || (t != b.type() && !as_bits))
         throw std::invalid_argument("Generator " + name_ + " argument '" + name + "' is not a " +
                                     std::to_string(b.dimensions()) + "-dimensional buffer of this type");
+    Halide::Buffer<> bound = b;
+    if (as_bits) {
+        halide_buffer_t raw = *b.raw_buffer();
+        raw.type = t;
+        bound = Halide::Buffer<>(Halide::Runtime::Buffer<void>(raw));  // a view: `b` owns the memory
+        views_.push_back({b, bound});
+    }
     if (a.dir == ArgInfoDirection::Output)
-        outputs_[name] = b;
-    else
-        generator_->input_parameter(name).at(0).set_buffer(b);
+        outputs_[name] = bound;
+    else {
+        inputs_[name] = bound;
+        generator_->input_parameter(name).at(0).set_buffer(bound);
+    }
     return *this;
 }
 
@@ -57,7 +69,12 @@ void GeneratorJit::run() {
             throw std::invalid_argument("Generator " + name_ + " output '" + a.name + "' has no buffer bound");
         outs.push_back(it->second);
     }
+    // The host data is the input: a GPU target copies it to the device only when the buffer
+    // says its host side changed (callers write through raw pointers).
+    for (auto &[name, b] : inputs_) b.set_host_dirty();
     pipeline_.realize(Halide::Realization(outs));
+    for (auto &b : outs) b.copy_to_host();                // a GPU target leaves its outputs on the device
+    for (auto &view : views_) view.second.device_free();  // views own no memory, device memory included
 }
 
 GeneratorParams decode_params(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule) {

@@ -17,7 +17,8 @@ class GeneratorJit {
 public:
     // `generator`: one of generator_names(). Decode kernels need decode_target(target).
     GeneratorJit(const std::string &generator, const GeneratorParams &params, const Halide::Target &target);
-    // An input or output buffer, by its name in the Generator; outputs are written by run().
+    // An input or output buffer, by its name in the Generator; outputs are written by run(),
+    // on a GPU target copied back to `b`'s host memory.
     GeneratorJit &buffer(const std::string &name, const Halide::Buffer<> &b);
     GeneratorJit &scalar(const std::string &name, float value);
     // Realizes every output into the buffer bound to it.
@@ -30,7 +31,8 @@ private:
     Halide::Internal::AbstractGeneratorPtr generator_;
     Halide::Pipeline pipeline_;
     std::vector<Halide::Internal::AbstractGenerator::ArgInfo> args_;
-    std::map<std::string, Halide::Buffer<>> outputs_;
+    std::map<std::string, Halide::Buffer<>> inputs_, outputs_;
+    std::vector<std::pair<Halide::Buffer<>, Halide::Buffer<>>> views_;  // {owner, 16-bit floats as bits}
 };
 
 // The parameters of a decode kernel with `schedule` (the hand schedule when null).

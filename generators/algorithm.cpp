@@ -23,7 +23,13 @@ Expr neg_inf(Type t = Float(32)) {
     return t == Float(64) ? Expr(-std::numeric_limits<double>::infinity())
                           : Expr(-std::numeric_limits<float>::infinity());
 }
-Expr as_f32(Expr e) { return cast<float>(e); }
+// bf16 widens by a 16-bit shift of its bits (exact): the same instructions a CPU target
+// emits, and a form CUDA's code generation accepts (its bf16 -> f32 cast aborts LLVM).
+Expr as_f32(Expr e) {
+    if (e.type() == Halide::BFloat(16))
+        return Halide::reinterpret(Float(32), cast<uint32_t>(Halide::reinterpret(Halide::UInt(16), e)) << 16);
+    return cast<float>(e);
+}
 // The softmax temperature of the solver: N * eta for eg, else 1.
 float solver_temperature(const DecodeConfig &cfg) {
     return cfg.solver == Solver::EG ? eg_temperature(cfg.solver_steps, cfg.solver_eta) : 1.0f;
@@ -31,18 +37,59 @@ float solver_temperature(const DecodeConfig &cfg) {
 
 }  // namespace
 
-Expr round_outward(Expr x, Type t, bool up) {
+namespace {
+bool is_float16(const Type &t) { return t.is_float() && t.bits() == 16; }
+// The u16 bits under an emulated conversion's final reinterpret to a 16-bit float.
+Expr bits_under(Expr e) {
+    const auto *r = e.as<Halide::Internal::Reinterpret>();
+    return r ? r->value : Halide::reinterpret(Halide::UInt(16), e);
+}
+}  // namespace
+
+Float16Repr Float16Repr::for_target(const Halide::Target &target) {
+    const bool bits = target.has_feature(Halide::Target::OpenCL) && !target.has_feature(Halide::Target::CLHalf);
+    return {bits, bits || target.has_gpu_feature()};
+}
+
+Type Float16Repr::stored(const Type &t) const { return bits && is_float16(t) ? Halide::UInt(16) : t; }
+
+Expr Float16Repr::to_f32(Expr v, const Type &t) const {
+    if (!bits || !is_float16(t)) return as_f32(v);
+    return t == Halide::BFloat(16) ? Halide::Internal::bfloat16_to_float32(v) : Halide::Internal::float16_to_float32(v);
+}
+
+Expr Float16Repr::from_f32(Expr x, const Type &t) const {
+    const bool bf16 = t == Halide::BFloat(16);
+    if (bf16 && integer_bf16) return from_bits(bits_under(Halide::Internal::float32_to_bfloat16(x)), t);
+    if (bits && is_float16(t)) return bits_under(Halide::Internal::float32_to_float16(x));
+    return cast(t, x);
+}
+
+Expr Float16Repr::to_bits(Expr v, const Type &) const { return bits ? v : Halide::reinterpret(Halide::UInt(16), v); }
+
+Expr Float16Repr::from_bits(Expr u, const Type &t) const { return bits ? u : Halide::reinterpret(t, u); }
+
+Func Float16Repr::f32_view(const Func &input, const Type &t) const {
+    if (!bits || !is_float16(t)) return input;
+    Func view(input.name() + "_f32");
+    std::vector<Var> args = input.args();
+    std::vector<Expr> at(args.begin(), args.end());
+    view(args) = to_f32(input(at), t);
+    return view;
+}
+
+Expr round_outward(Expr x, Type t, bool up, const Float16Repr &repr) {
     if (t == Float(32)) return x;
-    Expr nearest = cast(t, x);
-    Expr bits = Halide::reinterpret(Halide::UInt(16), nearest);
-    Expr wrong_side = up ? as_f32(nearest) < x : as_f32(nearest) > x;
+    Expr nearest = repr.from_f32(x, t);
+    Expr bits = repr.to_bits(nearest, t);
+    Expr wrong_side = up ? repr.to_f32(nearest, t) < x : repr.to_f32(nearest, t) > x;
     Expr negative = (bits & u16(0x8000)) != u16(0);
     Expr zero = (bits & u16(0x7fff)) == u16(0);
     // One step up: toward +inf; down: toward -inf. From either zero, the smallest
     // subnormal of the needed sign.
     Expr step = up ? select(zero, u16(0x0001), negative, bits - u16(1), bits + u16(1))
                    : select(zero, u16(0x8001), negative, bits + u16(1), bits - u16(1));
-    return Halide::reinterpret(t, select(wrong_side, step, bits));
+    return repr.from_bits(select(wrong_side, step, bits), t);
 }
 
 Expr order_key(Expr score) {
@@ -734,7 +781,12 @@ DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in) {
     return DecodeDefinition(cfg, in).define();
 }
 
-Halide::Target decode_target(const Halide::Target &target) { return target.with_feature(Halide::Target::StrictFloat); }
+Halide::Target decode_target(const Halide::Target &target) {
+    Halide::Target t = target.with_feature(Halide::Target::StrictFloat);
+    // The candidates' scores and the certificate are f64.
+    if (t.has_feature(Halide::Target::OpenCL)) t.set_feature(Halide::Target::CLDoubles);
+    return t;
+}
 
 int record_length(const DecodeConfig &cfg) {
     return std::max(cfg.head_dim + 1 + kDiagFields, cfg.top_tokens + cfg.top_pages);
@@ -860,9 +912,10 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
         absmax(x, h, n) = 0.0f;
         absmax(x, h, n) = Halide::max(absmax(x, h, n), Halide::max(Halide::abs(key_lo(x * gs + rc, h, n)),
                                                                    Halide::abs(key_hi(x * gs + rc, h, n))));
-        st.scale(x, h, n) = Halide::max(round_outward(absmax(x, h, n) * kSummaryScaleFactor, Halide::BFloat(16), true),
-                                        Halide::cast(Halide::BFloat(16), kSummaryScaleMin));
-        Expr sigma = as_f32(st.scale(d / gs, h, n));
+        // kSummaryScaleMin is a power of two: the max before rounding up is the max after.
+        st.scale(x, h, n) = round_outward(Halide::max(absmax(x, h, n) * kSummaryScaleFactor, kSummaryScaleMin),
+                                          Halide::BFloat(16), true, in.repr);
+        Expr sigma = in.repr.to_f32(st.scale(d / gs, h, n), Halide::BFloat(16));
         Expr lo_x = key_lo(d, h, n), hi_x = key_hi(d, h, n);
         Expr down = Halide::floor(lo_x / sigma), up = Halide::ceil(hi_x / sigma);
         down = select(sigma * down > lo_x, down - 1.0f, sigma * (down + 1.0f) <= lo_x, down + 1.0f, down);
@@ -876,17 +929,19 @@ SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in) 
         hi(d, h, n) = sigma * as_f32(code(d, kSummaryMax, h, n));
         st.scale.bound(x, 0, cfg.head_dim / gs);
     } else {
-        lo(d, h, n) = round_outward(st.key_min(d, h, n), cfg.summary_type, false);
-        hi(d, h, n) = round_outward(st.key_max(d, h, n), cfg.summary_type, true);
-        st.summary(d, c, h, n) = Halide::mux(c, {cast(cfg.summary_type, mean), lo(d, h, n), hi(d, h, n)});
-        st.scale(x, h, n) = Halide::cast(Halide::BFloat(16), 0.0f);  // a placeholder, not read
+        lo(d, h, n) = round_outward(st.key_min(d, h, n), cfg.summary_type, false, in.repr);
+        hi(d, h, n) = round_outward(st.key_max(d, h, n), cfg.summary_type, true, in.repr);
+        st.summary(d, c, h, n) = Halide::mux(c, {in.repr.from_f32(mean, cfg.summary_type), lo(d, h, n), hi(d, h, n)});
+        st.scale(x, h, n) = in.repr.from_f32(0.0f, Halide::BFloat(16));  // a placeholder, not read
         st.scale.bound(x, 0, 1);
     }
     // The largest |x| of the stored box bounds every |k_d| of the page.
     st.key_absmax = Func("key_absmax");
     st.key_absmax(h, n) = 0.0f;
-    st.key_absmax(h, n) = Halide::max(
-        st.key_absmax(h, n), Halide::max(Halide::abs(as_f32(lo(rd, h, n))), Halide::abs(as_f32(hi(rd, h, n)))));
+    const Type box_type = cfg.summary_type == Halide::Int(8) ? Float(32) : cfg.summary_type;
+    st.key_absmax(h, n) =
+        Halide::max(st.key_absmax(h, n), Halide::max(Halide::abs(in.repr.to_f32(lo(rd, h, n), box_type)),
+                                                     Halide::abs(in.repr.to_f32(hi(rd, h, n), box_type))));
     // sqrt of the f32 sum of squares, rounded up so it bounds the true norm (fp::value_norm_margin).
     st.value_norm = Func("value_norm");
     st.value_norm(h, n) = Halide::sqrt(st.value_norm_sq(h, n)) * float(fp::value_norm_margin(cfg.head_dim));
@@ -910,12 +965,15 @@ SketchStages define_sketch(const SketchConfig &cfg, const SummaryInputs &in) {
     st.absmax = Func("sketch_absmax");
     st.absmax(s, x, h, n) = 0.0f;
     st.absmax(s, x, h, n) = Halide::max(st.absmax(s, x, h, n), Halide::abs(st.key(x * gs + rc, s, h, n)));
-    // sigma rounded up, so |k / sigma| <= max code (to f32 rounding): every code fits.
+    // sigma rounded up, so |k / sigma| <= max code (to f32 rounding): every code fits. The
+    // quotient is IEEE's (strict), not a product with a rounded reciprocal of qmax: the
+    // reference's sigma, bit for bit.
     st.scale = Func("sketch_scale");
-    st.scale(s, x, h, n) = round_outward(st.absmax(s, x, h, n) / float(qmax), Halide::BFloat(16), true);
+    st.scale(s, x, h, n) =
+        round_outward(Halide::strict_float(st.absmax(s, x, h, n) / float(qmax)), Halide::BFloat(16), true, in.repr);
     st.code = Func("sketch_code");
     {
-        Expr sigma = as_f32(st.scale(s, d / gs, h, n));
+        Expr sigma = in.repr.to_f32(st.scale(s, d / gs, h, n), Halide::BFloat(16));
         Expr q = cast<int>(Halide::round(st.key(d, s, h, n) / sigma));
         st.code(d, s, h, n) = select(sigma > 0.0f, clamp(q, -qmax, qmax), 0);
     }

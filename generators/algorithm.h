@@ -157,6 +157,25 @@ struct DecodeStages {
 };
 int record_length(const DecodeConfig &cfg);
 
+// How a kernel holds 16-bit float values: as Halide's float16 / bfloat16 (CPU and CUDA
+// targets), or as their bits in UInt(16) where the GPU language has no 16-bit floats
+// (OpenCL without cl_khr_fp16, as on pocl's CPU device): Generators for such a target take
+// and write those buffers as UInt(16). Conversions to a 16-bit float held as bits, and to
+// bf16 on GPU targets (Halide 21's CUDA code generation aborts on an f32 -> bf16 cast), are
+// integer operations with the same results (round to nearest even, subnormals, infinities).
+struct Float16Repr {
+    bool bits = false;          // held as UInt(16)
+    bool integer_bf16 = false;  // f32 -> bf16 by integer operations
+    static Float16Repr for_target(const Halide::Target &target);
+    Type stored(const Type &t) const;             // the type a value of type t is held in
+    Expr to_f32(Expr v, const Type &t) const;     // v, a t held as stored(t), in f32 (exact)
+    Expr from_f32(Expr x, const Type &t) const;   // x rounded to nearest t, held as stored(t)
+    Expr to_bits(Expr v, const Type &t) const;    // UInt(16) bits of a 16-bit t held as stored(t)
+    Expr from_bits(Expr u, const Type &t) const;  // those bits held as stored(t)
+    // A buffer input held as stored(t), read as f32 values when held as bits, else itself.
+    Func f32_view(const Func &input, const Type &t) const;
+};
+
 // Dense decode attention over all tokens, split into chunks of `split_pages` pages whose
 // partial softmax states are merged (flash-decoding); the split changes only f32
 // reassociation.
@@ -197,6 +216,7 @@ struct SummaryConfig {
 struct SummaryInputs {
     Func k_cache, v_cache, page_table, seq_lens, touched;
     Expr max_pages, num_pages, batch;
+    Float16Repr repr;  // how the 16-bit float outputs are held
 };
 
 struct SummaryStages {
@@ -258,8 +278,9 @@ void set_shared_input_estimates(Inputs &in, const ShapeEstimate &e) {
 }
 
 // x in type t, rounded toward +inf (up) or -inf: exact for f32, one step from the
-// nearest value for bf16 and f16 where the nearest lies on the wrong side.
-Expr round_outward(Expr x, Type t, bool up);
+// nearest value for bf16 and f16 where the nearest lies on the wrong side; held as
+// repr.stored(t).
+Expr round_outward(Expr x, Type t, bool up, const Float16Repr &repr = {});
 
 // Maps a float to a uint32 that orders like it; -0 and +0 map alike. Never 0 for
 // a finite input, so 0 can mark "no element".
@@ -271,7 +292,8 @@ TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i,
 DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in);
 // The certificate's arithmetic relies on IEEE semantics (infinities and NaN that reach
 // the status, no algebra that assumes they cannot occur), so decode kernels are compiled
-// with Halide's strict_float feature: 4% slower at T = 32K on the default shape, warm.
+// with Halide's strict_float feature: 4% slower at T = 32K on the default shape, warm;
+// OpenCL targets also get cl_khr_fp64 (the candidates' scores and the certificate are f64).
 Halide::Target decode_target(const Halide::Target &target);
 DenseStages define_dense(const DenseConfig &cfg, const DenseInputs &in);
 SummaryStages define_summary(const SummaryConfig &cfg, const SummaryInputs &in);

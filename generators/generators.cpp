@@ -54,6 +54,14 @@ void set_common_estimates(Gen &gen, const ShapeEstimate &e) {
     gen.lse.set_estimates(per_head_region(e, 0));
 }
 
+// The touched-page list as the summary and sketch stages read it: clamped to the list, since
+// a GPU schedule's split with a guarded tail may compute a few entries past its end (the
+// writes of those are guarded; the reads must stay inside the buffer).
+template <typename Input>
+Func touched_pages(const Input &touched) {
+    return Halide::BoundaryConditions::repeat_edge(touched);
+}
+
 // The Generators' parameter defaults are the configs' defaults (algorithm.h).
 const DecodeConfig kDecode{};
 const DenseConfig kDense{};
@@ -107,11 +115,12 @@ public:
     Output<Buffer<int32_t, 4>> pages{"pages"};
 
     void configure() {
-        k_cache.set_type(parse_type(kv_type));
-        v_cache.set_type(parse_type(kv_type));
-        summary.set_type(parse_type(summary_type));
-        summary_scale.set_type(Halide::BFloat(16));
-        sketch_scale.set_type(Halide::BFloat(16));
+        const Float16Repr repr = Float16Repr::for_target(get_target());
+        k_cache.set_type(repr.stored(parse_type(kv_type)));
+        v_cache.set_type(repr.stored(parse_type(kv_type)));
+        summary.set_type(repr.stored(parse_type(summary_type)));
+        summary_scale.set_type(repr.stored(Halide::BFloat(16)));
+        sketch_scale.set_type(repr.stored(Halide::BFloat(16)));
     }
 
     DecodeConfig config() const {
@@ -145,19 +154,20 @@ public:
                 get_target().to_string());
         const DecodeConfig cfg = config();
         require_dense_sketch_rows(sketch, cfg.page_size);
+        const Float16Repr repr = Float16Repr::for_target(get_target());
         DecodeInputs in{q,
-                        k_cache,
-                        v_cache,
+                        repr.f32_view(k_cache, cfg.kv_type),
+                        repr.f32_view(v_cache, cfg.kv_type),
                         page_table,
                         seq_lens,
-                        summary,
+                        repr.f32_view(summary, cfg.summary_type),
                         value_norm,
                         key_absmax,
                         route_pages,
                         route_rank,
-                        summary_scale,
+                        repr.f32_view(summary_scale, Halide::BFloat(16)),
                         sketch,
-                        sketch_scale,
+                        repr.f32_view(sketch_scale, Halide::BFloat(16)),
                         scale,
                         page_table.dim(0).extent(),
                         k_cache.dim(3).extent()};
@@ -168,7 +178,11 @@ public:
         candidates = st.result_candidates;
         pages = st.result_pages;
         set_estimates(cfg);
-        if (!using_autoscheduler()) apply_cpu(load_schedule(schedule, schedule_file, hand_schedule(cfg)), cfg, st);
+        if (using_autoscheduler()) return;
+        if (get_target().has_gpu_feature())
+            apply_gpu(load_schedule(schedule, schedule_file, hand_gpu_schedule(cfg)), cfg, st);
+        else
+            apply_cpu(load_schedule(schedule, schedule_file, hand_schedule(cfg)), cfg, st);
     }
 
     void set_estimates(const DecodeConfig &cfg) {
@@ -212,26 +226,41 @@ public:
     Output<Buffer<float, 3>> lse{"lse"};
 
     void configure() {
-        k_cache.set_type(parse_type(kv_type));
-        v_cache.set_type(parse_type(kv_type));
+        k_cache.set_type(Float16Repr::for_target(get_target()).stored(parse_type(kv_type)));
+        v_cache.set_type(Float16Repr::for_target(get_target()).stored(parse_type(kv_type)));
     }
 
     void generate() {
+        const Float16Repr repr = Float16Repr::for_target(get_target());
         DenseConfig cfg;
         cfg.head_dim = head_dim;
         cfg.page_size = page_size;
         cfg.group_size = group_size;
         cfg.kv_type = parse_type(kv_type);
         cfg.layout = parse_layout(layout);
-        const DenseCpuSchedule s = load_schedule(schedule, schedule_file, hand_schedule(cfg));
-        cfg.split_pages = s.split_pages;
-        DenseInputs in{
-            q, k_cache, v_cache, page_table, seq_lens, scale, page_table.dim(0).extent(), k_cache.dim(3).extent()};
+        const bool gpu = get_target().has_gpu_feature();
+        const DenseCpuSchedule cpu_s =
+            gpu ? DenseCpuSchedule{} : load_schedule(schedule, schedule_file, hand_schedule(cfg));
+        const DenseGpuSchedule gpu_s =
+            gpu ? load_schedule(schedule, schedule_file, hand_gpu_schedule(cfg)) : DenseGpuSchedule{};
+        cfg.split_pages = gpu ? gpu_s.split_pages : cpu_s.split_pages;
+        DenseInputs in{q,
+                       repr.f32_view(k_cache, cfg.kv_type),
+                       repr.f32_view(v_cache, cfg.kv_type),
+                       page_table,
+                       seq_lens,
+                       scale,
+                       page_table.dim(0).extent(),
+                       k_cache.dim(3).extent()};
         DenseStages st = define_dense(cfg, in);
         out = st.out;
         lse = st.lse;
         set_common_estimates(*this, shape_estimate(*this, cfg.head_dim, cfg.page_size, cfg.group_size, cfg.layout));
-        if (!using_autoscheduler()) apply_cpu(s, cfg, st);
+        if (using_autoscheduler()) return;
+        if (gpu)
+            apply_gpu(gpu_s, cfg, st);
+        else
+            apply_cpu(cpu_s, cfg, st);
     }
 };
 
@@ -254,33 +283,39 @@ public:
     Output<Buffer<void, 3>> summary_scale{"summary_scale"};
 
     void configure() {
-        k_cache.set_type(parse_type(kv_type));
-        v_cache.set_type(parse_type(kv_type));
-        summary.set_type(parse_type(summary_type));
-        summary_scale.set_type(Halide::BFloat(16));
+        k_cache.set_type(Float16Repr::for_target(get_target()).stored(parse_type(kv_type)));
+        v_cache.set_type(Float16Repr::for_target(get_target()).stored(parse_type(kv_type)));
+        summary.set_type(Float16Repr::for_target(get_target()).stored(parse_type(summary_type)));
+        summary_scale.set_type(Float16Repr::for_target(get_target()).stored(Halide::BFloat(16)));
     }
 
     void generate() {
+        const Float16Repr repr = Float16Repr::for_target(get_target());
         SummaryConfig cfg;
         cfg.head_dim = head_dim;
         cfg.page_size = page_size;
         cfg.kv_type = parse_type(kv_type);
         cfg.summary_type = parse_type(summary_type);
         cfg.layout = parse_layout(layout);
-        SummaryInputs in{k_cache,
-                         v_cache,
+        SummaryInputs in{repr.f32_view(k_cache, cfg.kv_type),
+                         repr.f32_view(v_cache, cfg.kv_type),
                          page_table,
                          seq_lens,
-                         touched,
+                         touched_pages(touched),
                          page_table.dim(0).extent(),
                          k_cache.dim(3).extent(),
-                         page_table.dim(1).extent()};
+                         page_table.dim(1).extent(),
+                         repr};
         SummaryStages st = define_summary(cfg, in);
         summary = st.summary;
         value_norm = st.value_norm;
         key_absmax = st.key_absmax;
         summary_scale = st.scale;
-        if (!using_autoscheduler()) apply_cpu(hand_schedule(cfg), cfg, st);
+        if (using_autoscheduler()) return;
+        if (get_target().has_gpu_feature())
+            apply_gpu(hand_gpu_schedule(cfg), cfg, st);
+        else
+            apply_cpu(hand_schedule(cfg), cfg, st);
     }
 };
 
@@ -302,11 +337,12 @@ public:
     Output<Buffer<void, 4>> scales{"scales"};
 
     void configure() {
-        k_cache.set_type(parse_type(kv_type));
-        scales.set_type(Halide::BFloat(16));
+        k_cache.set_type(Float16Repr::for_target(get_target()).stored(parse_type(kv_type)));
+        scales.set_type(Float16Repr::for_target(get_target()).stored(Halide::BFloat(16)));
     }
 
     void generate() {
+        const Float16Repr repr = Float16Repr::for_target(get_target());
         SketchConfig cfg;
         cfg.head_dim = head_dim;
         cfg.page_size = page_size;
@@ -314,18 +350,23 @@ public:
         cfg.layout = parse_layout(layout);
         cfg.bits = sketch_bits;
         cfg.group = sketch_group;
-        SummaryInputs in{k_cache,
+        SummaryInputs in{repr.f32_view(k_cache, cfg.kv_type),
                          Func(),
                          page_table,
                          seq_lens,
-                         touched,
+                         touched_pages(touched),
                          page_table.dim(0).extent(),
                          k_cache.dim(3).extent(),
-                         page_table.dim(1).extent()};
+                         page_table.dim(1).extent(),
+                         repr};
         SketchStages st = define_sketch(cfg, in);
         codes = st.codes;
         scales = st.scale;
-        if (!using_autoscheduler()) apply_cpu(hand_schedule(cfg), cfg, st);
+        if (using_autoscheduler()) return;
+        if (get_target().has_gpu_feature())
+            apply_gpu(hand_gpu_schedule(cfg), cfg, st);
+        else
+            apply_cpu(hand_schedule(cfg), cfg, st);
     }
 };
 

@@ -9,6 +9,13 @@ namespace vashista {
 using Halide::RVar;
 using Halide::TailStrategy;
 
+std::string divides(const char *what, int lanes, const char *of, int extent) {
+    if (extent % lanes == 0) return "";
+    std::ostringstream os;
+    os << what << " = " << lanes << " does not divide " << of << " = " << extent;
+    return os.str();
+}
+
 std::string knob_domain_error(const char *knob, int value, const std::vector<int> &domain) {
     if (std::find(domain.begin(), domain.end(), value) != domain.end()) return "";
     std::ostringstream os;
@@ -19,23 +26,6 @@ std::string knob_domain_error(const char *knob, int value, const std::vector<int
 }
 
 namespace {
-
-std::string divides(const char *what, int lanes, const char *of, int extent) {
-    if (extent % lanes == 0) return "";
-    std::ostringstream os;
-    os << what << " = " << lanes << " does not divide " << of << " = " << extent;
-    return os.str();
-}
-
-template <typename Schedule, typename Shape>
-void check(const Schedule &s, const Shape &shape) {
-    for (const auto &knob : Schedule::space().knobs) {
-        std::string err = knob_domain_error(knob.name, s.*(knob.field), knob.domain);
-        if (!err.empty()) throw std::invalid_argument(err);
-    }
-    std::string err = Schedule::space().violation(s, shape);
-    if (!err.empty()) throw std::invalid_argument("invalid schedule: " + err);
-}
 
 // Splits an associative reduction (sum, max, or a tuple of them) into `lanes` vector
 // lanes (rfactor) computed inside `f`'s loop over `at`, unrolls `unroll` vectors of it,
@@ -241,7 +231,7 @@ SummaryCpuSchedule hand_schedule(const SummaryConfig &cfg) {
 }
 
 void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st) {
-    check(s, cfg);
+    check_point(s, cfg);
     Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c;
     const int vw = s.vector_width;
 
@@ -396,9 +386,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
 }
 
 void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &st) {
-    check(s, cfg);
-    if (cfg.split_pages != s.split_pages)
-        throw std::invalid_argument("dense schedule split_pages must match the definition's split_pages");
+    check_dense_point(s, cfg);
     Var d = st.d, t = st.t, g = st.g, h = st.h, b = st.b, ch = st.ch;
     const int vw = s.vector_width;
     // One task per (chunk, KV head, sequence); the chunk's scores stay in cache.
@@ -437,7 +425,7 @@ void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &s
 }
 
 void apply_cpu(const SketchCpuSchedule &s, const SketchConfig &cfg, SketchStages &st) {
-    check(s, cfg);
+    check_point(s, cfg);
     Var sv = st.s, h = st.h, n = st.n;
     Var hn("hn");
     for (Func f : {st.scale, st.codes}) {
@@ -448,7 +436,7 @@ void apply_cpu(const SketchCpuSchedule &s, const SketchConfig &cfg, SketchStages
 }
 
 void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st) {
-    check(s, cfg);
+    check_point(s, cfg);
     Var d = st.d, c = st.c, h = st.h, n = st.n;
     Var hn("hn");
     // Per-channel sums and extremes once per (head, page); the summary rows and the

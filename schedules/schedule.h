@@ -1,4 +1,4 @@
-// How each stage is computed on a CPU. A schedule is data: a struct of integer knobs
+// How each stage is computed on a CPU or a GPU. A schedule is data: a struct of integer knobs
 // that round-trips through JSON. Each struct declares its knobs, their domains and the
 // constraints between them in one place (`space()`), so the hand-written defaults, the
 // tuner's search and the JSON files all describe points of the same space.
@@ -67,6 +67,41 @@ struct SketchCpuSchedule {
     static const Space<SketchCpuSchedule, SketchConfig> &space();
 };
 
+// check_point, and a dense schedule's split equal to the definition's (the split is a
+// knob of the schedule, fixed in the definition).
+template <typename Schedule>
+void check_dense_point(const Schedule &s, const DenseConfig &cfg) {
+    check_point(s, cfg);
+    if (cfg.split_pages != s.split_pages)
+        throw std::invalid_argument("dense schedule split_pages must match the definition's split_pages");
+}
+
+// GPU schedules (schedules/gpu.cpp): blocks over independent work, threads inside a
+// block, block-local stages in shared memory. Every directive they use lowers to OpenCL
+// and CUDA alike, so the OpenCL target (run on the CPU through pocl) checks the same
+// loop nests a CUDA build runs.
+struct DecodeGpuSchedule {
+    int threads = 128;  // threads per block, over each stage's first free dimension
+    static const Space<DecodeGpuSchedule, DecodeConfig> &space();
+};
+
+struct DenseGpuSchedule {
+    int split_pages = 16;   // pages per block (one flash-decoding chunk)
+    int d_vector = 2;       // D elements per thread in the value sum (2: bf16 pairs)
+    int group_threads = 0;  // 1: the group's heads are a second thread dimension, else a loop per thread
+    static const Space<DenseGpuSchedule, DenseConfig> &space();
+};
+
+struct SummaryGpuSchedule {
+    int pages_per_block = 2;  // touched pages per block (threads over D x pages)
+    static const Space<SummaryGpuSchedule, SummaryConfig> &space();
+};
+
+struct SketchGpuSchedule {
+    int pages_per_block = 2;  // touched pages per block (threads over tokens x groups x pages)
+    static const Space<SketchGpuSchedule, SketchConfig> &space();
+};
+
 // JSON round trip over a space's knobs. from_json rejects unknown knobs and values
 // outside a domain, naming them.
 template <typename Schedule>
@@ -77,6 +112,20 @@ nlohmann::json schedule_to_json(const Schedule &s) {
 }
 
 std::string knob_domain_error(const char *knob, int value, const std::vector<int> &domain);
+// Empty when `lanes` divides `extent`, else a sentence naming both.
+std::string divides(const char *what, int lanes, const char *of, int extent);
+
+// Throws std::invalid_argument naming the first knob outside its domain or the violated
+// constraint of `s` for `shape`.
+template <typename Schedule, typename Shape>
+void check_point(const Schedule &s, const Shape &shape) {
+    for (const auto &knob : Schedule::space().knobs) {
+        std::string err = knob_domain_error(knob.name, s.*(knob.field), knob.domain);
+        if (!err.empty()) throw std::invalid_argument(err);
+    }
+    std::string err = Schedule::space().violation(s, shape);
+    if (!err.empty()) throw std::invalid_argument("invalid schedule: " + err);
+}
 
 template <typename Schedule>
 Schedule schedule_from_json(const nlohmann::json &j) {
@@ -116,11 +165,21 @@ DenseCpuSchedule hand_schedule(const DenseConfig &cfg);
 SummaryCpuSchedule hand_schedule(const SummaryConfig &cfg);
 SketchCpuSchedule hand_schedule(const SketchConfig &cfg);
 
+DecodeGpuSchedule hand_gpu_schedule(const DecodeConfig &cfg);
+DenseGpuSchedule hand_gpu_schedule(const DenseConfig &cfg);
+SummaryGpuSchedule hand_gpu_schedule(const SummaryConfig &cfg);
+SketchGpuSchedule hand_gpu_schedule(const SketchConfig &cfg);
+
 // Turn a schedule into Halide directives. Throws std::invalid_argument on a point that
 // violates its space's constraints.
 void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st);
 void apply_cpu(const DenseCpuSchedule &s, const DenseConfig &cfg, DenseStages &st);
 void apply_cpu(const SummaryCpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st);
 void apply_cpu(const SketchCpuSchedule &s, const SketchConfig &cfg, SketchStages &st);
+
+void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st);
+void apply_gpu(const DenseGpuSchedule &s, const DenseConfig &cfg, DenseStages &st);
+void apply_gpu(const SummaryGpuSchedule &s, const SummaryConfig &cfg, SummaryStages &st);
+void apply_gpu(const SketchGpuSchedule &s, const SketchConfig &cfg, SketchStages &st);
 
 }  // namespace vashista

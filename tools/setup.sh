@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 HALIDE_VERSION=21.0.0   # newest release with a wheel for this Python (halide-bin 22 has none)
 CMAKE_VERSION=3.31.10   # Halide's CMake package needs >= 3.28
 # crossbuild-essential-arm64 and qemu-user-static: the AArch64 library's test (cross-built,
-# run under emulation).
-APT_PACKAGES=(catch2 nlohmann-json3-dev python3-venv clang-format crossbuild-essential-arm64 qemu-user-static)
+# run under emulation). pocl-opencl-icd with the ICD loader: an OpenCL device on this CPU,
+# on which the GPU schedules' tests run.
+APT_PACKAGES=(catch2 nlohmann-json3-dev python3-venv clang-format crossbuild-essential-arm64 qemu-user-static
+    pocl-opencl-icd ocl-icd-libopencl1)
 # make fuzz (tests/fuzz): clang, and libclang-rt-dev for libclang_rt.fuzzer (-fsanitize=fuzzer),
 # which clang only recommends.
 [[ ${1:-} == fuzz ]] && APT_PACKAGES+=(clang libclang-rt-dev)

@@ -1,0 +1,121 @@
+// The GPU schedules (schedules/gpu.cpp) run through Halide's OpenCL target on this machine's
+// OpenCL device (pocl's CPU device: tools/setup.sh installs it), against the reference with
+// the checks the CPU kernels pass; and the same Generators compiled for CUDA, ahead of time.
+#include "kernel_check.h"
+
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+using namespace vashista;
+
+namespace {
+
+Halide::Target opencl_target() {
+    const Halide::Target t = Halide::get_host_target().with_feature(Halide::Target::OpenCL);
+    if (!Halide::host_supports_target_device(t))
+        FAIL(
+            "no OpenCL device: the GPU schedules run on pocl's CPU device here (Debian's pocl-opencl-icd, which "
+            "tools/setup.sh installs; `clinfo -l` lists it)");
+    return t;
+}
+
+}  // namespace
+
+TEST_CASE("the dense kernel's GPU schedules match the reference through OpenCL", "[gpu]") {
+    const Halide::Target t = opencl_target();
+    test::check_dense_kernel(t, "");
+    // Random points of the space (the hand schedule is one), every knob varied.
+    std::mt19937 rng(5);
+    DenseConfig shape;
+    shape.head_dim = 32;
+    shape.group_size = 4;
+    for (int i = 0; i < 3; ++i) {
+        const DenseGpuSchedule s = random_point<DenseGpuSchedule>(shape, rng);
+        test::check_dense_kernel(t, schedule_to_json(s).dump());
+    }
+}
+
+TEST_CASE("the summarize kernel's GPU schedule matches the reference through OpenCL, bit for bit", "[gpu]") {
+    test::check_summarize_kernel(opencl_target());
+}
+
+TEST_CASE("the sketch kernel's GPU schedule matches the reference through OpenCL, bit for bit", "[gpu]") {
+    test::check_sketch_kernel(opencl_target());
+}
+
+TEST_CASE("GPU schedule points outside their space are refused, naming why", "[gpu]") {
+    DenseConfig cfg;
+    cfg.head_dim = 128;
+    cfg.group_size = 8;
+    GeneratorParams p = generator_params(cfg);
+    p["schedule"] = R"({"split_pages": 64, "group_threads": 1})";
+    REQUIRE_THROWS_WITH(GeneratorJit("vashista_dense", p, opencl_target()),
+                        Catch::Contains("8192 threads is more than 1024"));
+    p["schedule"] = R"({"split_pages": 12})";
+    REQUIRE_THROWS_WITH(GeneratorJit("vashista_dense", p, opencl_target()),
+                        Catch::Contains("'split_pages' = 12 is not one of"));
+}
+
+TEST_CASE("the fused decode's GPU schedules match the reference through OpenCL", "[gpu]") {
+    // The hand schedule on every (solver, routing mode) with one group routing each,
+    // alternating; blocks of 32 threads (a thread runs several pages, slots, candidates) on
+    // the softmax and eg cases. (pocl compiles each fw and sparsemax kernel in 20-40 s: their
+    // solver steps are many block-wide stages.)
+    const Halide::Target t = opencl_target();
+    const std::vector<Solver> all = {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax};
+    test::check_decode_matrix(t, "", all, true);
+    test::check_decode_matrix(t, R"({"threads": 32})", {Solver::Softmax, Solver::EG}, true);
+}
+
+namespace {
+
+// A Generator compiled ahead of time for `target` into an object file; its bytes.
+std::string compile_object(const std::string &generator, const GeneratorParams &params, const Halide::Target &target,
+                           const std::filesystem::path &dir) {
+    auto gen = Halide::Internal::GeneratorRegistry::create(generator, Halide::GeneratorContext(target));
+    REQUIRE(gen);
+    gen->set_generatorparam_values(params);
+    Halide::Pipeline p = gen->build_pipeline();
+    const std::filesystem::path obj = dir / (generator + ".o");
+    p.compile_to_object(obj.string(), p.infer_arguments(), generator, target);
+    std::ifstream in(obj, std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    return bytes.str();
+}
+
+}  // namespace
+
+TEST_CASE("the page kernels compile for CUDA ahead of time, with PTX for each capability", "[gpu]") {
+    const std::filesystem::path dir = std::filesystem::temp_directory_path() / "vashista_cuda_objects";
+    std::filesystem::create_directories(dir);
+    for (const char *capability : {"cuda_capability_80", "cuda_capability_86"}) {
+        const Halide::Target t("x86-64-linux-cuda-" + std::string(capability));
+        const std::string sm = std::string(".target sm_") + (capability + std::string("cuda_capability_").size());
+        for (Halide::Type kv : {Halide::BFloat(16), Halide::Float(16), Halide::Float(32)}) {
+            if (kv != Halide::BFloat(16) && t.has_feature(Halide::Target::CUDACapability86)) continue;  // bf16 suffices
+            DenseConfig dense;
+            dense.kv_type = kv;
+            SummaryConfig summary;
+            summary.kv_type = kv;
+            summary.summary_type = kv == Halide::Float(32) ? Halide::Int(8) : kv;
+            SketchConfig sketch;
+            sketch.kv_type = kv;
+            const std::pair<const char *, GeneratorParams> kernels[] = {
+                {"vashista_dense", generator_params(dense)},
+                {"vashista_summarize", generator_params(summary)},
+                {"vashista_sketch", generator_params(sketch)}};
+            for (const auto &[name, params] : kernels) {
+                INFO(name << " " << type_name(kv) << " for " << t.to_string());
+                const std::string object = compile_object(name, params, t, dir);
+                CHECK(object.find(sm) != std::string::npos);
+            }
+        }
+    }
+    std::filesystem::remove_all(dir);
+}
