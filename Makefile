@@ -9,7 +9,7 @@ CMAKE := $(VENV)/bin/cmake
 CTEST := $(VENV)/bin/ctest
 HALIDE_DIR = $(shell $(VENV)/bin/python -c "import halide; print(halide.install_dir())")/lib64/cmake
 
-.PHONY: all setup configure build run test format-check format test-sanitize test-slow quality bench-engine bench bench-quick bench-run fuzz clean
+.PHONY: all setup configure build run test test-gpu format-check format test-sanitize test-slow quality bench-engine bench bench-quick bench-run fuzz clean
 
 all: build
 
@@ -61,6 +61,11 @@ bench-run:
 
 test: build format-check
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow
+
+# On a machine with an NVIDIA GPU: the GPU schedules' tests through CUDA (JIT), the kernel
+# matrix and the page kernels against the reference. Elsewhere the entry reports itself skipped.
+test-gpu: build
+	@$(CTEST) --test-dir $(BUILD) --output-on-failure -L gpu_device
 
 # The C++ sources as .clang-format lays them out (make test checks; make format rewrites).
 SOURCES = $(shell find generators schedules runtime reference autotune bench tests quality \

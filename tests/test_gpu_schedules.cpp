@@ -1,11 +1,15 @@
-// The GPU schedules (schedules/gpu.cpp) run through Halide's OpenCL target on this machine's
-// OpenCL device (pocl's CPU device: tools/setup.sh installs it), against the reference with
-// the checks the CPU kernels pass; and the same Generators compiled for CUDA, ahead of time.
+// The GPU schedules (schedules/gpu.cpp) against the reference with the checks the CPU
+// kernels pass, on a GPU target: by default Halide's OpenCL target on this machine's OpenCL
+// device (pocl's CPU device: tools/setup.sh installs it); with VASHISTA_GPU_TARGET=cuda
+// (`make test-gpu`, the test_gpu_schedules_cuda entry) CUDA on an NVIDIA GPU, and where no
+// CUDA device is usable the process reports itself skipped (exit 77, ctest's skip code).
+// And the same Generators compiled for CUDA ahead of time.
 #include "kernel_check.h"
 
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -15,7 +19,25 @@ using namespace vashista;
 
 namespace {
 
-Halide::Target opencl_target() {
+constexpr int kSkipped = 77;
+
+Halide::Target gpu_target() {
+    const char *env = std::getenv("VASHISTA_GPU_TARGET");
+    const std::string which = env ? env : "opencl";
+    if (which == "cuda") {
+        const Halide::Target t =
+            Halide::get_host_target().with_feature(Halide::Target::CUDA).with_feature(Halide::Target::CUDACapability80);
+        if (!Halide::host_supports_target_device(t)) {
+            std::printf(
+                "SKIPPED: VASHISTA_GPU_TARGET=cuda, and no CUDA device is usable on this machine "
+                "(Halide could not open one for %s); nothing was run\n",
+                t.to_string().c_str());
+            std::fflush(stdout);
+            std::exit(kSkipped);
+        }
+        return t;
+    }
+    if (which != "opencl") FAIL("VASHISTA_GPU_TARGET is '" << which << "': opencl (the default) or cuda");
     const Halide::Target t = Halide::get_host_target().with_feature(Halide::Target::OpenCL);
     if (!Halide::host_supports_target_device(t))
         FAIL(
@@ -26,8 +48,8 @@ Halide::Target opencl_target() {
 
 }  // namespace
 
-TEST_CASE("the dense kernel's GPU schedules match the reference through OpenCL", "[gpu]") {
-    const Halide::Target t = opencl_target();
+TEST_CASE("the dense kernel's GPU schedules match the reference on the GPU target", "[gpu]") {
+    const Halide::Target t = gpu_target();
     test::check_dense_kernel(t, "");
     // Random points of the space (the hand schedule is one), every knob varied.
     std::mt19937 rng(5);
@@ -40,12 +62,12 @@ TEST_CASE("the dense kernel's GPU schedules match the reference through OpenCL",
     }
 }
 
-TEST_CASE("the summarize kernel's GPU schedule matches the reference through OpenCL, bit for bit", "[gpu]") {
-    test::check_summarize_kernel(opencl_target());
+TEST_CASE("the summarize kernel's GPU schedule matches the reference on the GPU target, bit for bit", "[gpu]") {
+    test::check_summarize_kernel(gpu_target());
 }
 
-TEST_CASE("the sketch kernel's GPU schedule matches the reference through OpenCL, bit for bit", "[gpu]") {
-    test::check_sketch_kernel(opencl_target());
+TEST_CASE("the sketch kernel's GPU schedule matches the reference on the GPU target, bit for bit", "[gpu]") {
+    test::check_sketch_kernel(gpu_target());
 }
 
 TEST_CASE("GPU schedule points outside their space are refused, naming why", "[gpu]") {
@@ -54,19 +76,19 @@ TEST_CASE("GPU schedule points outside their space are refused, naming why", "[g
     cfg.group_size = 8;
     GeneratorParams p = generator_params(cfg);
     p["schedule"] = R"({"split_pages": 64, "group_threads": 1})";
-    REQUIRE_THROWS_WITH(GeneratorJit("vashista_dense", p, opencl_target()),
+    REQUIRE_THROWS_WITH(GeneratorJit("vashista_dense", p, gpu_target()),
                         Catch::Contains("8192 threads is more than 1024"));
     p["schedule"] = R"({"split_pages": 12})";
-    REQUIRE_THROWS_WITH(GeneratorJit("vashista_dense", p, opencl_target()),
+    REQUIRE_THROWS_WITH(GeneratorJit("vashista_dense", p, gpu_target()),
                         Catch::Contains("'split_pages' = 12 is not one of"));
 }
 
-TEST_CASE("the fused decode's GPU schedules match the reference through OpenCL", "[gpu]") {
+TEST_CASE("the fused decode's GPU schedules match the reference on the GPU target", "[gpu]") {
     // The hand schedule on every (solver, routing mode) with one group routing each,
     // alternating; blocks of 32 threads (a thread runs several pages, slots, candidates) on
     // the softmax and eg cases. (pocl compiles each fw and sparsemax kernel in 20-40 s: their
     // solver steps are many block-wide stages.)
-    const Halide::Target t = opencl_target();
+    const Halide::Target t = gpu_target();
     const std::vector<Solver> all = {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax};
     test::check_decode_matrix(t, "", all, true);
     test::check_decode_matrix(t, R"({"threads": 32})", {Solver::Softmax, Solver::EG}, true);
