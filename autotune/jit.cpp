@@ -31,17 +31,18 @@ const AbstractGenerator::ArgInfo &GeneratorJit::arg(const std::string &name) con
 GeneratorJit &GeneratorJit::buffer(const std::string &name, const Halide::Buffer<> &b) {
     const auto &a = arg(name);
     const Halide::Type t = a.kind == ArgInfoKind::Buffer ? a.types.at(0) : Halide::Type();
-    // A Generator may take 16-bit floats as their bits (stored_type): the same memory, typed so.
+    // A Generator may take 16-bit floats as their bits (Float16Repr): the same memory, typed so.
     const bool as_bits = t == Halide::UInt(16) && b.type().is_float() && b.type().bits() == 16;
     if (a.kind != ArgInfoKind::Buffer || a.dimensions != b.dimensions() || (t != b.type() && !as_bits))
         throw std::invalid_argument("Generator " + name_ + " argument '" + name + "' is not a " +
                                     std::to_string(b.dimensions()) + "-dimensional buffer of this type");
     Halide::Buffer<> bound = b;
+    views_.erase(name);  // a rebound argument drops its old view
     if (as_bits) {
         halide_buffer_t raw = *b.raw_buffer();
         raw.type = t;
         bound = Halide::Buffer<>(Halide::Runtime::Buffer<void>(raw));  // a view: `b` owns the memory
-        views_.push_back({b, bound});
+        views_[name] = {b, bound};
     }
     if (a.dir == ArgInfoDirection::Output)
         outputs_[name] = bound;
@@ -73,8 +74,8 @@ void GeneratorJit::run() {
     // says its host side changed (callers write through raw pointers).
     for (auto &[name, b] : inputs_) b.set_host_dirty();
     pipeline_.realize(Halide::Realization(outs));
-    for (auto &b : outs) b.copy_to_host();                // a GPU target leaves its outputs on the device
-    for (auto &view : views_) view.second.device_free();  // views own no memory, device memory included
+    for (auto &b : outs) b.copy_to_host();                        // a GPU target leaves its outputs on the device
+    for (auto &[name, view] : views_) view.second.device_free();  // views own no memory, device memory included
 }
 
 GeneratorParams decode_params(const DecodeConfig &cfg, const DecodeCpuSchedule *schedule) {

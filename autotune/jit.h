@@ -32,7 +32,7 @@ private:
     Halide::Pipeline pipeline_;
     std::vector<Halide::Internal::AbstractGenerator::ArgInfo> args_;
     std::map<std::string, Halide::Buffer<>> inputs_, outputs_;
-    std::vector<std::pair<Halide::Buffer<>, Halide::Buffer<>>> views_;  // {owner, 16-bit floats as bits}
+    std::map<std::string, std::pair<Halide::Buffer<>, Halide::Buffer<>>> views_;  // name -> {owner, its bits}
 };
 
 // The parameters of a decode kernel with `schedule` (the hand schedule when null).
