@@ -120,42 +120,55 @@ TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i,
         st.threshold.push_back(threshold);
     }
 
-    st.count_above = Func(name + "_count_above");
-    RDom ra(0, n, name + "_ra");
-    st.count_above(g, h, b) = 0;
-    st.count_above(g, h, b) += select(key(ra, g, h, b) > tau, 1, 0);
-    // ties at tau still to keep, lowest index first
-    Expr need = k - st.count_above(g, h, b);
-
     auto is_tie = [&](Expr key_value) { return key_value == tau && tau > u32(0); };
 
-    // scan(i) = {ties at tau before i, kept before i}: an order-preserving compaction.
-    st.scan = Func(name + "_scan");
-    st.scan(i, g, h, b) = Tuple(0, 0);
-    RDom rs(1, n - 1, name + "_rs");
+    // The word masks: bit j of word w for index 32 w + j (indices past n are in no mask).
+    const int bits = TopKStages::kWordBits;
+    Expr words = (n + bits - 1) / bits;
+    Var w = i;
+    st.mask = Func(name + "_mask");
+    st.mask(w, g, h, b) = Tuple(u32(0), u32(0));
+    RDom rb(0, bits, name + "_rb");
     {
-        Expr prev_key = key(rs - 1, g, h, b);
-        Expr ties_before = st.scan(rs - 1, g, h, b)[0];
-        Expr kept_before = st.scan(rs - 1, g, h, b)[1];
-        Expr prev_tie = is_tie(prev_key);
-        Expr prev_kept = prev_key > tau || (prev_tie && ties_before < need);
-        st.scan(rs, g, h, b) = Tuple(ties_before + select(prev_tie, 1, 0), kept_before + select(prev_kept, 1, 0));
+        Expr at = w * bits + rb;
+        Expr key_at = key(min(at, n - 1), g, h, b);
+        Expr bit = select(at < n, u32(1) << cast<uint32_t>(rb), u32(0));
+        st.mask(w, g, h, b) = Tuple(st.mask(w, g, h, b)[0] | select(key_at > tau, bit, u32(0)),
+                                    st.mask(w, g, h, b)[1] | select(is_tie(key_at), bit, u32(0)));
     }
+    // The counts in the words before w: the one serial scan, over n / 32 words.
+    st.words_before = Func(name + "_words_before");
+    st.words_before(w, g, h, b) = Tuple(0, 0);
+    RDom rw(1, words, name + "_rw");
+    st.words_before(rw, g, h, b) =
+        Tuple(st.words_before(rw - 1, g, h, b)[0] + cast<int>(popcount(st.mask(rw - 1, g, h, b)[0])),
+              st.words_before(rw - 1, g, h, b)[1] + cast<int>(popcount(st.mask(rw - 1, g, h, b)[1])));
+    // #above and #ties at indices before i (part 0 and 1).
+    auto before = [&](Expr at, int part) {
+        Expr word = at / bits;
+        Expr lower = (u32(1) << cast<uint32_t>(at % bits)) - u32(1);
+        return st.words_before(word, g, h, b)[part] + cast<int>(popcount(st.mask(word, g, h, b)[part] & lower));
+    };
+    // ties at tau still to keep after the keys above it (at least one when tau > 0), lowest
+    // index first
+    Expr above = st.words_before(words, g, h, b)[0];
+    Expr need = k - above;
 
     st.kept = Func(name + "_kept");
     {
         Expr key_i = key(i, g, h, b);
-        st.kept(i, g, h, b) = key_i > tau || (is_tie(key_i) && st.scan(i, g, h, b)[0] < need);
+        st.kept(i, g, h, b) = key_i > tau || (is_tie(key_i) && before(i, 1) < need);
     }
 
     st.index = Func(name + "_index");
     st.index(i, g, h, b) = -1;
     RDom rk(0, n, name + "_rk");
     rk.where(st.kept(rk, g, h, b));
-    st.index(clamp(st.scan(rk, g, h, b)[1], 0, k - 1), g, h, b) = cast<int>(rk);
+    Expr kept_before = before(rk, 0) + min(before(rk, 1), need);
+    st.index(clamp(kept_before, 0, k - 1), g, h, b) = cast<int>(rk);
 
     st.count = Func(name + "_count");
-    st.count(g, h, b) = st.scan(n - 1, g, h, b)[1] + select(st.kept(n - 1, g, h, b), 1, 0);
+    st.count(g, h, b) = above + min(st.words_before(words, g, h, b)[1], need);
     return st;
 }
 

@@ -89,12 +89,17 @@ void require_dense_sketch_rows(SketchInput &sketch, int page_size) {
 // The stages of a linear-time top-k over keys (i, g, h, b) -> uint32, i in [0, n).
 // Keys order like the scores they encode; key 0 marks an element that does not exist.
 // The k-th largest key is found bit by bit (32 counting passes); ties at that key go to
-// the lower index; the kept indices are compacted in index order.
+// the lower index; the kept indices are compacted in index order. The compaction counts
+// through bit masks of 32 indices (a word): an index's place is the count in the words
+// before it plus a popcount inside its word, so every stage but the short scan over words
+// is parallel over indices or words (GPU threads, CPU vector lanes).
 struct TopKStages {
+    static constexpr int kWordBits = 32;
     std::vector<Func> count_at_least;  // per pass: #keys >= candidate threshold
     std::vector<Func> threshold;       // per pass: threshold so far; the last is the k-th key
-    Func count_above;                  // #keys > k-th key
-    Func scan;                         // (i) -> {ties before i, kept before i}
+    Func mask;                         // (w) -> {bits of keys above the k-th key, bits of ties at it}
+                                       //        for indices [32 w, 32 w + 32)
+    Func words_before;                 // (w) -> {#above, #ties} in words before w, w in [0, words]
     Func kept;                         // (i) -> bool
     Func index;                        // (slot) -> kept index in increasing order, or -1
     Func count;                        // number kept = min(k, #existing)

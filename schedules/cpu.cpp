@@ -328,9 +328,11 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
             vectorize_sum(count, s.count_lanes, s.count_unroll, g);
         }
         for (Func t : tk.threshold) at_head(t);
-        at_head(tk.count_above);
-        vectorize_sum(tk.count_above, s.count_lanes, s.count_unroll, g);
-        at_head(tk.scan);
+        // The word masks, words across vector lanes (each lane gathers its word's keys).
+        at_head(tk.mask);
+        tk.mask.vectorize(i, vw, TailStrategy::RoundUp);
+        tk.mask.update().vectorize(i, vw, TailStrategy::GuardWithIf);
+        at_head(tk.words_before);
         at_head(tk.index);
     };
     schedule_top_k(st.route, st.route_key);

@@ -111,12 +111,23 @@ void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         f.compute_at(rec, h);
         for (int k = 0; k <= f.num_update_definitions(); ++k) threads_over_first_free(f, k, s.threads);
     };
+    // The top-k: each counting pass over all threads (a partial count per thread, strided
+    // so neighbouring threads read neighbouring keys, then summed), a thread per word for the
+    // masks, and the compaction's writes (distinct slots) a thread per index.
     auto top_k_in_block = [&](TopKStages &tk) {
-        for (Func f : tk.count_at_least) in_block(f);
+        for (Func count : tk.count_at_least) {
+            in_block(count);
+            RVar r = count.rvars(0)[0], rt("rt");
+            Func part = count.update().split(r, r, rt, s.threads, TailStrategy::GuardWithIf).rfactor(rt, Var("u"));
+            in_block(part);
+        }
         for (Func f : tk.threshold) in_block(f);
-        in_block(tk.count_above);
-        in_block(tk.scan);
-        in_block(tk.index);
+        in_block(tk.mask);
+        in_block(tk.words_before);
+        tk.index.compute_at(rec, h);
+        threads_over_first_free(tk.index, 0, s.threads);
+        RVar rk = tk.index.rvars(0)[0], rkt("rkt");
+        tk.index.update().allow_race_conditions().split(rk, rk, rkt, s.threads, TailStrategy::GuardWithIf).gpu_threads(rkt);
     };
     for (Func f : {st.q_step, st.q_code, st.q_group_weight, st.q_l1}) in_block(f);
     if (cfg.routing == RoutingMode::Sketch) {
