@@ -103,18 +103,40 @@ Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr
     return layout == KvLayout::HND ? cache(d, s, h, page) : cache(d, h, s, page);
 }
 
-TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i, Var g, Var h, Var b) {
+namespace {
+
+// The set bits of a uint32 by shift-and-add steps, not Halide's popcount(): Halide 21's
+// OpenCL code calls a halide_popcount it never defines, so that does not run through pocl.
+Expr bit_count(Expr x) {
+    x = x - ((x >> 1) & u32(0x55555555u));
+    x = (x & u32(0x33333333u)) + ((x >> 2) & u32(0x33333333u));
+    x = (x + (x >> 4)) & u32(0x0f0f0f0fu);
+    return cast<int>((x * u32(0x01010101u)) >> 24);
+}
+
+}  // namespace
+
+TopKStages top_k(const Func &key, Expr n, int k, int digit_bits, const std::string &name, Var i, Var g, Var h,
+                 Var b) {
+    if (digit_bits != 1 && digit_bits != 2 && digit_bits != 4)
+        throw std::invalid_argument("top-k digit_bits is " + std::to_string(digit_bits) + ", not 1, 2 or 4");
     TopKStages st;
-    // Largest threshold tau with #(key >= tau) >= k, one bit per pass, MSB first.
+    // Largest threshold tau with #(key >= tau) >= k, one digit per pass, most significant
+    // first: the pass counts the keys at or above tau with each nonzero value of its digit,
+    // and the digit becomes the largest value whose count reaches k (counts fall as it grows).
+    const int values = (1 << digit_bits) - 1;
+    Var v = i;
     Expr tau = u32(0);
-    for (int bit = 31; bit >= 0; --bit) {
-        Func count(name + "_count_at_least_" + std::to_string(bit));
-        Func threshold(name + "_threshold_" + std::to_string(bit));
-        Expr candidate = tau | u32(uint64_t(1) << bit);
-        RDom r(0, n, name + "_r" + std::to_string(bit));
-        count(g, h, b) = 0;
-        count(g, h, b) += select(key(r, g, h, b) >= candidate, 1, 0);
-        threshold(g, h, b) = select(count(g, h, b) >= k, candidate, tau);
+    for (int shift = 32 - digit_bits; shift >= 0; shift -= digit_bits) {
+        Func count(name + "_count_at_least_" + std::to_string(shift));
+        Func threshold(name + "_threshold_" + std::to_string(shift));
+        Expr candidate = tau | (cast<uint32_t>(v + 1) << shift);
+        RDom r(0, n, name + "_r" + std::to_string(shift));
+        count(v, g, h, b) = 0;
+        count(v, g, h, b) += select(key(r, g, h, b) >= candidate, 1, 0);
+        Expr digit = u32(0);
+        for (int value = 0; value < values; ++value) digit += select(count(value, g, h, b) >= k, u32(1), u32(0));
+        threshold(g, h, b) = tau | (digit << shift);
         tau = threshold(g, h, b);
         st.count_at_least.push_back(count);
         st.threshold.push_back(threshold);
@@ -141,13 +163,13 @@ TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i,
     st.words_before(w, g, h, b) = Tuple(0, 0);
     RDom rw(1, words, name + "_rw");
     st.words_before(rw, g, h, b) =
-        Tuple(st.words_before(rw - 1, g, h, b)[0] + cast<int>(popcount(st.mask(rw - 1, g, h, b)[0])),
-              st.words_before(rw - 1, g, h, b)[1] + cast<int>(popcount(st.mask(rw - 1, g, h, b)[1])));
+        Tuple(st.words_before(rw - 1, g, h, b)[0] + bit_count(st.mask(rw - 1, g, h, b)[0]),
+              st.words_before(rw - 1, g, h, b)[1] + bit_count(st.mask(rw - 1, g, h, b)[1]));
     // #above and #ties at indices before i (part 0 and 1).
     auto before = [&](Expr at, int part) {
         Expr word = at / bits;
         Expr lower = (u32(1) << cast<uint32_t>(at % bits)) - u32(1);
-        return st.words_before(word, g, h, b)[part] + cast<int>(popcount(st.mask(word, g, h, b)[part] & lower));
+        return st.words_before(word, g, h, b)[part] + bit_count(st.mask(word, g, h, b)[part] & lower);
     };
     // ties at tau still to keep after the keys above it (at least one when tau > 0), lowest
     // index first
@@ -409,7 +431,7 @@ void DecodeDefinition::route() {
     st.route_key = Func("route_key");
     st.route_key(i, g, h, b) =
         select(i >= n_pages, u32(0), always_routed, u32(0xffffffffu), order_key(st.route_score(i, g, h, b)));
-    st.route = top_k(st.route_key, in.max_pages, P, "route", i, g, h, b);
+    st.route = top_k(st.route_key, in.max_pages, P, cfg.digit_bits, "route", i, g, h, b);
 
     gr = per_head ? Expr(g) : Expr(0);
     st.pages = Func("pages");
@@ -436,7 +458,7 @@ void DecodeDefinition::candidates() {
     }
     st.token_key = Func("token_key");
     st.token_key(i, g, h, b) = select(slot_valid(i), order_key(score_at(i)), u32(0));
-    st.select = top_k(st.token_key, P * S, KC, "select", i, g, h, b);
+    st.select = top_k(st.token_key, P * S, KC, cfg.digit_bits, "select", i, g, h, b);
 
     Expr cand_slot = st.select.index(c, g, h, b);
     Expr cand_valid = cand_slot >= 0;

@@ -63,6 +63,10 @@ struct DecodeConfig {
     float solver_tau = kSolverTauDefault;    // fw and sparsemax regularization
     int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
     int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
+    // Bits of the top-k's k-th key found per counting pass: 32 / digit_bits passes, each
+    // counting the keys at or above 2^digit_bits - 1 candidate thresholds (1, 2 or 4; a
+    // schedule choice: the GPU schedule's knob, 1 on the CPU).
+    int digit_bits = 1;
     // heads that route together: G for per_head, 1 for shared
     int routing_groups() const { return group_routing == GroupRouting::PerHead ? group_size : 1; }
 };
@@ -88,14 +92,15 @@ void require_dense_sketch_rows(SketchInput &sketch, int page_size) {
 
 // The stages of a linear-time top-k over keys (i, g, h, b) -> uint32, i in [0, n).
 // Keys order like the scores they encode; key 0 marks an element that does not exist.
-// The k-th largest key is found bit by bit (32 counting passes); ties at that key go to
+// The k-th largest key is found digit by digit, most significant first (32 / digit_bits
+// counting passes, each counting at every value of its digit); ties at that key go to
 // the lower index; the kept indices are compacted in index order. The compaction counts
 // through bit masks of 32 indices (a word): an index's place is the count in the words
 // before it plus a popcount inside its word, so every stage but the short scan over words
 // is parallel over indices or words (GPU threads, CPU vector lanes).
 struct TopKStages {
     static constexpr int kWordBits = 32;
-    std::vector<Func> count_at_least;  // per pass: #keys >= candidate threshold
+    std::vector<Func> count_at_least;  // per pass: (v, g, h, b) -> #keys >= the candidate with digit v + 1
     std::vector<Func> threshold;       // per pass: threshold so far; the last is the k-th key
     Func mask;                         // (w) -> {bits of keys above the k-th key, bits of ties at it}
                                        //        for indices [32 w, 32 w + 32)
@@ -292,7 +297,8 @@ Expr round_outward(Expr x, Type t, bool up, const Float16Repr &repr = {});
 Expr order_key(Expr score);
 Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr page);
 
-TopKStages top_k(const Func &key, Expr n, int k, const std::string &name, Var i, Var g, Var h, Var b);
+TopKStages top_k(const Func &key, Expr n, int k, int digit_bits, const std::string &name, Var i, Var g, Var h,
+                 Var b);
 
 DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in);
 // The certificate's arithmetic relies on IEEE semantics (infinities and NaN that reach

@@ -152,8 +152,15 @@ public:
                 "vashista_decode needs the strict_float target feature (its certificate "
                 "relies on IEEE infinities and NaN): target " +
                 get_target().to_string());
-        const DecodeConfig cfg = config();
+        DecodeConfig cfg = config();
         require_dense_sketch_rows(sketch, cfg.page_size);
+        // The GPU schedule picks how many bits of the top-k's threshold a counting pass finds.
+        const bool gpu = get_target().has_gpu_feature();
+        DecodeGpuSchedule gpu_schedule;
+        if (gpu && !using_autoscheduler()) {
+            gpu_schedule = load_schedule(schedule, schedule_file, hand_gpu_schedule(cfg));
+            cfg.digit_bits = gpu_schedule.digit_bits;
+        }
         const Float16Repr repr = Float16Repr::for_target(get_target());
         DecodeInputs in{q,
                         repr.f32_view(k_cache, cfg.kv_type),
@@ -179,8 +186,8 @@ public:
         pages = st.result_pages;
         set_estimates(cfg);
         if (using_autoscheduler()) return;
-        if (get_target().has_gpu_feature())
-            apply_gpu(load_schedule(schedule, schedule_file, hand_gpu_schedule(cfg)), cfg, st);
+        if (gpu)
+            apply_gpu(gpu_schedule, cfg, st);
         else
             apply_cpu(load_schedule(schedule, schedule_file, hand_schedule(cfg)), cfg, st);
     }

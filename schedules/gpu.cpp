@@ -15,6 +15,7 @@ const Space<DecodeGpuSchedule, DecodeConfig> &DecodeGpuSchedule::space() {
     static const Space<DecodeGpuSchedule, DecodeConfig> s{
         {
             {"threads", {32, 64, 128, 256}, &DecodeGpuSchedule::threads},
+            {"digit_bits", {1, 2, 4}, &DecodeGpuSchedule::digit_bits},
         },
         [](const DecodeGpuSchedule &, const DecodeConfig &) -> std::string { return ""; }};
     return s;
@@ -97,6 +98,10 @@ Var threads_over_first_free(Func f, int stage, int threads) {
 
 void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st) {
     check_point(s, cfg);
+    if (s.digit_bits != cfg.digit_bits)
+        throw std::invalid_argument("decode GPU schedule: digit_bits " + std::to_string(s.digit_bits) +
+                                    " differs from the definition's " + std::to_string(cfg.digit_bits) +
+                                    " (the Generator defines the top-k with the schedule's)");
     Var h = st.h, b = st.b;
     // One block per (KV head, sequence) runs its query heads' whole step; every stage is
     // computed in the block, threads over its first free dimension (pages, slots,
@@ -111,14 +116,15 @@ void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         f.compute_at(rec, h);
         for (int k = 0; k <= f.num_update_definitions(); ++k) threads_over_first_free(f, k, s.threads);
     };
-    // The top-k: each counting pass over all threads (a partial count per thread, strided
-    // so neighbouring threads read neighbouring keys, then summed), a thread per word for the
-    // masks, and the compaction's writes (distinct slots) a thread per index.
+    // The top-k: each counting pass over all threads (partial counts at every digit value
+    // per thread, strided so neighbouring threads read neighbouring keys, then summed a
+    // thread per digit value), a thread per word for the masks, and the compaction's writes
+    // (distinct slots) a thread per index.
     auto top_k_in_block = [&](TopKStages &tk) {
         for (Func count : tk.count_at_least) {
-            in_block(count);
             RVar r = count.rvars(0)[0], rt("rt");
             Func part = count.update().split(r, r, rt, s.threads, TailStrategy::GuardWithIf).rfactor(rt, Var("u"));
+            in_block(count);
             in_block(part);
         }
         for (Func f : tk.threshold) in_block(f);

@@ -81,7 +81,8 @@ void check_dense_point(const Schedule &s, const DenseConfig &cfg) {
 // and CUDA alike, so the OpenCL target (run on the CPU through pocl) checks the same
 // loop nests a CUDA build runs.
 struct DecodeGpuSchedule {
-    int threads = 128;  // threads per block, over each stage's first free dimension
+    int threads = 128;   // threads per block, over each stage's first free dimension
+    int digit_bits = 4;  // top-k: bits of the threshold per counting pass (DecodeConfig::digit_bits)
     static const Space<DecodeGpuSchedule, DecodeConfig> &space();
 };
 

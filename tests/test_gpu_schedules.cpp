@@ -84,14 +84,16 @@ TEST_CASE("GPU schedule points outside their space are refused, naming why", "[g
 }
 
 TEST_CASE("the fused decode's GPU schedules match the reference on the GPU target", "[gpu]") {
-    // The hand schedule on every (solver, routing mode) with one group routing each,
-    // alternating; blocks of 32 threads (a thread runs several pages, slots, candidates) on
-    // the softmax and eg cases. (pocl compiles each fw and sparsemax kernel in 20-40 s: their
-    // solver steps are many block-wide stages.)
+    // The hand schedule (4-bit top-k digits) on every (solver, routing mode) with one group
+    // routing each, alternating; blocks of 32 threads (a thread runs several pages, slots,
+    // candidates) with 2-bit digits on the softmax and eg cases, and 1-bit digits (32
+    // counting passes) on softmax. (pocl compiles each kernel once, in seconds to tens of
+    // seconds: fw and sparsemax have the most block-wide stages.)
     const Halide::Target t = gpu_target();
     const std::vector<Solver> all = {Solver::Softmax, Solver::EG, Solver::FW, Solver::Sparsemax};
     test::check_decode_matrix(t, "", all, true);
-    test::check_decode_matrix(t, R"({"threads": 32})", {Solver::Softmax, Solver::EG}, true);
+    test::check_decode_matrix(t, R"({"threads": 32, "digit_bits": 2})", {Solver::Softmax, Solver::EG}, true);
+    test::check_decode_matrix(t, R"({"threads": 64, "digit_bits": 1})", {Solver::Softmax}, true);
 }
 
 namespace {
@@ -113,7 +115,7 @@ std::string compile_object(const std::string &generator, const GeneratorParams &
 
 }  // namespace
 
-TEST_CASE("the page kernels compile for CUDA ahead of time, with PTX for each capability", "[gpu]") {
+TEST_CASE("the kernels compile for CUDA ahead of time, with PTX for each capability", "[gpu]") {
     const std::filesystem::path dir = std::filesystem::temp_directory_path() / "vashista_cuda_objects";
     std::filesystem::create_directories(dir);
     for (const char *capability : {"cuda_capability_80", "cuda_capability_86"}) {
@@ -137,6 +139,19 @@ TEST_CASE("the page kernels compile for CUDA ahead of time, with PTX for each ca
                 const std::string object = compile_object(name, params, t, dir);
                 CHECK(object.find(sm) != std::string::npos);
             }
+        }
+        // The fused decode (bf16 pages): bound routing with softmax, and sketch routing with
+        // fw and shared groups (the most block-wide stages).
+        DecodeConfig bound;
+        DecodeConfig sketch = bound;
+        sketch.routing = RoutingMode::Sketch;
+        sketch.solver = Solver::FW;
+        sketch.group_routing = GroupRouting::Shared;
+        for (const DecodeConfig &cfg : {bound, sketch}) {
+            INFO("vashista_decode " << to_string(cfg.routing) << " routing for " << t.to_string());
+            const std::string object = compile_object("vashista_decode", generator_params(cfg),
+                                                      t.with_feature(Halide::Target::StrictFloat), dir);
+            CHECK(object.find(sm) != std::string::npos);
         }
     }
     std::filesystem::remove_all(dir);
