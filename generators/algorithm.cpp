@@ -105,9 +105,10 @@ Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr
 
 namespace {
 
-// The set bits of a uint32 by shift-and-add steps, not Halide's popcount(): Halide 21's
-// OpenCL code calls a halide_popcount it never defines, so that does not run through pocl.
-Expr bit_count(Expr x) {
+// The set bits of a uint32. Halide 21's OpenCL code calls a halide_popcount it never
+// defines, so OpenCL targets count by shift-and-add steps instead of popcount().
+Expr bit_count(Expr x, bool by_shifts) {
+    if (!by_shifts) return cast<int>(popcount(x));
     x = x - ((x >> 1) & u32(0x55555555u));
     x = (x & u32(0x33333333u)) + ((x >> 2) & u32(0x33333333u));
     x = (x + (x >> 4)) & u32(0x0f0f0f0fu);
@@ -116,8 +117,9 @@ Expr bit_count(Expr x) {
 
 }  // namespace
 
-TopKStages top_k(const Func &key, Expr n, int k, int digit_bits, const std::string &name, Var i, Var g, Var h,
-                 Var b) {
+TopKStages top_k(const Func &key, Expr n, int k, const TopKOptions &options, const std::string &name, Var i, Var g,
+                 Var h, Var b) {
+    const int digit_bits = options.digit_bits;
     if (digit_bits != 1 && digit_bits != 2 && digit_bits != 4)
         throw std::invalid_argument("top-k digit_bits is " + std::to_string(digit_bits) + ", not 1, 2 or 4");
     TopKStages st;
@@ -163,13 +165,14 @@ TopKStages top_k(const Func &key, Expr n, int k, int digit_bits, const std::stri
     st.words_before(w, g, h, b) = Tuple(0, 0);
     RDom rw(1, words, name + "_rw");
     st.words_before(rw, g, h, b) =
-        Tuple(st.words_before(rw - 1, g, h, b)[0] + bit_count(st.mask(rw - 1, g, h, b)[0]),
-              st.words_before(rw - 1, g, h, b)[1] + bit_count(st.mask(rw - 1, g, h, b)[1]));
+        Tuple(st.words_before(rw - 1, g, h, b)[0] + bit_count(st.mask(rw - 1, g, h, b)[0], options.popcount_by_shifts),
+              st.words_before(rw - 1, g, h, b)[1] + bit_count(st.mask(rw - 1, g, h, b)[1], options.popcount_by_shifts));
     // #above and #ties at indices before i (part 0 and 1).
     auto before = [&](Expr at, int part) {
         Expr word = at / bits;
         Expr lower = (u32(1) << cast<uint32_t>(at % bits)) - u32(1);
-        return st.words_before(word, g, h, b)[part] + bit_count(st.mask(word, g, h, b)[part] & lower);
+        return st.words_before(word, g, h, b)[part] +
+               bit_count(st.mask(word, g, h, b)[part] & lower, options.popcount_by_shifts);
     };
     // ties at tau still to keep after the keys above it (at least one when tau > 0), lowest
     // index first
@@ -431,7 +434,7 @@ void DecodeDefinition::route() {
     st.route_key = Func("route_key");
     st.route_key(i, g, h, b) =
         select(i >= n_pages, u32(0), always_routed, u32(0xffffffffu), order_key(st.route_score(i, g, h, b)));
-    st.route = top_k(st.route_key, in.max_pages, P, cfg.digit_bits, "route", i, g, h, b);
+    st.route = top_k(st.route_key, in.max_pages, P, cfg.top_k, "route", i, g, h, b);
 
     gr = per_head ? Expr(g) : Expr(0);
     st.pages = Func("pages");
@@ -458,7 +461,7 @@ void DecodeDefinition::candidates() {
     }
     st.token_key = Func("token_key");
     st.token_key(i, g, h, b) = select(slot_valid(i), order_key(score_at(i)), u32(0));
-    st.select = top_k(st.token_key, P * S, KC, cfg.digit_bits, "select", i, g, h, b);
+    st.select = top_k(st.token_key, P * S, KC, cfg.top_k, "select", i, g, h, b);
 
     Expr cand_slot = st.select.index(c, g, h, b);
     Expr cand_valid = cand_slot >= 0;

@@ -44,6 +44,15 @@ using Halide::Type;
 using Halide::Var;
 
 // What a decode kernel is compiled for: the GeneratorParams, whose defaults are these.
+// How a top-k is computed (never what it selects): bits of the k-th key found per counting
+// pass (32 / digit_bits passes, each counting the keys at or above 2^digit_bits - 1
+// candidate thresholds; 1, 2 or 4: the GPU schedule's knob, 1 on the CPU), and whether
+// bits are counted by shift-and-add steps (OpenCL) rather than popcount().
+struct TopKOptions {
+    int digit_bits = 1;
+    bool popcount_by_shifts = false;
+};
+
 struct DecodeConfig {
     int head_dim = 128;
     int page_size = 16;
@@ -63,10 +72,7 @@ struct DecodeConfig {
     float solver_tau = kSolverTauDefault;    // fw and sparsemax regularization
     int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
     int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
-    // Bits of the top-k's k-th key found per counting pass: 32 / digit_bits passes, each
-    // counting the keys at or above 2^digit_bits - 1 candidate thresholds (1, 2 or 4; a
-    // schedule choice: the GPU schedule's knob, 1 on the CPU).
-    int digit_bits = 1;
+    TopKOptions top_k;  // how the top-k counts (the Generator sets it from the target and schedule)
     // heads that route together: G for per_head, 1 for shared
     int routing_groups() const { return group_routing == GroupRouting::PerHead ? group_size : 1; }
 };
@@ -297,8 +303,8 @@ Expr round_outward(Expr x, Type t, bool up, const Float16Repr &repr = {});
 Expr order_key(Expr score);
 Expr kv_element(const Func &cache, KvLayout layout, Expr d, Expr s, Expr h, Expr page);
 
-TopKStages top_k(const Func &key, Expr n, int k, int digit_bits, const std::string &name, Var i, Var g, Var h,
-                 Var b);
+TopKStages top_k(const Func &key, Expr n, int k, const TopKOptions &options, const std::string &name, Var i, Var g,
+                 Var h, Var b);
 
 DecodeStages define_decode(const DecodeConfig &cfg, const DecodeInputs &in);
 // The certificate's arithmetic relies on IEEE semantics (infinities and NaN that reach

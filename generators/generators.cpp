@@ -159,8 +159,9 @@ public:
         DecodeGpuSchedule gpu_schedule;
         if (gpu && !using_autoscheduler()) {
             gpu_schedule = load_schedule(schedule, schedule_file, hand_gpu_schedule(cfg));
-            cfg.digit_bits = gpu_schedule.digit_bits;
+            cfg.top_k.digit_bits = gpu_schedule.digit_bits;
         }
+        cfg.top_k.popcount_by_shifts = get_target().has_feature(Halide::Target::OpenCL);
         const Float16Repr repr = Float16Repr::for_target(get_target());
         DecodeInputs in{q,
                         repr.f32_view(k_cache, cfg.kv_type),

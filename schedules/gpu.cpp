@@ -98,9 +98,9 @@ Var threads_over_first_free(Func f, int stage, int threads) {
 
 void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st) {
     check_point(s, cfg);
-    if (s.digit_bits != cfg.digit_bits)
+    if (s.digit_bits != cfg.top_k.digit_bits)
         throw std::invalid_argument("decode GPU schedule: digit_bits " + std::to_string(s.digit_bits) +
-                                    " differs from the definition's " + std::to_string(cfg.digit_bits) +
+                                    " differs from the definition's " + std::to_string(cfg.top_k.digit_bits) +
                                     " (the Generator defines the top-k with the schedule's)");
     Var h = st.h, b = st.b;
     // One block per (KV head, sequence) runs its query heads' whole step; every stage is
@@ -133,7 +133,10 @@ void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         tk.index.compute_at(rec, h);
         threads_over_first_free(tk.index, 0, s.threads);
         RVar rk = tk.index.rvars(0)[0], rkt("rkt");
-        tk.index.update().allow_race_conditions().split(rk, rk, rkt, s.threads, TailStrategy::GuardWithIf).gpu_threads(rkt);
+        tk.index.update()
+            .allow_race_conditions()
+            .split(rk, rk, rkt, s.threads, TailStrategy::GuardWithIf)
+            .gpu_threads(rkt);
     };
     for (Func f : {st.q_step, st.q_code, st.q_group_weight, st.q_l1}) in_block(f);
     if (cfg.routing == RoutingMode::Sketch) {

@@ -82,7 +82,7 @@ void check_dense_point(const Schedule &s, const DenseConfig &cfg) {
 // loop nests a CUDA build runs.
 struct DecodeGpuSchedule {
     int threads = 128;   // threads per block, over each stage's first free dimension
-    int digit_bits = 4;  // top-k: bits of the threshold per counting pass (DecodeConfig::digit_bits)
+    int digit_bits = 4;  // top-k: bits of the threshold per counting pass (TopKOptions)
     static const Space<DecodeGpuSchedule, DecodeConfig> &space();
 };
 
