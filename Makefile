@@ -63,7 +63,8 @@ test: build format-check
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -LE slow
 
 # On a machine with an NVIDIA GPU: the GPU schedules' tests through CUDA (JIT), the kernel
-# matrix and the page kernels against the reference. Elsewhere the entry reports itself skipped.
+# matrix and the page kernels against the reference, and a CUDA kernel library through the
+# C API. Elsewhere those entries report themselves skipped.
 test-gpu: build
 	@$(CTEST) --test-dir $(BUILD) --output-on-failure -L gpu_device
 

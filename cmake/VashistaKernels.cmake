@@ -3,7 +3,11 @@
 #                                          summaries or pages pass 2^31 - 1 elements; several
 #                                          targets, comma-separated and the widest first,
 #                                          make one library for many CPUs (each call runs the
-#                                          first target the CPU supports)
+#                                          first target the CPU supports). A GPU feature
+#                                          (host-cuda-cuda_capability_80, host-opencl) gives
+#                                          the GPU schedules; such kernels run on the host
+#                                          memory the runtime passes, copied to the device
+#                                          and back on every call (runtime/kernel_call.h)
 #     [DECODE <spec>...] [DENSE <spec>...] [SUMMARIZE <spec>...]
 #     [SKETCH <spec>...]                   the token sketch vashista_append keeps for caches
 #                                          made with sketch_bits (sketch routing)
@@ -146,6 +150,10 @@ function(vashista_add_kernel_library NAME)
             foreach (t IN LISTS targets)
                 if (kind STREQUAL "decode" AND NOT t MATCHES "strict_float")
                     string(APPEND t "-strict_float")
+                endif ()
+                # and f64 scores, which OpenCL has only with cl_doubles.
+                if (kind STREQUAL "decode" AND t MATCHES "opencl" AND NOT t MATCHES "cl_doubles")
+                    string(APPEND t "-cl_doubles")
                 endif ()
                 if (NOT t MATCHES "user_context")
                     string(APPEND t "-user_context")

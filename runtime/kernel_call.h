@@ -2,6 +2,12 @@
 // each checked against the metadata the kernel was compiled with (kind, dimensions and
 // element type). The Generator's Inputs and Outputs are then the one statement of a
 // kernel's interface: no caller declares its argument list or order again.
+//
+// A kernel compiled for a GPU target (its metadata's target names cuda, opencl, metal,
+// vulkan, d3d12compute or webgpu) runs on the host memory it is given: each call copies its
+// inputs to the device, its outputs back, and frees the device copies. A 16-bit float
+// buffer binds to a uint16 argument of such a kernel (a device language without 16-bit
+// floats takes their bits: Float16Repr in generators/algorithm.h).
 #pragma once
 
 #include "HalideRuntime.h"
@@ -21,6 +27,10 @@ struct Kernel {
     KernelMetadata metadata = nullptr;
 };
 
+// The GPU API a kernel was compiled for ("cuda", "opencl", ...; from its metadata's
+// target), or nullptr for a CPU kernel.
+const char *device_api(const Kernel &kernel);
+
 class KernelCall {
 public:
     static constexpr int kMaxArgs = 32;
@@ -39,6 +49,8 @@ public:
     const std::string &error() const { return error_; }
     // Calls the kernel (Halide's return code), or kBindError without calling it.
     int run();
+    // Whether the kernel was compiled for a GPU target.
+    bool on_device() const { return device_; }
 
 private:
     int find(const char *name, int kind, int dimensions, halide_type_t type);
@@ -49,6 +61,8 @@ private:
     void *args_[kMaxArgs] = {};
     float scalars_[kMaxArgs] = {};
     bool bound_[kMaxArgs] = {};
+    halide_buffer_t views_[kMaxArgs] = {};  // 16-bit float buffers retyped as their bits
+    bool device_ = false;
     void *user_context_ = nullptr;
     std::string error_;
 };

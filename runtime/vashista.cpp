@@ -190,10 +190,15 @@ using namespace vashista::runtime;
 
 std::string list_variants() {
     std::ostringstream os;
-    for (const auto &v : decode_variants()) os << "decode " << v.name << "\n";
-    for (const auto &v : dense_variants()) os << "dense " << v.name << "\n";
-    for (const auto &v : summarize_variants()) os << "summarize " << v.name << "\n";
-    for (const auto &v : sketch_variants()) os << "sketch " << v.name << "\n";
+    auto line = [&](const char *kind, const auto &v) {
+        os << kind << " " << v.name;
+        if (const char *api = device_api(v.kernel)) os << " (GPU: " << api << ")";
+        os << "\n";
+    };
+    for (const auto &v : decode_variants()) line("decode", v);
+    for (const auto &v : dense_variants()) line("dense", v);
+    for (const auto &v : summarize_variants()) line("summarize", v);
+    for (const auto &v : sketch_variants()) line("sketch", v);
     return os.str();
 }
 

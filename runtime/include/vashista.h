@@ -276,7 +276,8 @@ void vashista_set_parallel_for(vashista_parallel_for_fn parallel_for, void *engi
 /* The message of the last error on this thread ("" after a success). */
 const char *vashista_last_error(void);
 const char *vashista_status_name(vashista_status status);
-/* The compiled variants, one per line; returns the length written without the NUL. */
+/* The compiled variants, one per line (a variant compiled for a GPU ends "(GPU: cuda)",
+ * "(GPU: opencl)", ...); returns the length written without the NUL. */
 size_t vashista_list_variants(char *buffer, size_t capacity);
 
 #ifdef __cplusplus
