@@ -82,6 +82,9 @@ std::string isa_level(const std::string &target) {
     }
     if (tokens.size() < 3) return target;
     auto has = [&](const char *f) { return std::find(tokens.begin() + 3, tokens.end(), f) != tokens.end(); };
+    // A GPU target's kernels are GPU schedules: its level is the GPU API, whatever the host's.
+    for (const char *api : {"cuda", "opencl", "metal", "vulkan", "d3d12compute", "webgpu"})
+        if (has(api)) return tokens[0] + "-" + tokens[1] + "-" + tokens[2] + " " + api;
     const char *level = "baseline";
     for (const char *f : {"avx512", "avx2", "sse41", "sve2", "sve"})
         if (has(f)) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <string>
 
 namespace vashista::runtime {
 
@@ -123,6 +124,19 @@ int do_par_for(void *user_context, halide_task_t fn, int min, int size, uint8_t 
     return engine(g_engine_ctx.load(), size, run_loop_task, &task);
 }
 
+// Halide's error messages (a kernel's failed check, a GPU API that cannot be loaded): kept for
+// the caller's error message, where Halide's default handler would print them and abort the
+// engine's process. The kernel then returns its error code, which the runtime reports.
+std::mutex g_error_mutex;
+std::string g_kernel_error;
+
+void keep_error(void *, const char *message) {
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    g_kernel_error = message ? message : "";
+    while (!g_kernel_error.empty() && (g_kernel_error.back() == '\n' || g_kernel_error.back() == ' '))
+        g_kernel_error.pop_back();
+}
+
 }  // namespace
 
 void install_halide_hooks() {
@@ -131,7 +145,15 @@ void install_halide_hooks() {
         halide_set_custom_malloc(arena_malloc);
         halide_set_custom_free(arena_free);
         halide_set_custom_do_par_for(do_par_for);
+        halide_set_error_handler(keep_error);
     });
+}
+
+std::string take_kernel_error() {
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    std::string message;
+    message.swap(g_kernel_error);
+    return message;
 }
 
 int32_t pool_threads() {

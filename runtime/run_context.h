@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <string>
 
 namespace vashista::runtime {
 
@@ -50,9 +51,11 @@ private:
 // fragmentation.
 constexpr size_t arena_bytes_for(size_t peak, int threads) { return peak * size_t(threads + 1) + peak / 2 + 64 * 1024; }
 
-// Installs the runtime's halide_malloc/halide_free and parallel-for into the library's Halide
-// runtime; idempotent and thread-safe.
+// Installs the runtime's halide_malloc/halide_free, parallel-for and error handler into the
+// library's Halide runtime; idempotent and thread-safe.
 void install_halide_hooks();
+// The last message Halide's runtime reported (its error handler keeps it), cleared; "" if none.
+std::string take_kernel_error();
 
 // Threads a kernel's parallel loop may run on at once: the library's pool (1 when set to one
 // thread). An engine's parallel-for may run more; the arena then may overflow to malloc.

@@ -366,9 +366,14 @@ const DecodeVariant *find_wider(const vashista_cache &c, int32_t group, const va
 // Runs a kernel whose allocations come from `arena` (null: the system allocator).
 void check_kernel(KernelCall &call, const char *name, Arena *arena = nullptr) {
     if (arena) arena->start_call();
+    take_kernel_error();
     const int rc = call.user_context(arena).run();
     if (rc == KernelCall::kBindError) fail(VASHISTA_ERROR_KERNEL, call.error());
-    if (rc != 0) fail(VASHISTA_ERROR_KERNEL, "kernel ", name, " returned Halide error ", rc);
+    if (rc != 0) {
+        const std::string message = take_kernel_error();
+        fail(VASHISTA_ERROR_KERNEL, "kernel ", name, " returned Halide error ", rc,
+             message.empty() ? "" : ": " + message);
+    }
 }
 
 // A sparse step's outputs, in the plan's workspace (or the sizing run's memory).

@@ -318,7 +318,8 @@ TEST_CASE("the runner checks a loaded kernel against the metadata it was built w
     REQUIRE_THAT(missing.error, Catch::Contains("no_such_kernel_argv"));
 }
 
-TEST_CASE("a record serves its own target, else another CPU of the same ISA level, never another level", "[autotune]") {
+TEST_CASE("a record serves its own target, else another CPU of the same ISA level, never another level or a GPU",
+          "[autotune]") {
     const std::string zen5 =
         "x86-64-linux-tune_znver5-avx-avx2-avx512-avx512_cannonlake-avx512_skylake-avx512_zen4-avx512_zen5-avxvnni-"
         "f16c-fma-sse41";
@@ -330,6 +331,8 @@ TEST_CASE("a record serves its own target, else another CPU of the same ISA leve
     CHECK(isa_level(avx2) == "x86-64-linux avx2");
     CHECK(isa_level("x86-64-linux") == "x86-64-linux baseline");
     CHECK(isa_level("arm-64-linux-sve2") == "arm-64-linux sve2");
+    CHECK(isa_level(zen5 + "-cuda-cuda_capability_80") == "x86-64-linux cuda");
+    CHECK(isa_level(avx2 + "-cuda-cuda_capability_86") == "x86-64-linux cuda");
     Workload w;
     w.target = zen5;
     json rec = {{"workload_key", w.key()},
@@ -346,6 +349,16 @@ TEST_CASE("a record serves its own target, else another CPU of the same ISA leve
     CHECK(!on_avx2.best);
     REQUIRE(on_avx2.other_targets.size() == 1);
     CHECK(on_avx2.other_targets[0] == zen5);
+    // A CPU record never serves a GPU target (its schedule is no point of a GPU space), and a
+    // GPU record serves another capability of its API, never a CPU.
+    CHECK(!query_best({rec}, variant_query("decode", params, zen5 + "-cuda-cuda_capability_80")).best);
+    json gpu_rec = rec;
+    gpu_rec["workload"]["target"] = zen5 + "-cuda-cuda_capability_80";
+    gpu_rec["schedule"] = {{"picked", "cuda"}};
+    const QueryResult on_86 = query_best({gpu_rec}, variant_query("decode", params, avx2 + "-cuda-cuda_capability_86"));
+    REQUIRE(on_86.best);
+    CHECK((*on_86.best)["schedule"]["picked"] == "cuda");
+    CHECK(!query_best({gpu_rec}, variant_query("decode", params, zen5)).best);
     // A field of the shape that differs: no record.
     params["head_dim"] = "64";
     CHECK(!query_best({rec}, variant_query("decode", params, zen5)).best);

@@ -41,7 +41,8 @@ typedef enum vashista_status {
     VASHISTA_ERROR_OUT_OF_RANGE = 4,     /* a page id or position outside the cache */
     VASHISTA_ERROR_NON_FINITE = 5,       /* NaN or Inf in q, k or v */
     VASHISTA_ERROR_NO_VARIANT = 6,       /* no compiled kernel for this shape */
-    VASHISTA_ERROR_KERNEL = 7,           /* a kernel reported a failure */
+    VASHISTA_ERROR_KERNEL = 7,           /* a kernel reported a failure (vashista_last_error gives
+                                            Halide's message, e.g. a GPU API that cannot be loaded) */
     VASHISTA_ERROR_OUT_OF_MEMORY = 8
 } vashista_status;
 
