@@ -43,7 +43,6 @@ using Halide::RDom;
 using Halide::Type;
 using Halide::Var;
 
-// What a decode kernel is compiled for: the GeneratorParams, whose defaults are these.
 // How a top-k is computed (never what it selects): bits of the k-th key found per counting
 // pass (32 / digit_bits passes, each counting the keys at or above 2^digit_bits - 1
 // candidate thresholds; 1, 2 or 4: the GPU schedule's knob, 1 on the CPU), and whether
@@ -53,6 +52,7 @@ struct TopKOptions {
     bool popcount_by_shifts = false;
 };
 
+// What a decode kernel is compiled for: the GeneratorParams, whose defaults are these.
 struct DecodeConfig {
     int head_dim = 128;
     int page_size = 16;

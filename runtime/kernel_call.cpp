@@ -126,11 +126,10 @@ int KernelCall::run() {
     if (!error_.empty()) return kBindError;
     if (!device_) return kernel_.argv(args_);
     // On a GPU: the inputs' host memory is the truth (copied in), the outputs come back.
+    // (The user context is a scalar argument.)
     auto buffer_at = [&](int i) -> halide_buffer_t * {
-        return md_->arguments[i].kind == halide_argument_kind_input_scalar ||
-                       std::strcmp(md_->arguments[i].name, "__user_context") == 0
-                   ? nullptr
-                   : static_cast<halide_buffer_t *>(args_[i]);
+        return md_->arguments[i].kind == halide_argument_kind_input_scalar ? nullptr
+                                                                           : static_cast<halide_buffer_t *>(args_[i]);
     };
     for (int i = 0; i < md_->num_arguments; ++i)
         if (halide_buffer_t *b = buffer_at(i); b && md_->arguments[i].kind == halide_argument_kind_input_buffer)

@@ -49,8 +49,6 @@ public:
     const std::string &error() const { return error_; }
     // Calls the kernel (Halide's return code), or kBindError without calling it.
     int run();
-    // Whether the kernel was compiled for a GPU target.
-    bool on_device() const { return device_; }
 
 private:
     int find(const char *name, int kind, int dimensions, halide_type_t type);
