@@ -7,8 +7,9 @@ namespace vashista::tune {
 
 AttentionInstance::AttentionInstance(const Workload &w) : w_(w) {
     problem_ = ref::make_problem(w.problem_spec());
-    const ref::Summaries summaries =
+    ref::Summaries summaries =
         ref::summarize(problem_.cache, problem_.seqs, parse_dtype(w.summary_type), w.sketch_bits, w.sketch_group);
+    if (w.hier()) ref::add_super_pages(summaries, problem_.seqs, w.super_pages);
     in_ = problem_buffers(problem_, summaries, parse_dtype(w.summary_type));
     scale_ = float(ref::default_scale(w.head_dim));
     const int G = w.group_size, H = w.kv_heads, B = w.batch;
@@ -25,6 +26,8 @@ AttentionInstance::AttentionInstance(const Workload &w) : w_(w) {
     opt.group_routing = parse_group_routing(w.group_routing);
     opt.sketch_bits = w.sketch_bits;
     opt.sketch_group = w.sketch_group;
+    opt.super_pages = w.super_pages;
+    opt.super_expand = w.super_expand;
     opt.sink_pages = w.sink_pages;
     opt.local_pages = w.local_pages;
     opt.solver_steps = w.solver_steps;
@@ -59,6 +62,8 @@ void AttentionInstance::bind(runtime::KernelCall &call) {
         .buffer("summary_scale", in_.summary_scale.raw_buffer())
         .buffer("sketch", in_.sketch.raw_buffer())
         .buffer("sketch_scale", in_.sketch_scale.raw_buffer())
+        .buffer("super_summary", in_.super_summary.raw_buffer())
+        .buffer("super_table", in_.super_table.raw_buffer())
         .buffer("diag", diag_.raw_buffer())
         .buffer("candidates", candidates_.raw_buffer())
         .buffer("pages", pages_.raw_buffer());

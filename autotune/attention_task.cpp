@@ -22,6 +22,8 @@ DecodeConfig decode_config(const Workload &w) {
     c.group_routing = parse_group_routing(w.group_routing);
     c.sketch_bits = w.sketch_bits;
     c.sketch_group = w.sketch_group;
+    c.super_pages = w.super_pages;
+    c.super_expand = w.super_expand;
     c.sink_pages = w.sink_pages;
     c.local_pages = w.local_pages;
     c.solver_steps = w.solver_steps;

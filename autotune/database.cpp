@@ -100,6 +100,7 @@ std::vector<std::string> tuning_fields(const std::string &generator, const std::
         for (const char *k : {"top_pages", "top_tokens", "summary_type", "solver", "routing", "group_routing"})
             f.push_back(k);
         if (routing == "sketch") f.insert(f.end(), {"sketch_bits", "sketch_group"});
+        if (routing == "hier_bound") f.insert(f.end(), {"super_pages", "super_expand"});
     }
     return f;
 }

@@ -99,6 +99,26 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
         buf.value_norm(page, h) = float(sum.value_norm[at]) * margin;
         buf.key_absmax(page, h) = sum.key_absmax[at];
     });
+    if (sum.super_pages == 0) {
+        buf.super_summary = Buffer<float>(1, 1, 1, 1);
+        buf.super_table = Buffer<int32_t>(1, 1);
+        buf.super_summary.fill(0.0f);
+        buf.super_table.fill(0);
+    } else {
+        buf.super_summary = Buffer<float>(D, kSuperChannels, sum.batch * sum.max_supers, sum.kv_heads);
+        buf.super_table = Buffer<int32_t>(sum.max_supers, sum.batch);
+        for (int b = 0; b < sum.batch; ++b)
+            for (int s = 0; s < sum.max_supers; ++s) {
+                buf.super_table(s, b) = b * sum.max_supers + s;
+                for (int h = 0; h < sum.kv_heads; ++h)
+                    for (int d = 0; d < D; ++d) {
+                        buf.super_summary(d, kSuperMin, b * sum.max_supers + s, h) =
+                            sum.super_lo[sum.super_at(b, h, s) * D + d];
+                        buf.super_summary(d, kSuperMax, b * sum.max_supers + s, h) =
+                            sum.super_hi[sum.super_at(b, h, s) * D + d];
+                    }
+            }
+    }
     // The token sketch, codes packed as the sketch kernel packs them (algorithm.h).
     if (sum.sketch_bits == 0) {
         buf.sketch = Buffer<uint8_t>(1, 1, 1, 1);

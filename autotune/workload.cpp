@@ -14,6 +14,7 @@ std::string Workload::key() const {
     os << "|" << layout;
     if (generator == "decode") os << "|" << solver << "|" << routing << "|" << group_routing;
     if (sketch()) os << "|sk" << sketch_bits << "g" << sketch_group;
+    if (hier()) os << "|R" << super_pages << "Q" << super_expand;
     // Parameters at their defaults stay out of the key, so records from before they were
     // part of it keep theirs.
     if (generator == "decode" && (sink_pages != 0 || local_pages != 0))
@@ -45,6 +46,10 @@ json Workload::to_json() const {
     if (sketch()) {
         j["sketch_bits"] = sketch_bits;
         j["sketch_group"] = sketch_group;
+    }
+    if (hier()) {
+        j["super_pages"] = super_pages;
+        j["super_expand"] = super_expand;
     }
     if (generator == "decode") {
         j["sink_pages"] = sink_pages;
@@ -78,6 +83,8 @@ Workload Workload::from_json(const json &j) {
     get("group_routing", w.group_routing);
     get("sketch_bits", w.sketch_bits);
     get("sketch_group", w.sketch_group);
+    get("super_pages", w.super_pages);
+    get("super_expand", w.super_expand);
     get("sink_pages", w.sink_pages);
     get("local_pages", w.local_pages);
     get("solver_steps", w.solver_steps);
@@ -97,6 +104,10 @@ Workload Workload::from_json(const json &j) {
     if (w.solver_steps < 1) throw std::invalid_argument("workload: solver_steps must be at least 1");
     if (w.sketch()) {
         const std::string why = sketch_config_error(w.head_dim, w.sketch_bits, w.sketch_group);
+        if (!why.empty()) throw std::invalid_argument("workload: " + why);
+    }
+    if (w.hier()) {
+        const std::string why = hier_config_error(w.super_pages, w.super_expand);
         if (!why.empty()) throw std::invalid_argument("workload: " + why);
     }
     const std::string dtypes = summary_config_error(w.head_dim, parse_dtype(w.kv_type), parse_dtype(w.summary_type));

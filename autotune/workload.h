@@ -21,12 +21,14 @@ struct Workload {
     std::string kv_type = "bfloat16", summary_type = "bfloat16", layout = "HND";
     std::string solver = "softmax", routing = "bound", group_routing = "per_head";
     int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // sketch routing's sketch
+    int super_pages = kSuperPagesDefault, super_expand = kSuperExpandDefault;  // hier_bound's R and Q
     int sink_pages = 0, local_pages = 0;                                       // always routed
     int solver_steps = kSolverStepsDefault;
     float solver_eta = kSolverEtaDefault, solver_tau = kSolverTauDefault;
     int tokens = 32768;  // the T bucket measured
 
     bool sketch() const { return generator == "decode" && routing == "sketch"; }
+    bool hier() const { return generator == "decode" && routing == "hier_bound"; }
     std::string key() const;  // canonical, stable across runs
     json to_json() const;
     static Workload from_json(const json &j);

@@ -38,7 +38,7 @@ function(_vashista_defaults out kind)
         set(d head_dim=128 page_size=16 top_pages=64 top_tokens=128 group_size=4 kv_type=bfloat16 summary_type=
               layout=HND solver=softmax routing=bound group_routing=per_head sink_pages=0 local_pages=0
               solver_steps=6 solver_eta=0.2 solver_tau=1.0 sketch_bits=8 sketch_group=16
-              schedule_file=)
+              super_pages=16 super_expand=8 schedule_file=)
     elseif (kind STREQUAL "dense")
         set(d head_dim=128 page_size=16 group_size=4 kv_type=bfloat16 layout=HND schedule_file=)
     elseif (kind STREQUAL "sketch")
@@ -96,6 +96,10 @@ function(_vashista_enum out kind value)
     set(map_routing_sketch VASHISTA_ROUTING_SKETCH)
     set(map_group_per_head VASHISTA_GROUP_PER_HEAD)
     set(map_group_shared VASHISTA_GROUP_SHARED)
+    if (kind STREQUAL "routing" AND value STREQUAL "hier_bound")
+        message(FATAL_ERROR "vashista: routing=hier_bound runs through the Generator (JIT, the tuner) only: "
+                "the runtime keeps no super-page boxes yet")
+    endif ()
     if (NOT DEFINED map_${kind}_${value})
         message(FATAL_ERROR "vashista: '${value}' is not a valid ${kind}")
     endif ()

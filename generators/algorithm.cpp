@@ -224,6 +224,7 @@ private:
     SketchScores sketch_scores(const std::string &name, std::vector<Var> token_vars, Expr s_at, Expr page_at);
     void sketch_scan();
     void route();
+    void route_hier();
     void candidates();
     void solve();
     void output();
@@ -232,7 +233,7 @@ private:
 
     // Slot i of the selected pages is page rank i / S, offset i % S: its logical page,
     // whether it holds a token, and its score (s_t, or a_t in sketch routing).
-    Expr slot_page(Expr slot) const { return st.route.index(slot / S, gr, h, b); }
+    Expr slot_page(Expr slot) const { return st.routed(slot / S, gr, h, b); }
     Expr slot_valid(Expr slot) const {
         Expr page = slot_page(slot);
         return page >= 0 && page * S + slot % S < seq_len;
@@ -256,7 +257,9 @@ private:
     DecodeStages st;
     Var d = st.d, i = st.i, g = st.g, h = st.h, b = st.b, c = st.c, k = st.k;
     const int D, S, P, KC, G;
-    const bool per_head, sketch;
+    const bool per_head, sketch, hier;
+    // hier_bound: R pages per super-page, Q expanded, sink and local pages, the pool's size.
+    const int R, Q, SK, LP, pool;
     // softmax and eg: the weights are a softmax (eg's at temperature N * eta).
     const bool softmax_family;
     const double u = fp::kUnit32;
@@ -281,6 +284,12 @@ DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInput
       G(cfg.group_size),
       per_head(cfg.group_routing == GroupRouting::PerHead),
       sketch(cfg.routing == RoutingMode::Sketch),
+      hier(cfg.routing == RoutingMode::HierBound),
+      R(cfg.super_pages),
+      Q(cfg.super_expand),
+      SK(cfg.sink_pages),
+      LP(cfg.local_pages),
+      pool(cfg.sink_pages + cfg.super_pages * cfg.super_expand + cfg.local_pages),
       softmax_family(cfg.solver == Solver::Softmax || cfg.solver == Solver::EG),
       beta(solver_temperature(cfg)),
       beta64(f64(beta)),
@@ -291,6 +300,10 @@ DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInput
       rc(0, KC, "rc") {
     if (sketch) {
         const std::string err = sketch_config_error(D, cfg.sketch_bits, cfg.sketch_group);
+        if (!err.empty()) throw std::invalid_argument(err);
+    }
+    if (hier) {
+        const std::string err = hier_config_error(R, Q);
         if (!err.empty()) throw std::invalid_argument(err);
     }
 }
@@ -393,6 +406,8 @@ void DecodeDefinition::sketch_scan() {
 // P < K_c, the top K_c of the routed pages' tokens, a choice made here. The leakage
 // counts every other token either way, so the certificate does not depend on it.
 void DecodeDefinition::route() {
+    gr = per_head ? Expr(g) : Expr(0);
+    if (hier) return route_hier();
     st.head_page_score = Func("head_page_score");
     if (sketch) {
         st.head_page_score(i, g, h, b) = st.page_leak(i, g, h, b)[0];
@@ -435,10 +450,87 @@ void DecodeDefinition::route() {
     st.route_key(i, g, h, b) =
         select(i >= n_pages, u32(0), always_routed, u32(0xffffffffu), order_key(st.route_score(i, g, h, b)));
     st.route = top_k(st.route_key, in.max_pages, P, cfg.top_k, "route", i, g, h, b);
-
-    gr = per_head ? Expr(g) : Expr(0);
+    st.routed = Func("routed");
+    st.routed(i, g, h, b) = st.route.index(i, g, h, b);
     st.pages = Func("pages");
-    st.pages(i, g, h, b) = st.route.index(i, gr, h, b);
+    st.pages(i, g, h, b) = st.routed(i, gr, h, b);
+}
+
+// 1'. Routing by hierarchical bounds (hier_bound): the super-pages' box scores, the top Q
+// of them expanded, then the top P of the pool (sink pages, the expanded super-pages' other
+// pages, local pages), ties to the lower entry, which is the lower page: the pool lists
+// pages in increasing order (the top-k lists the expanded super-pages in increasing order,
+// sink pages precede and local pages follow every other). Funcs indexed by g are per
+// routing group (read at gr); the scores are per head.
+void DecodeDefinition::route_hier() {
+    auto box_score = [&](Expr lo, Expr hi) { return Halide::max(in.q(rd, g, h, b) * lo, in.q(rd, g, h, b) * hi); };
+    Expr slot = clamp(in.super_table(clamp(i, 0, in.max_supers - 1), b), 0, in.super_slots - 1);
+    st.super_score = Func("super_score");
+    st.super_score(i, g, h, b) = 0.0f;
+    st.super_score(i, g, h, b) +=
+        box_score(in.super_summary(rd, kSuperMin, slot, h), in.super_summary(rd, kSuperMax, slot, h));
+    st.super_absmax = Func("super_absmax");
+    st.super_absmax(i, h, b) = 0.0f;
+    st.super_absmax(i, h, b) =
+        Halide::max(st.super_absmax(i, h, b), Halide::max(Halide::abs(in.super_summary(rd, kSuperMin, slot, h)),
+                                                          Halide::abs(in.super_summary(rd, kSuperMax, slot, h))));
+    // The routed score of a Func f (i, head) scaled: the head's own, or the group's largest.
+    auto routed_score = [&](Func route, Func f, const std::string &name) {
+        if (per_head) {
+            route(i, g, h, b) = scale * f(i, g, h, b);
+        } else {
+            RDom rg(0, G, name + "_rg");
+            route(i, g, h, b) = neg_inf();
+            route(i, g, h, b) = Halide::max(route(i, g, h, b), scale * f(i, rg, h, b));
+        }
+    };
+    st.super_route_score = Func("super_route_score");
+    routed_score(st.super_route_score, st.super_score, "super");
+    Expr n_supers = (n_pages + (R - 1)) / R;
+    st.super_key = Func("super_key");
+    st.super_key(i, g, h, b) = select(i >= n_supers, u32(0), order_key(st.super_route_score(i, g, h, b)));
+    st.super_route = top_k(st.super_key, in.max_supers, Q, cfg.top_k, "super", i, g, h, b);
+    // Each super-page's position among the expanded, or -1 (the top-k's indices are distinct).
+    st.super_rank = Func("super_rank");
+    st.super_rank(i, g, h, b) = -1;
+    {
+        RDom rq(0, Q, "rq");
+        st.super_rank(i, g, h, b) = select(st.super_route.index(rq, g, h, b) == i, rq, st.super_rank(i, g, h, b));
+    }
+
+    // The pool: entry e < SK sink page e; then R entries per expanded super-page; then the
+    // local pages. Sink and local pages are not repeated among the expanded ones.
+    Expr e = i, local_start = n_pages - LP;
+    Expr sup = st.super_route.index(clamp((e - SK) / R, 0, Q - 1), g, h, b);
+    Expr j_expanded = sup * R + (e - SK) % R;
+    Expr j_local = local_start + (e - SK - Q * R);
+    st.pool_page = Func("pool_page");
+    st.pool_page(i, g, h, b) =
+        select(e < SK, select(e < n_pages, e, -1),                                                                //
+               e < SK + Q * R, select(sup >= 0 && j_expanded >= SK && j_expanded < local_start, j_expanded, -1),  //
+               select(j_local >= SK && j_local >= 0 && j_local < n_pages, j_local, -1));
+    // The pool's page scores, per head (the pool of head g's routing group).
+    Expr page = physical_page(Halide::max(st.pool_page(i, gr, h, b), 0));
+    auto row = [&](int c) {
+        if (cfg.summary_type == Halide::Int(8))
+            return as_f32(in.summary_scale(rd / kSummaryScaleGroup, page, h)) * as_f32(in.summary(rd, c, page, h));
+        return as_f32(in.summary(rd, c, page, h));
+    };
+    st.head_page_score = Func("head_page_score");
+    st.head_page_score(i, g, h, b) = 0.0f;
+    st.head_page_score(i, g, h, b) += box_score(row(kSummaryMin), row(kSummaryMax));
+    st.route_score = Func("route_score");
+    routed_score(st.route_score, st.head_page_score, "route");
+    Expr forced = e < SK || e >= SK + Q * R;
+    st.route_key = Func("route_key");
+    st.route_key(i, g, h, b) =
+        select(st.pool_page(i, g, h, b) < 0, u32(0), forced, u32(0xffffffffu), order_key(st.route_score(i, g, h, b)));
+    st.route = top_k(st.route_key, pool, P, cfg.top_k, "route", i, g, h, b);
+    Expr index = st.route.index(i, g, h, b);
+    st.routed = Func("routed");
+    st.routed(i, g, h, b) = select(index >= 0, st.pool_page(clamp(index, 0, pool - 1), g, h, b), -1);
+    st.pages = Func("pages");
+    st.pages(i, g, h, b) = st.routed(i, gr, h, b);
 }
 
 // 2. Candidates: every token of the selected pages, slot i = page rank * S + offset.
@@ -674,10 +766,24 @@ void DecodeDefinition::certificate() {
         Expr exists = rp < n_pages;
         Expr outside = exists && !st.route.kept(rp, gr, h, b);
         // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
-        Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scaled_page_score(rp, g);
+        Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : hier ? Expr() : scaled_page_score(rp, g);
         Expr tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
         Expr kabs = in.key_absmax(physical_page(rp), h);
         Expr error = sketch ? Expr(0.0f) : error_per_key * kabs;
+        if (hier) {
+            // A page of an expanded super-page, or a sink or local page, has its pool entry
+            // and its own score; any other page its super-page's box score.
+            Expr forced = rp < SK || rp >= n_pages - LP;
+            Expr sup = clamp(rp / R, 0, in.max_supers - 1);
+            Expr rank = st.super_rank(sup, gr, h, b);
+            Expr entry = clamp(
+                select(rp < SK, rp, forced, SK + Q * R + rp - (n_pages - LP), SK + Halide::max(rank, 0) * R + rp % R),
+                0, pool - 1);
+            Expr own = forced || rank >= 0;
+            outside = exists && !(own && st.route.kept(entry, gr, h, b));
+            u_p = scale * select(own, st.head_page_score(entry, g, h, b), st.super_score(sup, g, h, b));
+            error = error_per_key * select(own, kabs, st.super_absmax(sup, h, b));
+        }
         st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.outside_stats(g, h, b) =
             Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * upper_term(u_p, error), 0.0f),

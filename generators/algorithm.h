@@ -72,6 +72,8 @@ struct DecodeConfig {
     float solver_tau = kSolverTauDefault;    // fw and sparsemax regularization
     int sketch_bits = kSketchBitsDefault;    // routing sketch: bits per code (4 or 8)
     int sketch_group = kSketchGroupDefault;  // routing sketch: channels per scale
+    int super_pages = kSuperPagesDefault;    // hier_bound: pages per super-page (R)
+    int super_expand = kSuperExpandDefault;  // hier_bound: super-pages expanded (Q)
     TopKOptions top_k;  // how the top-k counts (the Generator sets it from the target and schedule)
     // heads that route together: G for per_head, 1 for shared
     int routing_groups() const { return group_routing == GroupRouting::PerHead ? group_size : 1; }
@@ -83,6 +85,10 @@ struct DecodeInputs {
     Func route_pages, route_rank;  // read in mean and bound routing
     Func summary_scale;            // read for int8 summaries only
     Func sketch, sketch_scale;     // read in sketch routing only
+    Func super_summary;            // (d, c = lo/hi, slot, h) f32, hier_bound routing only
+    Func super_table;              // (s, b) -> slot of sequence b's super-page s
+    Expr max_supers;               // super_table extent along s
+    Expr super_slots;              // super_summary extent along slot
     Expr scale;                    // score scale, > 0
     Expr max_pages;                // page_table extent along j
     Expr num_pages;                // physical pages in the cache
@@ -122,7 +128,8 @@ struct DecodeStages {
     Func page_rows;        // (d, c, j, h, b): the summary rows of route_pages(j) (mean, bound)
     Func head_page_score;  // (j, g, h, b): q.m_p (mean), u_p / scale (bound) of the page at
                            // route_pages(j); (i=logical page, g, h, b): max over the page's
-                           // tokens of a_t (sketch)
+                           // tokens of a_t (sketch); (e=pool entry, g, h, b): u_p / scale
+                           // of that entry's page (hier_bound)
     // Sketch routing: the query's int16 codes q_code (d, g, h, b), each group's step
     // q_step and weight q_group_weight (x=group, g, h, b) = ||q_grp||_1 + a multiple of the
     // step; then the scan of every token's sketch, per (s, page i, g, h, b):
@@ -135,6 +142,15 @@ struct DecodeStages {
     Func q_code, q_step, q_group_weight;
     Func sketch_inner, sketch_dot, sketch_width, sketch_token, page_leak;
     Func slot_inner, slot_dot, slot_width, slot_token;
+    // hier_bound routing: super_score (s, g, h, b) = sum_d max(q_d lo, q_d hi) over
+    // super-page s's box, super_route_score the routed one (scaled; max over the group when
+    // shared), super_route the top Q; super_rank (s, gr, h, b) s's position among them or -1;
+    // super_absmax (s, h, b) the box's largest |x|. The pool of pages routing chooses from,
+    // entry e: the sink pages, then R entries per expanded super-page (its pages but sink and
+    // local ones), then the local pages; pool_page (e, gr, h, b) the logical page or -1, in
+    // increasing order along e. head_page_score is then by pool entry.
+    Func super_score, super_route_score, super_key, super_rank, super_absmax, pool_page;
+    TopKStages super_route;
     Func route_score;  // (i, gr, h, b): per head, or max over the group (shared)
     Func route_key;
     TopKStages route;  // top-P pages
@@ -162,6 +178,7 @@ struct DecodeStages {
     Func diag;        // (k, g, h, b), see DiagField
     Func candidates;  // (c, g, h, b): token position or -1
     Func pages;       // (i, g, h, b): logical page or -1
+    Func routed;      // (r, gr, h, b): the logical page routed at rank r, or -1
     // One head's results in one record, so that one loop nest computes a head's step
     // and the five outputs are views of it. (x, g, h, b) -> {f32, int32}:
     //   f32: [0, D) out, D lse, D+1.. diag;  int32: [0, K_c) candidates, then pages.

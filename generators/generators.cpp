@@ -88,6 +88,8 @@ public:
     GeneratorParam<float> solver_tau{"solver_tau", kDecode.solver_tau};
     GeneratorParam<int> sketch_bits{"sketch_bits", kDecode.sketch_bits};
     GeneratorParam<int> sketch_group{"sketch_group", kDecode.sketch_group};
+    GeneratorParam<int> super_pages{"super_pages", kDecode.super_pages};
+    GeneratorParam<int> super_expand{"super_expand", kDecode.super_expand};
     GeneratorParam<std::string> schedule{"schedule", ""};
     GeneratorParam<std::string> schedule_file{"schedule_file", ""};
     GeneratorParam<int> estimate_tokens{"estimate_tokens", 32768};
@@ -107,6 +109,8 @@ public:
     Input<Buffer<void, 3>> summary_scale{"summary_scale"};
     Input<Buffer<uint8_t, 4>> sketch{"sketch"};
     Input<Buffer<void, 4>> sketch_scale{"sketch_scale"};
+    Input<Buffer<float, 4>> super_summary{"super_summary"};
+    Input<Buffer<int32_t, 2>> super_table{"super_table"};
     Input<float> scale{"scale"};
     Output<Buffer<float, 4>> out{"out"};
     Output<Buffer<float, 3>> lse{"lse"};
@@ -143,6 +147,8 @@ public:
         c.solver_tau = solver_tau;
         c.sketch_bits = sketch_bits;
         c.sketch_group = sketch_group;
+        c.super_pages = super_pages;
+        c.super_expand = super_expand;
         return c;
     }
 
@@ -176,10 +182,21 @@ public:
                         repr.f32_view(summary_scale, Halide::BFloat(16)),
                         sketch,
                         repr.f32_view(sketch_scale, Halide::BFloat(16)),
+                        super_summary,
+                        super_table,
+                        super_table.dim(0).extent(),
+                        super_summary.dim(2).extent(),
                         scale,
                         page_table.dim(0).extent(),
                         k_cache.dim(3).extent()};
         DecodeStages st = define_decode(cfg, in);
+        if (cfg.routing == RoutingMode::HierBound)
+            // Every page of the block table needs its super-page (else a page's leakage term
+            // would use another super-page's bound).
+            add_requirement(super_table.dim(0).extent() * cfg.super_pages >= page_table.dim(0).extent(),
+                            "vashista_decode: super_table lists ", super_table.dim(0).extent(),
+                            " super-pages per sequence, fewer than the ", page_table.dim(0).extent(),
+                            " pages of the block table need at super_pages = ", cfg.super_pages);
         out = st.result_out;
         lse = st.result_lse;
         diag = st.result_diag;
@@ -205,6 +222,9 @@ public:
             summary_scale_region(e, summary_scale_groups(cfg.head_dim, dtype_of(cfg.summary_type))));
         sketch.set_estimates(sketch_region(e, cfg.sketch_bits));
         sketch_scale.set_estimates(sketch_scale_region(e, cfg.sketch_group));
+        const int supers = super_pages_of(e.pages, cfg.super_pages);
+        super_summary.set_estimates({{0, e.head_dim}, {0, kSuperChannels}, {0, supers * e.batch}, {0, e.kv_heads}});
+        super_table.set_estimates({{0, supers}, {0, e.batch}});
         diag.set_estimates(per_head_region(e, kDiagFields));
         candidates.set_estimates(per_head_region(e, cfg.top_tokens));
         pages.set_estimates(per_head_region(e, cfg.top_pages));
@@ -410,7 +430,9 @@ GeneratorParams generator_params(const DecodeConfig &c) {
             {"solver_eta", exact(c.solver_eta)},
             {"solver_tau", exact(c.solver_tau)},
             {"sketch_bits", std::to_string(c.sketch_bits)},
-            {"sketch_group", std::to_string(c.sketch_group)}};
+            {"sketch_group", std::to_string(c.sketch_group)},
+            {"super_pages", std::to_string(c.super_pages)},
+            {"super_expand", std::to_string(c.super_expand)}};
 }
 
 GeneratorParams generator_params(const DenseConfig &c) {

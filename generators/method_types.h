@@ -13,7 +13,7 @@ namespace vashista {
 
 enum class KvLayout { HND, NHD };
 enum class Solver { Softmax, EG, FW, Sparsemax };
-enum class RoutingMode { Mean, Bound, Sketch };
+enum class RoutingMode { Mean, Bound, Sketch, HierBound };
 enum class GroupRouting { PerHead, Shared };
 
 // Token-sketch routing (method.md, "Token-sketch bounds"): the defaults of its bits and
@@ -40,6 +40,24 @@ inline std::string sketch_config_error(int head_dim, int bits, int group) {
         return "sketch_group = " + std::to_string(group) + " is not an even number of channels up to " +
                std::to_string(kSketchGroupMax);
     if (head_dim * bits % 8 != 0) return "head_dim * sketch_bits is not a whole number of bytes";
+    return "";
+}
+
+// Hierarchical bounds (method.md, "Reading fewer bytes"; routing = hier_bound): a super-page
+// is R consecutive logical pages of a sequence (super-page s holds pages [s R, s R + R)) and
+// keeps the box over its pages' boxes, lo = min of lo, hi = max of hi, in f32. A step scores
+// every super-page by its box, expands the top Q (their pages are scored by their own boxes)
+// and selects the top P pages among the expanded ones; sink and local pages are routed
+// whatever their super-page. Ties as for pages: the lower super-page, the lower page.
+constexpr int kSuperPagesDefault = 16;  // R
+constexpr int kSuperExpandDefault = 8;  // Q
+// Super-page box rows, in the order of the c dimension of the super-page summaries.
+enum SuperChannel { kSuperMin = 0, kSuperMax = 1, kSuperChannels = 2 };
+inline int super_pages_of(int pages, int super_pages) { return (pages + super_pages - 1) / super_pages; }
+// Why (R, Q) cannot route, or "" when they can.
+inline std::string hier_config_error(int super_pages, int super_expand) {
+    if (super_pages < 1) return "super_pages = " + std::to_string(super_pages) + " is not at least 1";
+    if (super_expand < 1) return "super_expand = " + std::to_string(super_expand) + " is not at least 1";
     return "";
 }
 
@@ -169,7 +187,10 @@ inline const char *to_string(Solver v) {
     return "?";
 }
 inline const char *to_string(RoutingMode v) {
-    return v == RoutingMode::Mean ? "mean" : v == RoutingMode::Bound ? "bound" : "sketch";
+    return v == RoutingMode::Mean     ? "mean"
+           : v == RoutingMode::Bound  ? "bound"
+           : v == RoutingMode::Sketch ? "sketch"
+                                      : "hier_bound";
 }
 inline const char *to_string(GroupRouting v) { return v == GroupRouting::PerHead ? "per_head" : "shared"; }
 
@@ -327,7 +348,7 @@ inline Solver parse_solver(const std::string &s) {
     return detail::parse_name(s, v, "solver");
 }
 inline RoutingMode parse_routing(const std::string &s) {
-    static const RoutingMode v[] = {RoutingMode::Mean, RoutingMode::Bound, RoutingMode::Sketch};
+    static const RoutingMode v[] = {RoutingMode::Mean, RoutingMode::Bound, RoutingMode::Sketch, RoutingMode::HierBound};
     return detail::parse_name(s, v, "routing");
 }
 inline GroupRouting parse_group_routing(const std::string &s) {

@@ -248,31 +248,60 @@ double dot(const float *a, const float *b_cache, const Cache &cache, int page, i
 }
 
 // Indices of the `k` largest scores, ties to the lower index, returned increasing.
-std::vector<int> top_indices(const std::vector<double> &score, int k) {
-    std::vector<int> idx(score.size());
-    std::iota(idx.begin(), idx.end(), 0);
+// The k largest, ties to the lower index, among the eligible indices (all when `eligible`
+// is empty); returned increasing.
+std::vector<int> top_indices(const std::vector<double> &score, int k, const std::vector<char> &eligible = {}) {
+    std::vector<int> idx;
+    for (int i = 0; i < int(score.size()); ++i)
+        if (eligible.empty() || eligible[i]) idx.push_back(i);
     std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return score[a] > score[b]; });
     idx.resize(std::min<size_t>(idx.size(), size_t(k)));
     std::sort(idx.begin(), idx.end());
     return idx;
 }
 
+// scale * sum_d max(q_d lo_d, q_d hi_d): the upper bound of q.k over a box.
+double box_score(const float *q, const float *lo, const float *hi, int D, double scale) {
+    double acc = 0;
+    for (int d = 0; d < D; ++d) acc += std::max(double(q[d]) * lo[d], double(q[d]) * hi[d]);
+    return scale * acc;
+}
+
 double page_score(const Summaries &sum, const float *q, int b, int h, int j, RoutingMode mode, double scale) {
     const int D = sum.head_dim;
     size_t row = sum.at(b, h, j) * D;
+    if (mode != RoutingMode::Mean) return box_score(q, &sum.lo[row], &sum.hi[row], D, scale);
     double acc = 0;
-    for (int d = 0; d < D; ++d) {
-        double qd = q[d];
-        if (mode == RoutingMode::Mean) {
-            acc += qd * sum.mean[row + d];
-        } else {
-            acc += std::max(qd * sum.lo[row + d], qd * sum.hi[row + d]);
-        }
-    }
+    for (int d = 0; d < D; ++d) acc += double(q[d]) * sum.mean[row + d];
     return scale * acc;
 }
 
 }  // namespace
+
+void add_super_pages(Summaries &sum, const Sequences &seqs, int super_pages) {
+    const std::string err = hier_config_error(super_pages, kSuperExpandDefault);
+    if (!err.empty()) throw std::invalid_argument(err);
+    const int D = sum.head_dim, S = sum.page_size;
+    sum.super_pages = super_pages;
+    sum.max_supers = super_pages_of(sum.max_pages, super_pages);
+    const size_t rows = size_t(sum.batch) * sum.kv_heads * sum.max_supers * D;
+    sum.super_lo.assign(rows, 0.0f);
+    sum.super_hi.assign(rows, 0.0f);
+    for (int b = 0; b < sum.batch; ++b) {
+        const int n_pages = (seqs.seq_lens[b] + S - 1) / S;
+        for (int h = 0; h < sum.kv_heads; ++h)
+            for (int sp = 0; sp < super_pages_of(n_pages, super_pages); ++sp) {
+                float *lo = &sum.super_lo[sum.super_at(b, h, sp) * D], *hi = &sum.super_hi[sum.super_at(b, h, sp) * D];
+                std::fill(lo, lo + D, std::numeric_limits<float>::infinity());
+                std::fill(hi, hi + D, -std::numeric_limits<float>::infinity());
+                for (int j = sp * super_pages; j < std::min(n_pages, (sp + 1) * super_pages); ++j)
+                    for (int d = 0; d < D; ++d) {
+                        lo[d] = std::min(lo[d], sum.lo[sum.at(b, h, j) * D + d]);
+                        hi[d] = std::max(hi[d], sum.hi[sum.at(b, h, j) * D + d]);
+                    }
+            }
+    }
+}
 
 SketchScore sketch_score(const Summaries &sum, const float *q, int b, int h, int j, int s, float scale) {
     const int D = sum.head_dim, gs = sum.sketch_group, groups = D / gs;
@@ -330,8 +359,36 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
     std::vector<SketchScore> mine;  // this head's a_t and ub_t of every token (sketch routing)
     for (int t = 0; sketch && t < len; ++t) mine.push_back(sketch_of(qh, t / S, t % S));
 
-    // 1. routing; sink and local pages first, whatever their scores
+    // Hierarchical bounds: each super-page's box score (this head's, and the one it is
+    // routed by), its box's largest |x|, and the top super_expand super-pages expanded.
+    const bool hier = opt.routing == RoutingMode::HierBound;
+    const int R = opt.super_pages;
+    if (hier && sum.super_pages != R)
+        throw std::invalid_argument("the summaries' super-pages (R = " + std::to_string(sum.super_pages) +
+                                    ") are not the ones the options ask for (R = " + std::to_string(R) + ")");
+    const int n_supers = hier ? super_pages_of(n_pages, R) : 0;
+    std::vector<double> own_super(n_supers), route_super(n_supers), super_absmax(n_supers, 0.0);
+    std::vector<char> expanded(n_supers, 0);
+    auto super_score = [&](const float *qq, int sp) {
+        const size_t row = sum.super_at(b, h, sp) * D;
+        return box_score(qq, &sum.super_lo[row], &sum.super_hi[row], D, scale);
+    };
+    for (int sp = 0; sp < n_supers; ++sp) {
+        own_super[sp] = route_super[sp] = super_score(qh, sp);
+        if (opt.group_routing == GroupRouting::Shared)
+            for (int gg = 0; gg < q.group; ++gg)
+                route_super[sp] = std::max(route_super[sp], super_score(q.head(b, h, gg), sp));
+        const size_t row = sum.super_at(b, h, sp) * D;
+        for (int d = 0; d < D; ++d)
+            super_absmax[sp] = std::max(
+                {super_absmax[sp], std::abs(double(sum.super_lo[row + d])), std::abs(double(sum.super_hi[row + d]))});
+    }
+    for (int sp : top_indices(route_super, opt.super_expand)) expanded[sp] = 1;
+
+    // 1. routing; sink and local pages first, whatever their scores (in hier_bound routing
+    // the other pages only of expanded super-pages)
     std::vector<double> own(n_pages), route(n_pages);
+    std::vector<char> eligible(hier ? n_pages : 0);
     for (int j = 0; j < n_pages; ++j) {
         own[j] = own_score(qh, j);
         if (opt.group_routing == GroupRouting::PerHead) {
@@ -340,9 +397,11 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
             route[j] = -inf;
             for (int gg = 0; gg < q.group; ++gg) route[j] = std::max(route[j], own_score(q.head(b, h, gg), j));
         }
-        if (j < opt.sink_pages || j >= n_pages - opt.local_pages) route[j] = inf;
+        const bool always = j < opt.sink_pages || j >= n_pages - opt.local_pages;
+        if (always) route[j] = inf;
+        if (hier) eligible[j] = always || expanded[j / R];
     }
-    r.pages = top_indices(route, opt.top_pages);
+    r.pages = top_indices(route, opt.top_pages, eligible);
     std::vector<char> page_selected(n_pages, 0);
     for (int j : r.pages) page_selected[j] = 1;
 
@@ -438,8 +497,13 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         if (page_selected[j]) continue;
         // A page's term: n_p exp(beta (u_p - m)), or in sketch routing exp(beta (M_p - m))
         // times the sum of exp(beta (ub_t - M_p)) over its tokens, M_p = max ub_t.
-        double u_p = own[j], tokens = std::min(S, len - j * S);
-        const double e = sketch ? 0 : error_per_key * sum.key_absmax[row];
+        // hier_bound: a page of an unexpanded super-page by the super-page's box (sink and
+        // local pages are scored by their own).
+        const bool by_super = hier && !expanded[j / R] && j >= opt.sink_pages && j < n_pages - opt.local_pages;
+        double u_p = by_super ? own_super[j / R] : own[j], tokens = std::min(S, len - j * S);
+        const double e = sketch     ? 0
+                         : by_super ? error_per_key * super_absmax[j / R]
+                                    : error_per_key * sum.key_absmax[row];
         if (sketch) {
             u_p = -inf;
             for (int t = j * S; t < std::min(len, (j + 1) * S); ++t) u_p = std::max(u_p, double(mine[t].ub));

@@ -60,6 +60,11 @@ struct Summaries {
     std::vector<float> sketch_scale;  // [b][h][j][s][group]
     size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
     size_t token_at(int b, int h, int j, int s) const { return at(b, h, j) * page_size + s; }
+    // Super-pages of R pages (hier_bound routing; R = 0 when not added): per (b, h, s) the
+    // box over the existing pages' boxes, lo = min of lo, hi = max of hi (f32, exact).
+    int super_pages = 0, max_supers = 0;
+    std::vector<float> super_lo, super_hi;  // [b][h][s][d]
+    size_t super_at(int b, int h, int s) const { return (size_t(b) * kv_heads + h) * max_supers + s; }
 };
 // An int8 summary's sigma for a group whose largest |min| or |max| is absmax, and the
 // codes of a min (rounded down), a max (rounded up) or a mean (nearest) under sigma: what
@@ -71,6 +76,9 @@ int summary_code_nearest(float x, float sigma);
 
 Summaries summarize(const Cache &cache, const Sequences &seqs, DType summary_dtype,
                     int sketch_bits = kSketchBitsDefault, int sketch_group = kSketchGroupDefault);
+
+// Adds super-pages of `super_pages` pages to summaries made by summarize() for `seqs`.
+void add_super_pages(Summaries &sum, const Sequences &seqs, int super_pages);
 
 // a_t and ub_t of token (j, s) of sequence b, KV head h, from the summaries' sketch, as
 // the kernels compute them: the query quantized per group to int16 codes, each group's
@@ -90,6 +98,8 @@ struct SparseOptions {
     GroupRouting group_routing = GroupRouting::PerHead;
     int sink_pages = 0, local_pages = 0;
     int sketch_bits = kSketchBitsDefault, sketch_group = kSketchGroupDefault;  // must match the summaries'
+    int super_pages = kSuperPagesDefault, super_expand = kSuperExpandDefault;  // hier_bound: R (as the
+                                                                               // summaries'), Q
     double scale = 0;                                                          // 0: 1/sqrt(D)
 };
 

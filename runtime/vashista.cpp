@@ -156,6 +156,10 @@ struct vashista_cache {
     Buffer<void> sketch;        // (s, byte, p, h) uint8
     Buffer<void> sketch_scale;  // (s, group, p, h) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
+    // Super-page boxes (hier_bound routing), not kept by the runtime yet: one zero element
+    // each for the decode kernels' inputs.
+    HostMemory super_memory, super_table_memory;
+    Buffer<void> super_summary, super_table;
     // Per physical page, the tokens (slots 0 .. n-1) its summary was computed from, 0 before
     // any: a sequence whose valid tokens in a page are more than that reads keys the summary
     // does not describe (vashista_certificate STALE). Every write the runtime is told of
@@ -414,6 +418,8 @@ void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, Route
         .buffer("summary_scale", c->summary_scale.raw_buffer())
         .buffer("sketch", c->sketch.raw_buffer())
         .buffer("sketch_scale", c->sketch_scale.raw_buffer())
+        .buffer("super_summary", c->super_summary.raw_buffer())
+        .buffer("super_table", c->super_table.raw_buffer())
         .scalar("scale", in.scale)
         .buffer("out", r.out.raw_buffer())
         .buffer("lse", r.lse.raw_buffer())
@@ -1140,6 +1146,9 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
             c->sketch = zeroed_buffer(c->sketch_memory, u8, {1, 1, 1, 1}, "a placeholder sketch");
             c->sketch_scale = zeroed_buffer(c->sketch_scale_memory, bf16, {1, 1, 1, 1}, "a placeholder sketch");
         }
+        const halide_type_t i32(halide_type_int, 32);
+        c->super_summary = zeroed_buffer(c->super_memory, f32, {1, 1, 1, 1}, "a placeholder super-page box");
+        c->super_table = zeroed_buffer(c->super_table_memory, i32, {1, 1}, "a placeholder super-page table");
         c->appended.assign(desc->batch, 0);
         c->summarized_tokens.assign(desc->num_pages, 0);
         *cache = c.release();

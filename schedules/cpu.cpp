@@ -287,6 +287,27 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         st.sketch_token.compute_at(leak, io);
         schedule_sketch_scores(st.sketch_token, st.sketch_dot, st.sketch_width, st.sketch_inner, st.s, st.x, i, g,
                                cfg.head_dim / cfg.sketch_group, true);
+    } else if (cfg.routing == RoutingMode::HierBound) {
+        // Hierarchical bounds: the super-pages' and then the pool's box scores as page
+        // scores are (lanes of d, page_lanes at a time), in the head's task; the rows are
+        // read where they lie (the pool's pages are a few per super-page).
+        for (Func f : {st.super_score, st.head_page_score}) {
+            vectorize_page_scores(f, Func(), i, g, s.dot_lanes, s.page_lanes, s.group_inner, false);
+            at_head(f);
+        }
+        at_head(st.pool_page);
+        st.pool_page.vectorize(i, vw, TailStrategy::RoundUp);
+        at_head(st.super_absmax);
+        st.super_absmax.vectorize(i, vw, TailStrategy::RoundUp);
+        st.super_absmax.update().vectorize(i, vw, TailStrategy::RoundUp);
+        at_head(st.super_rank);
+        st.super_rank.vectorize(i, vw, TailStrategy::RoundUp);
+        st.super_rank.update().vectorize(i, vw, TailStrategy::RoundUp);
+        if (cfg.group_routing == GroupRouting::Shared) {
+            at_head(st.super_route_score);
+            st.super_route_score.vectorize(i, vw, TailStrategy::RoundUp);
+            st.super_route_score.update().vectorize(i, vw, TailStrategy::RoundUp);
+        }
     } else {
         // Mean and bound routing: a page's summary rows are contiguous in d, so each page's
         // score is a dot-product-like reduction over D (lanes of d), page_lanes pages at a
@@ -335,6 +356,7 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         at_head(tk.words_before);
         at_head(tk.index);
     };
+    if (cfg.routing == RoutingMode::HierBound) schedule_top_k(st.super_route, st.super_key);
     schedule_top_k(st.route, st.route_key);
 
     // Token scores: D split into vector lanes; with shared routing every head of the

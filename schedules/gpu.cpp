@@ -98,6 +98,8 @@ Var threads_over_first_free(Func f, int stage, int threads) {
 
 void apply_gpu(const DecodeGpuSchedule &s, const DecodeConfig &cfg, DecodeStages &st) {
     check_point(s, cfg);
+    if (cfg.routing == RoutingMode::HierBound)
+        throw std::invalid_argument("decode GPU schedule: hier_bound routing has no GPU schedule yet");
     if (s.digit_bits != cfg.top_k.digit_bits)
         throw std::invalid_argument("decode GPU schedule: digit_bits " + std::to_string(s.digit_bits) +
                                     " differs from the definition's " + std::to_string(cfg.top_k.digit_bits) +

@@ -1,6 +1,6 @@
 // Certificate soundness (JIT, f32 KV and summaries, D = 16, every diagnostic visible):
-// over 10^5 heads of random, clustered and adversarial inputs per routing (bound; sketch
-// with 8-bit and 4-bit codes), the kernel's error bound is never below the true distance
+// over 10^5 heads of random, clustered and adversarial inputs per routing (bound; hier_bound;
+// sketch with 8-bit and 4-bit codes), the kernel's error bound is never below the true distance
 // from its sparse output to the double-precision dense answer, beyond the rounding of the
 // check itself:
 // slack = 1e-6 + 1e-5 * ||o_dense||. test_certificate_abi.cpp does the same through the
@@ -107,6 +107,9 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
     cfg.routing = routing;
     cfg.sketch_bits = sketch_bits;
     cfg.sketch_group = sketch_group;
+    // hier_bound: super-pages of 2 pages (up to 10 per sequence), 2 expanded.
+    cfg.super_pages = 2;
+    cfg.super_expand = 2;
     auto jit = test::compile_decode(cfg);
 
     const int batch = 250, heads_per_call = batch * 4 * 4, target_heads = 100000;
@@ -119,6 +122,7 @@ void check_soundness(RoutingMode routing, int sketch_bits = 8, int sketch_group 
         const Adversary a = Adversary(call % kAdversaries);
         ref::Problem p = make(a, 1000 + call, batch, rng);
         ref::Summaries sum = ref::summarize(p.cache, p.seqs, dtype_of(summary_type), sketch_bits, sketch_group);
+        if (routing == RoutingMode::HierBound) ref::add_super_pages(sum, p.seqs, cfg.super_pages);
         test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(16));
         run(*jit, buf);
         for (int b = 0; b < batch; ++b)
@@ -191,6 +195,10 @@ TEST_CASE("the error bound holds on 10^5 heads, bound routing", "[certificate]")
 
 TEST_CASE("the error bound holds on 10^5 heads, bound routing over int8 summaries", "[certificate]") {
     check_soundness(RoutingMode::Bound, 8, 8, Halide::Int(8));
+}
+
+TEST_CASE("the error bound holds on 10^5 heads, hier_bound routing", "[certificate]") {
+    check_soundness(RoutingMode::HierBound);
 }
 
 TEST_CASE("the error bound holds on 10^5 heads, 8-bit sketch routing", "[certificate]") {

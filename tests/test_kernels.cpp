@@ -23,6 +23,69 @@ TEST_CASE("fused decode matches the reference across the matrix", "[kernels]") {
     test::check_decode_matrix(Halide::get_host_target(), "");
 }
 
+TEST_CASE("hier_bound routing matches the reference: super-pages, expansion, pool and certificate", "[kernels]") {
+    // Long enough for many super-pages (the 700-token sequence has 44 pages: 22 super-pages
+    // of 2, 6 of 8), short ones with fewer super-pages than Q; summaries of each dtype.
+    struct HierCase {
+        int R, Q, sink, local;
+        GroupRouting group_routing;
+        Halide::Type kv, summary;
+    };
+    const HierCase cases[] = {
+        {2, 2, 0, 0, GroupRouting::PerHead, Halide::BFloat(16), Halide::BFloat(16)},
+        {2, 3, 1, 1, GroupRouting::Shared, Halide::Float(32), Halide::Float(32)},
+        {8, 1, 1, 0, GroupRouting::PerHead, Halide::Float(16), Halide::Int(8)},
+        {4, 2, 2, 2, GroupRouting::PerHead, Halide::BFloat(16), Halide::BFloat(16)},
+        {8, 2, 0, 1, GroupRouting::Shared, Halide::BFloat(16), Halide::Int(8)},
+    };
+    for (const HierCase &k : cases) {
+        DecodeConfig cfg;
+        cfg.head_dim = 32;
+        cfg.page_size = 16;
+        cfg.top_pages = 4;
+        cfg.top_tokens = 16;
+        cfg.group_size = 2;
+        cfg.kv_type = k.kv;
+        cfg.summary_type = k.summary;
+        cfg.routing = RoutingMode::HierBound;
+        cfg.group_routing = k.group_routing;
+        cfg.super_pages = k.R;
+        cfg.super_expand = k.Q;
+        cfg.sink_pages = k.sink;
+        cfg.local_pages = k.local;
+        auto jit = test::compile_decode(cfg);
+        for (ref::DataKind kind : {ref::DataKind::Gaussian, ref::DataKind::Dyadic, ref::DataKind::Planted}) {
+            ref::ProblemSpec spec;
+            spec.kv_heads = 2;
+            spec.group = 2;
+            spec.head_dim = 32;
+            spec.seq_lens = {700, 100, 37, 5, 260};
+            spec.dtype = dtype_of(k.kv);
+            spec.kind = kind;
+            spec.seed = 17 + int(kind);
+            ref::Problem p = ref::make_problem(spec);
+            ref::Summaries sum = ref::summarize(p.cache, p.seqs, dtype_of(cfg.summary_type));
+            ref::add_super_pages(sum, p.seqs, k.R);
+            test::DecodeBuffers buf = test::decode_buffers(p, cfg, sum, ref::default_scale(32));
+            run(*jit, buf);
+            test::Comparison c = test::compare_with_reference(p, cfg, buf, sum, test::Tolerance{});
+            INFO("R " << k.R << " Q " << k.Q << " sink " << k.sink << " local " << k.local << " "
+                      << to_string(k.group_routing) << " data " << int(kind) << ": " << c.first_problem);
+            CHECK(c.candidate_mismatches == 0);
+            CHECK(c.page_mismatches == 0);
+            CHECK(c.max_out_err <= 1e-4);
+            CHECK(c.max_lse_err <= 1e-4);
+            CHECK(c.max_diag_err <= 0);
+            // A super-page table too short for the block table is refused.
+            if (kind == ref::DataKind::Gaussian) {
+                buf.super_table = Halide::Buffer<int32_t>(buf.super_table.dim(0).extent() - 1, 5);
+                buf.super_table.fill(0);
+                CHECK_THROWS_WITH(run(*jit, buf), Catch::Contains("super_table lists"));
+            }
+        }
+    }
+}
+
 TEST_CASE("the summarize kernel's summaries are the reference's, bit for bit", "[kernels]") {
     test::check_summarize_kernel(Halide::get_host_target());
 }

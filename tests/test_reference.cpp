@@ -9,6 +9,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <set>
 #include <tuple>
 
 using namespace vashista;
@@ -151,6 +152,107 @@ TEST_CASE("sink and local pages are always routed and count toward P", "[referen
         REQUIRE(r.pages.front() == 0);
         REQUIRE(r.pages.back() == n_pages - 1);
         REQUIRE(std::count(r.pages.begin(), r.pages.end(), n_pages - 2) == 1);
+    }
+}
+
+TEST_CASE("hier_bound: a super-page's box holds its pages' boxes; all expanded, it routes as bound", "[reference]") {
+    ProblemSpec spec;
+    spec.seq_lens = {700, 260, 37};  // 44, 17 and 3 pages: partial super-pages
+    spec.kind = DataKind::Planted;
+    Problem p = make_problem(spec);
+    for (DType dt : {DType::BF16, DType::I8}) {
+        Summaries sum = summarize(p.cache, p.seqs, dt);
+        add_super_pages(sum, p.seqs, 4);
+        const int D = spec.head_dim;
+        for (int b = 0; b < 3; ++b)
+            for (int h = 0; h < spec.kv_heads; ++h)
+                for (int j = 0; j * 16 < spec.seq_lens[b]; ++j)
+                    for (int d = 0; d < D; ++d) {
+                        REQUIRE(sum.super_lo[sum.super_at(b, h, j / 4) * D + d] <= sum.lo[sum.at(b, h, j) * D + d]);
+                        REQUIRE(sum.super_hi[sum.super_at(b, h, j / 4) * D + d] >= sum.hi[sum.at(b, h, j) * D + d]);
+                    }
+        SparseOptions bound, hier;
+        bound.top_pages = hier.top_pages = 6;
+        bound.top_tokens = hier.top_tokens = 24;
+        bound.sink_pages = hier.sink_pages = 1;
+        bound.local_pages = hier.local_pages = 1;
+        hier.routing = RoutingMode::HierBound;
+        hier.super_pages = 4;
+        hier.super_expand = 11;  // every super-page of the longest sequence
+        for (GroupRouting gr : {GroupRouting::PerHead, GroupRouting::Shared}) {
+            bound.group_routing = hier.group_routing = gr;
+            for (int b = 0; b < 3; ++b)
+                for (int h = 0; h < spec.kv_heads; ++h)
+                    for (int g = 0; g < spec.group; ++g) {
+                        HeadResult x = sparse_head(p.cache, p.seqs, p.q, sum, bound, b, h, g);
+                        HeadResult y = sparse_head(p.cache, p.seqs, p.q, sum, hier, b, h, g);
+                        REQUIRE(x.pages == y.pages);
+                        REQUIRE(x.candidates == y.candidates);
+                        REQUIRE(x.out == y.out);
+                        REQUIRE(x.leakage == y.leakage);
+                        REQUIRE(x.error_bound == y.error_bound);
+                    }
+        }
+    }
+}
+
+TEST_CASE("hier_bound: pages come from the top Q super-pages or are sink/local; the bound holds", "[reference]") {
+    for (uint64_t seed = 1; seed <= 12; ++seed) {
+        ProblemSpec spec;
+        spec.seq_lens = {1500, 333};
+        spec.kind = seed % 2 ? DataKind::Gaussian : DataKind::Planted;
+        spec.seed = seed;
+        Problem p = make_problem(spec);
+        Summaries sum = summarize(p.cache, p.seqs, DType::BF16);
+        add_super_pages(sum, p.seqs, 8);
+        SparseOptions opt, bound;
+        opt.top_pages = bound.top_pages = 6;
+        opt.top_tokens = bound.top_tokens = 32;
+        opt.sink_pages = bound.sink_pages = 1;
+        opt.local_pages = bound.local_pages = 1;
+        opt.routing = RoutingMode::HierBound;
+        opt.super_pages = 8;
+        opt.super_expand = 2;
+        opt.group_routing = bound.group_routing = seed % 3 ? GroupRouting::PerHead : GroupRouting::Shared;
+        const int D = spec.head_dim;
+        const double scale = default_scale(D);
+        for (int b = 0; b < 2; ++b) {
+            const int n_pages = (spec.seq_lens[b] + 15) / 16, n_supers = (n_pages + 7) / 8;
+            for (int h = 0; h < spec.kv_heads; ++h)
+                for (int g = 0; g < spec.group; ++g) {
+                    HeadResult s = sparse_head(p.cache, p.seqs, p.q, sum, opt, b, h, g);
+                    // The expanded super-pages, recomputed: the top 2 by box score (this head's,
+                    // or the group's largest), ties to the lower.
+                    std::vector<std::pair<double, int>> by_score;
+                    for (int sp = 0; sp < n_supers; ++sp) {
+                        double best = -1e300;
+                        for (int gg = 0; gg < spec.group; ++gg) {
+                            if (opt.group_routing == GroupRouting::PerHead && gg != g) continue;
+                            const float *q = p.q.head(b, h, gg);
+                            double acc = 0;
+                            for (int d = 0; d < D; ++d)
+                                acc += std::max(double(q[d]) * sum.super_lo[sum.super_at(b, h, sp) * D + d],
+                                                double(q[d]) * sum.super_hi[sum.super_at(b, h, sp) * D + d]);
+                            best = std::max(best, scale * acc);
+                        }
+                        by_score.push_back({-best, sp});
+                    }
+                    std::sort(by_score.begin(), by_score.end());
+                    std::set<int> expanded = {by_score[0].second, by_score[1].second};
+                    INFO("seed " << seed << " b " << b << " h " << h << " g " << g);
+                    REQUIRE(int(s.pages.size()) == std::min(6, n_pages));
+                    REQUIRE(s.pages.front() == 0);
+                    REQUIRE(s.pages.back() == n_pages - 1);
+                    for (int j : s.pages) REQUIRE((j == 0 || j == n_pages - 1 || expanded.count(j / 8) == 1));
+                    // Never below the true error; never tighter than bound routing's.
+                    DenseResult d = dense_head(p.cache, p.seqs, p.q, 0.0, b, h, g);
+                    double err = 0;
+                    for (int i = 0; i < D; ++i) err += (s.out[i] - d.out[i]) * (s.out[i] - d.out[i]);
+                    REQUIRE(std::sqrt(err) <= s.error_bound * (1 + 1e-12) + 1e-12);
+                    HeadResult flat = sparse_head(p.cache, p.seqs, p.q, sum, bound, b, h, g);
+                    if (flat.pages == s.pages) REQUIRE(s.leakage >= flat.leakage * (1 - 1e-12));
+                }
+        }
     }
 }
 

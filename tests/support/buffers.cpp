@@ -22,6 +22,8 @@ DecodeBuffers decode_buffers(const ref::Problem &p, const DecodeConfig &cfg, con
     buf.summary_scale = Halide::Buffer<>(std::move(pb.summary_scale));
     buf.sketch = Halide::Buffer<uint8_t>(std::move(pb.sketch));
     buf.sketch_scale = Halide::Buffer<>(std::move(pb.sketch_scale));
+    buf.super_summary = Halide::Buffer<float>(std::move(pb.super_summary));
+    buf.super_table = Halide::Buffer<int32_t>(std::move(pb.super_table));
     buf.scale = float(scale);
     const int G = buf.q.dim(1).extent(), H = buf.q.dim(2).extent(), B = buf.q.dim(3).extent();
     buf.out = Halide::Buffer<float>(cfg.head_dim, G, H, B);
@@ -46,6 +48,8 @@ void run(GeneratorJit &decode, DecodeBuffers &buf) {
         .buffer("summary_scale", buf.summary_scale)
         .buffer("sketch", buf.sketch)
         .buffer("sketch_scale", buf.sketch_scale)
+        .buffer("super_summary", buf.super_summary)
+        .buffer("super_table", buf.super_table)
         .scalar("scale", buf.scale)
         .buffer("out", buf.out)
         .buffer("lse", buf.lse)

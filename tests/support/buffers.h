@@ -17,6 +17,8 @@ struct DecodeBuffers {
     Halide::Buffer<> summary_scale;                   // (x, p, h) bf16
     Halide::Buffer<uint8_t> sketch;                   // (s, byte, p, h)
     Halide::Buffer<> sketch_scale;                    // (s, group, p, h) bf16
+    Halide::Buffer<float> super_summary;              // (d, c, slot, h), hier_bound
+    Halide::Buffer<int32_t> super_table;              // (s, b) -> slot
     float scale = 0;
     Halide::Buffer<float> out, lse, diag;       // (d,g,h,b), (g,h,b), (k,g,h,b)
     Halide::Buffer<int32_t> candidates, pages;  // (c,g,h,b), (i,g,h,b)

@@ -27,6 +27,8 @@ ref::SparseOptions sparse_options(const DecodeConfig &cfg, double scale) {
     o.local_pages = cfg.local_pages;
     o.sketch_bits = cfg.sketch_bits;
     o.sketch_group = cfg.sketch_group;
+    o.super_pages = cfg.super_pages;
+    o.super_expand = cfg.super_expand;
     o.scale = scale;
     return o;
 }
@@ -139,6 +141,8 @@ std::string describe(const DecodeConfig &c) {
            to_string(c.solver) + " " + to_string(c.routing) +
            (c.routing == RoutingMode::Sketch
                 ? " bits " + std::to_string(c.sketch_bits) + " group " + std::to_string(c.sketch_group)
+            : c.routing == RoutingMode::HierBound
+                ? " R " + std::to_string(c.super_pages) + " Q " + std::to_string(c.super_expand)
                 : std::string()) +
            " " + to_string(c.group_routing) + " summary " + type_name(c.summary_type) + " sink " +
            std::to_string(c.sink_pages) + " local " + std::to_string(c.local_pages);
