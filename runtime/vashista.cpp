@@ -157,8 +157,7 @@ struct vashista_cache {
     Buffer<void> sketch_scale;  // (s, group, p, h) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
     // Super-page boxes (hier_bound routing), not kept by the runtime yet: one zero element
-    // each for the decode kernels' inputs.
-    HostMemory super_memory, super_table_memory;
+    // each for the decode kernels' inputs, in static storage (nothing allocated per cache).
     Buffer<void> super_summary, super_table;
     // Per physical page, the tokens (slots 0 .. n-1) its summary was computed from, 0 before
     // any: a sequence whose valid tokens in a page are more than that reads keys the summary
@@ -1146,9 +1145,10 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
             c->sketch = zeroed_buffer(c->sketch_memory, u8, {1, 1, 1, 1}, "a placeholder sketch");
             c->sketch_scale = zeroed_buffer(c->sketch_scale_memory, bf16, {1, 1, 1, 1}, "a placeholder sketch");
         }
-        const halide_type_t i32(halide_type_int, 32);
-        c->super_summary = zeroed_buffer(c->super_memory, f32, {1, 1, 1, 1}, "a placeholder super-page box");
-        c->super_table = zeroed_buffer(c->super_table_memory, i32, {1, 1}, "a placeholder super-page table");
+        static float no_super_box[1] = {0.0f};
+        static int32_t no_super_slot[1] = {0};
+        c->super_summary = Buffer<void>(f32, no_super_box, 1, 1, 1, 1);
+        c->super_table = Buffer<void>(halide_type_t(halide_type_int, 32), no_super_slot, 1, 1);
         c->appended.assign(desc->batch, 0);
         c->summarized_tokens.assign(desc->num_pages, 0);
         *cache = c.release();
