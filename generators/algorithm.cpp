@@ -1,6 +1,7 @@
 #include "algorithm.h"
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -251,6 +252,25 @@ private:
     Expr physical_page(Expr logical) const {
         return clamp(in.page_table(clamp(logical, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
     }
+    // Summary channel c of physical page `page` at channel d as stored, int8 codes decoded
+    // (sigma * code, in f32).
+    Expr summary_value(Expr d, Expr c, Expr page) const {
+        if (cfg.summary_type != Halide::Int(8)) return in.summary(d, c, page, h);
+        return as_f32(in.summary_scale(d / kSummaryScaleGroup, page, h)) * as_f32(in.summary(d, c, page, h));
+    }
+    // Channel d's term of a box's upper bound on q.k: max(q_d lo_d, q_d hi_d).
+    Expr box_term(Expr d, Expr lo, Expr hi) const { return Halide::max(in.q(d, g, h, b) * lo, in.q(d, g, h, b) * hi); }
+    // route (i, g, h, b) = the scaled score routing uses: head g's own (per head), or the
+    // largest of the group's (shared); score(i, head) gives one head's.
+    void routed_score(Func route, const std::function<Expr(Expr)> &score, const std::string &rdom_name) const {
+        if (per_head) {
+            route(i, g, h, b) = score(g);
+        } else {
+            RDom rg(0, G, rdom_name);
+            route(i, g, h, b) = neg_inf();
+            route(i, g, h, b) = Halide::max(route(i, g, h, b), score(rg));
+        }
+    }
 
     const DecodeConfig &cfg;
     const DecodeInputs &in;
@@ -417,32 +437,20 @@ void DecodeDefinition::route() {
         // reads a logical page's at its rank.
         st.page_rows = Func("page_rows");
         Expr page = clamp(in.route_pages(clamp(i, 0, in.max_pages - 1), b), 0, in.num_pages - 1);
-        if (cfg.summary_type == Halide::Int(8)) {
-            st.page_rows(d, c, i, h, b) =
-                as_f32(in.summary_scale(d / kSummaryScaleGroup, page, h)) * as_f32(in.summary(d, c, page, h));
-        } else {
-            st.page_rows(d, c, i, h, b) = in.summary(d, c, page, h);
-        }
-        Expr qd = in.q(rd, g, h, b);
+        st.page_rows(d, c, i, h, b) = summary_value(d, c, page);
         st.head_page_score(i, g, h, b) = 0.0f;
         if (cfg.routing == RoutingMode::Mean) {
             Expr mean = as_f32(st.page_rows(rd, kSummaryMean, i, h, b));
-            st.head_page_score(i, g, h, b) += qd * mean;
+            st.head_page_score(i, g, h, b) += in.q(rd, g, h, b) * mean;
         } else {
             Expr lo = as_f32(st.page_rows(rd, kSummaryMin, i, h, b));
             Expr hi = as_f32(st.page_rows(rd, kSummaryMax, i, h, b));
-            st.head_page_score(i, g, h, b) += Halide::max(qd * lo, qd * hi);
+            st.head_page_score(i, g, h, b) += box_term(rd, lo, hi);
         }
     }
-    auto page_score = [&](Expr page, Expr head) { return scaled_page_score(page, head); };
     st.route_score = Func("route_score");
-    if (per_head) {
-        st.route_score(i, g, h, b) = page_score(i, g);
-    } else {
-        RDom rg(0, G, "rg");
-        st.route_score(i, g, h, b) = neg_inf();
-        st.route_score(i, g, h, b) = Halide::max(st.route_score(i, g, h, b), page_score(i, rg));
-    }
+    routed_score(
+        st.route_score, [&](Expr head) { return scaled_page_score(i, head); }, "rg");
     // Sink and local pages take the largest key, so they are always routed (ties among
     // them to the lower page); every other existing page its score's key.
     Expr always_routed = i < cfg.sink_pages || i >= n_pages - cfg.local_pages;
@@ -463,29 +471,19 @@ void DecodeDefinition::route() {
 // sink pages precede and local pages follow every other). Funcs indexed by g are per
 // routing group (read at gr); the scores are per head.
 void DecodeDefinition::route_hier() {
-    auto box_score = [&](Expr lo, Expr hi) { return Halide::max(in.q(rd, g, h, b) * lo, in.q(rd, g, h, b) * hi); };
     Expr slot = clamp(in.super_table(clamp(i, 0, in.max_supers - 1), b), 0, in.super_slots - 1);
     st.super_score = Func("super_score");
     st.super_score(i, g, h, b) = 0.0f;
     st.super_score(i, g, h, b) +=
-        box_score(in.super_summary(rd, kSuperMin, slot, h), in.super_summary(rd, kSuperMax, slot, h));
+        box_term(rd, in.super_summary(rd, kSuperMin, slot, h), in.super_summary(rd, kSuperMax, slot, h));
     st.super_absmax = Func("super_absmax");
     st.super_absmax(i, h, b) = 0.0f;
     st.super_absmax(i, h, b) =
         Halide::max(st.super_absmax(i, h, b), Halide::max(Halide::abs(in.super_summary(rd, kSuperMin, slot, h)),
                                                           Halide::abs(in.super_summary(rd, kSuperMax, slot, h))));
-    // The routed score of a Func f (i, head) scaled: the head's own, or the group's largest.
-    auto routed_score = [&](Func route, Func f, const std::string &name) {
-        if (per_head) {
-            route(i, g, h, b) = scale * f(i, g, h, b);
-        } else {
-            RDom rg(0, G, name + "_rg");
-            route(i, g, h, b) = neg_inf();
-            route(i, g, h, b) = Halide::max(route(i, g, h, b), scale * f(i, rg, h, b));
-        }
-    };
     st.super_route_score = Func("super_route_score");
-    routed_score(st.super_route_score, st.super_score, "super");
+    routed_score(
+        st.super_route_score, [&](Expr head) { return scale * st.super_score(i, head, h, b); }, "super_rg");
     Expr n_supers = (n_pages + (R - 1)) / R;
     st.super_key = Func("super_key");
     st.super_key(i, g, h, b) = select(i >= n_supers, u32(0), order_key(st.super_route_score(i, g, h, b)));
@@ -511,16 +509,13 @@ void DecodeDefinition::route_hier() {
                select(j_local >= SK && j_local >= 0 && j_local < n_pages, j_local, -1));
     // The pool's page scores, per head (the pool of head g's routing group).
     Expr page = physical_page(Halide::max(st.pool_page(i, gr, h, b), 0));
-    auto row = [&](int c) {
-        if (cfg.summary_type == Halide::Int(8))
-            return as_f32(in.summary_scale(rd / kSummaryScaleGroup, page, h)) * as_f32(in.summary(rd, c, page, h));
-        return as_f32(in.summary(rd, c, page, h));
-    };
     st.head_page_score = Func("head_page_score");
     st.head_page_score(i, g, h, b) = 0.0f;
-    st.head_page_score(i, g, h, b) += box_score(row(kSummaryMin), row(kSummaryMax));
+    st.head_page_score(i, g, h, b) +=
+        box_term(rd, as_f32(summary_value(rd, kSummaryMin, page)), as_f32(summary_value(rd, kSummaryMax, page)));
     st.route_score = Func("route_score");
-    routed_score(st.route_score, st.head_page_score, "route");
+    routed_score(
+        st.route_score, [&](Expr head) { return scale * st.head_page_score(i, head, h, b); }, "route_rg");
     Expr forced = e < SK || e >= SK + Q * R;
     st.route_key = Func("route_key");
     st.route_key(i, g, h, b) =
@@ -764,13 +759,15 @@ void DecodeDefinition::certificate() {
     {
         RDom rp(0, in.max_pages, "rp");
         Expr exists = rp < n_pages;
-        Expr outside = exists && !st.route.kept(rp, gr, h, b);
-        // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
-        Expr u_p = sketch ? st.page_leak(rp, g, h, b)[1] : hier ? Expr() : scaled_page_score(rp, g);
         Expr tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
         Expr kabs = in.key_absmax(physical_page(rp), h);
-        Expr error = sketch ? Expr(0.0f) : error_per_key * kabs;
-        if (hier) {
+        Expr outside, u_p, error;
+        if (!hier) {
+            outside = exists && !st.route.kept(rp, gr, h, b);
+            // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
+            u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scaled_page_score(rp, g);
+            error = sketch ? Expr(0.0f) : error_per_key * kabs;
+        } else {
             // A page of an expanded super-page, or a sink or local page, has its pool entry
             // and its own score; any other page its super-page's box score.
             Expr forced = rp < SK || rp >= n_pages - LP;
