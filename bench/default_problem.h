@@ -69,6 +69,7 @@ inline Pages make_pages(const ref::Problem &p) {
                                   pg.v.data(),
                                   p.seqs.page_table.data(),
                                   0,
+                                  0,
                                   0};
     return pg;
 }

@@ -66,6 +66,7 @@ struct Sequence {
                                  share_v ? share_v->data() : v.data(),
                                  table.data(),
                                  0,
+                                 0,
                                  0};
         check(vashista_cache_create(&desc, &cache), "vashista_cache_create");
         check(vashista_summarize(cache, 0, 0, tokens), "vashista_summarize");
@@ -247,6 +248,7 @@ int main(int argc, char **argv) {
                                  page_placeholder,
                                  page_placeholder,
                                  table.data(),
+                                 0,
                                  0,
                                  0};
         const size_t bytes = vashista_cache_memory_size(&desc);

@@ -94,12 +94,9 @@ function(_vashista_enum out kind value)
     set(map_routing_mean VASHISTA_ROUTING_MEAN)
     set(map_routing_bound VASHISTA_ROUTING_BOUND)
     set(map_routing_sketch VASHISTA_ROUTING_SKETCH)
+    set(map_routing_hier_bound VASHISTA_ROUTING_HIER_BOUND)
     set(map_group_per_head VASHISTA_GROUP_PER_HEAD)
     set(map_group_shared VASHISTA_GROUP_SHARED)
-    if (kind STREQUAL "routing" AND value STREQUAL "hier_bound")
-        message(FATAL_ERROR "vashista: routing=hier_bound runs through the Generator (JIT, the tuner) only: "
-                "the runtime keeps no super-page boxes yet")
-    endif ()
     if (NOT DEFINED map_${kind}_${value})
         message(FATAL_ERROR "vashista: '${value}' is not a valid ${kind}")
     endif ()
@@ -185,7 +182,7 @@ function(vashista_add_kernel_library NAME)
                        "${s_top_pages}, ${s_top_tokens}, ${s_group_size}, ${s_sink_pages}, ${s_local_pages}, "
                        "${kv}, ${sum}, ${lay}, ${sol}, ${rout}, ${grp}, "
                        "${s_solver_steps}, float(${s_solver_eta}), float(${s_solver_tau}), ${s_sketch_bits}, ${s_sketch_group}, "
-                       "${kernel}},\n")
+                       "${s_super_pages}, ${s_super_expand}, ${kernel}},\n")
             elseif (kind STREQUAL "dense")
                 string(APPEND dense_rows "        {\"${readable}\", "
                        "${s_head_dim}, ${s_page_size}, ${s_group_size}, ${kv}, ${lay}, ${kernel}},\n")

@@ -19,6 +19,7 @@ struct DecodeVariant {
     int solver_steps;
     float solver_eta, solver_tau;
     int sketch_bits, sketch_group;  // read in sketch routing only
+    int super_pages, super_expand;  // read in hier_bound routing only
     Kernel kernel;                  // arguments as its Generator declares them
 };
 

@@ -156,9 +156,19 @@ struct vashista_cache {
     Buffer<void> sketch;        // (s, byte, p, h) uint8
     Buffer<void> sketch_scale;  // (s, group, p, h) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
-    // Super-page boxes (hier_bound routing), not kept by the runtime yet: one zero element
-    // each for the decode kernels' inputs, in static storage (nothing allocated per cache).
+    // Super-page boxes (hier_bound routing, desc.super_pages = R > 0): per sequence b and
+    // super-page s, slot b * max_supers + s of super_summary (d, lo/hi, slot, h) f32, listed by
+    // super_table (s, b). Without super-pages, one zero element each in static storage.
+    HostMemory super_memory, super_table_memory;
     Buffer<void> super_summary, super_table;
+    int32_t max_supers = 0;
+    // When each box was last rebuilt, and from which physical pages: a box is stale for a step
+    // when the block table maps one of its entries elsewhere, or when one of its pages has been
+    // summarized since (page_epoch, the `epoch` of that page's last commit, is newer).
+    uint64_t epoch = 0;
+    std::vector<uint64_t> page_epoch;   // per physical page
+    std::vector<uint64_t> super_built;  // per slot, 0 before any
+    std::vector<int32_t> super_source;  // per (b, logical page): the page its box was built from
     // Per physical page, the tokens (slots 0 .. n-1) its summary was computed from, 0 before
     // any: a sequence whose valid tokens in a page are more than that reads keys the summary
     // does not describe (vashista_certificate STALE). Every write the runtime is told of
@@ -177,8 +187,14 @@ struct vashista_cache {
                    ? Buffer<void>(halide_type(d.kv_dtype), data, d.head_dim, d.page_size, d.kv_heads, d.num_pages)
                    : Buffer<void>(halide_type(d.kv_dtype), data, d.head_dim, d.kv_heads, d.page_size, d.num_pages);
     }
-    Buffer<int32_t> page_table(const int32_t *table = nullptr) const {
-        return Buffer<int32_t>(const_cast<int32_t *>(table ? table : desc.page_table), desc.max_pages, desc.batch);
+    Buffer<int32_t> page_table() const {
+        return Buffer<int32_t>(const_cast<int32_t *>(desc.page_table), desc.max_pages, desc.batch);
+    }
+    // Row `channel` (lo or hi) of super-page slot `slot`, KV head h: head_dim floats.
+    float *super_row(size_t slot, int32_t h, int channel) {
+        const size_t slots = size_t(desc.batch) * max_supers;
+        return static_cast<float *>(super_summary.data()) +
+               ((size_t(h) * slots + slot) * vashista::kSuperChannels + channel) * desc.head_dim;
     }
     size_t token_offset(int32_t page, int32_t slot, int32_t head) const {
         const auto &d = desc;
@@ -236,6 +252,9 @@ void validate_desc(const vashista_cache_desc *d) {
         const std::string why = vashista::sketch_config_error(d->head_dim, d->sketch_bits, d->sketch_group);
         if (!why.empty()) fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->", why);
     }
+    if (d->super_pages < 0)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "desc->super_pages = ", d->super_pages,
+             " is not 0 (no super-pages) or the pages per super-page of hier_bound routing");
 }
 
 const SketchVariant &find_sketch(const vashista_cache_desc &d) {
@@ -331,6 +350,8 @@ bool decode_matches(const DecodeVariant &v, const vashista_cache &c, int32_t gro
               v.sink_pages == cfg.sink_pages && v.local_pages == cfg.local_pages;
     if (ok && cfg.routing == VASHISTA_ROUTING_SKETCH)
         ok = v.sketch_bits == d.sketch_bits && v.sketch_group == d.sketch_group;
+    if (ok && cfg.routing == VASHISTA_ROUTING_HIER_BOUND)
+        ok = v.super_pages == d.super_pages && v.super_expand == cfg.super_expand;
     if (ok && (cfg.solver == VASHISTA_SOLVER_EG || cfg.solver == VASHISTA_SOLVER_FW))
         ok = v.solver_steps == cfg.solver_steps;
     if (ok && cfg.solver == VASHISTA_SOLVER_EG) ok = std::fabs(v.solver_eta - cfg.solver_eta) < 1e-6f;
@@ -351,6 +372,9 @@ const DecodeVariant &find_decode(const vashista_cache &c, int32_t group, const v
          " group_routing=", int(cfg.group_routing), " sink_pages=", cfg.sink_pages, " local_pages=", cfg.local_pages,
          cfg.routing == VASHISTA_ROUTING_SKETCH
              ? " sketch_bits=" + std::to_string(d.sketch_bits) + " sketch_group=" + std::to_string(d.sketch_group)
+             : std::string(),
+         cfg.routing == VASHISTA_ROUTING_HIER_BOUND
+             ? " super_pages=" + std::to_string(d.super_pages) + " super_expand=" + std::to_string(cfg.super_expand)
              : std::string(),
          "; compiled variants:\n", list_variants());
 }
@@ -386,12 +410,24 @@ struct SparseResult {
 };
 
 // The kernels' view of a step: q (d, g, h, b) in f32, seq_lens, the block table cropped to
-// the pages the longest sequence uses.
+// the pages the longest sequence uses, and the super-page table to the super-pages of those.
 struct StepInputs {
     Buffer<float> q;
     Buffer<int32_t> lens, table;
     float scale;
+    Buffer<void> super_table;
 };
+
+// The inputs of a step over the first `pages` entries of `table` (d.max_pages wide).
+StepInputs step_inputs(const vashista_cache &c, float *q, const int32_t *seq_lens, const int32_t *table, int32_t pages,
+                       int32_t group, float scale) {
+    const auto &d = c.desc;
+    return StepInputs{
+        Buffer<float>(q, d.head_dim, group, d.kv_heads, d.batch),
+        Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch),
+        Buffer<int32_t>(const_cast<int32_t *>(table), d.max_pages, d.batch).cropped(0, 0, pages), scale,
+        d.super_pages ? c.super_table.cropped(0, 0, vashista::super_pages_of(pages, d.super_pages)) : c.super_table};
+}
 
 // The order routing reads a step's page summaries in (route_order in method_types.h):
 // (j, b), as wide as the step's block table.
@@ -418,7 +454,7 @@ void run_sparse(vashista_cache *c, const DecodeVariant &v, StepInputs &in, Route
         .buffer("sketch", c->sketch.raw_buffer())
         .buffer("sketch_scale", c->sketch_scale.raw_buffer())
         .buffer("super_summary", c->super_summary.raw_buffer())
-        .buffer("super_table", c->super_table.raw_buffer())
+        .buffer("super_table", in.super_table.raw_buffer())
         .scalar("scale", in.scale)
         .buffer("out", r.out.raw_buffer())
         .buffer("lse", r.lse.raw_buffer())
@@ -474,9 +510,12 @@ void validate_config(const vashista_decode_config *cfg) {
               policy = raw(cfg->policy);
     if (solver < VASHISTA_SOLVER_SOFTMAX || solver > VASHISTA_SOLVER_SPARSEMAX)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->solver = ", solver, " is not a vashista_solver");
-    if (routing < VASHISTA_ROUTING_MEAN || routing > VASHISTA_ROUTING_SKETCH)
+    if (routing < VASHISTA_ROUTING_MEAN || routing > VASHISTA_ROUTING_HIER_BOUND)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = ", routing,
-             " is not mean (0), bound (1) or sketch (2)");
+             " is not mean (0), bound (1), sketch (2) or hier_bound (3)");
+    if (routing == VASHISTA_ROUTING_HIER_BOUND && cfg->super_expand < 1)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->super_expand = ", cfg->super_expand,
+             " must be >= 1 (the super-pages hier_bound routing expands per head)");
     if (group != VASHISTA_GROUP_PER_HEAD && group != VASHISTA_GROUP_SHARED)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->group_routing = ", group, " is not per_head (0) or shared (1)");
     if (policy < VASHISTA_POLICY_NONE || policy > VASHISTA_POLICY_WIDEN)
@@ -511,13 +550,21 @@ int32_t tokens_in_page(int32_t len, int32_t j, int32_t page_size) { return std::
 // maps that was summarized over fewer tokens than the sequence holds in it (never
 // summarized, truncated through another sequence, or rewritten by one with fewer tokens).
 // A summary over more tokens bounds the sequence's tokens too (its box holds theirs).
-void find_stale(const vashista_cache &c, const int32_t *table, const int32_t *seq_lens, char *stale) {
+// With `super_boxes` (hier_bound routing), also a super-page box that may not hold its pages'
+// boxes: built from other pages than the table maps now, or before one of them was summarized
+// again.
+void find_stale(const vashista_cache &c, const int32_t *table, const int32_t *seq_lens, bool super_boxes, char *stale) {
     const auto &d = c.desc;
     for (int32_t b = 0; b < d.batch; ++b) {
         stale[b] = 0;
         for (int32_t j = 0; j < (seq_lens[b] + d.page_size - 1) / d.page_size && !stale[b]; ++j) {
             const int32_t page = table[size_t(b) * d.max_pages + j];
             stale[b] = c.summarized_tokens[page] < tokens_in_page(seq_lens[b], j, d.page_size);
+            if (super_boxes) {
+                const uint64_t built = c.super_built[size_t(b) * c.max_supers + j / d.super_pages];
+                stale[b] |=
+                    built == 0 || c.super_source[size_t(b) * d.max_pages + j] != page || c.page_epoch[page] > built;
+            }
         }
     }
 }
@@ -695,8 +742,7 @@ size_t measure_kernel_workspace(const vashista_plan &p) {
                               &route_rank[size_t(b) * d.max_pages], scratch.data());
     RouteOrder route{Buffer<int32_t>(route_pages.data(), d.max_pages, d.batch),
                      Buffer<int32_t>(route_rank.data(), d.max_pages, d.batch)};
-    StepInputs in{Buffer<float>(q.data(), d.head_dim, G, d.kv_heads, d.batch), Buffer<int32_t>(lens.data(), d.batch),
-                  Buffer<int32_t>(table.data(), d.max_pages, d.batch), p.scale};
+    StepInputs in = step_inputs(*c, q.data(), lens.data(), table.data(), d.max_pages, G, p.scale);
     Arena ctx;  // measuring
     size_t most = 0;
     for (const DecodeVariant *v : {p.variant, p.wide}) {
@@ -780,10 +826,7 @@ void run_plan(const vashista_plan &p, void *workspace, size_t workspace_size, co
     float *q32 = reinterpret_cast<float *>(base + w.q.offset);
     load_q(p, q, q32);
 
-    StepInputs in{Buffer<float>(q32, d.head_dim, G, d.kv_heads, d.batch),
-                  Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch),
-                  Buffer<int32_t>(const_cast<int32_t *>(table), d.max_pages, d.batch).cropped(0, 0, pages_used),
-                  p.scale};
+    StepInputs in = step_inputs(*c, q32, seq_lens, table, pages_used, G, p.scale);
     // Routing's page order per sequence, over the step's table width.
     int32_t *route_pages = reinterpret_cast<int32_t *>(base + w.route_pages.offset);
     int32_t *route_rank = reinterpret_cast<int32_t *>(base + w.route_rank.offset);
@@ -795,7 +838,7 @@ void run_plan(const vashista_plan &p, void *workspace, size_t workspace_size, co
                      Buffer<int32_t>(route_rank, pages_used, d.batch)};
     Arena ctx(base + w.arena.offset, w.arena.bytes);
     char *stale = reinterpret_cast<char *>(base + w.stale.offset);
-    find_stale(*c, table, seq_lens, stale);
+    find_stale(*c, table, seq_lens, cfg.routing == VASHISTA_ROUTING_HIER_BOUND, stale);
     // A sparse result whose summaries were stale certifies nothing.
     auto run_certified = [&](const DecodeVariant &v, SparseResult &s) {
         run_sparse(c, v, in, route, s, &ctx);
@@ -917,6 +960,9 @@ vashista_plan *create_plan(vashista_cache *c, const vashista_decode_config *cfg,
     if (cfg->routing == VASHISTA_ROUTING_SKETCH && d.sketch_bits == 0)
         fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = sketch (2) needs a cache that keeps a token ",
              "sketch: create it with desc->sketch_bits = 8 or 4 and desc->sketch_group");
+    if (cfg->routing == VASHISTA_ROUTING_HIER_BOUND && d.super_pages == 0)
+        fail(VASHISTA_ERROR_INVALID_ARGUMENT, "config->routing = hier_bound (3) needs a cache that keeps ",
+             "super-page boxes: create it with desc->super_pages = R (the pages per super-page)");
     install_halide_hooks();
     auto p = std::make_unique<vashista_plan>();
     p->cache = c;
@@ -1011,6 +1057,7 @@ void commit_pages(vashista_cache *c, PageSummaries &s, int32_t new_len) {
         const int32_t j = s.first + i;
         const int32_t page = d.page_table[size_t(s.seq) * d.max_pages + j];
         c->summarized_tokens[page] = tokens_in_page(new_len, j, d.page_size);
+        c->page_epoch[page] = ++c->epoch;
         for (int h = 0; h < d.kv_heads; ++h) {
             c->value_norm(page, h) = s.norms(h, i);
             c->key_absmax(page, h) = s.key_bounds(h, i);
@@ -1024,6 +1071,56 @@ void commit_pages(vashista_cache *c, PageSummaries &s, int32_t new_len) {
                 c->sketch_scale.sliced(3, h).sliced(2, page).copy_from(s.scales.sliced(3, i).sliced(2, h));
             }
         }
+    }
+}
+
+// Element d of summary row `channel` of physical page `page`, KV head h, decoded to f32 as
+// the kernels decode it (int8 summaries: the code times its group's bf16 scale, exactly).
+float summary_element(const vashista_cache &c, int32_t page, int channel, int32_t h, int32_t x) {
+    const auto &d = c.desc;
+    const auto t = vashista::DType(d.summary_dtype);
+    const int bytes = dtype_bytes(d.summary_dtype);
+    const uint8_t *at =
+        static_cast<const uint8_t *>(c.summary.data()) + (c.summary_layout.row(page, channel, h) + x) * bytes;
+    if (t == vashista::DType::F32) {
+        float v;
+        std::memcpy(&v, at, 4);
+        return v;
+    }
+    if (t == vashista::DType::I8) {
+        const uint16_t scale = static_cast<const uint16_t *>(
+            c.summary_scale
+                .data())[(size_t(h) * d.num_pages + page) * scale_groups(d) + x / vashista::kSummaryScaleGroup];
+        return vashista::from_bits16(vashista::DType::BF16, scale) * float(int8_t(*at));
+    }
+    uint16_t bits;
+    std::memcpy(&bits, at, 2);
+    return vashista::from_bits16(t, bits);
+}
+
+// Rebuilds the super-page boxes of `seq` over logical pages [first, last] (hier_bound): each
+// the f32 box over the boxes of its pages the sequence holds, as the pages are summarized now.
+void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t last) {
+    const auto &d = c->desc;
+    if (!d.super_pages) return;
+    const int32_t R = d.super_pages, held = (c->appended[seq] + d.page_size - 1) / d.page_size;
+    for (int32_t sp = first / R; sp <= last / R && sp * R < held; ++sp) {
+        const size_t slot = size_t(seq) * c->max_supers + sp;
+        for (int32_t h = 0; h < d.kv_heads; ++h) {
+            float *lo = c->super_row(slot, h, vashista::kSuperMin), *hi = c->super_row(slot, h, vashista::kSuperMax);
+            std::fill(lo, lo + d.head_dim, INFINITY);
+            std::fill(hi, hi + d.head_dim, -INFINITY);
+            for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j) {
+                const int32_t page = d.page_table[size_t(seq) * d.max_pages + j];
+                for (int32_t x = 0; x < d.head_dim; ++x) {
+                    lo[x] = std::min(lo[x], summary_element(*c, page, vashista::kSummaryMin, h, x));
+                    hi[x] = std::max(hi[x], summary_element(*c, page, vashista::kSummaryMax, h, x));
+                }
+            }
+        }
+        for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j)
+            c->super_source[size_t(seq) * d.max_pages + j] = d.page_table[size_t(seq) * d.max_pages + j];
+        c->super_built[slot] = c->epoch;
     }
 }
 
@@ -1053,6 +1150,7 @@ void summarize_written(vashista_cache *c, int32_t seq, int32_t start, int32_t co
     PageSummaries s = summarize_pages(c, seq, first, last, new_len);
     commit_pages(c, s, new_len);
     c->appended[seq] = new_len;
+    rebuild_super_pages(c, seq, first, last);
 }
 
 // The cache's own buffers, in bytes: summaries, value norms and key bounds, the sketch (or
@@ -1066,7 +1164,14 @@ size_t cache_bytes(const vashista_cache_desc &d) {
                  (size_t(vashista::sketch_code_bytes(d.head_dim, d.sketch_bits)) + 2 * (d.head_dim / d.sketch_group));
     else
         bytes += 1 + 2;
-    return bytes + size_t(d.num_pages) * sizeof(int32_t) + size_t(d.batch) * sizeof(int32_t);
+    bytes += size_t(d.num_pages) * (sizeof(int32_t) + sizeof(uint64_t)) + size_t(d.batch) * sizeof(int32_t);
+    if (d.super_pages) {
+        const size_t slots = size_t(d.batch) * vashista::super_pages_of(d.max_pages, d.super_pages);
+        bytes += slots * (size_t(d.kv_heads) * vashista::kSuperChannels * d.head_dim * 4 + sizeof(int32_t) +
+                          sizeof(uint64_t)) +
+                 size_t(d.batch) * d.max_pages * sizeof(int32_t);
+    }
+    return bytes;
 }
 
 }  // namespace
@@ -1102,7 +1207,8 @@ void vashista_decode_config_default(vashista_decode_config *config) {
                                      vashista::kSolverTauDefault,
                                      1,
                                      2,
-                                     0};
+                                     0,
+                                     vashista::kSuperExpandDefault};
 }
 
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache) {
@@ -1145,10 +1251,27 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
             c->sketch = zeroed_buffer(c->sketch_memory, u8, {1, 1, 1, 1}, "a placeholder sketch");
             c->sketch_scale = zeroed_buffer(c->sketch_scale_memory, bf16, {1, 1, 1, 1}, "a placeholder sketch");
         }
-        static float no_super_box[1] = {0.0f};
-        static int32_t no_super_slot[1] = {0};
-        c->super_summary = Buffer<void>(f32, no_super_box, 1, 1, 1, 1);
-        c->super_table = Buffer<void>(halide_type_t(halide_type_int, 32), no_super_slot, 1, 1);
+        const halide_type_t i32(halide_type_int, 32);
+        if (desc->super_pages) {
+            const int32_t supers = vashista::super_pages_of(desc->max_pages, desc->super_pages);
+            c->max_supers = supers;
+            c->super_summary =
+                zeroed_buffer(c->super_memory, f32,
+                              {desc->head_dim, vashista::kSuperChannels, int64_t(desc->batch) * supers, desc->kv_heads},
+                              "super-page boxes (batch x ceil(max_pages / super_pages) x kv_heads x 2 x head_dim)");
+            c->super_table = zeroed_buffer(c->super_table_memory, i32, {supers, desc->batch},
+                                           "the super-page table (batch x ceil(max_pages / super_pages))");
+            auto *slots = static_cast<int32_t *>(c->super_table.data());
+            for (int64_t i = 0; i < int64_t(desc->batch) * supers; ++i) slots[i] = int32_t(i);  // (s, b) -> b S + s
+            c->super_built.assign(size_t(desc->batch) * supers, 0);
+            c->super_source.assign(size_t(desc->batch) * desc->max_pages, -1);
+        } else {
+            static float no_super_box[1] = {0.0f};
+            static int32_t no_super_slot[1] = {0};
+            c->super_summary = Buffer<void>(f32, no_super_box, 1, 1, 1, 1);
+            c->super_table = Buffer<void>(i32, no_super_slot, 1, 1);
+        }
+        c->page_epoch.assign(desc->num_pages, 0);
         c->appended.assign(desc->batch, 0);
         c->summarized_tokens.assign(desc->num_pages, 0);
         *cache = c.release();
@@ -1252,6 +1375,8 @@ vashista_status vashista_truncate(vashista_cache *c, int32_t seq, int32_t new_le
             commit_pages(c, s, new_len);
         }
         c->appended[seq] = new_len;
+        // The last super-page no longer holds the pages past the cut.
+        if (new_len > 0) rebuild_super_pages(c, seq, (new_len - 1) / d.page_size, (new_len - 1) / d.page_size);
     });
 }
 
@@ -1275,6 +1400,7 @@ vashista_status vashista_share_prefix(vashista_cache *c, int32_t seq, int32_t to
                      "; append or summarize them instead");
         }
         c->appended[seq] = tokens;
+        if (pages > 0) rebuild_super_pages(c, seq, 0, pages - 1);
     });
 }
 
@@ -1326,8 +1452,7 @@ vashista_status vashista_dense(vashista_cache *c, const float *q, int32_t q_head
         const int G = shape.group;
         const DenseVariant &dv = find_dense(d, G);
         if (scale == 0) scale = 1.0f / std::sqrt(float(d.head_dim));
-        StepInputs in{Buffer<float>(const_cast<float *>(q), d.head_dim, G, d.kv_heads, d.batch),
-                      Buffer<int32_t>(const_cast<int32_t *>(seq_lens), d.batch), c->page_table(), scale};
+        StepInputs in = step_inputs(*c, const_cast<float *>(q), seq_lens, d.page_table, d.max_pages, G, scale);
         Buffer<float> dout(d.head_dim, G, d.kv_heads, d.batch), dlse(G, d.kv_heads, d.batch);
         run_dense(c, dv, in, scale, dout, dlse, nullptr, 0, nullptr);
         // A non-finite answer from finite q, k and v: the scores or values exceed f32.

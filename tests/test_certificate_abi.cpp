@@ -39,6 +39,7 @@ struct Variant {
     int sink, local;
     int sketch_bits = 0;  // 0: bound routing; 8 or 4: sketch routing, scales per 16 channels
     ref::DType summary = ref::DType::BF16;
+    int super_pages = 0, super_expand = 0;  // R > 0: hier_bound routing, R pages per super-page, Q expanded
 };
 const Variant kVariants[] = {
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 0, 0},
@@ -55,14 +56,18 @@ const Variant kVariants[] = {
     {64, 3, ref::DType::F16, KvLayout::HND, GroupRouting::Shared, Solver::EG, 0, 0, 4},
     {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 1, 2, 0, ref::DType::I8},
     {64, 3, ref::DType::F32, KvLayout::NHD, GroupRouting::Shared, Solver::EG, 0, 0, 0, ref::DType::I8},
+    {128, 4, ref::DType::BF16, KvLayout::HND, GroupRouting::PerHead, Solver::Softmax, 1, 2, 0, ref::DType::BF16, 4, 2},
+    {64, 3, ref::DType::F32, KvLayout::NHD, GroupRouting::Shared, Solver::EG, 0, 0, 0, ref::DType::I8, 2, 3},
 };
 
 std::string describe(const Variant &v) {
     return "D=" + std::to_string(v.head_dim) + " G=" + std::to_string(v.group) + " " + to_string(v.kv) + " " +
            to_string(v.layout) + " " + to_string(v.group_routing) + " " + to_string(v.solver) +
            " sink=" + std::to_string(v.sink) + " local=" + std::to_string(v.local) +
-           (v.sketch_bits ? " sketch " + std::to_string(v.sketch_bits) + "-bit" : std::string(" bound")) + " " +
-           to_string(v.summary) + " summaries";
+           (v.sketch_bits   ? " sketch " + std::to_string(v.sketch_bits) + "-bit"
+            : v.super_pages ? " hier_bound R=" + std::to_string(v.super_pages) + " Q=" + std::to_string(v.super_expand)
+                            : std::string(" bound")) +
+           " " + to_string(v.summary) + " summaries";
 }
 
 vashista_dtype abi_dtype(ref::DType t) { return vashista_dtype(int(t)); }  // numbered alike (method_types.h)
@@ -73,7 +78,8 @@ struct AbiCache {
     std::vector<uint8_t> k_pages, v_pages;
     vashista_cache *cache = nullptr;
 
-    explicit AbiCache(ref::Problem problem, int sketch_bits = 0, ref::DType summary = ref::DType::BF16)
+    explicit AbiCache(ref::Problem problem, int sketch_bits = 0, ref::DType summary = ref::DType::BF16,
+                      int super_pages = 0)
         : p(std::move(problem)) {
         const int bytes = dtype_bytes(p.cache.dtype);
         k_pages.assign(p.cache.k.size() * bytes, 0);
@@ -92,7 +98,8 @@ struct AbiCache {
                                  v_pages.data(),
                                  p.seqs.page_table.data(),
                                  sketch_bits,
-                                 sketch_bits ? kSketchGroupDefault : 0};
+                                 sketch_bits ? kSketchGroupDefault : 0,
+                                 super_pages};
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);
         for (int b = 0; b < p.seqs.batch; ++b) append(b, 0, p.seqs.seq_lens[b]);
     }
@@ -119,7 +126,10 @@ vashista_decode_config config_for(const Variant &v, vashista_policy policy) {
     c.group_routing = v.group_routing == GroupRouting::Shared ? VASHISTA_GROUP_SHARED : VASHISTA_GROUP_PER_HEAD;
     c.sink_pages = v.sink;
     c.local_pages = v.local;
-    c.routing = v.sketch_bits ? VASHISTA_ROUTING_SKETCH : VASHISTA_ROUTING_BOUND;
+    c.routing = v.sketch_bits   ? VASHISTA_ROUTING_SKETCH
+                : v.super_pages ? VASHISTA_ROUTING_HIER_BOUND
+                                : VASHISTA_ROUTING_BOUND;
+    if (v.super_pages) c.super_expand = v.super_expand;
     c.policy = policy;
     return c;
 }
@@ -255,7 +265,7 @@ TEST_CASE("the certificate holds through the library on 10^5 heads at engine sha
         for (const Variant &v : kVariants) {
             for (Family f : kFamilies) {
                 const int batch = v.head_dim == 128 ? 8 : 12;
-                AbiCache c(make(f, v, seed++, batch), v.sketch_bits, v.summary);
+                AbiCache c(make(f, v, seed++, batch), v.sketch_bits, v.summary, v.super_pages);
                 Step s = decode(c, config_for(v, VASHISTA_POLICY_NONE));
                 const double scale = ref::default_scale(v.head_dim);
                 ref::SparseOptions opt;
@@ -449,6 +459,107 @@ TEST_CASE("summaries follow physical pages: a page summarized over fewer tokens 
         certs(s, 0, VASHISTA_TAKEN_REPORTED, VASHISTA_UNCERTIFIED_STALE);
         certs(s, 1, -1, VASHISTA_CERTIFIED);
         REQUIRE(check_certified(c, s) == H * v.group);
+    }
+}
+
+namespace {
+
+// One hier_bound step through the library against the reference over the cache as it now
+// is (pages, block table, lengths): exact candidate sets, outputs and lse within 1e-4, the
+// bound within 1e-3 relative. `stale`: sequences the library must report stale instead
+// (their routing read boxes that may not hold their pages' boxes: nothing else to compare).
+void require_hier_matches_reference(AbiCache &c, const Variant &v, const std::vector<int> &stale = {}) {
+    const int B = c.p.seqs.batch, G = v.group, QH = H * G, D = v.head_dim;
+    const vashista_decode_config cfg = config_for(v, VASHISTA_POLICY_NONE);
+    std::vector<float> out(size_t(B) * QH * D), lse(size_t(B) * QH);
+    std::vector<vashista_head_diag> diag(size_t(B) * QH);
+    std::vector<int32_t> cand(size_t(B) * QH * KC);
+    const vashista_status st = vashista_decode_with_candidates(
+        c.cache, &cfg, c.p.q.q.data(), QH, c.p.seqs.seq_lens.data(), out.data(), lse.data(), diag.data(), cand.data());
+    INFO(vashista_last_error());
+    REQUIRE(st == VASHISTA_OK);
+    ref::Summaries sum = ref::summarize(c.p.cache, c.p.seqs, v.summary);
+    ref::add_super_pages(sum, c.p.seqs, v.super_pages);
+    ref::SparseOptions opt;
+    opt.top_pages = P;
+    opt.top_tokens = KC;
+    opt.solver = v.solver;
+    opt.routing = RoutingMode::HierBound;
+    opt.group_routing = v.group_routing;
+    opt.sink_pages = v.sink;
+    opt.local_pages = v.local;
+    opt.super_pages = v.super_pages;
+    opt.super_expand = v.super_expand;
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h)
+            for (int g = 0; g < G; ++g) {
+                INFO("sequence " << b << " (" << c.p.seqs.seq_lens[b] << " tokens) head " << h * G + g);
+                const size_t i = (size_t(b) * H + h) * G + g;
+                if (std::find(stale.begin(), stale.end(), b) != stale.end()) {
+                    REQUIRE(diag[i].certificate == VASHISTA_UNCERTIFIED_STALE);
+                    REQUIRE(std::isinf(diag[i].error_bound));
+                    continue;
+                }
+                const ref::HeadResult r = ref::sparse_head(c.p.cache, c.p.seqs, c.p.q, sum, opt, b, h, g);
+                REQUIRE(diag[i].candidates == int(r.candidates.size()));
+                for (int k = 0; k < KC; ++k)
+                    REQUIRE(cand[i * KC + k] == (k < int(r.candidates.size()) ? r.candidates[k] : -1));
+                for (int x = 0; x < D; ++x) REQUIRE(out[i * D + x] == Approx(r.out[x]).margin(1e-4));
+                REQUIRE(lse[i] == Approx(r.lse).margin(1e-4 * (1 + std::abs(r.lse))));
+                REQUIRE(diag[i].certificate == int(r.certificate));
+                REQUIRE(diag[i].error_bound == Approx(r.error_bound).epsilon(1e-3).margin(1e-6));
+            }
+}
+
+}  // namespace
+
+TEST_CASE("hier_bound through the library: super-page boxes follow appends, truncation and shared prefixes",
+          "[certificate]") {
+    const Variant &v = kVariants[14];  // D=128 G=4 bf16, R=4 Q=2, one sink and two local pages
+    REQUIRE(v.super_pages == 4);
+    INFO(describe(v));
+    AbiCache c(small_problem(v, {700, 300}), 0, v.summary, v.super_pages);
+    auto &pt = c.p.seqs.page_table;
+    const int MP = c.p.seqs.max_pages;
+    require_hier_matches_reference(c, v);
+    SECTION("appended a few tokens at a time, then cut back mid-page and at a page boundary") {
+        for (int b = 0; b < 2; ++b) {
+            REQUIRE(vashista_truncate(c.cache, b, 0) == VASHISTA_OK);
+            for (int start = 0; start < c.p.seqs.seq_lens[b];) {
+                const int n = std::min(c.p.seqs.seq_lens[b] - start, 1 + (start * 7) % 53);
+                c.append(b, start, n);
+                start += n;
+            }
+        }
+        require_hier_matches_reference(c, v);
+        for (int len : {333, 9 * S, 5}) {  // the last super-page loses pages each time
+            INFO("sequence 0 cut to " << len);
+            REQUIRE(vashista_truncate(c.cache, 0, len) == VASHISTA_OK);
+            c.p.seqs.seq_lens[0] = len;
+            require_hier_matches_reference(c, v);
+        }
+    }
+    SECTION("a prefix shared from another sequence, then summarized on") {
+        for (int j = 0; j < 6; ++j) pt[MP + j] = pt[j];  // sequence 1's first 6 pages are sequence 0's
+        REQUIRE(vashista_share_prefix(c.cache, 1, 6 * S) == VASHISTA_OK);
+        REQUIRE(vashista_summarize(c.cache, 1, 6 * S, c.p.seqs.seq_lens[1] - 6 * S) == VASHISTA_OK);
+        require_hier_matches_reference(c, v);
+    }
+    SECTION("a remapped entry or a page summarized again through another sequence: stale until rebuilt") {
+        std::swap(pt[1], pt[2]);  // two full pages of sequence 0 trade places
+        require_hier_matches_reference(c, v, {0});
+        REQUIRE(vashista_share_prefix(c.cache, 0, c.p.seqs.seq_lens[0]) == VASHISTA_OK);  // rebuilds its boxes
+        require_hier_matches_reference(c, v);
+        // Sequence 1 maps sequence 0's first page and writes other keys into it.
+        pt[MP + 0] = pt[0];
+        for (int t = 0; t < S; ++t)
+            for (int h = 0; h < H; ++h)
+                for (int d = 0; d < v.head_dim; ++d)
+                    c.p.cache.k[c.p.cache.offset(pt[0], t, h, d)] = ref::round_to(v.kv, 3.0f - 0.5f * float(d % 5));
+        c.append(1, 0, S);
+        require_hier_matches_reference(c, v, {0});
+        REQUIRE(vashista_share_prefix(c.cache, 0, c.p.seqs.seq_lens[0]) == VASHISTA_OK);
+        require_hier_matches_reference(c, v);
     }
 }
 

@@ -380,14 +380,15 @@ TEST_CASE("a page sequences share has one summary: vashista_share_prefix, memory
     require_same(want, decode(g, c, f.p.seqs.seq_lens), "shared prefix");
 
     // The cache's memory: per physical page and KV head 3 x D bf16 summary values and two
-    // f32 bounds, and an int32 count per page; the block table's width does not enter.
+    // f32 bounds, and per page an int32 count and a uint64 epoch; the block table's width does
+    // not enter (without super-pages).
     vashista_cache_desc wider = desc;
     wider.max_pages *= 8;
     REQUIRE(vashista_cache_memory_size(&wider) == vashista_cache_memory_size(&desc));
     vashista_cache_desc more_pages = desc;
     more_pages.num_pages *= 2;
     REQUIRE(vashista_cache_memory_size(&more_pages) - vashista_cache_memory_size(&desc) ==
-            size_t(desc.num_pages) * (H * (3 * D * 2 + 2 * 4) + 4));
+            size_t(desc.num_pages) * (H * (3 * D * 2 + 2 * 4) + 4 + 8));
     vashista_cache_desc bad = desc;
     bad.head_dim = 0;
     REQUIRE(vashista_cache_memory_size(&bad) == 0);

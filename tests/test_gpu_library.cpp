@@ -58,6 +58,7 @@ TEST_CASE("a GPU kernel library runs through the C API and matches the reference
                                  v_pages.data(),
                                  page_table,
                                  0,
+                                 0,
                                  0};
         vashista_cache *cache = nullptr;
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_OK);

@@ -517,6 +517,7 @@ TEST_CASE("a cache whose K/V pages pass 2 GiB decodes and one too large to addre
                                  v_pages.data,
                                  table.data(),
                                  0,
+                                 0,
                                  0};
         vashista_cache *cache = nullptr;
         INFO(vashista_last_error());
@@ -563,7 +564,7 @@ TEST_CASE("a cache whose K/V pages pass 2 GiB decodes and one too large to addre
         uint16_t pages[16] = {};
         vashista_cache_desc desc{
             sizeof(vashista_cache_desc), 1,     8,     D,     S, 200000, 1, VASHISTA_DTYPE_BF16, VASHISTA_DTYPE_BF16,
-            VASHISTA_LAYOUT_HND,         pages, pages, table, 0, 0};
+            VASHISTA_LAYOUT_HND,         pages, pages, table, 0, 0,      0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);
         REQUIRE(vashista_cache_create(&desc, &cache) == VASHISTA_ERROR_OUT_OF_RANGE);
         REQUIRE(cache == nullptr);
@@ -585,6 +586,7 @@ TEST_CASE("a cache whose K/V pages pass 2 GiB decodes and one too large to addre
                                  pages,
                                  pages,
                                  table,
+                                 0,
                                  0,
                                  0};
         vashista_cache *cache = reinterpret_cast<vashista_cache *>(0x1);

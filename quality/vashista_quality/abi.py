@@ -13,7 +13,7 @@ import numpy as np
 F32, F16, BF16, I8 = 0, 1, 2, 3  # I8: summaries only
 HND, NHD = 0, 1
 SOLVERS = {"softmax": 0, "eg": 1, "fw": 2, "sparsemax": 3}
-ROUTINGS = {"mean": 0, "bound": 1, "sketch": 2}
+ROUTINGS = {"mean": 0, "bound": 1, "sketch": 2, "hier_bound": 3}
 GROUP_ROUTINGS = {"per_head": 0, "shared": 1}
 POLICIES = {"none": 0, "dense": 1, "widen": 2}
 TAKEN = ("sparse", "reported", "widened", "dense")
@@ -23,8 +23,8 @@ CERTIFIED = CERTIFICATES.index("certified")
 PAGE_SIZE = 16  # the page size of the kernel libraries these caches use
 
 
-# Every struct starts with struct_size (vashista.h, ABI version 4).
-ABI_VERSION = 4
+# Every struct starts with struct_size (vashista.h, ABI version 5).
+ABI_VERSION = 5
 
 
 class CacheDesc(C.Structure):
@@ -32,7 +32,7 @@ class CacheDesc(C.Structure):
                 ("page_size", C.c_int32), ("num_pages", C.c_int32), ("max_pages", C.c_int32),
                 ("kv_dtype", C.c_int), ("summary_dtype", C.c_int), ("layout", C.c_int),
                 ("k_pages", C.c_void_p), ("v_pages", C.c_void_p), ("page_table", C.c_void_p),
-                ("sketch_bits", C.c_int32), ("sketch_group", C.c_int32)]
+                ("sketch_bits", C.c_int32), ("sketch_group", C.c_int32), ("super_pages", C.c_int32)]
 
 
 class DecodeConfig(C.Structure):
@@ -40,7 +40,7 @@ class DecodeConfig(C.Structure):
                 ("routing", C.c_int), ("group_routing", C.c_int), ("policy", C.c_int),
                 ("tolerance", C.c_float), ("scale", C.c_float), ("solver_steps", C.c_int32),
                 ("solver_eta", C.c_float), ("solver_tau", C.c_float), ("sink_pages", C.c_int32),
-                ("local_pages", C.c_int32), ("relative_tolerance", C.c_int32)]
+                ("local_pages", C.c_int32), ("relative_tolerance", C.c_int32), ("super_expand", C.c_int32)]
 
 
 class HeadDiag(C.Structure):

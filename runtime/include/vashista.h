@@ -30,7 +30,7 @@ extern "C" {
  * public struct starts with struct_size: set it to sizeof the struct (the library rejects a
  * struct of another size with a message naming both), so a library and a caller built
  * against different headers fail loudly instead of reading past a field. */
-#define VASHISTA_ABI_VERSION 4
+#define VASHISTA_ABI_VERSION 5
 uint32_t vashista_abi_version(void);
 
 typedef enum vashista_status {
@@ -65,11 +65,16 @@ typedef enum vashista_solver {
 } vashista_solver;
 /* MEAN: pages by q . mean key (no certificate); BOUND: pages by their key box's upper bound;
  * SKETCH: tokens by a b-bit sketch of their keys, certified from per-token upper bounds (the
- * cache must keep a sketch: vashista_cache_desc.sketch_bits). */
+ * cache must keep a sketch: vashista_cache_desc.sketch_bits); HIER_BOUND: bound routing over
+ * super-pages of R pages first (the cache must keep their boxes: vashista_cache_desc.super_pages):
+ * each head scores every super-page by its box, expands the top Q (super_expand) and routes the
+ * top P of their pages by their own boxes, so routing reads M/R + Q R boxes instead of M; pages
+ * of unexpanded super-pages enter the certificate at their super-page's bound. */
 typedef enum vashista_routing {
     VASHISTA_ROUTING_MEAN = 0,
     VASHISTA_ROUTING_BOUND = 1,
-    VASHISTA_ROUTING_SKETCH = 2
+    VASHISTA_ROUTING_SKETCH = 2,
+    VASHISTA_ROUTING_HIER_BOUND = 3
 } vashista_routing;
 typedef enum vashista_group_routing { VASHISTA_GROUP_PER_HEAD = 0, VASHISTA_GROUP_SHARED = 1 } vashista_group_routing;
 typedef enum vashista_policy {
@@ -115,6 +120,15 @@ typedef struct vashista_cache_desc {
      * head_dim). D * bits / 8 + 2 * D / sketch_group bytes per token and KV head. */
     int32_t sketch_bits;
     int32_t sketch_group;
+    /* Super-page boxes for hier_bound routing, kept by vashista_append: 0 for none, or R, the
+     * logical pages per super-page. Each sequence keeps, per super-page and KV head, the f32 box
+     * over its pages' boxes: batch x ceil(max_pages / R) x kv_heads x 2 x head_dim floats. A
+     * super-page's box belongs to its sequence (page summaries belong to physical pages): if a
+     * page it covers is summarized again through another sequence, or the block table maps one
+     * of its entries to another page, a decode reports the sequence VASHISTA_UNCERTIFIED_STALE
+     * until vashista_append, vashista_summarize or vashista_share_prefix of that sequence
+     * rebuilds its boxes (vashista_share_prefix(seq, appended) rebuilds all of them). */
+    int32_t super_pages;
 } vashista_cache_desc;
 
 typedef struct vashista_cache vashista_cache;
@@ -122,7 +136,8 @@ typedef struct vashista_cache vashista_cache;
 vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_cache **cache);
 void vashista_cache_destroy(vashista_cache *cache);
 /* Bytes a cache of `desc` allocates (summaries, sketch and bookkeeping; the KV pages are the
- * caller's): proportional to num_pages, plus a few bytes per sequence. 0 for a bad desc. */
+ * caller's): proportional to num_pages, plus per sequence a few bytes and, with super_pages,
+ * its super-page boxes and the block table's width in bookkeeping. 0 for a bad desc. */
 size_t vashista_cache_memory_size(const vashista_cache_desc *desc);
 
 /* Writes tokens [start, start + count) of sequence `seq` into their pages and updates
@@ -169,10 +184,11 @@ typedef struct vashista_decode_config {
     int32_t relative_tolerance; /* 1: accept a head when bound <= tolerance * ||out|| of the exact
                                    dense answer (checked as bound <= tolerance * (||out_sparse|| -
                                    bound)); 0: bound <= tolerance */
+    int32_t super_expand;       /* hier_bound: Q, the super-pages each head expands (default 8) */
 } vashista_decode_config;
 
 /* P = 64, K_c = 128, softmax, bound routing, per-head groups, policy dense, tolerance 1e-3,
- * one sink page and two local pages (on real models, routing without them lost the
+ * super_expand 8, one sink page and two local pages (on real models, routing without them lost the
  * attention sink: quality/README.md). */
 void vashista_decode_config_default(vashista_decode_config *config);
 

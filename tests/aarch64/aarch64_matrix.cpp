@@ -70,7 +70,8 @@ void run_case(int index, const Case &k) {
                              v_pages.data(),
                              p.seqs.page_table.data(),
                              sketch ? kSketchBitsDefault : 0,
-                             sketch ? kSketchGroupDefault : 0};
+                             sketch ? kSketchGroupDefault : 0,
+                             0};
     vashista_cache *cache = nullptr;
     if (vashista_cache_create(&desc, &cache) != VASHISTA_OK) {
         std::printf("case %d: vashista_cache_create: %s\n", index, vashista_last_error());

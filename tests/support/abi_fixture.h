@@ -26,11 +26,16 @@ struct Fixture {
 
     int sketch_bits = 0;  // the token sketch the cache keeps (groups of 16 channels), 0 for none
     vashista_dtype summary_dtype = VASHISTA_DTYPE_BF16;
+    int super_pages = 0;  // the super-page boxes the cache keeps (hier_bound routing), 0 for none
 
     explicit Fixture(int group = 4, std::vector<int> lens = {3000, 777}, ref::DataKind kind = ref::DataKind::Planted,
                      KvLayout layout_ = KvLayout::HND, const std::function<void(ref::Problem &)> &edit = {},
-                     int sketch_bits_ = 0, vashista_dtype summary_dtype_ = VASHISTA_DTYPE_BF16)
-        : G(group), layout(layout_), sketch_bits(sketch_bits_), summary_dtype(summary_dtype_) {
+                     int sketch_bits_ = 0, vashista_dtype summary_dtype_ = VASHISTA_DTYPE_BF16, int super_pages_ = 0)
+        : G(group),
+          layout(layout_),
+          sketch_bits(sketch_bits_),
+          summary_dtype(summary_dtype_),
+          super_pages(super_pages_) {
         ref::ProblemSpec spec;
         spec.kv_heads = H;
         spec.group = group;
@@ -64,7 +69,8 @@ struct Fixture {
                                    v_pages.data(),
                                    p.seqs.page_table.data(),
                                    sketch_bits,
-                                   sketch_bits ? kSketchGroupDefault : 0};
+                                   sketch_bits ? kSketchGroupDefault : 0,
+                                   super_pages};
     }
     // Tokens [start, start + n) of sequence b, as [n][H][D] bf16.
     std::vector<uint16_t> tokens(const std::vector<float> &src, int b, int start, int n) {

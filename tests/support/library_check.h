@@ -47,6 +47,7 @@ inline void check_library_matches_reference(const LibraryDecode &shape) {
                              v_pages.data(),
                              p.seqs.page_table.data(),
                              0,
+                             0,
                              0};
     const ref::Summaries sum = ref::summarize(p.cache, p.seqs, ref::DType::BF16);
     vashista_decode_config cfg;
