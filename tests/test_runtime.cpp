@@ -77,17 +77,21 @@ TEST_CASE("kernels are called by argument name, checked against their metadata",
 }
 
 TEST_CASE("decode through the library (tuned where the database has a schedule) matches the reference", "[runtime]") {
-    // Bound routing for G = 1 and 4; sketch routing (the sketch kept on append) for G = 4.
-    for (int group : {1, 4, 0}) {
-        const bool sketch = group == 0;
-        if (sketch) group = 4;
-        Fixture f(group, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, {}, sketch ? 8 : 0);
+    // Bound routing for G = 1 and 4; for G = 4 sketch routing (the sketch kept on append) and
+    // hier_bound routing (super-pages of 16 pages kept on append, 8 expanded).
+    for (const auto &[group, routing] :
+         {std::pair{1, VASHISTA_ROUTING_BOUND}, std::pair{4, VASHISTA_ROUTING_BOUND},
+          std::pair{4, VASHISTA_ROUTING_SKETCH}, std::pair{4, VASHISTA_ROUTING_HIER_BOUND}}) {
+        const bool sketch = routing == VASHISTA_ROUTING_SKETCH, hier = routing == VASHISTA_ROUTING_HIER_BOUND;
+        Fixture f(group, {3000, 777}, ref::DataKind::Planted, KvLayout::HND, {}, sketch ? 8 : 0, VASHISTA_DTYPE_BF16,
+                  hier ? kSuperPagesDefault : 0);
         const int B = f.p.seqs.batch, QH = H * group;
         ref::Summaries sum = ref::summarize(f.p.cache, f.p.seqs, ref::DType::BF16);
+        if (hier) ref::add_super_pages(sum, f.p.seqs, kSuperPagesDefault);
         vashista_decode_config cfg = default_config();
         cfg.policy = VASHISTA_POLICY_NONE;
-        if (sketch) cfg.routing = VASHISTA_ROUTING_SKETCH;
-        INFO((sketch ? "sketch" : "bound") << " routing, G = " << group);
+        cfg.routing = routing;
+        INFO("routing " << routing << ", G = " << group);
         std::vector<float> out(size_t(B) * QH * D), lse(B * QH);
         std::vector<vashista_head_diag> diag(B * QH);
         std::vector<int32_t> cand(size_t(B) * QH * cfg.top_tokens);
@@ -299,6 +303,10 @@ TEST_CASE("bad input gets a clear error and writes nothing", "[runtime][validati
                "config->routing = 5");
         expect(decode(with([](auto &c) { c.routing = VASHISTA_ROUTING_SKETCH; })), VASHISTA_ERROR_INVALID_ARGUMENT,
                "needs a cache that keeps a token sketch");
+        expect(decode(with([](auto &c) { c.routing = VASHISTA_ROUTING_HIER_BOUND; })), VASHISTA_ERROR_INVALID_ARGUMENT,
+               "needs a cache that keeps super-page boxes");
+        expect(decode(with([](auto &c) { c.routing = VASHISTA_ROUTING_HIER_BOUND, c.super_expand = 0; })),
+               VASHISTA_ERROR_INVALID_ARGUMENT, "config->super_expand = 0 must be >= 1");
         expect(decode(with([](auto &c) { store_raw(c.group_routing, 3); })), VASHISTA_ERROR_INVALID_ARGUMENT,
                "config->group_routing = 3");
         expect(decode(with([](auto &c) { store_raw(c.policy, 7); })), VASHISTA_ERROR_INVALID_ARGUMENT,
@@ -419,6 +427,7 @@ TEST_CASE("bad cache descriptions get a clear error", "[runtime][validation]") {
            "desc->sketch_group = 1 is not an even number of channels up to 256");
     expect(with([](auto &d) { d.sketch_bits = 4, d.sketch_group = 16; }), VASHISTA_ERROR_NO_VARIANT,
            "no sketch kernel for head_dim=128");
+    expect(with([](auto &d) { d.super_pages = -2; }), VASHISTA_ERROR_INVALID_ARGUMENT, "desc->super_pages = -2");
     char list[4096];
     REQUIRE(vashista_list_variants(list, sizeof(list)) > 0);
     REQUIRE_THAT(std::string(list), Catch::Contains("decode ") && Catch::Contains("routing=bound"));

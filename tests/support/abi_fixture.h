@@ -110,12 +110,14 @@ inline ref::SparseOptions options_of(const vashista_decode_config &c) {
     ref::SparseOptions opt;
     opt.top_pages = c.top_pages;
     opt.top_tokens = c.top_tokens;
-    opt.routing = c.routing == VASHISTA_ROUTING_BOUND    ? RoutingMode::Bound
-                  : c.routing == VASHISTA_ROUTING_SKETCH ? RoutingMode::Sketch
-                                                         : RoutingMode::Mean;
+    opt.routing = c.routing == VASHISTA_ROUTING_BOUND        ? RoutingMode::Bound
+                  : c.routing == VASHISTA_ROUTING_SKETCH     ? RoutingMode::Sketch
+                  : c.routing == VASHISTA_ROUTING_HIER_BOUND ? RoutingMode::HierBound
+                                                             : RoutingMode::Mean;
     opt.group_routing = c.group_routing == VASHISTA_GROUP_SHARED ? GroupRouting::Shared : GroupRouting::PerHead;
     opt.sink_pages = c.sink_pages;
     opt.local_pages = c.local_pages;
+    opt.super_expand = c.super_expand;  // super_pages: the cache's (kSuperPagesDefault in these tests)
     return opt;
 }
 
