@@ -18,6 +18,8 @@ STYLE = {
     "mean": ("tab:gray", "-"),
     "mean int8": ("silver", "-"),
     "sketch": ("tab:green", "-"),
+    "hier_bound": ("tab:purple", "-"),
+    "hier_bound int8": ("tab:brown", "-"),
     "dense": ("black", "-"),
     "llama.cpp flash_attn": ("tab:red", "-"),
     "llama.cpp mul_mat": ("tab:orange", "-"),
@@ -27,7 +29,7 @@ STYLE = {
 
 def style(name):
     shared = name.endswith(" shared")
-    color, line = STYLE.get(name.removesuffix(" shared"), ("tab:purple", "-"))
+    color, line = STYLE.get(name.removesuffix(" shared"), ("tab:olive", "-"))
     return color, "--" if shared else line
 
 
@@ -49,7 +51,7 @@ def plot_times(points, batch, path):
         hi = [r["max_ms"] - r["median_ms"] for r in rows]
         color, line = style(name)
         ax.errorbar(ts, med, yerr=[lo, hi], color=color, linestyle=line, marker="o", ms=3, capsize=2, label=name)
-    for name, color in (("bound", "tab:blue"), ("dense", "black")):
+    for name, color in (("bound", "tab:blue"), ("hier_bound", "tab:purple"), ("dense", "black")):
         ax.plot(ts, [kernel(p, name)["floor_ms"] for p in pts], color=color, linestyle=":", label=f"{name}: byte floor")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -68,13 +70,13 @@ def plot_times(points, batch, path):
 
 
 def plot_loop(loop, path):
-    labels = ["sparse (bound)", "dense"]
-    values = [loop["sparse_tokens_per_s"], loop["dense_tokens_per_s"]]
+    labels = ["sparse (bound)", "sparse (hier_bound)", "dense"]
+    values = [loop["sparse_tokens_per_s"], loop["sparse_hier_bound_tokens_per_s"], loop["dense_tokens_per_s"]]
     if "llama_cpp_tokens_per_s" in loop:
         labels += ["llama.cpp flash_attn", "llama.cpp mul_mat"]
         values += [loop["llama_cpp_tokens_per_s"], loop["llama_cpp_mul_mat_tokens_per_s"]]
     fig, ax = plt.subplots(figsize=(7, 4))
-    bars = ax.bar(labels, values, color=["tab:blue", "black", "tab:red", "tab:orange"][: len(values)])
+    bars = ax.bar(labels, values, color=["tab:blue", "tab:purple", "black", "tab:red", "tab:orange"][: len(values)])
     ax.bar_label(bars, fmt="%.3g")
     ax.set_ylabel("attention tokens per second")
     ax.set_title(f"decode loop: {loop['layers']} layers at T={loop['T'] // 1024}K, append + step")

@@ -1,6 +1,6 @@
 // The benchmark behind `make bench` and `make bench-quick`: for each context length, in one
-// run and round-robin, the sparse step in every routing mode (mean, bound over bf16 and
-// int8 summaries, sketch), each with per-head and shared group routing, our dense kernel,
+// run and round-robin, the sparse step in every routing mode (mean, bound and hier_bound over
+// bf16 and int8 summaries, sketch), each with per-head and shared group routing, our dense kernel,
 // and llama.cpp's CPU attention (flash attention and its mul_mat path) on the same data;
 // bytes each must read, the floor the machine's measured bandwidth sets, the error against
 // a double-precision dense reference, the certificate. Then the decode loop: 32 layers, one
@@ -136,24 +136,38 @@ struct Kernel {
 };
 
 const char *routing_name(vashista_routing r) {
-    return r == VASHISTA_ROUTING_MEAN ? "mean" : r == VASHISTA_ROUTING_BOUND ? "bound" : "sketch";
+    return r == VASHISTA_ROUTING_MEAN     ? "mean"
+           : r == VASHISTA_ROUTING_BOUND  ? "bound"
+           : r == VASHISTA_ROUTING_SKETCH ? "sketch"
+                                          : "hier_bound";
 }
 
 // Bytes the sparse step must read for B sequences of M pages each (bf16 pages): the page
 // summary rows routing scores (mean: the mean row; bound: lo and hi; int8 rows are one byte
-// per channel plus a bf16 scale per 16 channels), the keys of the routed pages (per query
-// head, or once per GQA group when the group shares its pages), and the values of the K_c
-// candidates per query head. Sketch routing reads every token's sketch instead of summary
-// rows (codes and scales), two f32 page scalars, and K and V of the candidates.
+// per channel plus a bf16 scale per 16 channels), two f32 page scalars (value norm, key
+// bound) of every page for the certificate, the keys of the routed pages (per query head, or
+// once per GQA group when the group shares its pages), and the values of the K_c candidates
+// per query head. Sketch routing reads every token's sketch instead of summary rows (codes
+// and scales). hier_bound reads the f32 box of every super-page of R pages, and the rows of
+// the pages of the Q super-pages each head expands (per KV head at most G Q R distinct pages
+// with per-head routing, Q R shared) and of the sink and local pages.
 double sparse_bytes(vashista_routing routing, bool int8, bool shared, double B, double M) {
     const double row = int8 ? D + 2.0 * D / kSummaryScaleGroup : 2.0 * D;
+    const double scalars = H * M * 8, values = H * G * double(KC) * D * 2;
     if (routing == VASHISTA_ROUTING_SKETCH) {
         const double token = sketch_code_bytes(D, kSketchBitsDefault) + 2.0 * D / kSketchGroupDefault;
-        return B * (M * S * H * token + H * M * 8 + H * G * double(KC) * D * 2 * 2);
+        return B * (M * S * H * token + scalars + 2 * values);
+    }
+    const double routed_keys = (shared ? H : H * G) * double(P) * S * D * 2;
+    if (routing == VASHISTA_ROUTING_HIER_BOUND) {
+        vashista_decode_config c;  // Q, and the sink and local pages, as the sweep runs them
+        vashista_decode_config_default(&c);
+        const double R = kSuperPagesDefault, Q = c.super_expand;
+        const double expanded = std::min(M, (shared ? 1 : G) * Q * R + c.sink_pages + c.local_pages);
+        return B * (H * std::ceil(M / R) * 2 * D * 4 + H * expanded * 2 * row + scalars + routed_keys + values);
     }
     const double rows = routing == VASHISTA_ROUTING_MEAN ? 1 : 2;
-    const double routed_keys = (shared ? H : H * G) * double(P) * S * D * 2;
-    return B * (H * M * rows * row + routed_keys + H * G * double(KC) * D * 2);
+    return B * (H * M * rows * row + scalars + routed_keys + values);
 }
 
 nlohmann::json stats_json(const bench::Stats &s) {
@@ -170,22 +184,25 @@ nlohmann::json sweep_point(const Options &opt, int B, int T, bench::Flusher &flu
     vashista_cache_desc full_desc = pages.desc;
     full_desc.sketch_bits = kSketchBitsDefault;
     full_desc.sketch_group = kSketchGroupDefault;
-    CachePtr full = create_cache(full_desc, "bf16 summaries and sketch");
+    full_desc.super_pages = kSuperPagesDefault;
+    CachePtr full = create_cache(full_desc, "bf16 summaries, super-pages and sketch");
     append_all(full.get(), p, T);
     vashista_cache_desc int8_desc = pages.desc;
     int8_desc.summary_dtype = VASHISTA_DTYPE_I8;
-    CachePtr compact = create_cache(int8_desc, "int8 summaries");
+    int8_desc.super_pages = kSuperPagesDefault;
+    CachePtr compact = create_cache(int8_desc, "int8 summaries and super-pages");
     for (int b = 0; b < B; ++b) check(vashista_summarize(compact.get(), b, 0, T), "vashista_summarize (int8)");
     const std::vector<int32_t> seq_lens(B, T);
     const size_t out_size = size_t(B) * H * G * D;
     const double M = double(T) / S;
 
     std::vector<Kernel> kernels;
-    kernels.reserve(16);  // the runs refer to their kernels' buffers
+    kernels.reserve(20);  // the runs refer to their kernels' buffers
     vashista_decode_config base;
     vashista_decode_config_default(&base);
     base.policy = VASHISTA_POLICY_NONE;  // the sparse step alone; heads certified are counted
-    for (vashista_routing routing : {VASHISTA_ROUTING_BOUND, VASHISTA_ROUTING_MEAN, VASHISTA_ROUTING_SKETCH})
+    for (vashista_routing routing :
+         {VASHISTA_ROUTING_BOUND, VASHISTA_ROUTING_HIER_BOUND, VASHISTA_ROUTING_MEAN, VASHISTA_ROUTING_SKETCH})
         for (bool int8 : {false, true})
             for (vashista_group_routing group : {VASHISTA_GROUP_PER_HEAD, VASHISTA_GROUP_SHARED}) {
                 if (routing == VASHISTA_ROUTING_SKETCH && int8) continue;  // sketch routing reads no summary rows
@@ -369,6 +386,7 @@ nlohmann::json decode_loop(const Options &opt) {
         l.pages = make_pages(p);
         l.page_table = p.seqs.page_table;
         l.pages.desc.page_table = l.page_table.data();
+        l.pages.desc.super_pages = kSuperPagesDefault;  // hier_bound's boxes, kept on every append
         l.cache = create_cache(l.pages.desc, "decode loop");
         append_all(l.cache.get(), p, T0);
         l.new_k = ref::token_bytes(p.cache, p.seqs, p.cache.k, 0, T0, opt.loop_steps);
@@ -382,30 +400,36 @@ nlohmann::json decode_loop(const Options &opt) {
 #endif
         std::printf("  cache %d of %d ready (%.0f s)\n", c + 1, C, setup.seconds());
     }
-    vashista_decode_config cfg;
+    vashista_decode_config cfg, hier;  // the default (bound routing), and hier_bound
     vashista_decode_config_default(&cfg);
+    hier = cfg;
+    hier.routing = VASHISTA_ROUTING_HIER_BOUND;
     std::vector<float> out(size_t(H) * G * D);
     std::vector<vashista_head_diag> diag(H * G);
-    std::vector<double> sparse_ms, dense_ms, llama_ms, llama_mm_ms, append_us;
-    int fallbacks = 0;
+    std::vector<double> sparse_ms, hier_ms, dense_ms, llama_ms, llama_mm_ms, append_us;
+    int fallbacks = 0, hier_fallbacks = 0;
     for (int i = 0; i < opt.loop_steps; ++i) {
         const int32_t len = T0 + i + 1;
-        // Sparse: append (pages, summary of the page the token lands in), then decode.
-        double append_s = 0;
-        bench::Timer sparse;
-        for (int layer = 0; layer < L; ++layer) {
-            Layer &l = layers[layer % C];
-            bench::Timer a;
-            check(vashista_append(l.cache.get(), 0, T0 + i, 1, &l.new_k[size_t(i) * H * D * 2],
-                                  &l.new_v[size_t(i) * H * D * 2]),
-                  "vashista_append");
-            append_s += a.seconds();
-            check(vashista_decode(l.cache.get(), &cfg, l.q.data(), H * G, &len, out.data(), nullptr, diag.data()),
-                  "vashista_decode");
-            for (const auto &d : diag) fallbacks += d.policy_taken == VASHISTA_TAKEN_DENSE;
+        // Sparse: append (pages, summary of the page the token lands in, its super-page's box),
+        // then decode; bound routing, then hier_bound (whose pass writes the token again).
+        for (const vashista_decode_config *c : {&cfg, &hier}) {
+            double append_s = 0;
+            bench::Timer sparse;
+            for (int layer = 0; layer < L; ++layer) {
+                Layer &l = layers[layer % C];
+                bench::Timer a;
+                check(vashista_append(l.cache.get(), 0, T0 + i, 1, &l.new_k[size_t(i) * H * D * 2],
+                                      &l.new_v[size_t(i) * H * D * 2]),
+                      "vashista_append");
+                append_s += a.seconds();
+                check(vashista_decode(l.cache.get(), c, l.q.data(), H * G, &len, out.data(), nullptr, diag.data()),
+                      "vashista_decode");
+                for (const auto &d : diag)
+                    (c == &cfg ? fallbacks : hier_fallbacks) += d.policy_taken == VASHISTA_TAKEN_DENSE;
+            }
+            (c == &cfg ? sparse_ms : hier_ms).push_back(sparse.seconds() * 1e3);
+            append_us.push_back(append_s * 1e6 / L);
         }
-        sparse_ms.push_back(sparse.seconds() * 1e3);
-        append_us.push_back(append_s * 1e6 / L);
         // Dense over the same caches (the token is already in its page).
         bench::Timer dense;
         for (int layer = 0; layer < L; ++layer) {
@@ -439,14 +463,18 @@ nlohmann::json decode_loop(const Options &opt) {
             }
         }
 #endif
-        std::printf("  token %d: sparse %.1f ms, dense %.1f ms", i + 1, sparse_ms.back(), dense_ms.back());
+        std::printf("  token %d: sparse %.1f ms (hier_bound %.1f ms), dense %.1f ms", i + 1, sparse_ms.back(),
+                    hier_ms.back(), dense_ms.back());
         if (!llama_ms.empty())
             std::printf(", llama.cpp flash_attn %.1f ms, mul_mat %.1f ms", llama_ms.back(), llama_mm_ms.back());
         std::printf("\n");
     }
-    const bench::Stats s = bench::summarize(sparse_ms), d = bench::summarize(dense_ms), a = bench::summarize(append_us);
-    std::printf("per token (%d layers, median of %d): sparse %.1f ms (%.3g tokens/s), dense %.1f ms (%.3g tokens/s)", L,
-                opt.loop_steps, s.median, 1e3 / s.median, d.median, 1e3 / d.median);
+    const bench::Stats s = bench::summarize(sparse_ms), hb = bench::summarize(hier_ms), d = bench::summarize(dense_ms),
+                       a = bench::summarize(append_us);
+    std::printf(
+        "per token (%d layers, median of %d): sparse %.1f ms (%.3g tokens/s), hier_bound %.1f ms (%.3g "
+        "tokens/s), dense %.1f ms (%.3g tokens/s)",
+        L, opt.loop_steps, s.median, 1e3 / s.median, hb.median, 1e3 / hb.median, d.median, 1e3 / d.median);
     nlohmann::json j = {{"layers", L},
                         {"caches", C},
                         {"T", T0},
@@ -454,6 +482,9 @@ nlohmann::json decode_loop(const Options &opt) {
                         {"sparse", stats_json(s)},
                         {"dense", stats_json(d)},
                         {"sparse_tokens_per_s", 1e3 / s.median},
+                        {"sparse_hier_bound", stats_json(hb)},
+                        {"sparse_hier_bound_tokens_per_s", 1e3 / hb.median},
+                        {"hier_bound_heads_fallen_back", hier_fallbacks},
                         {"dense_tokens_per_s", 1e3 / d.median},
                         {"append_us_per_layer", a.median},
                         {"heads_fallen_back", fallbacks}};
@@ -466,8 +497,10 @@ nlohmann::json decode_loop(const Options &opt) {
         j["llama_cpp_mul_mat"] = stats_json(mm);
         j["llama_cpp_mul_mat_tokens_per_s"] = 1e3 / mm.median;
     }
-    std::printf("\nsummary upkeep (vashista_append of one token, one layer): %.1f us; heads fallen back to dense: %d\n",
-                a.median, fallbacks);
+    std::printf(
+        "\nsummary upkeep (vashista_append of one token, one layer: page summary and super-page box): %.1f us; heads "
+        "fallen back to dense: %d (hier_bound: %d)\n",
+        a.median, fallbacks, hier_fallbacks);
     return j;
 }
 
