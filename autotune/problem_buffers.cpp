@@ -106,6 +106,7 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
         buf.super_table.fill(0);
     } else {
         buf.super_summary = Buffer<float>(D, kSuperChannels, sum.batch * sum.max_supers, sum.kv_heads);
+        buf.super_summary.fill(0.0f);
         buf.super_table = Buffer<int32_t>(sum.max_supers, sum.batch);
         for (int b = 0; b < sum.batch; ++b)
             for (int s = 0; s < sum.max_supers; ++s) {
@@ -117,6 +118,10 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                         buf.super_summary(d, kSuperMax, b * sum.max_supers + s, h) =
                             sum.super_hi[sum.super_at(b, h, s) * D + d];
                     }
+                // The largest value norm of its pages, with the margin the page norms above carry.
+                for (int h = 0; h < sum.kv_heads; ++h)
+                    buf.super_summary(0, kSuperNorm, b * sum.max_supers + s, h) =
+                        float(sum.super_value_norm[sum.super_at(b, h, s)]) * margin;
             }
     }
     // The token sketch, codes packed as the sketch kernel packs them (algorithm.h).

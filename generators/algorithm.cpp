@@ -757,35 +757,45 @@ void DecodeDefinition::certificate() {
     }
     st.outside_stats = Func("outside_stats");
     {
-        RDom rp(0, in.max_pages, "rp");
-        Expr exists = rp < n_pages;
-        Expr tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
-        Expr kabs = in.key_absmax(physical_page(rp), h);
-        Expr outside, u_p, error;
+        // Per term: whether it exists, whether it is outside the selected pages, its tokens,
+        // score bound and score error, value norm and largest |k_d|.
+        Expr exists, outside, tokens, u_p, error, vnorm, kabs;
+        RDom ro(0, hier ? pool + in.max_supers : in.max_pages, "ro");
         if (!hier) {
+            Expr rp = ro;
+            exists = rp < n_pages;
+            tokens = sketch ? st.page_leak(rp, g, h, b)[2] : as_f32(Halide::min(S, seq_len - rp * S));
+            kabs = in.key_absmax(physical_page(rp), h);
             outside = exists && !st.route.kept(rp, gr, h, b);
             // Sketch: the page's largest ub_t and its rescaled sum stand for n_p and u_p.
             u_p = sketch ? st.page_leak(rp, g, h, b)[1] : scaled_page_score(rp, g);
             error = sketch ? Expr(0.0f) : error_per_key * kabs;
+            vnorm = in.value_norm(physical_page(rp), h);
         } else {
-            // A page of an expanded super-page, or a sink or local page, has its pool entry
-            // and its own score; any other page its super-page's box score.
-            Expr forced = rp < SK || rp >= n_pages - LP;
-            Expr sup = clamp(rp / R, 0, in.max_supers - 1);
-            Expr rank = st.super_rank(sup, gr, h, b);
-            Expr entry = clamp(
-                select(rp < SK, rp, forced, SK + Q * R + rp - (n_pages - LP), SK + Halide::max(rank, 0) * R + rp % R),
-                0, pool - 1);
-            Expr own = forced || rank >= 0;
-            outside = exists && !(own && st.route.kept(entry, gr, h, b));
-            u_p = scale * select(own, st.head_page_score(entry, g, h, b), st.super_score(sup, g, h, b));
-            error = error_per_key * select(own, kabs, st.super_absmax(sup, h, b));
+            // Terms 0 .. pool - 1: the pool's pages (sink, local, and those of expanded
+            // super-pages), each by its own box; then one term per unexpanded super-page over
+            // the tokens of its other pages, by its box (O(M/R + Q R) terms, not M).
+            Expr is_page = ro < pool;
+            Expr e = clamp(ro, 0, pool - 1), sup = clamp(ro - pool, 0, in.max_supers - 1);
+            Expr j = st.pool_page(e, gr, h, b), page = physical_page(Halide::max(j, 0));
+            Expr first = Halide::max(sup * R, SK), end = Halide::min(sup * R + R, n_pages - LP);
+            Expr super_exists = ro - pool < (n_pages + (R - 1)) / R;
+            Expr slot = clamp(in.super_table(sup, b), 0, in.super_slots - 1);
+            exists = select(is_page, j >= 0, super_exists);
+            outside =
+                exists && select(is_page, !st.route.kept(e, gr, h, b), st.super_rank(sup, gr, h, b) < 0 && first < end);
+            tokens =
+                as_f32(select(is_page, Halide::min(S, seq_len - j * S), Halide::min(seq_len, end * S) - first * S));
+            u_p = scale * select(is_page, st.head_page_score(e, g, h, b), st.super_score(sup, g, h, b));
+            kabs = select(is_page, in.key_absmax(page, h), st.super_absmax(sup, h, b));
+            error = error_per_key * kabs;
+            vnorm = select(is_page, in.value_norm(page, h), in.super_summary(0, kSuperNorm, slot, h));
         }
         st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.outside_stats(g, h, b) =
             Tuple(st.outside_stats(g, h, b)[0] + select(outside, tokens * upper_term(u_p, error), 0.0f),
                   Halide::max(st.outside_stats(g, h, b)[1], select(outside, u_p, neg_inf())),
-                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, in.value_norm(physical_page(rp), h), 0.0f)),
+                  Halide::max(st.outside_stats(g, h, b)[2], select(outside, vnorm, 0.0f)),
                   Halide::max(st.outside_stats(g, h, b)[3], select(exists, kabs, 0.0f)),
                   Halide::max(st.outside_stats(g, h, b)[4], select(outside, upper_score(u_p, error), neg_inf())));
     }
@@ -804,7 +814,8 @@ void DecodeDefinition::certificate() {
 
     Expr inside = st.inside_stats(g, h, b)[0], outside = st.outside_stats(g, h, b)[0];
     Expr inflate_inside = f64((1 + fp::kExp32) * (1 + fp::gamma32(P * S + 2)));
-    Expr n_out = cast<double>(in.max_pages) + 2;
+    // Terms of the f32 outside sum: pages, and in hier_bound super-pages.
+    Expr n_out = cast<double>(hier ? in.max_pages + in.max_supers : in.max_pages) + 2;
     Expr inflate_outside = f64(1 + fp::kExp32) * (1 + n_out * f64(u) / (1 - n_out * f64(u)));
     if (sketch) inflate_outside = inflate_outside * f64(fp::page_sum_inflation(S));
     // The exp floor, for every valid token outside the candidates.

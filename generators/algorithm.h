@@ -85,7 +85,7 @@ struct DecodeInputs {
     Func route_pages, route_rank;  // read in mean and bound routing
     Func summary_scale;            // read for int8 summaries only
     Func sketch, sketch_scale;     // read in sketch routing only
-    Func super_summary;            // (d, c = lo/hi, slot, h) f32, hier_bound routing only
+    Func super_summary;            // (d, c = lo/hi/norm, slot, h) f32, hier_bound routing only
     Func super_table;              // (s, b) -> slot of sequence b's super-page s
     Expr max_supers;               // super_table extent along s
     Expr super_slots;              // super_summary extent along slot
@@ -169,8 +169,9 @@ struct DecodeStages {
     Func lse;                        // (g, h, b) = m + log sum exp(s_c - m)
     Func q_l1;                       // (g, h, b): ||q||_1, for the scores' rounding terms
     Func inside_stats;               // (g, h, b) selected pages: {leak, max score, max ||v|| outside C, max ||v||}
-    Func outside_stats;  // (g, h, b) unselected pages: {leak, max score, max ||v||, max |k_d| of the sequence}
-    Func out_norm;       // ||o|| (f64)
+    Func outside_stats;              // (g, h, b) unselected pages (hier_bound: pool pages, unexpanded super-pages):
+                                     // {leak, max score, max ||v||, max |k_d| of the sequence}
+    Func out_norm;                   // ||o|| (f64)
     // The certificate's named quantities, (g, h, b), inlined into diag unless scheduled:
     // the support gap estimate, the leakage bound L (f64), delta = L / (1 + L) (f64), the
     // error bound (infinite unless certified) and the Certificate status.

@@ -48,11 +48,16 @@ inline std::string sketch_config_error(int head_dim, int bits, int group) {
 // keeps the box over its pages' boxes, lo = min of lo, hi = max of hi, in f32. A step scores
 // every super-page by its box, expands the top Q (their pages are scored by their own boxes)
 // and selects the top P pages among the expanded ones; sink and local pages are routed
-// whatever their super-page. Ties as for pages: the lower super-page, the lower page.
+// whatever their super-page. Ties as for pages: the lower super-page, the lower page. The
+// certificate takes an unexpanded super-page as one term, n_sp exp(U_sp - m) over the tokens
+// of its pages that are neither sink nor local pages, with its largest value norm, so a
+// step's work is O(M/R + Q R) per head.
 constexpr int kSuperPagesDefault = 16;  // R
 constexpr int kSuperExpandDefault = 8;  // Q
-// Super-page box rows, in the order of the c dimension of the super-page summaries.
-enum SuperChannel { kSuperMin = 0, kSuperMax = 1, kSuperChannels = 2 };
+// Super-page summary rows, in the order of their c dimension: the box (lo, hi), and a row
+// whose element 0 is the largest value norm of the super-page's pages (the rest 0), which
+// bounds the value norms of an unexpanded super-page's tokens in the certificate.
+enum SuperChannel { kSuperMin = 0, kSuperMax = 1, kSuperNorm = 2, kSuperChannels = 3 };
 inline int super_pages_of(int pages, int super_pages) { return (pages + super_pages - 1) / super_pages; }
 // Why (R, Q) cannot route, or "" when they can.
 inline std::string hier_config_error(int super_pages, int super_expand) {

@@ -287,6 +287,7 @@ void add_super_pages(Summaries &sum, const Sequences &seqs, int super_pages) {
     const size_t rows = size_t(sum.batch) * sum.kv_heads * sum.max_supers * D;
     sum.super_lo.assign(rows, 0.0f);
     sum.super_hi.assign(rows, 0.0f);
+    sum.super_value_norm.assign(rows / D, 0.0);
     for (int b = 0; b < sum.batch; ++b) {
         const int n_pages = (seqs.seq_lens[b] + S - 1) / S;
         for (int h = 0; h < sum.kv_heads; ++h)
@@ -294,11 +295,14 @@ void add_super_pages(Summaries &sum, const Sequences &seqs, int super_pages) {
                 float *lo = &sum.super_lo[sum.super_at(b, h, sp) * D], *hi = &sum.super_hi[sum.super_at(b, h, sp) * D];
                 std::fill(lo, lo + D, std::numeric_limits<float>::infinity());
                 std::fill(hi, hi + D, -std::numeric_limits<float>::infinity());
-                for (int j = sp * super_pages; j < std::min(n_pages, (sp + 1) * super_pages); ++j)
+                double &norm = sum.super_value_norm[sum.super_at(b, h, sp)];
+                for (int j = sp * super_pages; j < std::min(n_pages, (sp + 1) * super_pages); ++j) {
                     for (int d = 0; d < D; ++d) {
                         lo[d] = std::min(lo[d], sum.lo[sum.at(b, h, j) * D + d]);
                         hi[d] = std::max(hi[d], sum.hi[sum.at(b, h, j) * D + d]);
                     }
+                    norm = std::max(norm, sum.value_norm[sum.at(b, h, j)]);
+                }
             }
     }
 }
@@ -491,31 +495,45 @@ HeadResult sparse_head(const Cache &cache, const Sequences &seqs, const Queries 
         outside_upper = std::max(outside_upper, upper_score(s, e));
         vout = std::max(vout, sum.value_norm[row]);
     }
+    auto outside_term = [&](double tokens, double u_p, double e, double value_norm) {
+        leak_out += tokens * upper_term(u_p, e);
+        outside_max = std::max(outside_max, u_p);
+        outside_upper = std::max(outside_upper, upper_score(u_p, e));
+        vout = std::max(vout, value_norm);
+    };
+    // hier_bound: an unexpanded super-page is one term, over the tokens of its pages that are
+    // neither sink nor local pages (those have their own scores), at its box's bound and with
+    // its largest value norm.
+    auto by_super = [&](int j) {
+        return hier && !expanded[j / R] && j >= opt.sink_pages && j < n_pages - opt.local_pages;
+    };
+    for (int sp = 0; sp < n_supers; ++sp) {
+        kabs_seq = std::max(kabs_seq, super_absmax[sp]);
+        if (expanded[sp]) continue;
+        const int first = std::max(sp * R, opt.sink_pages), end = std::min((sp + 1) * R, n_pages - opt.local_pages);
+        if (first < end)
+            outside_term(std::min(len, end * S) - first * S, own_super[sp], error_per_key * super_absmax[sp],
+                         sum.super_value_norm[sum.super_at(b, h, sp)]);
+    }
     for (int j = 0; j < n_pages; ++j) {
         const size_t row = sum.at(b, h, j);
+        if (by_super(j)) continue;
         kabs_seq = std::max(kabs_seq, double(sum.key_absmax[row]));
         if (page_selected[j]) continue;
         // A page's term: n_p exp(beta (u_p - m)), or in sketch routing exp(beta (M_p - m))
         // times the sum of exp(beta (ub_t - M_p)) over its tokens, M_p = max ub_t.
-        // hier_bound: a page of an unexpanded super-page by the super-page's box (sink and
-        // local pages are scored by their own).
-        const bool by_super = hier && !expanded[j / R] && j >= opt.sink_pages && j < n_pages - opt.local_pages;
-        double u_p = by_super ? own_super[j / R] : own[j], tokens = std::min(S, len - j * S);
-        const double e = sketch     ? 0
-                         : by_super ? error_per_key * super_absmax[j / R]
-                                    : error_per_key * sum.key_absmax[row];
+        double u_p = own[j], tokens = std::min(S, len - j * S);
+        const double e = sketch ? 0 : error_per_key * sum.key_absmax[row];
         if (sketch) {
             u_p = -inf;
             for (int t = j * S; t < std::min(len, (j + 1) * S); ++t) u_p = std::max(u_p, double(mine[t].ub));
             tokens = 0;
             for (int t = j * S; t < std::min(len, (j + 1) * S); ++t) tokens += std::exp(beta * (mine[t].ub - u_p));
         }
-        leak_out += tokens * upper_term(u_p, e);
-        outside_max = std::max(outside_max, u_p);
-        outside_upper = std::max(outside_upper, upper_score(u_p, e));
-        vout = std::max(vout, sum.value_norm[row]);
+        outside_term(tokens, u_p, e, sum.value_norm[row]);
     }
-    const double n_out = seqs.max_pages + 2.0;
+    // Terms of the f32 outside sum: pages, and in hier_bound super-pages.
+    const double n_out = seqs.max_pages + (hier ? sum.max_supers : 0) + 2.0;
     const double e64 = scale * q_l1_up * kabs_seq * fp::score_error64(D);
     const double z_low = zb * std::exp(-beta * e64) * (1 - fp::gamma64(opt.top_tokens + 2) - fp::kExp64);
     const double page_sum = sketch ? fp::page_sum_inflation(S) : 1.0;

@@ -61,9 +61,11 @@ struct Summaries {
     size_t at(int b, int h, int j) const { return (size_t(b) * kv_heads + h) * max_pages + j; }
     size_t token_at(int b, int h, int j, int s) const { return at(b, h, j) * page_size + s; }
     // Super-pages of R pages (hier_bound routing; R = 0 when not added): per (b, h, s) the
-    // box over the existing pages' boxes, lo = min of lo, hi = max of hi (f32, exact).
+    // box over the existing pages' boxes, lo = min of lo, hi = max of hi (f32, exact), and
+    // the largest of their value norms.
     int super_pages = 0, max_supers = 0;
     std::vector<float> super_lo, super_hi;  // [b][h][s][d]
+    std::vector<double> super_value_norm;   // [b][h][s]
     size_t super_at(int b, int h, int s) const { return (size_t(b) * kv_heads + h) * max_supers + s; }
 };
 // An int8 summary's sigma for a group whose largest |min| or |max| is absmax, and the

@@ -157,8 +157,9 @@ struct vashista_cache {
     Buffer<void> sketch_scale;  // (s, group, p, h) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
     // Super-page boxes (hier_bound routing, desc.super_pages = R > 0): per sequence b and
-    // super-page s, slot b * max_supers + s of super_summary (d, lo/hi, slot, h) f32, listed by
-    // super_table (s, b). Without super-pages, one zero element each in static storage.
+    // super-page s, slot b * max_supers + s of super_summary (d, lo/hi/norm, slot, h) f32
+    // (method_types.h), listed by super_table (s, b). Without super-pages, one zero element
+    // each in static storage.
     HostMemory super_memory, super_table_memory;
     Buffer<void> super_summary, super_table;
     int32_t max_supers = 0;
@@ -1108,14 +1109,17 @@ void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t 
         const size_t slot = size_t(seq) * c->max_supers + sp;
         for (int32_t h = 0; h < d.kv_heads; ++h) {
             float *lo = c->super_row(slot, h, vashista::kSuperMin), *hi = c->super_row(slot, h, vashista::kSuperMax);
+            float *norm = c->super_row(slot, h, vashista::kSuperNorm);  // element 0: the largest value norm
             std::fill(lo, lo + d.head_dim, INFINITY);
             std::fill(hi, hi + d.head_dim, -INFINITY);
+            std::fill(norm, norm + d.head_dim, 0.0f);
             for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j) {
                 const int32_t page = d.page_table[size_t(seq) * d.max_pages + j];
                 for (int32_t x = 0; x < d.head_dim; ++x) {
                     lo[x] = std::min(lo[x], summary_element(*c, page, vashista::kSummaryMin, h, x));
                     hi[x] = std::max(hi[x], summary_element(*c, page, vashista::kSummaryMax, h, x));
                 }
+                norm[0] = std::max(norm[0], c->value_norm(page, h));
             }
         }
         for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j)
