@@ -91,8 +91,8 @@ STAGES = ["routing", "selection", "solve+output", "diagnostics", "waiting on par
 
 def plot_stages(stages, path):
     """Stacked bars: the profiled step's time per stage at each length."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = [f"{r['T'] // 1024}K" for r in stages]
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(stages)), 4.5))
+    labels = [f"{r.get('routing', 'bound')}\n{r['T'] // 1024}K" for r in stages]
     bottom = [0.0] * len(stages)
     for stage in STAGES:
         vals = [r["stages_ms"].get(stage, 0.0) for r in stages]
@@ -102,7 +102,7 @@ def plot_stages(stages, path):
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_xlabel("context length T")
     ax.set_ylabel("ms per step (under the sampling profiler)")
-    ax.set_title("bound routing, B=1: where the step's time goes")
+    ax.set_title("B=1, bf16 summaries, per-head routing: where the step's time goes")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -110,7 +110,8 @@ def plot_stages(stages, path):
     for r in stages:
         parts = ", ".join(f"{s} {100 * r['stages_ms'].get(s, 0) / r['total_ms']:.0f}%" for s in STAGES
                           if r["stages_ms"].get(s, 0) > 0)
-        print(f"stages at T={r['T'] // 1024}K ({r['total_ms']:.2f} ms profiled): {parts}")
+        print(f"stages of {r.get('routing', 'bound')} at T={r['T'] // 1024}K ({r['total_ms']:.2f} ms profiled): "
+              f"{parts}")
     return path
 
 
@@ -121,21 +122,24 @@ def headline(points):
     if not pts:
         return
     last = next((p for p in pts if p["T"] == 131072), pts[-1])
-    b = kernel(last, "bound")
     d = kernel(last, "dense")
-    print(f"T={last['T'] // 1024}K, B=1: bound routing {b['median_ms']:.2f} ms, "
-          f"{b['ratio_to_floor']:.1f}x its floor, {d['median_ms'] / b['median_ms']:.1f}x faster than our dense")
-    for peer in ("llama.cpp flash_attn", "llama.cpp mul_mat", "flash_attn head-major"):
-        p = kernel(last, peer)
-        if p:
-            print(f"  {p['median_ms'] / b['median_ms']:.1f}x faster than {peer} ({p['median_ms']:.1f} ms)")
+    for routing in ("bound", "hier_bound"):
+        b = kernel(last, routing)
+        if not b:
+            continue
+        print(f"T={last['T'] // 1024}K, B=1: {routing} routing {b['median_ms']:.2f} ms, "
+              f"{b['ratio_to_floor']:.1f}x its floor, {d['median_ms'] / b['median_ms']:.1f}x faster than our dense, "
+              f"{b['heads_certified']} heads certified within the tolerance")
+        for peer in ("llama.cpp flash_attn", "llama.cpp mul_mat", "flash_attn head-major"):
+            p = kernel(last, peer)
+            if p:
+                print(f"  {p['median_ms'] / b['median_ms']:.1f}x faster than {peer} ({p['median_ms']:.1f} ms)")
     first = next((p for p in pts if p["T"] == 8192), pts[0])
     last = pts[-1]
-    b, d = kernel(last, "bound"), kernel(last, "dense")
     if first is not last:
-        fb, fd = kernel(first, "bound"), kernel(first, "dense")
-        print(f"growth {first['T'] // 1024}K -> {last['T'] // 1024}K: bound routing "
-              f"{b['median_ms'] / fb['median_ms']:.1f}x, dense {d['median_ms'] / fd['median_ms']:.1f}x")
+        growth = ", ".join(f"{name} {kernel(last, name)['median_ms'] / kernel(first, name)['median_ms']:.1f}x"
+                           for name in ("bound", "hier_bound", "dense") if kernel(first, name))
+        print(f"growth {first['T'] // 1024}K -> {last['T'] // 1024}K: {growth}")
 
 
 def main(src, out_dir):
