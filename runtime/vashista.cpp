@@ -170,6 +170,7 @@ struct vashista_cache {
     std::vector<uint64_t> page_epoch;   // per physical page
     std::vector<uint64_t> super_built;  // per slot, 0 before any
     std::vector<int32_t> super_source;  // per (b, logical page): the page its box was built from
+    std::vector<float> decoded_row;     // head_dim floats: a summary row while boxes are rebuilt
     // Per physical page, the tokens (slots 0 .. n-1) its summary was computed from, 0 before
     // any: a sequence whose valid tokens in a page are more than that reads keys the summary
     // does not describe (vashista_certificate STALE). Every write the runtime is told of
@@ -1075,28 +1076,28 @@ void commit_pages(vashista_cache *c, PageSummaries &s, int32_t new_len) {
     }
 }
 
-// Element d of summary row `channel` of physical page `page`, KV head h, decoded to f32 as
-// the kernels decode it (int8 summaries: the code times its group's bf16 scale, exactly).
-float summary_element(const vashista_cache &c, int32_t page, int channel, int32_t h, int32_t x) {
+// Summary row `channel` of physical page `page`, KV head h, decoded to f32 as the kernels
+// decode it (int8 summaries: each code times its group's bf16 scale, exactly): head_dim values.
+void decode_summary_row(const vashista_cache &c, int32_t page, int channel, int32_t h, float *out) {
     const auto &d = c.desc;
     const auto t = vashista::DType(d.summary_dtype);
-    const int bytes = dtype_bytes(d.summary_dtype);
-    const uint8_t *at =
-        static_cast<const uint8_t *>(c.summary.data()) + (c.summary_layout.row(page, channel, h) + x) * bytes;
+    const uint8_t *row = static_cast<const uint8_t *>(c.summary.data()) +
+                         c.summary_layout.row(page, channel, h) * dtype_bytes(d.summary_dtype);
     if (t == vashista::DType::F32) {
-        float v;
-        std::memcpy(&v, at, 4);
-        return v;
+        std::memcpy(out, row, size_t(d.head_dim) * 4);
+    } else if (t == vashista::DType::I8) {
+        const auto *scales =
+            static_cast<const uint16_t *>(c.summary_scale.data()) + (size_t(h) * d.num_pages + page) * scale_groups(d);
+        for (int32_t x = 0; x < d.head_dim; ++x)
+            out[x] = vashista::from_bits16(vashista::DType::BF16, scales[x / vashista::kSummaryScaleGroup]) *
+                     float(int8_t(row[x]));
+    } else {
+        for (int32_t x = 0; x < d.head_dim; ++x) {
+            uint16_t bits;
+            std::memcpy(&bits, row + 2 * x, 2);
+            out[x] = vashista::from_bits16(t, bits);
+        }
     }
-    if (t == vashista::DType::I8) {
-        const uint16_t scale = static_cast<const uint16_t *>(
-            c.summary_scale
-                .data())[(size_t(h) * d.num_pages + page) * scale_groups(d) + x / vashista::kSummaryScaleGroup];
-        return vashista::from_bits16(vashista::DType::BF16, scale) * float(int8_t(*at));
-    }
-    uint16_t bits;
-    std::memcpy(&bits, at, 2);
-    return vashista::from_bits16(t, bits);
 }
 
 // Rebuilds the super-page boxes of `seq` over logical pages [first, last] (hier_bound): each
@@ -1115,10 +1116,11 @@ void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t 
             std::fill(norm, norm + d.head_dim, 0.0f);
             for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j) {
                 const int32_t page = d.page_table[size_t(seq) * d.max_pages + j];
-                for (int32_t x = 0; x < d.head_dim; ++x) {
-                    lo[x] = std::min(lo[x], summary_element(*c, page, vashista::kSummaryMin, h, x));
-                    hi[x] = std::max(hi[x], summary_element(*c, page, vashista::kSummaryMax, h, x));
-                }
+                float *row = c->decoded_row.data();
+                decode_summary_row(*c, page, vashista::kSummaryMin, h, row);
+                for (int32_t x = 0; x < d.head_dim; ++x) lo[x] = std::min(lo[x], row[x]);
+                decode_summary_row(*c, page, vashista::kSummaryMax, h, row);
+                for (int32_t x = 0; x < d.head_dim; ++x) hi[x] = std::max(hi[x], row[x]);
                 norm[0] = std::max(norm[0], c->value_norm(page, h));
             }
         }
@@ -1269,6 +1271,7 @@ vashista_status vashista_cache_create(const vashista_cache_desc *desc, vashista_
             for (int64_t i = 0; i < int64_t(desc->batch) * supers; ++i) slots[i] = int32_t(i);  // (s, b) -> b S + s
             c->super_built.assign(size_t(desc->batch) * supers, 0);
             c->super_source.assign(size_t(desc->batch) * desc->max_pages, -1);
+            c->decoded_row.assign(desc->head_dim, 0.0f);
         } else {
             static float no_super_box[1] = {0.0f};
             static int32_t no_super_slot[1] = {0};
