@@ -1107,6 +1107,7 @@ void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t 
     if (!d.super_pages) return;
     const int32_t R = d.super_pages, held = (c->appended[seq] + d.page_size - 1) / d.page_size;
     for (int32_t sp = first / R; sp <= last / R && sp * R < held; ++sp) {
+        // validate_super_pages has checked every page read here before anything changed.
         const size_t slot = size_t(seq) * c->max_supers + sp;
         for (int32_t h = 0; h < d.kv_heads; ++h) {
             float *lo = c->super_row(slot, h, vashista::kSuperMin), *hi = c->super_row(slot, h, vashista::kSuperMax);
@@ -1127,6 +1128,24 @@ void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t 
         for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j)
             c->super_source[size_t(seq) * d.max_pages + j] = d.page_table[size_t(seq) * d.max_pages + j];
         c->super_built[slot] = c->epoch;
+    }
+}
+
+// Before a write to logical pages [first, last] of `seq` that leaves it `new_len` tokens:
+// with super-pages, the rebuild afterwards reads every page the sequence then holds in the
+// super-pages [first, last] falls in, so the block table must map those in range too (an
+// entry the write itself does not touch may have been remapped since).
+void validate_super_pages(const vashista_cache &c, int32_t seq, int32_t first, int32_t last, int32_t new_len) {
+    const auto &d = c.desc;
+    if (!d.super_pages) return;
+    const int32_t R = d.super_pages, held = (new_len + d.page_size - 1) / d.page_size;
+    const int32_t begin = first / R * R, end = std::min(held, (last / R + 1) * R);
+    for (int32_t j = begin; j < end; ++j) {
+        const int32_t page = d.page_table[size_t(seq) * d.max_pages + j];
+        if (page < 0 || page >= d.num_pages)
+            fail(VASHISTA_ERROR_OUT_OF_RANGE, "page_table[", seq, "][", j, "] = ", page,
+                 " is not in [0, num_pages = ", d.num_pages, "): the super-page box over pages [", begin, ", ", end,
+                 ") of sequence ", seq, " is rebuilt from it");
     }
 }
 
@@ -1153,6 +1172,7 @@ std::pair<int32_t, int32_t> validate_token_range(const vashista_cache *c, int32_
 // count change together, after every kernel has succeeded.
 void summarize_written(vashista_cache *c, int32_t seq, int32_t start, int32_t count, int32_t first, int32_t last) {
     const int32_t new_len = std::max(c->appended[seq], start + count);
+    validate_super_pages(*c, seq, first, last, new_len);
     PageSummaries s = summarize_pages(c, seq, first, last, new_len);
     commit_pages(c, s, new_len);
     c->appended[seq] = new_len;
@@ -1308,17 +1328,20 @@ vashista_status vashista_append(vashista_cache *c, int32_t seq, int32_t start, i
                     fail(VASHISTA_ERROR_NON_FINITE, src == k ? "k" : "v", "[", r / d.kv_heads, "][", r % d.kv_heads,
                          "][", i % d.head_dim, "] is not finite");
                 }
+        // The super-page boxes the write will rebuild read pages it does not touch.
+        validate_super_pages(*c, seq, first, last, std::max(c->appended[seq], start + count));
         // Everything is valid: write the tokens (keeping what they overwrite, so a failed
-        // summary step can put it back), then summarize the touched pages.
+        // summary step can put it back, in reverse order in case the table maps two of the
+        // positions to one page), then summarize the touched pages.
         std::vector<uint8_t> saved(2 * size_t(count) * d.kv_heads * row);
         auto copy_rows = [&](bool restore) {
-            uint8_t *keep = saved.data();
-            for (int32_t t = 0; t < count; ++t) {
-                const int32_t pos = start + t;
+            for (int32_t i = 0; i < count; ++i) {
+                const int32_t t = restore ? count - 1 - i : i, pos = start + t;
                 const int32_t page = d.page_table[size_t(seq) * d.max_pages + pos / d.page_size];
                 for (int32_t h = 0; h < d.kv_heads; ++h) {
                     const size_t src = (size_t(t) * d.kv_heads + h) * row;
                     const size_t dst = c->token_offset(page, pos % d.page_size, h) * dtype_bytes(d.kv_dtype);
+                    uint8_t *keep = saved.data() + 2 * src;  // K's row, then V's
                     for (auto [pages, from] : {std::pair{static_cast<uint8_t *>(d.k_pages), k},
                                                std::pair{static_cast<uint8_t *>(d.v_pages), v}}) {
                         if (restore) {
@@ -1376,6 +1399,8 @@ vashista_status vashista_truncate(vashista_cache *c, int32_t seq, int32_t new_le
                  " is not in [0, tokens appended = ", c->appended[seq], "]");
         if (new_len == c->appended[seq]) return;
         const int32_t cut = new_len / d.page_size;  // the page the cut falls in, if partial
+        if (new_len > 0)
+            validate_super_pages(*c, seq, (new_len - 1) / d.page_size, (new_len - 1) / d.page_size, new_len);
         if (new_len % d.page_size) {
             validate_pages(*c, d.page_table, seq, cut, cut + 1);
             PageSummaries s = summarize_pages(c, seq, cut, cut, new_len);

@@ -545,6 +545,18 @@ TEST_CASE("hier_bound through the library: super-page boxes follow appends, trun
         REQUIRE(vashista_summarize(c.cache, 1, 6 * S, c.p.seqs.seq_lens[1] - 6 * S) == VASHISTA_OK);
         require_hier_matches_reference(c, v);
     }
+    SECTION("an append whose super-page reads an entry mapped out of range: an error, nothing written") {
+        const int len = c.p.seqs.seq_lens[0];
+        REQUIRE(len % (v.super_pages * S) > S);       // the last super-page holds earlier pages
+        pt[(len - 1) / S - 1] = c.p.cache.num_pages;  // an entry the append does not touch
+        const std::vector<uint8_t> k_before = c.k_pages, v_before = c.v_pages;
+        auto k = ref::token_bytes(c.p.cache, c.p.seqs, c.p.cache.k, 1, 0, 1);
+        REQUIRE(vashista_append(c.cache, 0, len, 1, k.data(), k.data()) == VASHISTA_ERROR_OUT_OF_RANGE);
+        REQUIRE_THAT(vashista_last_error(), Catch::Contains("super-page box over pages"));
+        REQUIRE(c.k_pages == k_before);
+        REQUIRE(c.v_pages == v_before);
+        REQUIRE(vashista_appended_tokens(c.cache, 0) == len);
+    }
     SECTION("a remapped entry or a page summarized again through another sequence: stale until rebuilt") {
         std::swap(pt[1], pt[2]);  // two full pages of sequence 0 trade places
         require_hier_matches_reference(c, v, {0});

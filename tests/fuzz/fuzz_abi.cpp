@@ -273,29 +273,56 @@ struct World {
 
     // The model of what the certificate calls stale (vashista.h): per physical page, the
     // tokens its summary covers (0 before any); a sequence is stale when one of its pages
-    // holds more of its tokens than that.
+    // holds more of its tokens than that. With super-pages (hier_bound routing) also when a
+    // page's super-page box was built from another page than the table maps now, or from an
+    // older summary of it: per physical page a version (raised by every summary written), per
+    // (sequence, logical page) the page and version its super-page box last saw.
     std::vector<int32_t> summarized_tokens;
+    int super_pages = 0;
+    std::vector<uint64_t> version;
+    std::vector<std::pair<int32_t, uint64_t>> box_saw;  // [seq][j], page -1: never built
     void init_model() {
         appended.assign(batch, 0);
         summarized_tokens.assign(num_pages, 0);
+        version.assign(num_pages, 0);
+        box_saw.assign(size_t(batch) * max_pages, {-1, 0});
     }
     int tokens_in_page(int len, int j) const { return std::min(page_size, len - j * page_size); }
+    void summarized(int seq, int j, int len) {
+        const int page = table[size_t(seq) * max_pages + j];
+        summarized_tokens[page] = tokens_in_page(len, j);
+        ++version[page];
+    }
+    // The super-page boxes of seq over logical pages [first, last] are rebuilt from the pages
+    // seq holds.
+    void rebuilt(int seq, int first, int last) {
+        if (!super_pages) return;
+        const int held = (appended[seq] + page_size - 1) / page_size;
+        for (int sp = first / super_pages; sp <= last / super_pages; ++sp)
+            for (int j = sp * super_pages; j < std::min(held, (sp + 1) * super_pages); ++j) {
+                const int page = table[size_t(seq) * max_pages + j];
+                box_saw[size_t(seq) * max_pages + j] = {page, version[page]};
+            }
+    }
     // A successful append or summarize of tokens [start, start + count) of seq.
     void wrote(int seq, int start, int count) {
         const int new_len = std::max(appended[seq], start + count);
         const int first = start / page_size, last = (start + count - 1) / page_size;
-        for (int j = first; j <= last; ++j)
-            summarized_tokens[table[size_t(seq) * max_pages + j]] = tokens_in_page(new_len, j);
+        for (int j = first; j <= last; ++j) summarized(seq, j, new_len);
         appended[seq] = new_len;
+        rebuilt(seq, first, last);
     }
     // A successful truncate of seq to new_len tokens.
     void truncated(int seq, int new_len) {
         if (new_len == appended[seq]) return;
-        if (new_len % page_size) {
-            const int cut = new_len / page_size;
-            summarized_tokens[table[size_t(seq) * max_pages + cut]] = tokens_in_page(new_len, cut);
-        }
+        if (new_len % page_size) summarized(seq, new_len / page_size, new_len);
         appended[seq] = new_len;
+        if (new_len > 0) rebuilt(seq, (new_len - 1) / page_size, (new_len - 1) / page_size);
+    }
+    // A successful share_prefix of `tokens` tokens to seq.
+    void shared(int seq, int tokens) {
+        appended[seq] = tokens;
+        if (tokens > 0) rebuilt(seq, 0, (tokens - 1) / page_size);
     }
     // Whether vashista_share_prefix(seq, tokens) must succeed: the pages are mapped in range
     // and each has a summary of at least the tokens seq holds in it.
@@ -307,11 +334,15 @@ struct World {
         }
         return true;
     }
-    // Whether a step of seq over len tokens through block table t reads a stale summary.
-    bool stale(const int32_t *t, int seq, int len) const {
+    // Whether a step of seq over len tokens through block table t reads a stale summary (or,
+    // with `boxes`, a stale super-page box).
+    bool stale(const int32_t *t, int seq, int len, bool boxes) const {
         const size_t row = size_t(seq) * max_pages;
-        for (int j = 0; j < (len + page_size - 1) / page_size; ++j)
+        for (int j = 0; j < (len + page_size - 1) / page_size; ++j) {
             if (summarized_tokens[t[row + j]] < tokens_in_page(len, j)) return true;
+            const auto [page, seen] = box_saw[row + j];
+            if (boxes && (page != t[row + j] || seen != version[page])) return true;
+        }
         return false;
     }
 };
@@ -360,6 +391,9 @@ void read_desc(Reader &r, World &w) {
     set_raw(w.desc.layout, w.layout);
     w.desc.sketch_bits = bits;
     w.desc.sketch_group = group;
+    // Super-pages of 2 pages (hier_bound) for half the caches without a sketch, from the same byte.
+    w.desc.super_pages = b < 75 ? 0 : b < 150 ? 2 : b % 16 == 0 ? -1 : 0;
+    w.super_pages = std::max(w.desc.super_pages, 0);
     // The pages and the table, as large as the description says (one element when it says
     // nothing sensible: the library must reject such a description without reading them).
     const bool sized =
@@ -580,11 +614,11 @@ void op_share_prefix(Reader &r, World &w) {
     if ((s == VASHISTA_OK) != expect)
         violation("share_prefix seq %d tokens %d returned %s, the model says it %s", seq, tokens,
                   vashista_status_name(s), expect ? "must succeed" : "must fail");
-    if (s == VASHISTA_OK) w.appended[seq] = tokens;
+    if (s == VASHISTA_OK) w.shared(seq, tokens);
 }
 
 // A decode configuration: the compiled variant's settings mostly (P = 4, K_c = 16, softmax,
-// bound or sketch routing, one sink and two local pages), anything now and then.
+// bound, sketch or hier_bound routing, one sink and two local pages), anything now and then.
 vashista_decode_config read_config(Reader &r) {
     vashista_decode_config c;
     vashista_decode_config_default(&c);
@@ -598,8 +632,10 @@ vashista_decode_config read_config(Reader &r) {
     b = r.byte();
     set_raw(c.routing, b < 160   ? VASHISTA_ROUTING_BOUND
                        : b < 215 ? VASHISTA_ROUTING_SKETCH
-                       : b < 235 ? VASHISTA_ROUTING_MEAN
-                                 : one_of(b, {3, -1, INT_MIN}));
+                       : b < 230 ? VASHISTA_ROUTING_MEAN
+                       : b < 245 ? VASHISTA_ROUTING_HIER_BOUND
+                                 : one_of(b, {4, -1, INT_MIN}));
+    c.super_expand = 2;  // the hier_bound variant's Q
     b = r.byte();
     set_raw(c.group_routing, b < 235 ? 0 : b < 245 ? 1 : one_of(b, {2, -1}));
     b = r.byte();
@@ -677,7 +713,8 @@ void check_step_outputs(const World &w, Fn fn, const vashista_decode_config &cfg
             if (d.certificate != VASHISTA_CERTIFIED && d.error_bound != INFINITY)
                 violation("%s: diag[%zu] is uncertified (%d) with error_bound %g, not +inf", kFnNames[fn], i,
                           d.certificate, d.error_bound);
-            const bool stale = w.stale(table, int(i / q_heads), lens[i / q_heads]);
+            const bool stale = w.stale(table, int(i / q_heads), lens[i / q_heads],
+                                       get_raw(cfg.routing) == VASHISTA_ROUTING_HIER_BOUND);
             if (stale != (d.certificate == VASHISTA_UNCERTIFIED_STALE))
                 violation("%s: diag[%zu].certificate = %d, but sequence %zu's summaries are%s stale", kFnNames[fn], i,
                           d.certificate, i / q_heads, stale ? "" : " not");

@@ -17,15 +17,16 @@ APPEND, SUMMARIZE, TRUNCATE, DECODE, DENSE, PLAN, EDIT, SHARE_PREFIX, LIST_VARIA
 
 class Seed:
     def __init__(self, batch, kv_heads, num_pages, max_pages, table, kv="bf16", sketch=False, engine_loops=False,
-                 int8_summaries=False):
+                 int8_summaries=False, super_pages=False):
         assert len(table) == batch * max_pages
         self.b = bytearray()
         self.batch = batch
         self.max_pages = max_pages
         kv_byte = {"bf16": 0, "f32": 160, "f16": 205}[kv]
         summary_byte = 200 if int8_summaries else 0  # < 200: the KV dtype; 200..229: int8
+        # the sketch byte: < 75 nothing, 75..149 super-pages of 2 pages, 150..224 an 8-bit sketch
         self.bytes(batch - 1, kv_heads - 1, 0, 0, num_pages - 1, max_pages - 1, kv_byte, summary_byte, 0,
-                   150 if sketch else 0)
+                   150 if sketch else 75 if super_pages else 0)
         self.bytes(*table)
         self.bytes(0)  # desc: struct_size and pointers as they are
         # cache_create with the desc; bit 6: the kernels' loops on the harness's parallel-for
@@ -57,7 +58,7 @@ class Seed:
         self.bytes(SHARE_PREFIX, seq, 200 + (tokens - 200) % (capacity + 1))  # 200..239: byte % (capacity + 1)
 
     # Decode config: top_pages, top_tokens, solver, routing (< 160 bound, 160..214 sketch,
-    # 215..234 mean), group routing, policy (< 140 dense, 140..189 none, 190..229 widen),
+    # 215..229 mean, 230..244 hier_bound), group routing, policy (< 140 dense, 140..189 none, 190..229 widen),
     # tolerance (< 140 1e-3, 140..179 0, 180..204 1e30, 205..229 0.05), scale, solver
     # parameters, sink, local, relative_tolerance (200..239: 1), struct_size.
     def config(self, routing=0, policy=0, tolerance=0, relative=0):
@@ -139,6 +140,22 @@ def seeds():
     s.decode(seed=6, routing=160)
     s.plan([{"seed": 8}], new=False)
     yield "sketch_strided", s
+
+    # Hierarchical bounds (super-pages of 2 pages): hier_bound steps and a plan, a cut, a
+    # prefix shared from the other sequence, then a remapped page (its box is stale).
+    s = Seed(batch=2, kv_heads=1, num_pages=12, max_pages=6, table=list(range(12)), super_pages=True)
+    s.append(0, 80)
+    s.append(1, 60, seed=4)
+    s.decode(routing=230, policy=140)
+    s.plan([{}, {"own_table": True}], routing=230, policy=140)
+    s.truncate(0, 50)
+    s.decode(seed=7, routing=230)
+    s.edit((6, 0), (7, 1))  # sequence 1's first two pages become sequence 0's
+    s.share_prefix(1, 32)
+    s.decode(seed=8, routing=230, policy=140)
+    s.edit((2, 9))
+    s.decode(seed=9, routing=230, policy=140)
+    yield "hier_bound", s
 
     # The engine's own KV: written into the pages, then summarized; f16 out, policy none.
     s = Seed(batch=1, kv_heads=2, num_pages=6, max_pages=6, table=[5, 4, 3, 2, 1, 0])
