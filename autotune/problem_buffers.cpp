@@ -118,10 +118,17 @@ ProblemBuffers problem_buffers(const ref::Problem &p, const ref::Summaries &sum,
                         buf.super_summary(d, kSuperMax, b * sum.max_supers + s, h) =
                             sum.super_hi[sum.super_at(b, h, s) * D + d];
                     }
-                // The largest value norm of its pages, with the margin the page norms above carry.
-                for (int h = 0; h < sum.kv_heads; ++h)
-                    buf.super_summary(0, kSuperNorm, b * sum.max_supers + s, h) =
+                // The largest value norm of its pages, with the margin the page norms above carry,
+                // and the box's largest |x|.
+                for (int h = 0; h < sum.kv_heads; ++h) {
+                    const int slot = b * sum.max_supers + s;
+                    buf.super_summary(kSuperValueNorm, kSuperBounds, slot, h) =
                         float(sum.super_value_norm[sum.super_at(b, h, s)]) * margin;
+                    float &absmax = buf.super_summary(kSuperKeyAbsmax, kSuperBounds, slot, h);
+                    for (int d = 0; d < D; ++d)
+                        absmax = std::max({absmax, std::abs(buf.super_summary(d, kSuperMin, slot, h)),
+                                           std::abs(buf.super_summary(d, kSuperMax, slot, h))});
+                }
             }
     }
     // The token sketch, codes packed as the sketch kernel packs them (algorithm.h).

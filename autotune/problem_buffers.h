@@ -17,7 +17,7 @@ struct ProblemBuffers {
     Halide::Runtime::Buffer<void> summary_scale;               // (x, p, h) bf16; one group but for int8
     Halide::Runtime::Buffer<uint8_t> sketch;                   // (s, byte, p, h); 1 element without one
     Halide::Runtime::Buffer<void> sketch_scale;                // (s, group, p, h) bf16
-    // hier_bound routing: super-page boxes and norms (d, c = lo/hi/norm, slot, h), f32, and each
+    // hier_bound routing: super-page boxes and bounds (d, c = lo/hi/bounds, slot, h), f32, and each
     // sequence's super-page slots (s, b); slot b * max_supers + s here. 1 element without.
     Halide::Runtime::Buffer<float> super_summary;
     Halide::Runtime::Buffer<int32_t> super_table;

@@ -477,10 +477,7 @@ void DecodeDefinition::route_hier() {
     st.super_score(i, g, h, b) +=
         box_term(rd, in.super_summary(rd, kSuperMin, slot, h), in.super_summary(rd, kSuperMax, slot, h));
     st.super_absmax = Func("super_absmax");
-    st.super_absmax(i, h, b) = 0.0f;
-    st.super_absmax(i, h, b) =
-        Halide::max(st.super_absmax(i, h, b), Halide::max(Halide::abs(in.super_summary(rd, kSuperMin, slot, h)),
-                                                          Halide::abs(in.super_summary(rd, kSuperMax, slot, h))));
+    st.super_absmax(i, h, b) = in.super_summary(kSuperKeyAbsmax, kSuperBounds, slot, h);
     st.super_route_score = Func("super_route_score");
     routed_score(
         st.super_route_score, [&](Expr head) { return scale * st.super_score(i, head, h, b); }, "super_rg");
@@ -789,7 +786,7 @@ void DecodeDefinition::certificate() {
             u_p = scale * select(is_page, st.head_page_score(e, g, h, b), st.super_score(sup, g, h, b));
             kabs = select(is_page, in.key_absmax(page, h), st.super_absmax(sup, h, b));
             error = error_per_key * kabs;
-            vnorm = select(is_page, in.value_norm(page, h), in.super_summary(0, kSuperNorm, slot, h));
+            vnorm = select(is_page, in.value_norm(page, h), in.super_summary(kSuperValueNorm, kSuperBounds, slot, h));
         }
         st.outside_stats(g, h, b) = Tuple(0.0f, neg_inf(), 0.0f, 0.0f, neg_inf());
         st.outside_stats(g, h, b) =

@@ -85,7 +85,7 @@ struct DecodeInputs {
     Func route_pages, route_rank;  // read in mean and bound routing
     Func summary_scale;            // read for int8 summaries only
     Func sketch, sketch_scale;     // read in sketch routing only
-    Func super_summary;            // (d, c = lo/hi/norm, slot, h) f32, hier_bound routing only
+    Func super_summary;            // (d, c = lo/hi/bounds, slot, h) f32, hier_bound routing only
     Func super_table;              // (s, b) -> slot of sequence b's super-page s
     Expr max_supers;               // super_table extent along s
     Expr super_slots;              // super_summary extent along slot

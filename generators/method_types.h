@@ -54,10 +54,12 @@ inline std::string sketch_config_error(int head_dim, int bits, int group) {
 // step's work is O(M/R + Q R) per head.
 constexpr int kSuperPagesDefault = 16;  // R
 constexpr int kSuperExpandDefault = 8;  // Q
-// Super-page summary rows, in the order of their c dimension: the box (lo, hi), and a row
-// whose element 0 is the largest value norm of the super-page's pages (the rest 0), which
-// bounds the value norms of an unexpanded super-page's tokens in the certificate.
-enum SuperChannel { kSuperMin = 0, kSuperMax = 1, kSuperNorm = 2, kSuperChannels = 3 };
+// Super-page summary rows, in the order of their c dimension: the box (lo, hi), and a row of
+// bounds the certificate takes for an unexpanded super-page's tokens, kept with the box so a
+// step does not recompute them: element kSuperValueNorm the largest value norm of its pages,
+// kSuperKeyAbsmax the box's largest |lo_d|, |hi_d| (the rest 0).
+enum SuperChannel { kSuperMin = 0, kSuperMax = 1, kSuperBounds = 2, kSuperChannels = 3 };
+enum SuperBound { kSuperValueNorm = 0, kSuperKeyAbsmax = 1 };
 inline int super_pages_of(int pages, int super_pages) { return (pages + super_pages - 1) / super_pages; }
 // Why (R, Q) cannot route, or "" when they can.
 inline std::string hier_config_error(int super_pages, int super_expand) {

@@ -157,7 +157,7 @@ struct vashista_cache {
     Buffer<void> sketch_scale;  // (s, group, p, h) bf16
     const vashista::runtime::SketchVariant *sketch_kernel = nullptr;
     // Super-page boxes (hier_bound routing, desc.super_pages = R > 0): per sequence b and
-    // super-page s, slot b * max_supers + s of super_summary (d, lo/hi/norm, slot, h) f32
+    // super-page s, slot b * max_supers + s of super_summary (d, lo/hi/bounds, slot, h) f32
     // (method_types.h), listed by super_table (s, b). Without super-pages, one zero element
     // each in static storage.
     HostMemory super_memory, super_table_memory;
@@ -1111,10 +1111,10 @@ void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t 
         const size_t slot = size_t(seq) * c->max_supers + sp;
         for (int32_t h = 0; h < d.kv_heads; ++h) {
             float *lo = c->super_row(slot, h, vashista::kSuperMin), *hi = c->super_row(slot, h, vashista::kSuperMax);
-            float *norm = c->super_row(slot, h, vashista::kSuperNorm);  // element 0: the largest value norm
+            float *bounds = c->super_row(slot, h, vashista::kSuperBounds);
             std::fill(lo, lo + d.head_dim, INFINITY);
             std::fill(hi, hi + d.head_dim, -INFINITY);
-            std::fill(norm, norm + d.head_dim, 0.0f);
+            std::fill(bounds, bounds + d.head_dim, 0.0f);
             for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j) {
                 const int32_t page = d.page_table[size_t(seq) * d.max_pages + j];
                 float *row = c->decoded_row.data();
@@ -1122,8 +1122,11 @@ void rebuild_super_pages(vashista_cache *c, int32_t seq, int32_t first, int32_t 
                 for (int32_t x = 0; x < d.head_dim; ++x) lo[x] = std::min(lo[x], row[x]);
                 decode_summary_row(*c, page, vashista::kSummaryMax, h, row);
                 for (int32_t x = 0; x < d.head_dim; ++x) hi[x] = std::max(hi[x], row[x]);
-                norm[0] = std::max(norm[0], c->value_norm(page, h));
+                bounds[vashista::kSuperValueNorm] = std::max(bounds[vashista::kSuperValueNorm], c->value_norm(page, h));
             }
+            for (int32_t x = 0; x < d.head_dim; ++x)
+                bounds[vashista::kSuperKeyAbsmax] =
+                    std::max({bounds[vashista::kSuperKeyAbsmax], std::abs(lo[x]), std::abs(hi[x])});
         }
         for (int32_t j = sp * R; j < std::min(held, (sp + 1) * R); ++j)
             c->super_source[size_t(seq) * d.max_pages + j] = d.page_table[size_t(seq) * d.max_pages + j];

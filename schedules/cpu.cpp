@@ -299,7 +299,6 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         st.pool_page.vectorize(i, vw, TailStrategy::RoundUp);
         at_head(st.super_absmax);
         st.super_absmax.vectorize(i, vw, TailStrategy::RoundUp);
-        st.super_absmax.update().vectorize(i, vw, TailStrategy::RoundUp);
         at_head(st.super_rank);
         st.super_rank.vectorize(i, vw, TailStrategy::RoundUp);
         st.super_rank.update().vectorize(i, vw, TailStrategy::RoundUp);
