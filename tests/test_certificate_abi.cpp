@@ -10,6 +10,7 @@
 // include inputs built to break the bound (near and exact ties, no gap, huge score
 // ranges, one dominant key channel, dominant values).
 #include "problem.h"
+#include "support/abi_fixture.h"
 #include "vashista.h"
 
 #include <catch2/catch.hpp>
@@ -480,16 +481,9 @@ void require_hier_matches_reference(AbiCache &c, const Variant &v, const std::ve
     REQUIRE(st == VASHISTA_OK);
     ref::Summaries sum = ref::summarize(c.p.cache, c.p.seqs, v.summary);
     ref::add_super_pages(sum, c.p.seqs, v.super_pages);
-    ref::SparseOptions opt;
-    opt.top_pages = P;
-    opt.top_tokens = KC;
+    ref::SparseOptions opt = testing::options_of(cfg);
     opt.solver = v.solver;
-    opt.routing = RoutingMode::HierBound;
-    opt.group_routing = v.group_routing;
-    opt.sink_pages = v.sink;
-    opt.local_pages = v.local;
     opt.super_pages = v.super_pages;
-    opt.super_expand = v.super_expand;
     for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)
             for (int g = 0; g < G; ++g) {

@@ -80,7 +80,9 @@ TEST_CASE("a cache allocates what vashista_cache_memory_size says, whatever the 
             REQUIRE(said > 0);
             REQUIRE(asked >= (long long)said);
             REQUIRE(asked <= (long long)said + 4096);
-            REQUIRE(calls < 32);  // a fixed few, whatever the sizes
+            // A fixed few, whatever the sizes; super-pages add their boxes, their table and three
+            // bookkeeping vectors.
+            REQUIRE(calls < (super_pages ? 32 : 24));
         }
     }
 }
