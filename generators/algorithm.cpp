@@ -286,9 +286,9 @@ private:
     // The softmax temperature: eg's N * eta, else 1 (the leakage terms use it).
     const float beta;
     const Expr beta64;
-    const Expr seq_len, n_pages, scale;
-    RDom rd, rc;  // a head's channels; the candidates
-    Expr gr;      // the routing group of head g: g (per head) or 0 (shared)
+    const Expr seq_len, n_pages, n_supers, scale;  // n_supers: hier_bound's super-pages of the sequence
+    RDom rd, rc;                                   // a head's channels; the candidates
+    Expr gr;                                       // the routing group of head g: g (per head) or 0 (shared)
     // From the solver: the largest candidate score (f64, and rounded to f32), fw's duality
     // gap, sparsemax's threshold.
     Expr m, m32, fw_gap, sparsemax_theta;
@@ -315,6 +315,7 @@ DecodeDefinition::DecodeDefinition(const DecodeConfig &config, const DecodeInput
       beta64(f64(beta)),
       seq_len(in.seq_lens(b)),
       n_pages((seq_len + (S - 1)) / S),
+      n_supers(hier ? (n_pages + (R - 1)) / R : Expr(0)),
       scale(in.scale),
       rd(0, D, "rd"),
       rc(0, KC, "rc") {
@@ -481,7 +482,6 @@ void DecodeDefinition::route_hier() {
     st.super_route_score = Func("super_route_score");
     routed_score(
         st.super_route_score, [&](Expr head) { return scale * st.super_score(i, head, h, b); }, "super_rg");
-    Expr n_supers = (n_pages + (R - 1)) / R;
     st.super_key = Func("super_key");
     st.super_key(i, g, h, b) = select(i >= n_supers, u32(0), order_key(st.super_route_score(i, g, h, b)));
     st.super_route = top_k(st.super_key, in.max_supers, Q, cfg.top_k, "super", i, g, h, b);
@@ -776,7 +776,7 @@ void DecodeDefinition::certificate() {
             Expr e = clamp(ro, 0, pool - 1), sup = clamp(ro - pool, 0, in.max_supers - 1);
             Expr j = st.pool_page(e, gr, h, b), page = physical_page(Halide::max(j, 0));
             Expr first = Halide::max(sup * R, SK), end = Halide::min(sup * R + R, n_pages - LP);
-            Expr super_exists = ro - pool < (n_pages + (R - 1)) / R;
+            Expr super_exists = ro - pool < n_supers;
             Expr slot = clamp(in.super_table(sup, b), 0, in.super_slots - 1);
             exists = select(is_page, j >= 0, super_exists);
             outside =

@@ -297,8 +297,6 @@ void apply_cpu(const DecodeCpuSchedule &s, const DecodeConfig &cfg, DecodeStages
         }
         at_head(st.pool_page);
         st.pool_page.vectorize(i, vw, TailStrategy::RoundUp);
-        at_head(st.super_absmax);
-        st.super_absmax.vectorize(i, vw, TailStrategy::RoundUp);
         at_head(st.super_rank);
         st.super_rank.vectorize(i, vw, TailStrategy::RoundUp);
         st.super_rank.update().vectorize(i, vw, TailStrategy::RoundUp);
